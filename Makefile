@@ -1,0 +1,48 @@
+# topo — the two headline commands are `make demo` and `make test` (README.md).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+CARGO ?= cargo
+NODES ?= 3
+LAB := e2e/lab/lab.sh
+export TOPO_BIN ?= $(CURDIR)/target/debug
+
+.PHONY: all deps build test test-unit test-e2e bench lint fmt demo lab-up lab-down clean
+
+all: build
+
+## deps: install the Debian packages topo's build, tests and lab need (root, idempotent)
+deps:
+	@bash e2e/lab/install-deps.sh
+
+## build: compile every binary (topo-controller, topo-agent, topoctl)
+build:
+	$(CARGO) build --workspace --bins
+
+## test: install what the tests need, then run them all (unit, etcd integration, end-to-end lab)
+test: deps build
+	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2
+
+## lint: formatting and clippy, warnings are errors
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## bench: measurements written to BENCHMARKS.md (see there for the figures and machine)
+bench: deps
+	$(CARGO) build --release --workspace --bins
+	./target/release/topo-bench
+
+## lab-up: eval "$$(make -s lab-up NODES=3)" — prints only export lines on stdout
+lab-up: deps build
+	@bash $(LAB) up --nodes $(NODES)
+
+## lab-down: remove every lab process, namespace, interface and state (also after a crash)
+lab-down:
+	@bash $(LAB) down
+
+## demo: a three-host lab, manifests/demo.yaml applied, Ready waited for, reachability shown
+demo: deps build
+	@bash e2e/demo.sh

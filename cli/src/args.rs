@@ -1,0 +1,302 @@
+//! topoctl's command line.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::timefmt::duration_arg;
+
+/// topoctl talks to topo-controller: apply manifests, see what runs where, wait for it.
+#[derive(Debug, Parser)]
+#[command(
+    name = "topoctl",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// The controller's address, http://HOST:PORT. When absent: $TOPO_SERVER, then `server:` in
+    /// the config file ($TOPO_CONFIG, else ~/.config/topo/config.yaml).
+    #[arg(long, global = true, value_name = "URL")]
+    pub server: Option<String>,
+
+    /// How long one request to the controller may take (30s, 1m; 0 = no limit). Watches are
+    /// not limited.
+    #[arg(long, global = true, value_name = "DURATION", default_value = "60s", value_parser = duration_arg)]
+    pub request_timeout: Duration,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or update every object in the files, all or nothing.
+    Apply(ApplyArgs),
+    /// List objects as a table, or print them as YAML, JSON or names.
+    Get(GetArgs),
+    /// Show one object in detail: spec, status, conditions and recent events.
+    Describe(DescribeArgs),
+    /// Delete objects named on the command line or in files.
+    Delete(DeleteArgs),
+    /// Show what apply would change. Exit status: 0 no change, 1 changes, 2 error.
+    Diff(DiffArgs),
+    /// Block until objects meet a condition (or are deleted).
+    Wait(WaitArgs),
+    /// Recent events: object, type, reason, age, count, message (newest last).
+    Events(EventsArgs),
+    /// Print the JSON Schema of the manifests, for editors and CI validation.
+    Schema(SchemaArgs),
+    /// Print a shell completion script.
+    Completion(CompletionArgs),
+    /// Print topoctl's version (and whether the controller answers).
+    Version(VersionArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DryRun {
+    /// Send nothing: check the files here and compare them with the live objects.
+    Client,
+    /// Let the controller validate and allocate, without storing anything.
+    Server,
+    /// Apply for real.
+    None,
+}
+
+#[derive(Debug, Args)]
+pub struct FileArgs {
+    /// A manifest file, a directory (its *.yaml, *.yml and *.json files, sorted), or - for
+    /// standard input. Repeatable.
+    #[arg(short = 'f', long = "filename", value_name = "FILE|DIR|-")]
+    pub filename: Vec<String>,
+
+    /// Also read the subdirectories of directories given with -f.
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub files: FileArgs,
+
+    /// client: check here only; server: the controller checks without storing; none: apply.
+    #[arg(long, value_enum, value_name = "MODE", default_value = "none", num_args = 0..=1, default_missing_value = "client")]
+    pub dry_run: DryRun,
+
+    /// After applying, wait until every applied object is Ready, showing progress.
+    #[arg(long)]
+    pub wait: bool,
+
+    /// How long --wait waits (e.g. 60s, 5m).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration_arg)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// nodes, networks, containers, links, tunnels or all (also singular, and the short
+    /// forms no, net, c, ln, tun).
+    pub kind: String,
+
+    /// Only these objects.
+    pub names: Vec<String>,
+
+    /// Output format: wide (more columns), yaml, json, name (kind/name). Default: a table.
+    #[arg(short = 'o', long, value_name = "FORMAT", value_parser = ["wide", "yaml", "json", "name"])]
+    pub output: Option<String>,
+
+    /// Label selector: key=value, key!=value, key, !key; comma-separated requirements all hold.
+    #[arg(short = 'l', long, value_name = "SELECTOR")]
+    pub selector: Option<String>,
+
+    /// After listing, keep printing objects as they change.
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    /// The kind (as for get, but not all).
+    pub kind: String,
+
+    /// The objects; all of the kind when none is named.
+    pub names: Vec<String>,
+
+    /// Label selector, when no name is given.
+    #[arg(short = 'l', long, value_name = "SELECTOR")]
+    pub selector: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    pub files: FileArgs,
+
+    /// The kind of the objects to delete (when not deleting by -f).
+    pub kind: Option<String>,
+
+    /// The objects to delete.
+    pub names: Vec<String>,
+
+    /// Delete the objects of KIND that match this label selector.
+    #[arg(short = 'l', long, value_name = "SELECTOR")]
+    pub selector: Option<String>,
+
+    /// Wait until the objects are gone (and the node agents have removed what they ran).
+    #[arg(long)]
+    pub wait: bool,
+
+    /// How long --wait waits.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration_arg)]
+    pub timeout: Duration,
+
+    /// An object that does not exist is no error.
+    #[arg(long)]
+    pub ignore_not_found: bool,
+
+    /// client: print what would be deleted; server: the controller checks the deletion
+    /// without doing it; none: delete.
+    #[arg(long, value_enum, value_name = "MODE", default_value = "none", num_args = 0..=1, default_missing_value = "client")]
+    pub dry_run: DryRun,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    #[command(flatten)]
+    pub files: FileArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// KIND/NAME of each object (or KIND NAME...).
+    #[arg(required = true)]
+    pub objects: Vec<String>,
+
+    /// condition=TYPE (e.g. condition=Ready), condition=TYPE=STATUS, or delete.
+    #[arg(long = "for", value_name = "CONDITION")]
+    pub for_: String,
+
+    /// How long to wait before giving up.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration_arg)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// After listing, keep printing events as they happen.
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+
+    /// Only the events of this object (KIND/NAME).
+    #[arg(long = "for", value_name = "KIND/NAME")]
+    pub for_: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SchemaArgs {
+    /// One kind's schema; the schema of any manifest document when absent.
+    pub kind: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    /// Print only topoctl's version; do not contact the controller.
+    #[arg(long)]
+    pub client: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_is_documented() {
+        fn walk(cmd: &clap::Command, path: &str) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                assert!(arg.get_help().is_some(), "{path} {id} has no --help text");
+            }
+            for sub in cmd.get_subcommands() {
+                assert!(
+                    sub.get_about().is_some(),
+                    "{path} {} has no --help text",
+                    sub.get_name()
+                );
+                walk(sub, &format!("{path} {}", sub.get_name()));
+            }
+        }
+        walk(&Cli::command(), "topoctl");
+    }
+
+    #[test]
+    fn parses_kubectl_like_lines() {
+        let c = Cli::try_parse_from([
+            "topoctl",
+            "apply",
+            "-f",
+            "a.yaml",
+            "-f",
+            "dir",
+            "--dry-run=server",
+            "--wait",
+        ])
+        .unwrap();
+        let Command::Apply(a) = c.command else {
+            panic!("not apply")
+        };
+        assert_eq!(a.files.filename, ["a.yaml", "dir"]);
+        assert_eq!(a.dry_run, DryRun::Server);
+        assert!(a.wait);
+        assert_eq!(a.timeout, Duration::from_secs(60));
+
+        let c = Cli::try_parse_from([
+            "topoctl",
+            "--server",
+            "http://x:1",
+            "get",
+            "c",
+            "redis",
+            "-o",
+            "wide",
+        ])
+        .unwrap();
+        assert_eq!(c.server.as_deref(), Some("http://x:1"));
+        assert!(Cli::try_parse_from(["topoctl", "get", "c", "-o", "table"]).is_err());
+        let c = Cli::try_parse_from([
+            "topoctl",
+            "wait",
+            "container/redis",
+            "--for=condition=Ready",
+            "--timeout=5s",
+        ])
+        .unwrap();
+        let Command::Wait(w) = c.command else {
+            panic!("not wait")
+        };
+        assert_eq!(w.timeout, Duration::from_secs(5));
+    }
+}

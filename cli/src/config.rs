@@ -1,0 +1,237 @@
+//! Where the controller is: `--server`, then `TOPO_SERVER`, then the config file.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const ENV_SERVER: &str = "TOPO_SERVER";
+pub const ENV_CONFIG: &str = "TOPO_CONFIG";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "no controller address: pass --server http://HOST:PORT, set {ENV_SERVER}, or write `server: http://HOST:PORT` to {path}"
+    )]
+    NoServer { path: String },
+    #[error("failed to read config file {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to parse config file {path}: {source}")]
+    Parse {
+        path: String,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("invalid controller address {0:?}: expected http://HOST:PORT")]
+    BadUrl(String),
+}
+
+/// `~/.config/topo/config.yaml` (or `$TOPO_CONFIG`).
+#[derive(Debug, Default, Deserialize)]
+pub struct ConfigFile {
+    pub server: Option<String>,
+}
+
+/// Where the config file is looked for; `explicit` is `$TOPO_CONFIG`.
+pub fn config_path(
+    explicit: Option<PathBuf>,
+    xdg_config_home: Option<PathBuf>,
+    home: Option<PathBuf>,
+) -> Option<PathBuf> {
+    if let Some(p) = explicit.filter(|p| !p.as_os_str().is_empty()) {
+        return Some(p);
+    }
+    let base = xdg_config_home.filter(|p| p.is_absolute()).or_else(|| {
+        home.filter(|h| !h.as_os_str().is_empty())
+            .map(|h| h.join(".config"))
+    })?;
+    Some(base.join("topo").join("config.yaml"))
+}
+
+/// Reads the config file. A missing default file is no error; a missing `$TOPO_CONFIG` is.
+pub fn read_config(path: &Path, must_exist: bool) -> Result<ConfigFile, ConfigError> {
+    let display = path.display().to_string();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
+            return Ok(ConfigFile::default());
+        }
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: display,
+                source,
+            });
+        }
+    };
+    if text.trim().is_empty() {
+        return Ok(ConfigFile::default());
+    }
+    serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: display,
+        source,
+    })
+}
+
+/// What the environment holds, gathered once so resolution is a pure function.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    pub topo_server: Option<String>,
+    pub topo_config: Option<PathBuf>,
+    pub xdg_config_home: Option<PathBuf>,
+    pub home: Option<PathBuf>,
+}
+
+impl Env {
+    pub fn from_process() -> Env {
+        Env {
+            topo_server: std::env::var(ENV_SERVER).ok(),
+            topo_config: std::env::var_os(ENV_CONFIG).map(PathBuf::from),
+            xdg_config_home: std::env::var_os("XDG_CONFIG_HOME").map(PathBuf::from),
+            home: std::env::var_os("HOME").map(PathBuf::from),
+        }
+    }
+}
+
+/// The controller's base URL: the flag, then `TOPO_SERVER`, then the config file.
+pub fn resolve_server(flag: Option<&str>, env: &Env) -> Result<String, ConfigError> {
+    let nonempty = |s: &&str| !s.trim().is_empty();
+    if let Some(s) = flag.filter(nonempty) {
+        return normalize_url(s);
+    }
+    if let Some(s) = env.topo_server.as_deref().filter(nonempty) {
+        return normalize_url(s);
+    }
+    let explicit = env
+        .topo_config
+        .clone()
+        .filter(|p| !p.as_os_str().is_empty());
+    let must_exist = explicit.is_some();
+    let path = config_path(explicit, env.xdg_config_home.clone(), env.home.clone());
+    let shown = path
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "~/.config/topo/config.yaml".into());
+    if let Some(path) = path {
+        let cfg = read_config(&path, must_exist)?;
+        if let Some(s) = cfg.server.as_deref().filter(nonempty) {
+            return normalize_url(s);
+        }
+    }
+    Err(ConfigError::NoServer { path: shown })
+}
+
+/// `host:port` → `http://host:port`; no trailing slash.
+pub fn normalize_url(s: &str) -> Result<String, ConfigError> {
+    let s = s.trim();
+    let with_scheme = if s.contains("://") {
+        s.to_string()
+    } else {
+        format!("http://{s}")
+    };
+    let url = reqwest::Url::parse(&with_scheme).map_err(|_| ConfigError::BadUrl(s.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ConfigError::BadUrl(s.to_string()));
+    }
+    Ok(with_scheme.trim_end_matches('/').to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_with(server: Option<&str>, config: Option<&Path>, home: Option<&Path>) -> Env {
+        Env {
+            topo_server: server.map(str::to_string),
+            topo_config: config.map(Path::to_path_buf),
+            xdg_config_home: None,
+            home: home.map(Path::to_path_buf),
+        }
+    }
+
+    #[test]
+    fn flag_beats_env_beats_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config.yaml");
+        std::fs::write(&cfg, "server: http://from-file:1\n").unwrap();
+
+        let env = env_with(Some("http://from-env:2"), Some(&cfg), None);
+        assert_eq!(
+            resolve_server(Some("http://from-flag:3"), &env).unwrap(),
+            "http://from-flag:3"
+        );
+        assert_eq!(resolve_server(None, &env).unwrap(), "http://from-env:2");
+        let env = env_with(None, Some(&cfg), None);
+        assert_eq!(resolve_server(None, &env).unwrap(), "http://from-file:1");
+        // An empty flag or variable counts as unset.
+        let env = env_with(Some(""), Some(&cfg), None);
+        assert_eq!(
+            resolve_server(Some(""), &env).unwrap(),
+            "http://from-file:1"
+        );
+    }
+
+    #[test]
+    fn default_config_file_under_home() {
+        let home = tempfile::tempdir().unwrap();
+        let env = env_with(None, None, Some(home.path()));
+        let err = resolve_server(None, &env).unwrap_err().to_string();
+        assert!(
+            err.contains("--server") && err.contains("TOPO_SERVER"),
+            "{err}"
+        );
+        assert!(err.contains(".config/topo/config.yaml"), "{err}");
+
+        std::fs::create_dir_all(home.path().join(".config/topo")).unwrap();
+        std::fs::write(
+            home.path().join(".config/topo/config.yaml"),
+            "server: 127.0.0.1:8080/\n",
+        )
+        .unwrap();
+        assert_eq!(resolve_server(None, &env).unwrap(), "http://127.0.0.1:8080");
+
+        let xdg = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(xdg.path().join("topo")).unwrap();
+        std::fs::write(
+            xdg.path().join("topo/config.yaml"),
+            "server: http://xdg:1\n",
+        )
+        .unwrap();
+        let env = Env {
+            xdg_config_home: Some(xdg.path().to_path_buf()),
+            ..env
+        };
+        assert_eq!(resolve_server(None, &env).unwrap(), "http://xdg:1");
+    }
+
+    #[test]
+    fn explicit_config_must_exist_and_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.yaml");
+        let env = env_with(None, Some(&missing), None);
+        assert!(matches!(
+            resolve_server(None, &env),
+            Err(ConfigError::Read { .. })
+        ));
+        let bad = dir.path().join("bad.yaml");
+        std::fs::write(&bad, "server: [unclosed\n").unwrap();
+        let env = env_with(None, Some(&bad), None);
+        assert!(matches!(
+            resolve_server(None, &env),
+            Err(ConfigError::Parse { .. })
+        ));
+    }
+
+    #[test]
+    fn urls_are_normalized() {
+        assert_eq!(
+            normalize_url("localhost:8080").unwrap(),
+            "http://localhost:8080"
+        );
+        assert_eq!(normalize_url("http://a:1/").unwrap(), "http://a:1");
+        assert!(normalize_url("ftp://a").is_err());
+        assert!(normalize_url("http://").is_err());
+    }
+}

@@ -1,0 +1,448 @@
+//! The HTTP JSON API (paths in `topo_schema::api`).
+//!
+//! Every failure is an `ApiError` body with its status code: bad bodies are 400, invalid
+//! objects 422 with one cause per problem, bodies over `api::MAX_BODY_BYTES` 413. A panic in
+//! a handler (a bug) becomes a 500 and leaves the server running.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use etcd_client::Client;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use topo_schema::api::{self, ApiError, ApplyRequest, Cause, ErrorReason, LabelSelector, List};
+use topo_schema::{Kind, ObjectRef, Resource};
+use tracing::Instrument;
+
+use crate::cache::Cache;
+use crate::store::Store;
+use crate::watch::{self, ObjectWatch};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub client: Client,
+    pub cache: Cache,
+    /// Ends watch streams when the server shuts down.
+    pub shutdown: CancellationToken,
+}
+
+/// An `ApiError` as an HTTP response.
+#[derive(Debug)]
+pub struct ApiErr(pub ApiError);
+
+impl From<ApiError> for ApiErr {
+    fn from(e: ApiError) -> Self {
+        ApiErr(e)
+    }
+}
+
+impl From<crate::store::StoreError> for ApiErr {
+    fn from(e: crate::store::StoreError) -> Self {
+        ApiErr(e.into())
+    }
+}
+
+impl IntoResponse for ApiErr {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        json_response(status, &self.0)
+    }
+}
+
+type ApiResult = Result<Response, ApiErr>;
+
+fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut resp = (status, bytes).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn ok<T: Serialize>(body: &T) -> ApiResult {
+    Ok(json_response(StatusCode::OK, body))
+}
+
+fn bad_request(msg: impl Into<String>) -> ApiErr {
+    ApiErr(ApiError::new(ErrorReason::BadRequest, msg))
+}
+
+pub fn router(state: AppState) -> Router {
+    let p = api::API_PREFIX;
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route(&format!("{p}/apply"), post(apply))
+        .route(&format!("{p}/events"), get(events))
+        .route(&format!("{p}/{{plural}}"), get(list_or_watch).post(create))
+        .route(
+            &format!("{p}/{{plural}}/{{name}}"),
+            get(get_one).put(replace).delete(delete_one),
+        )
+        .fallback(|| async {
+            ApiErr(ApiError::new(
+                ErrorReason::NotFound,
+                "no such path; the API is under /apis/topo.dev/v1alpha1",
+            ))
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiErr(ApiError {
+                reason: ErrorReason::BadRequest,
+                code: 405,
+                message: "method not allowed on this path".into(),
+                causes: vec![],
+            })
+        })
+        // Bodies are read (and limited) by `read_body`, which answers with an ApiError.
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn(log_request))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .with_state(state)
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    ApiErr(ApiError::new(
+        ErrorReason::InternalError,
+        "internal error: the request handler failed",
+    ))
+    .into_response()
+}
+
+async fn log_request(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let span = tracing::info_span!("request", %method, %path);
+    let start = Instant::now();
+    let resp = next.run(req).instrument(span.clone()).await;
+    span.in_scope(|| {
+        tracing::info!(
+            status = resp.status().as_u16(),
+            ms = start.elapsed().as_millis() as u64,
+            "done"
+        )
+    });
+    resp
+}
+
+async fn readyz(State(st): State<AppState>) -> ApiResult {
+    let probe = async {
+        st.client
+            .kv_client()
+            .get(topo_schema::keys::fence(), None)
+            .await
+    };
+    match tokio::time::timeout(Duration::from_secs(2), probe).await {
+        Ok(Ok(_)) => Ok("ok".into_response()),
+        Ok(Err(e)) => Err(ApiErr(ApiError::new(
+            ErrorReason::ServiceUnavailable,
+            format!("etcd unreachable: {e}"),
+        ))),
+        Err(_) => Err(ApiErr(ApiError::new(
+            ErrorReason::ServiceUnavailable,
+            "etcd did not answer in 2s",
+        ))),
+    }
+}
+
+type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
+
+fn params(q: Params) -> Result<HashMap<String, String>, ApiErr> {
+    q.map(|Query(m)| m)
+        .map_err(|e| bad_request(format!("invalid query string: {e}")))
+}
+
+fn kind_of(plural: &str) -> Result<Kind, ApiErr> {
+    Kind::parse(plural).ok_or_else(|| {
+        ApiErr(ApiError::new(
+            ErrorReason::NotFound,
+            format!(
+                "unknown resource type {plural:?} (nodes, networks, containers, links, tunnels)"
+            ),
+        ))
+    })
+}
+
+fn dry_run(p: &HashMap<String, String>) -> Result<bool, ApiErr> {
+    match p.get("dryRun").map(String::as_str) {
+        None | Some("") => Ok(false),
+        Some("All") | Some("all") | Some("true") => Ok(true),
+        Some(other) => Err(bad_request(format!(
+            "invalid dryRun {other:?}: the only value is All"
+        ))),
+    }
+}
+
+fn truthy(p: &HashMap<String, String>, k: &str) -> bool {
+    matches!(
+        p.get(k).map(String::as_str),
+        Some("true") | Some("1") | Some("")
+    )
+}
+
+fn revision_param(p: &HashMap<String, String>) -> Result<Option<i64>, ApiErr> {
+    match p.get("resourceVersion").map(String::as_str) {
+        None | Some("") | Some("0") => Ok(None),
+        Some(s) => s
+            .parse::<i64>()
+            .ok()
+            .filter(|r| *r > 0)
+            .map(Some)
+            .ok_or_else(|| {
+                bad_request(format!(
+                    "invalid resourceVersion {s:?}: expected a positive integer"
+                ))
+            }),
+    }
+}
+
+/// Reads a request body up to the limit.
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiErr> {
+    let too_large = || {
+        ApiErr(ApiError::new(
+            ErrorReason::RequestEntityTooLarge,
+            format!(
+                "request body is larger than the limit of {} bytes",
+                api::MAX_BODY_BYTES
+            ),
+        ))
+    };
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+        if !(ct.starts_with("application/json") || ct.ends_with("+json")) {
+            return Err(bad_request(format!(
+                "content type {ct:?} is not accepted: send application/json"
+            )));
+        }
+    }
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        && len > api::MAX_BODY_BYTES
+    {
+        return Err(too_large());
+    }
+    match axum::body::to_bytes(body, api::MAX_BODY_BYTES).await {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            let mut src: Option<&dyn std::error::Error> = Some(&e);
+            while let Some(s) = src {
+                if s.to_string().contains("length limit exceeded") {
+                    return Err(too_large());
+                }
+                src = s.source();
+            }
+            Err(bad_request(format!("failed to read the request body: {e}")))
+        }
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, ApiErr> {
+    if bytes.is_empty() {
+        return Err(bad_request(format!("empty request body: expected {what}")));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| bad_request(format!("request body is not {what}: {e}")))
+}
+
+/// Decodes and statically validates an object from a request body.
+fn parse_resource(bytes: &[u8]) -> Result<Resource, ApiErr> {
+    let v: serde_json::Value = parse_json(bytes, "a JSON object")?;
+    if !v.is_object() {
+        return Err(bad_request("request body must be a JSON object"));
+    }
+    let r = Resource::from_value(v)
+        .map_err(|e| ApiErr(ApiError::invalid(vec![cause(None, None, e.to_string())])))?;
+    let errs = topo_schema::validate::validate_object(&r);
+    if !errs.is_empty() {
+        let obj = r.object_ref().to_string();
+        let causes = errs
+            .into_iter()
+            .map(|e| cause(Some(obj.clone()), Some(e.field), e.message))
+            .collect();
+        return Err(ApiErr(ApiError::invalid(causes)));
+    }
+    Ok(r)
+}
+
+fn cause(object: Option<String>, field: Option<String>, message: String) -> Cause {
+    Cause {
+        file: None,
+        line: None,
+        column: None,
+        object,
+        field: field.filter(|f| !f.is_empty()),
+        message,
+    }
+}
+
+fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiErr> {
+    p.map(|Path(t)| t)
+        .map_err(|e| bad_request(format!("invalid path: {e}")))
+}
+
+async fn list_or_watch(
+    State(st): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+    q: Params,
+) -> ApiResult {
+    let kind = kind_of(&path(p)?)?;
+    let q = params(q)?;
+    let selector = LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))
+        .map_err(bad_request)?;
+    if truthy(&q, "watch") {
+        let w = ObjectWatch {
+            kind: Some(kind),
+            selector,
+            resource_version: revision_param(&q)?,
+        };
+        let stream =
+            watch::watch_objects(st.client.clone(), st.cache.clone(), w, st.shutdown.clone());
+        return Ok(ndjson(stream));
+    }
+    let (items, rev) = st.store.list(Some(kind), &selector);
+    ok(&List::new(items, Some(rev.to_string())))
+}
+
+fn ndjson(stream: watch::LineStream) -> Response {
+    let mut resp = Body::from_stream(stream).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    resp
+}
+
+async fn get_one(
+    State(st): State<AppState>,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult {
+    let (plural, name) = path(p)?;
+    let kind = kind_of(&plural)?;
+    let _span = tracing::info_span!("get", object = %ObjectRef::new(kind, name.as_str())).entered();
+    ok(&st.store.get(kind, &name)?)
+}
+
+async fn create(
+    State(st): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+    q: Params,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let kind = kind_of(&path(p)?)?;
+    let q = params(q)?;
+    let dry = dry_run(&q)?;
+    let r = parse_resource(&read_body(&headers, body).await?)?;
+    if r.kind() != kind {
+        return Err(bad_request(format!(
+            "a {} cannot be created at /{}",
+            r.kind(),
+            kind.plural()
+        )));
+    }
+    let span = tracing::info_span!("create", object = %r.object_ref(), dry_run = dry);
+    let created = st.store.create(r, dry).instrument(span).await?;
+    Ok(json_response(StatusCode::CREATED, &created))
+}
+
+async fn replace(
+    State(st): State<AppState>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    q: Params,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let (plural, name) = path(p)?;
+    let kind = kind_of(&plural)?;
+    let dry = dry_run(&params(q)?)?;
+    let r = parse_resource(&read_body(&headers, body).await?)?;
+    if r.kind() != kind || r.name() != name {
+        return Err(bad_request(format!(
+            "the body is {} but the path names {}",
+            r.object_ref(),
+            ObjectRef::new(kind, name)
+        )));
+    }
+    let span = tracing::info_span!("replace", object = %r.object_ref(), dry_run = dry);
+    ok(&st.store.replace(r, dry).instrument(span).await?)
+}
+
+async fn delete_one(
+    State(st): State<AppState>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    q: Params,
+) -> ApiResult {
+    let (plural, name) = path(p)?;
+    let kind = kind_of(&plural)?;
+    let q = params(q)?;
+    let dry = dry_run(&q)?;
+    let pre = q.get("resourceVersion").filter(|s| !s.is_empty()).cloned();
+    let span =
+        tracing::info_span!("delete", object = %ObjectRef::new(kind, name.as_str()), dry_run = dry);
+    ok(&st
+        .store
+        .delete(kind, &name, pre.as_deref(), dry)
+        .instrument(span)
+        .await?)
+}
+
+async fn apply(State(st): State<AppState>, q: Params, headers: HeaderMap, body: Body) -> ApiResult {
+    let q = params(q)?;
+    let dry = dry_run(&q)?;
+    let mut req: ApplyRequest = parse_json(
+        &read_body(&headers, body).await?,
+        "an ApplyRequest ({\"files\": [...]})",
+    )?;
+    req.dry_run |= dry;
+    let names: Vec<&str> = req.files.iter().map(|f| f.name.as_str()).collect();
+    let span = tracing::info_span!("apply", files = ?names, dry_run = req.dry_run);
+    ok(&st.store.apply(req).instrument(span).await?)
+}
+
+async fn events(State(st): State<AppState>, q: Params) -> ApiResult {
+    let q = params(q)?;
+    let object = match q.get("object").filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => {
+            let (k, n) = s
+                .split_once('/')
+                .ok_or_else(|| bad_request(format!("invalid object {s:?}: expected kind/name")))?;
+            let kind = Kind::parse(k)
+                .ok_or_else(|| bad_request(format!("invalid object {s:?}: unknown kind {k:?}")))?;
+            Some(ObjectRef::new(kind, n))
+        }
+    };
+    if truthy(&q, "watch") {
+        let stream = watch::watch_events(
+            st.client.clone(),
+            object,
+            revision_param(&q)?,
+            st.shutdown.clone(),
+        );
+        return Ok(ndjson(stream));
+    }
+    let (evs, rev) = crate::events::list(&st.client, object.as_ref())
+        .await
+        .map_err(|e| {
+            ApiErr(ApiError::new(
+                ErrorReason::ServiceUnavailable,
+                e.to_string(),
+            ))
+        })?;
+    ok(&List::new(evs, Some(rev.to_string())))
+}

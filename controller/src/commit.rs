@@ -1,0 +1,726 @@
+//! Fenced, all-or-nothing commits of change sets.
+//!
+//! Every mutating operation is a [`ChangeSet`] computed against a cache [`Snapshot`]. The
+//! commit compares the fence key's mod_revision with the snapshot's and bumps the fence, so
+//! writers (on this replica or another) serialize optimistically: a writer whose snapshot is
+//! stale fails the compare, waits for the cache and recomputes.
+//!
+//! etcd refuses transactions of more than `--max-txn-ops` (default 128) operations and
+//! requests over 1.5 MiB. A change set that does not fit one transaction goes through the
+//! intent log:
+//! 1. its operations are written in chunks under `txlog/<id>/chunk/<n>`;
+//! 2. one transaction compares the fence (and the caller's compares, and that every chunk is
+//!    there), writes `txlog/<id>/committed` and sets the fence to name the pending intent:
+//!    from here the change is decided;
+//! 3. the operations are applied in transactions of at most `max_txn_ops`, each comparing and
+//!    bumping the fence (so no other write interleaves);
+//! 4. one transaction deletes the intent and clears the fence.
+//!
+//! Whoever finds the fence naming an intent (any writer, the janitor, a controller starting)
+//! rolls it forward; re-applying is harmless because a change set holds final values and
+//! names each key once. Intents that never reached step 2 are discarded.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp, TxnOpResponse,
+};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use topo_schema::keys::{self, Fence};
+
+use crate::cache::{Cache, MAX_MESSAGE_BYTES, Snapshot};
+
+/// etcd's default `--max-txn-ops`.
+pub const DEFAULT_MAX_TXN_OPS: usize = 128;
+/// Bytes of values per transaction and per intent chunk (etcd's request limit is 1.5 MiB).
+const MAX_TXN_BYTES: usize = 1024 * 1024;
+/// Bytes of operations per intent chunk: values are JSON, and escaping them inside the
+/// chunk's JSON can double their size; etcd refuses requests over 1.5 MiB.
+const MAX_CHUNK_BYTES: usize = 512 * 1024;
+/// How many times a commit recomputes after losing the fence before giving up.
+const MAX_ATTEMPTS: usize = 50;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The snapshot was stale: another fenced write happened since.
+    #[error("failed to commit: the state changed since it was read (fence moved to {current})")]
+    FenceMoved { current: i64 },
+    /// The fence held, but one of the change set's own or the caller's compares failed.
+    #[error("failed to commit: a compared key changed")]
+    CompareFailed,
+    #[error("failed to commit: gave up after {0} attempts against concurrent writers")]
+    TooManyAttempts(usize),
+    #[error("failed to {what} in etcd")]
+    Etcd {
+        what: &'static str,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("failed to decode intent {id}: {message}")]
+    CorruptIntent { id: String, message: String },
+    /// A test asked the committer to stop mid-way, as a crash would.
+    #[error("failed to commit: stopped at {0:?} (injected crash)")]
+    InjectedCrash(CrashPoint),
+    #[error("failed to commit: the cache did not reach revision {0} in time")]
+    CacheLagging(i64),
+}
+
+fn etcd(what: &'static str) -> impl FnOnce(etcd_client::Error) -> CommitError {
+    move |source| CommitError::Etcd { what, source }
+}
+
+/// Writes and deletes that must happen together, plus the mod_revisions they assume.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChangeSet {
+    pub puts: Vec<(String, String)>,
+    pub deletes: Vec<String>,
+    /// `key`'s mod_revision must equal the value (0: the key must not exist).
+    pub compares: Vec<(String, i64)>,
+}
+
+impl ChangeSet {
+    pub fn put(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.puts.push((key.into(), value.into()));
+    }
+
+    /// Puts `value` as JSON.
+    pub fn put_json<T: Serialize>(&mut self, key: impl Into<String>, value: &T) {
+        // Serializing our own plain data structs cannot fail.
+        let v = serde_json::to_string(value).unwrap_or_default();
+        self.puts.push((key.into(), v));
+    }
+
+    pub fn delete(&mut self, key: impl Into<String>) {
+        self.deletes.push(key.into());
+    }
+
+    pub fn compare(&mut self, key: impl Into<String>, mod_revision: i64) {
+        self.compares.push((key.into(), mod_revision));
+    }
+
+    pub fn extend(&mut self, other: ChangeSet) {
+        self.puts.extend(other.puts);
+        self.deletes.extend(other.deletes);
+        self.compares.extend(other.compares);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.puts.is_empty() && self.deletes.is_empty()
+    }
+
+    /// The operations in key order, each key once (a later put or delete of a key wins).
+    fn ops(&self) -> Vec<Op> {
+        let mut m: BTreeMap<&str, Option<&str>> = BTreeMap::new();
+        // Deletes first, then puts: a put of a key also deleted means "replace".
+        for d in &self.deletes {
+            m.insert(d, None);
+        }
+        for (k, v) in &self.puts {
+            m.insert(k, Some(v));
+        }
+        m.into_iter()
+            .map(|(k, v)| match v {
+                Some(v) => Op::Put(k.to_string(), v.to_string()),
+                None => Op::Delete(k.to_string()),
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+enum Op {
+    Put(String, String),
+    Delete(String),
+}
+
+impl Op {
+    fn size(&self) -> usize {
+        match self {
+            Op::Put(k, v) => k.len() + v.len() + 16,
+            Op::Delete(k) => k.len() + 16,
+        }
+    }
+
+    fn txn_op(&self) -> TxnOp {
+        match self {
+            Op::Put(k, v) => TxnOp::put(k.as_str(), v.as_str(), None),
+            Op::Delete(k) => TxnOp::delete(k.as_str(), None),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct IntentChunk {
+    ops: Vec<Op>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct IntentCommitted {
+    chunks: usize,
+}
+
+fn fence_value(pending: Option<&str>) -> String {
+    serde_json::to_string(&Fence {
+        pending_intent: pending.map(str::to_string),
+    })
+    .unwrap_or_default()
+}
+
+/// Splits `ops` into groups of at most `max_ops` operations and about `max_bytes` bytes.
+fn batches(ops: &[Op], max_ops: usize, max_bytes: usize) -> Vec<&[Op]> {
+    let mut out = vec![];
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, op) in ops.iter().enumerate() {
+        let n = i - start;
+        if n > 0 && (n >= max_ops || bytes + op.size() > max_bytes) {
+            out.push(&ops[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += op.size();
+    }
+    if start < ops.len() {
+        out.push(&ops[start..]);
+    }
+    out
+}
+
+/// Where a test makes an intent commit stop, as if the process died there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// Chunks written, intent not committed: the change must vanish.
+    AfterChunks,
+    /// Intent committed, nothing applied: the change must be rolled forward.
+    AfterDecide,
+    /// Intent committed, this many batches applied: the change must be rolled forward.
+    AfterBatches(usize),
+}
+
+/// Commits change sets against the fence. Cheap to clone.
+#[derive(Clone)]
+pub struct Committer {
+    client: Client,
+    cache: Cache,
+    max_txn_ops: usize,
+    crash: Option<CrashPoint>,
+}
+
+impl Committer {
+    pub fn new(client: Client, cache: Cache, max_txn_ops: usize) -> Self {
+        Committer {
+            client,
+            cache,
+            max_txn_ops: max_txn_ops.max(4),
+            crash: None,
+        }
+    }
+
+    /// For crash tests only: stop intent commits at `point`.
+    #[doc(hidden)]
+    pub fn with_crash(mut self, point: CrashPoint) -> Self {
+        self.crash = Some(point);
+        self
+    }
+
+    pub fn max_txn_ops(&self) -> usize {
+        self.max_txn_ops
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Computes a change set against the current snapshot and commits it; recomputes on a
+    /// fresher snapshot when another fenced write got in first. `compute` returns `Ok(None)`
+    /// when there is nothing to write. Returns the value `compute` produced with the revision
+    /// of the commit (None when nothing was written), and the snapshot it was computed on.
+    pub async fn run<T, E>(
+        &self,
+        extra_compares: impl Fn() -> Vec<Compare>,
+        mut compute: impl FnMut(&Arc<Snapshot>) -> Result<(Option<ChangeSet>, T), E>,
+    ) -> Result<(T, Option<i64>, Arc<Snapshot>), E>
+    where
+        E: From<CommitError>,
+    {
+        let mut snap = self.cache.current();
+        for _ in 0..MAX_ATTEMPTS {
+            let (cs, out) = compute(&snap)?;
+            let Some(cs) = cs.filter(|c| !c.is_empty()) else {
+                return Ok((out, None, snap));
+            };
+            match self.commit(&snap, &cs, extra_compares()).await {
+                Ok(rev) => return Ok((out, Some(rev), snap)),
+                Err(CommitError::FenceMoved { current }) => {
+                    tracing::debug!(current, "fence moved, recomputing");
+                    snap = self.catch_up(current).await.map_err(E::from)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CommitError::TooManyAttempts(MAX_ATTEMPTS).into())
+    }
+
+    /// After losing the fence: roll forward whatever intent the fence names, then wait for
+    /// the cache to reach the fence.
+    async fn catch_up(&self, fence_rev: i64) -> Result<Arc<Snapshot>, CommitError> {
+        let (rev, pending) = read_fence(&self.client).await?;
+        if let Some(id) = pending {
+            roll_forward(&self.client, &id, self.max_txn_ops).await?;
+        }
+        let target = rev.max(fence_rev);
+        match tokio::time::timeout(
+            Duration::from_secs(30),
+            self.cache.wait_for_revision(target),
+        )
+        .await
+        {
+            Ok(s) => Ok(s),
+            Err(_) => Err(CommitError::CacheLagging(target)),
+        }
+    }
+
+    /// Commits `cs` if the fence still is at `snap.fence_rev` and every compare holds.
+    /// Returns the revision at which the whole change set is visible.
+    pub async fn commit(
+        &self,
+        snap: &Snapshot,
+        cs: &ChangeSet,
+        extra_compares: Vec<Compare>,
+    ) -> Result<i64, CommitError> {
+        if snap.pending_intent.is_some() {
+            // The snapshot may be half-applied: never compute on it.
+            return Err(CommitError::FenceMoved {
+                current: snap.fence_rev,
+            });
+        }
+        let ops = cs.ops();
+        let bytes: usize = ops.iter().map(Op::size).sum();
+        let n_compares = 1 + cs.compares.len() + extra_compares.len();
+        if ops.len() < self.max_txn_ops && n_compares <= self.max_txn_ops && bytes <= MAX_TXN_BYTES
+        {
+            self.commit_small(snap, cs, ops, extra_compares).await
+        } else {
+            self.commit_intent(snap, cs, ops, extra_compares).await
+        }
+    }
+
+    async fn commit_small(
+        &self,
+        snap: &Snapshot,
+        cs: &ChangeSet,
+        ops: Vec<Op>,
+        extra: Vec<Compare>,
+    ) -> Result<i64, CommitError> {
+        let fence = keys::fence();
+        let mut compares = vec![Compare::mod_revision(
+            fence.as_str(),
+            CompareOp::Equal,
+            snap.fence_rev,
+        )];
+        compares.extend(
+            cs.compares
+                .iter()
+                .map(|(k, r)| Compare::mod_revision(k.as_str(), CompareOp::Equal, *r)),
+        );
+        compares.extend(extra);
+        let mut then: Vec<TxnOp> = ops.iter().map(Op::txn_op).collect();
+        then.push(TxnOp::put(fence.as_str(), fence_value(None), None));
+        let txn = Txn::new()
+            .when(compares)
+            .and_then(then)
+            .or_else(vec![TxnOp::get(fence.as_str(), None)]);
+        let resp = self
+            .client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map_err(etcd("commit a change set"))?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        if resp.succeeded() {
+            tracing::debug!(rev, ops = ops.len(), "committed");
+            return Ok(rev);
+        }
+        Err(fence_failure(&resp, snap.fence_rev))
+    }
+
+    async fn commit_intent(
+        &self,
+        snap: &Snapshot,
+        cs: &ChangeSet,
+        ops: Vec<Op>,
+        extra: Vec<Compare>,
+    ) -> Result<i64, CommitError> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let span = tracing::info_span!("intent", %id, ops = ops.len());
+        let _enter = span.enter();
+        let mut kv = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        // 1. Chunks.
+        let chunks = batches(&ops, usize::MAX, MAX_CHUNK_BYTES);
+        for (n, chunk) in chunks.iter().enumerate() {
+            let v = serde_json::to_string(&IntentChunk {
+                ops: chunk.to_vec(),
+            })
+            .unwrap_or_default();
+            kv.put(keys::intent_chunk(&id, n), v, None)
+                .await
+                .map_err(etcd("write an intent chunk"))?;
+        }
+        if self.crash == Some(CrashPoint::AfterChunks) {
+            return Err(CommitError::InjectedCrash(CrashPoint::AfterChunks));
+        }
+        // 2. Decide.
+        let fence = keys::fence();
+        let mut compares = vec![Compare::mod_revision(
+            fence.as_str(),
+            CompareOp::Equal,
+            snap.fence_rev,
+        )];
+        compares.extend(
+            (0..chunks.len())
+                .map(|n| Compare::version(keys::intent_chunk(&id, n), CompareOp::Greater, 0)),
+        );
+        compares.extend(extra);
+        // The change set's own compares go in when they fit; the fence covers every fenced
+        // writer anyway.
+        if compares.len() + cs.compares.len() <= self.max_txn_ops {
+            compares.extend(
+                cs.compares
+                    .iter()
+                    .map(|(k, r)| Compare::mod_revision(k.as_str(), CompareOp::Equal, *r)),
+            );
+        }
+        let committed = serde_json::to_string(&IntentCommitted {
+            chunks: chunks.len(),
+        })
+        .unwrap_or_default();
+        let txn = Txn::new()
+            .when(compares)
+            .and_then(vec![
+                TxnOp::put(keys::intent_committed(&id), committed, None),
+                TxnOp::put(fence.as_str(), fence_value(Some(&id)), None),
+            ])
+            .or_else(vec![TxnOp::get(fence.as_str(), None)]);
+        let resp = kv.txn(txn).await.map_err(etcd("commit an intent"))?;
+        if !resp.succeeded() {
+            let mut err = fence_failure(&resp, snap.fence_rev);
+            if matches!(err, CommitError::CompareFailed) {
+                // A controller starting up may have discarded our chunks as undecided: that
+                // is a reason to try again, not the caller's compare failing.
+                let chunk = kv
+                    .get(keys::intent_chunk(&id, 0), None)
+                    .await
+                    .map_err(etcd("read an intent chunk"))?;
+                if chunk.kvs().is_empty() {
+                    err = CommitError::FenceMoved {
+                        current: snap.fence_rev,
+                    };
+                }
+            }
+            // Undecided: the chunks are garbage now.
+            let _ = kv
+                .delete(
+                    keys::intent_prefix(&id),
+                    Some(DeleteOptions::new().with_prefix()),
+                )
+                .await;
+            return Err(err);
+        }
+        tracing::info!(chunks = chunks.len(), "intent committed, applying");
+        // 3 and 4, from memory (the chunks in etcd are for whoever must take over).
+        let stop_after = match self.crash {
+            Some(CrashPoint::AfterDecide) => Some(0),
+            Some(CrashPoint::AfterBatches(n)) => Some(n),
+            _ => None,
+        };
+        apply_intent(&self.client, &id, &ops, self.max_txn_ops, stop_after).await
+    }
+}
+
+/// Tells a lost fence from a failed caller compare, from the failure branch's read of the
+/// fence.
+fn fence_failure(resp: &etcd_client::TxnResponse, expected: i64) -> CommitError {
+    let current = resp
+        .op_responses()
+        .into_iter()
+        .find_map(|r| match r {
+            TxnOpResponse::Get(g) => Some(g.kvs().first().map(|kv| kv.mod_revision()).unwrap_or(0)),
+            _ => None,
+        })
+        .unwrap_or(0);
+    if current != expected {
+        CommitError::FenceMoved { current }
+    } else {
+        CommitError::CompareFailed
+    }
+}
+
+/// The fence's mod_revision and the intent it names.
+pub async fn read_fence(client: &Client) -> Result<(i64, Option<String>), CommitError> {
+    let resp = client
+        .kv_client()
+        .get(keys::fence(), None)
+        .await
+        .map_err(etcd("read the fence"))?;
+    Ok(match resp.kvs().first() {
+        Some(kv) => {
+            let pending = serde_json::from_slice::<Fence>(kv.value())
+                .ok()
+                .and_then(|f| f.pending_intent);
+            (kv.mod_revision(), pending)
+        }
+        None => (0, None),
+    })
+}
+
+/// Steps 3 and 4 for intent `id`, while the fence names it. Returns the revision at which
+/// the intent is complete (also when someone else completed it meanwhile).
+async fn apply_intent(
+    client: &Client,
+    id: &str,
+    ops: &[Op],
+    max_txn_ops: usize,
+    stop_after: Option<usize>,
+) -> Result<i64, CommitError> {
+    let fence = keys::fence();
+    let mut kv = client.kv_client();
+    let pending_value = fence_value(Some(id));
+    let mut batch_iter = batches(ops, max_txn_ops - 1, MAX_TXN_BYTES)
+        .into_iter()
+        .peekable();
+    let mut applied = 0;
+    loop {
+        if stop_after == Some(applied) {
+            return Err(CommitError::InjectedCrash(if applied == 0 {
+                CrashPoint::AfterDecide
+            } else {
+                CrashPoint::AfterBatches(applied)
+            }));
+        }
+        let (fence_rev, pending) = read_fence(client).await?;
+        if pending.as_deref() != Some(id) {
+            // Someone else finished it.
+            return Ok(fence_rev);
+        }
+        let Some(batch) = batch_iter.peek() else {
+            // 4. Done: drop the intent, clear the fence.
+            let txn = Txn::new()
+                .when(vec![Compare::mod_revision(
+                    fence.as_str(),
+                    CompareOp::Equal,
+                    fence_rev,
+                )])
+                .and_then(vec![
+                    TxnOp::delete(
+                        keys::intent_prefix(id),
+                        Some(DeleteOptions::new().with_prefix()),
+                    ),
+                    TxnOp::put(fence.as_str(), fence_value(None), None),
+                ]);
+            let resp = kv.txn(txn).await.map_err(etcd("finish an intent"))?;
+            if resp.succeeded() {
+                let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+                tracing::info!(%id, rev, "intent applied");
+                return Ok(rev);
+            }
+            continue;
+        };
+        let mut then: Vec<TxnOp> = batch.iter().map(Op::txn_op).collect();
+        then.push(TxnOp::put(fence.as_str(), pending_value.as_str(), None));
+        let txn = Txn::new()
+            .when(vec![Compare::mod_revision(
+                fence.as_str(),
+                CompareOp::Equal,
+                fence_rev,
+            )])
+            .and_then(then);
+        let resp = kv.txn(txn).await.map_err(etcd("apply an intent batch"))?;
+        if resp.succeeded() {
+            batch_iter.next();
+            applied += 1;
+        }
+        // On failure another roll-forward moved the fence: re-read and retry this batch.
+    }
+}
+
+/// Rolls forward intent `id` from its chunks in etcd (someone else committed it and may have
+/// died). Returns the revision at which it is complete.
+pub async fn roll_forward(
+    client: &Client,
+    id: &str,
+    max_txn_ops: usize,
+) -> Result<i64, CommitError> {
+    let mut kv = client
+        .kv_client()
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let committed = kv
+        .get(keys::intent_committed(id), None)
+        .await
+        .map_err(etcd("read an intent"))?;
+    let Some(c) = committed.kvs().first() else {
+        // Already finished (its keys are deleted with the fence cleared in one transaction).
+        return Ok(read_fence(client).await?.0);
+    };
+    let corrupt = |message: String| CommitError::CorruptIntent {
+        id: id.to_string(),
+        message,
+    };
+    let meta: IntentCommitted =
+        serde_json::from_slice(c.value()).map_err(|e| corrupt(e.to_string()))?;
+    let mut ops = Vec::new();
+    for n in 0..meta.chunks {
+        let resp = kv
+            .get(keys::intent_chunk(id, n), None)
+            .await
+            .map_err(etcd("read an intent chunk"))?;
+        let Some(chunk) = resp.kvs().first() else {
+            return Err(corrupt(format!("chunk {n} is missing")));
+        };
+        let chunk: IntentChunk =
+            serde_json::from_slice(chunk.value()).map_err(|e| corrupt(e.to_string()))?;
+        ops.extend(chunk.ops);
+    }
+    tracing::warn!(%id, ops = ops.len(), "rolling forward a committed intent");
+    apply_intent(client, id, &ops, max_txn_ops, None).await
+}
+
+/// Run on start: rolls forward the intent the fence names, and discards intents that were
+/// never committed (their writer died before step 2).
+pub async fn recover_intents(client: &Client, max_txn_ops: usize) -> Result<(), CommitError> {
+    if let (_, Some(id)) = read_fence(client).await? {
+        roll_forward(client, &id, max_txn_ops).await?;
+    }
+    let resp = client
+        .kv_client()
+        .get(
+            keys::intents_prefix(),
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await
+        .map_err(etcd("list intents"))?;
+    let mut ids: Vec<String> = resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| kv.key_str().ok())
+        .filter_map(|k| {
+            k.strip_prefix(&keys::intents_prefix())
+                .and_then(|r| r.split('/').next())
+                .map(str::to_string)
+        })
+        .collect();
+    ids.dedup();
+    for id in ids {
+        // Only if still undecided: a writer racing us to step 2 then fails its chunk compares.
+        let txn = Txn::new()
+            .when(vec![Compare::version(
+                keys::intent_committed(&id),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then(vec![TxnOp::delete(
+                keys::intent_prefix(&id),
+                Some(DeleteOptions::new().with_prefix()),
+            )]);
+        let resp = client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map_err(etcd("discard an intent"))?;
+        if resp.succeeded() {
+            tracing::info!(%id, "discarded an uncommitted intent");
+        } else if let (_, Some(pending)) = read_fence(client).await?
+            && pending == id
+        {
+            roll_forward(client, &id, max_txn_ops).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Rolls forward an intent whose writer seems gone: one the fence has named, unchanged, for
+/// a few seconds. Runs until `shutdown`.
+pub async fn run_intent_janitor(
+    client: Client,
+    cache: Cache,
+    max_txn_ops: usize,
+    shutdown: CancellationToken,
+) {
+    let mut rx = cache.pending_intent();
+    loop {
+        let pending = rx.borrow_and_update().clone();
+        if let Some((id, fence_rev)) = pending {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = rx.changed() => {
+                    if changed.is_err() { return; }
+                    continue;
+                }
+                _ = tokio::time::sleep(Duration::from_secs(3)) => {
+                    tracing::warn!(%id, fence_rev, "intent stalled, rolling it forward");
+                    if let Err(e) = roll_forward(&client, &id, max_txn_ops).await {
+                        tracing::error!(%id, error = %e, "failed to roll an intent forward");
+                    }
+                }
+            }
+        } else {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = rx.changed() => if changed.is_err() { return; },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ops_dedup_and_order() {
+        let mut cs = ChangeSet::default();
+        cs.put("/b", "1");
+        cs.delete("/a");
+        cs.delete("/b");
+        cs.put("/a", "2");
+        cs.put("/a", "3");
+        assert_eq!(
+            cs.ops(),
+            vec![
+                Op::Put("/a".into(), "3".into()),
+                Op::Put("/b".into(), "1".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn batches_respect_ops_and_bytes() {
+        let ops: Vec<Op> = (0..300)
+            .map(|i| Op::Put(format!("/k{i:03}"), "x".repeat(100)))
+            .collect();
+        let b = batches(&ops, 127, usize::MAX);
+        assert_eq!(
+            b.iter().map(|b| b.len()).collect::<Vec<_>>(),
+            vec![127, 127, 46]
+        );
+        let b = batches(&ops, usize::MAX, 1200);
+        assert!(
+            b.iter()
+                .all(|b| b.iter().map(Op::size).sum::<usize>() <= 1200)
+        );
+        assert_eq!(b.iter().map(|b| b.len()).sum::<usize>(), 300);
+        // One op larger than the byte limit still goes, alone.
+        let big = vec![Op::Put("/k".into(), "x".repeat(5000))];
+        assert_eq!(batches(&big, 10, 1000).len(), 1);
+    }
+}

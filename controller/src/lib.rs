@@ -1,0 +1,289 @@
+//! topo-controller: the API server and the controller, as a library so tests (and topoctl's
+//! tests) can run it in-process.
+//!
+//! * [`cache`]: the informer over etcd, publishing immutable snapshots.
+//! * [`commit`]: fenced change sets, and the intent log for those too large for one txn.
+//! * [`store`]: apply/create/replace/delete computed against snapshots.
+//! * [`api`], [`watch`]: the HTTP API and its watch streams.
+//! * [`events`]: bounded event history.
+//! * [`ipam`], [`planner`], [`leader`]: addresses, derivation, and the leader's loop.
+
+pub mod api;
+pub mod cache;
+pub mod commit;
+pub mod events;
+pub mod ipam;
+pub mod leader;
+pub mod planner;
+pub mod store;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use backoff::backoff::Backoff;
+use etcd_client::{Client, ConnectOptions};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::{Cache, CacheError};
+use crate::commit::{CommitError, Committer};
+use crate::store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("failed to connect to etcd at {endpoints}: shut down while retrying")]
+    Connect { endpoints: String },
+    #[error("failed to recover the intent log")]
+    Recover(#[source] CommitError),
+    #[error("failed to start the cache")]
+    Cache(#[source] CacheError),
+    #[error("failed to listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to serve HTTP")]
+    Serve(#[source] std::io::Error),
+}
+
+/// What a controller process runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub etcd_endpoints: Vec<String>,
+    pub listen: SocketAddr,
+    /// etcd's `--max-txn-ops`: change sets larger than this go through the intent log.
+    pub max_txn_ops: usize,
+    /// This replica's name in the leader election.
+    pub id: String,
+    /// Whether to take part in the leader election (derivation, status). Tests of the API
+    /// alone turn it off.
+    pub lead: bool,
+}
+
+impl Config {
+    pub fn new(etcd_endpoints: Vec<String>, listen: SocketAddr) -> Self {
+        Config {
+            etcd_endpoints,
+            listen,
+            max_txn_ops: commit::DEFAULT_MAX_TXN_OPS,
+            id: default_id(),
+            lead: true,
+        }
+    }
+}
+
+/// `hostname-pid`, unique enough among replicas.
+pub fn default_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let host = if host.is_empty() {
+        "controller".to_string()
+    } else {
+        host
+    };
+    format!("{host}-{}", std::process::id())
+}
+
+/// The parts of a running controller.
+#[derive(Clone)]
+pub struct Controller {
+    pub client: Client,
+    pub cache: Cache,
+    pub committer: Committer,
+    pub store: Store,
+    pub id: String,
+}
+
+/// Connects to etcd, retrying with backoff until it answers or `shutdown`.
+pub async fn connect(
+    endpoints: &[String],
+    shutdown: &CancellationToken,
+) -> Result<Client, ServerError> {
+    let mut backoff = cache::new_backoff();
+    loop {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        let attempt = async {
+            let mut c = Client::connect(endpoints, Some(opts)).await?;
+            // Connecting is lazy for some endpoints; make sure etcd answers.
+            c.status().await?;
+            Ok::<_, etcd_client::Error>(c)
+        };
+        match attempt.await {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                let wait = backoff.next_backoff().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(endpoints = ?endpoints, error = %e, ?wait, "etcd not reachable, retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(ServerError::Connect { endpoints: endpoints.join(",") }),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Connects, recovers the intent log and starts the cache (no HTTP, no leader).
+pub async fn start_controller(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<Controller, ServerError> {
+    let client = connect(&config.etcd_endpoints, shutdown).await?;
+    commit::recover_intents(&client, config.max_txn_ops)
+        .await
+        .map_err(ServerError::Recover)?;
+    let cache = Cache::start(client.clone(), shutdown.clone())
+        .await
+        .map_err(ServerError::Cache)?;
+    tokio::spawn(commit::run_intent_janitor(
+        client.clone(),
+        cache.clone(),
+        config.max_txn_ops,
+        shutdown.clone(),
+    ));
+    let committer = Committer::new(client.clone(), cache.clone(), config.max_txn_ops);
+    let store = Store::new(committer.clone());
+    Ok(Controller {
+        client,
+        cache,
+        committer,
+        store,
+        id: config.id.clone(),
+    })
+}
+
+/// A controller serving HTTP.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub controller: Controller,
+    /// Ends when the server has shut down (after `shutdown` and in-flight requests).
+    pub handle: JoinHandle<Result<(), ServerError>>,
+}
+
+/// Starts everything and serves HTTP until `shutdown`.
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, ServerError> {
+    let controller = start_controller(&config, &shutdown).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let leader = if config.lead {
+        spawn_leader(&controller, &config, &shutdown)
+    } else {
+        None
+    };
+    let state = api::AppState {
+        store: controller.store.clone(),
+        client: controller.client.clone(),
+        cache: controller.cache.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let app = api::router(state);
+    let sd = shutdown.clone();
+    let handle = tokio::spawn(async move {
+        tracing::info!(%addr, "serving the API");
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { sd.cancelled().await })
+            .await;
+        if let Some(l) = leader {
+            // The leader resigns on shutdown; wait so a successor does not wait out the lease.
+            let _ = tokio::time::timeout(Duration::from_secs(5), l).await;
+        }
+        served.map_err(ServerError::Serve)
+    });
+    Ok(Running {
+        addr,
+        controller,
+        handle,
+    })
+}
+
+fn spawn_leader(
+    c: &Controller,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Option<JoinHandle<()>> {
+    let leader_config = leader::LeaderConfig {
+        id: c.id.clone(),
+        txn_ops: config.max_txn_ops.saturating_sub(8).max(4),
+        ..Default::default()
+    };
+    let committer = c.committer.clone();
+    let shutdown = shutdown.clone();
+    Some(tokio::spawn(async move {
+        if let Err(e) = leader::run(committer, leader_config, shutdown).await {
+            tracing::error!(error = %e, "the leader loop failed");
+        }
+    }))
+}
+
+/// Runs until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServerError> {
+    let running = start(config, shutdown).await?;
+    match running.handle.await {
+        Ok(r) => r,
+        Err(e) => Err(ServerError::Serve(std::io::Error::other(e))),
+    }
+}
+
+/// An in-process controller on a free loopback port, for tests (topoctl's too). Stops when
+/// dropped.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    pub controller: Controller,
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<Result<(), ServerError>>>,
+}
+
+impl TestServer {
+    /// Stops serving and waits for in-flight requests.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            let _ = h.await;
+        }
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Starts a controller (with the leader) against `endpoints` on 127.0.0.1:0.
+pub async fn serve_for_test(endpoints: &[String]) -> Result<TestServer, ServerError> {
+    let config = Config::new(endpoints.to_vec(), SocketAddr::from(([127, 0, 0, 1], 0)));
+    serve_for_test_with(config).await
+}
+
+/// Like [`serve_for_test`] with a chosen configuration (the listen address is kept).
+pub async fn serve_for_test_with(config: Config) -> Result<TestServer, ServerError> {
+    let shutdown = CancellationToken::new();
+    let running = start(config, shutdown.clone()).await?;
+    Ok(TestServer {
+        addr: running.addr,
+        url: format!("http://{}", running.addr),
+        controller: running.controller,
+        shutdown,
+        handle: Some(running.handle),
+    })
+}

@@ -1,0 +1,690 @@
+//! Containers through the Docker Engine API (bollard).
+//!
+//! Ownership is by label: every container topo creates carries `topo.dev/managed=true`,
+//! `topo.dev/node=<node>`, `topo.dev/object=container/<name>`, `topo.dev/uid` and
+//! `topo.dev/config-hash`; the backend lists, starts and removes nothing else. In the lab one
+//! engine serves every simulated node, so the node label is what keeps agents apart.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::errors::Error as DockerError;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, EventMessage, HostConfig, RestartPolicy,
+    RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions,
+    RemoveContainerOptions,
+};
+use chrono::{DateTime, Datelike, Utc};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use topo_schema::kinds::PullPolicy;
+use topo_schema::slice::{ContainerEntry, owner};
+use tracing::{debug, warn};
+
+use super::{ContainerEvent, Containers, ObservedContainer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("failed to connect to the Docker engine at {endpoint}")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: DockerError,
+    },
+    #[error("failed to {what}")]
+    Docker {
+        what: String,
+        #[source]
+        source: DockerError,
+    },
+    /// The image is missing and may not or could not be pulled. `reason` is for status.
+    #[error("failed to pull image {image}: {reason}")]
+    ImagePullFailed { image: String, reason: String },
+    /// The Docker name is held by a container of another node (lab: one engine serves every
+    /// node): retry once that node has removed it.
+    #[error("failed to create container {name}: the name is held by a container of node {node}")]
+    NameOwnedByOtherNode { name: String, node: String },
+    #[error("failed to create container {name}: the name is held by a container topo does not own")]
+    NameTaken { name: String },
+    /// A container of ours with that name already exists (created concurrently): list again.
+    #[error("failed to create container {name}: it already exists as {id}")]
+    AlreadyExists { name: String, id: String },
+    #[error("refused to touch container {id}: it does not carry topo's labels for this node")]
+    NotOwned { id: String },
+}
+
+impl ContainerError {
+    fn docker(what: impl Into<String>, source: DockerError) -> Self {
+        ContainerError::Docker {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// The Docker backend of one node.
+#[derive(Clone)]
+pub struct DockerContainers {
+    docker: Docker,
+    node: String,
+}
+
+fn status_code(e: &DockerError) -> Option<u16> {
+    match e {
+        DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+/// The labels topo puts on the container of `entry` on `node`.
+pub fn labels_for(node: &str, entry: &ContainerEntry) -> HashMap<String, String> {
+    HashMap::from([
+        (owner::MANAGED.to_string(), "true".to_string()),
+        (owner::NODE.to_string(), node.to_string()),
+        (
+            owner::OBJECT.to_string(),
+            format!("container/{}", entry.name),
+        ),
+        (owner::UID.to_string(), entry.uid.clone()),
+        (owner::CONFIG_HASH.to_string(), entry.config_hash()),
+    ])
+}
+
+/// The create request for `entry`: no networking of Docker's own (`NetworkMode: none`; topo
+/// plumbs the namespace), restart policy "no" (the agent restarts, so it can count), the
+/// link aliases as extra /etc/hosts entries.
+pub fn create_body(node: &str, entry: &ContainerEntry) -> ContainerCreateBody {
+    let env: Vec<String> = entry.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let hosts: Vec<String> = entry
+        .hosts
+        .iter()
+        .map(|h| format!("{}:{}", h.name, h.ip))
+        .collect();
+    ContainerCreateBody {
+        image: Some(entry.image.clone()),
+        cmd: (!entry.command.is_empty()).then(|| entry.command.clone()),
+        env: Some(env),
+        labels: Some(labels_for(node, entry)),
+        hostname: Some(entry.name.clone()),
+        host_config: Some(HostConfig {
+            network_mode: Some("none".to_string()),
+            extra_hosts: Some(hosts),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::NO),
+                maximum_retry_count: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Docker writes "0001-01-01T00:00:00Z" for "never".
+fn parse_time(s: Option<&String>) -> Option<DateTime<Utc>> {
+    let t = DateTime::parse_from_rfc3339(s?).ok()?.with_timezone(&Utc);
+    (t.year() > 1).then_some(t)
+}
+
+/// An inspected container as topo sees it, when it is ours on `node`.
+pub fn observed_from_inspect(
+    node: &str,
+    c: &ContainerInspectResponse,
+) -> Option<ObservedContainer> {
+    let labels = c.config.as_ref()?.labels.as_ref()?;
+    if labels.get(owner::MANAGED).map(String::as_str) != Some("true")
+        || labels.get(owner::NODE).map(String::as_str) != Some(node)
+    {
+        return None;
+    }
+    let name = labels
+        .get(owner::OBJECT)?
+        .strip_prefix("container/")?
+        .to_string();
+    let state = c.state.clone().unwrap_or_default();
+    let running = state.running.unwrap_or(false);
+    Some(ObservedContainer {
+        id: c.id.clone()?,
+        docker_name: c
+            .name
+            .clone()
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string(),
+        name,
+        uid: labels.get(owner::UID).cloned().unwrap_or_default(),
+        config_hash: labels.get(owner::CONFIG_HASH).cloned().unwrap_or_default(),
+        image: c
+            .config
+            .as_ref()
+            .and_then(|x| x.image.clone())
+            .unwrap_or_default(),
+        running,
+        pid: state
+            .pid
+            .filter(|p| running && *p > 0)
+            .and_then(|p| u32::try_from(p).ok()),
+        restart_count: c
+            .restart_count
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0),
+        started_at: parse_time(state.started_at.as_ref()),
+        finished_at: parse_time(state.finished_at.as_ref()),
+        exit_code: state.exit_code,
+        status: state.status.map(|s| s.to_string()).unwrap_or_default(),
+    })
+}
+
+/// The object a Docker event is about, when it is one of ours on `node`.
+pub fn event_from_message(node: &str, m: &EventMessage) -> Option<ContainerEvent> {
+    let actor = m.actor.as_ref()?;
+    let attrs = actor.attributes.as_ref()?;
+    if attrs.get(owner::MANAGED).map(String::as_str) != Some("true")
+        || attrs.get(owner::NODE).map(String::as_str) != Some(node)
+    {
+        return None;
+    }
+    let name = attrs
+        .get(owner::OBJECT)?
+        .strip_prefix("container/")?
+        .to_string();
+    // exec_start etc. carry a suffix ("exec_start: sh"); keep the verb.
+    let action = m
+        .action
+        .as_deref()?
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    Some(ContainerEvent::Changed {
+        name,
+        id: actor.id.clone().unwrap_or_default(),
+        action,
+    })
+}
+
+impl DockerContainers {
+    /// Connects to `endpoint` (`unix:///path` or a plain socket path; None: Docker's local
+    /// defaults, honouring DOCKER_HOST) and negotiates the API version with the engine.
+    pub async fn connect(endpoint: Option<&str>, node: &str) -> Result<Self, ContainerError> {
+        let shown = endpoint.unwrap_or("the local default").to_string();
+        let docker = match endpoint {
+            Some(e) => {
+                let path = e.strip_prefix("unix://").unwrap_or(e);
+                Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
+            }
+            None => Docker::connect_with_local_defaults(),
+        }
+        .map_err(|source| ContainerError::Connect {
+            endpoint: shown.clone(),
+            source,
+        })?;
+        // Debian's engine 20.10 speaks API 1.41; bollard defaults to a newer one.
+        let docker =
+            docker
+                .negotiate_version()
+                .await
+                .map_err(|source| ContainerError::Connect {
+                    endpoint: shown,
+                    source,
+                })?;
+        Ok(DockerContainers {
+            docker,
+            node: node.to_string(),
+        })
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn owned_filter(&self) -> HashMap<String, Vec<String>> {
+        HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{}=true", owner::MANAGED),
+                format!("{}={}", owner::NODE, self.node),
+            ],
+        )])
+    }
+
+    async fn inspect(&self, id: &str) -> Result<Option<ContainerInspectResponse>, ContainerError> {
+        match self.docker.inspect_container(id, None).await {
+            Ok(c) => Ok(Some(c)),
+            Err(e) if status_code(&e) == Some(404) => Ok(None),
+            Err(e) => Err(ContainerError::docker(format!("inspect container {id}"), e)),
+        }
+    }
+
+    async fn image_present(&self, image: &str) -> Result<bool, ContainerError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(e) if status_code(&e) == Some(404) => Ok(false),
+            Err(e) => Err(ContainerError::docker(format!("inspect image {image}"), e)),
+        }
+    }
+
+    async fn pull(&self, image: &str) -> Result<(), ContainerError> {
+        let (repo, tag) = split_image(image);
+        let opts = CreateImageOptions {
+            from_image: Some(repo.to_string()),
+            tag: Some(tag.to_string()),
+            ..Default::default()
+        };
+        let mut s = self.docker.create_image(Some(opts), None, None);
+        while let Some(item) = s.next().await {
+            if let Err(e) = item {
+                return Err(ContainerError::ImagePullFailed {
+                    image: image.to_string(),
+                    reason: pull_reason(&e),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// What holds `docker_name` when a create collided.
+    async fn collision(&self, docker_name: &str) -> ContainerError {
+        match self.inspect(docker_name).await {
+            Ok(Some(c)) => {
+                let labels = c
+                    .config
+                    .as_ref()
+                    .and_then(|x| x.labels.clone())
+                    .unwrap_or_default();
+                let managed = labels.get(owner::MANAGED).map(String::as_str) == Some("true");
+                match labels.get(owner::NODE) {
+                    Some(n) if managed && *n != self.node => ContainerError::NameOwnedByOtherNode {
+                        name: docker_name.to_string(),
+                        node: n.clone(),
+                    },
+                    Some(_) if managed => ContainerError::AlreadyExists {
+                        name: docker_name.to_string(),
+                        id: c.id.unwrap_or_default(),
+                    },
+                    _ => ContainerError::NameTaken {
+                        name: docker_name.to_string(),
+                    },
+                }
+            }
+            // Gone meanwhile: the caller retries.
+            Ok(None) => ContainerError::NameTaken {
+                name: docker_name.to_string(),
+            },
+            Err(e) => e,
+        }
+    }
+
+    async fn owned(&self, id: &str) -> Result<Option<ContainerInspectResponse>, ContainerError> {
+        let Some(c) = self.inspect(id).await? else {
+            return Ok(None);
+        };
+        if observed_from_inspect(&self.node, &c).is_none() {
+            return Err(ContainerError::NotOwned { id: id.to_string() });
+        }
+        Ok(Some(c))
+    }
+}
+
+/// `repo[:tag]` (a registry port is not a tag); `latest` when none.
+fn split_image(image: &str) -> (&str, &str) {
+    let image = image.split('@').next().unwrap_or(image);
+    match image.rfind(':') {
+        Some(i) if !image[i + 1..].contains('/') => (&image[..i], &image[i + 1..]),
+        _ => (image, "latest"),
+    }
+}
+
+fn pull_reason(e: &DockerError) -> String {
+    match e {
+        DockerError::DockerResponseServerError { message, .. } => message.clone(),
+        DockerError::DockerStreamError { error } => error.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[async_trait]
+impl Containers for DockerContainers {
+    async fn list(&self) -> Result<Vec<ObservedContainer>, ContainerError> {
+        let opts = ListContainersOptions {
+            all: true,
+            filters: Some(self.owned_filter()),
+            ..Default::default()
+        };
+        let summaries = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| ContainerError::docker("list containers", e))?;
+        // The summary has no pid nor start time: inspect each, concurrently.
+        let ids: Vec<String> = summaries.into_iter().filter_map(|s| s.id).collect();
+        let inspected = futures::future::join_all(ids.iter().map(|id| self.inspect(id))).await;
+        let mut out = Vec::new();
+        for c in inspected {
+            // Removed between list and inspect: simply gone.
+            if let Some(c) = c? {
+                out.extend(observed_from_inspect(&self.node, &c));
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn get(&self, docker_name: &str) -> Result<Option<ObservedContainer>, ContainerError> {
+        Ok(self
+            .inspect(docker_name)
+            .await?
+            .and_then(|c| observed_from_inspect(&self.node, &c)))
+    }
+
+    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), ContainerError> {
+        match policy {
+            PullPolicy::Always => self.pull(image).await,
+            PullPolicy::IfNotPresent => {
+                if self.image_present(image).await? {
+                    Ok(())
+                } else {
+                    self.pull(image).await
+                }
+            }
+            PullPolicy::Never => {
+                if self.image_present(image).await? {
+                    Ok(())
+                } else {
+                    Err(ContainerError::ImagePullFailed {
+                        image: image.to_string(),
+                        reason: "the image is not present and imagePullPolicy is Never".to_string(),
+                    })
+                }
+            }
+        }
+    }
+
+    async fn create_and_start(&self, entry: &ContainerEntry) -> Result<String, ContainerError> {
+        let opts = CreateContainerOptions {
+            name: Some(entry.docker_name.clone()),
+            ..Default::default()
+        };
+        let created = match self
+            .docker
+            .create_container(Some(opts), create_body(&self.node, entry))
+            .await
+        {
+            Ok(c) => c,
+            Err(e) if status_code(&e) == Some(409) => {
+                return Err(self.collision(&entry.docker_name).await);
+            }
+            Err(e) if status_code(&e) == Some(404) => {
+                return Err(ContainerError::ImagePullFailed {
+                    image: entry.image.clone(),
+                    reason: pull_reason(&e),
+                });
+            }
+            Err(e) => {
+                return Err(ContainerError::docker(
+                    format!("create container {}", entry.docker_name),
+                    e,
+                ));
+            }
+        };
+        for w in &created.warnings {
+            warn!(container = %entry.name, warning = %w, "docker warned on create");
+        }
+        if let Err(e) = self.docker.start_container(&created.id, None).await {
+            // A container that never started is useless to adopt: drop it so the next
+            // attempt starts from scratch.
+            let rm = RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            };
+            if let Err(rm_err) = self.docker.remove_container(&created.id, Some(rm)).await {
+                debug!(id = %created.id, error = %rm_err, "could not remove a container that failed to start");
+            }
+            return Err(ContainerError::docker(
+                format!("start container {}", entry.docker_name),
+                e,
+            ));
+        }
+        Ok(created.id)
+    }
+
+    async fn start(&self, id: &str) -> Result<(), ContainerError> {
+        let Some(c) = self.owned(id).await? else {
+            return Err(ContainerError::docker(
+                format!("start container {id}"),
+                DockerError::DockerResponseServerError {
+                    status_code: 404,
+                    message: "no such container".into(),
+                },
+            ));
+        };
+        if c.state.and_then(|s| s.running).unwrap_or(false) {
+            return Ok(());
+        }
+        match self.docker.start_container(id, None).await {
+            // 304: already started.
+            Err(e) if status_code(&e) != Some(304) => {
+                Err(ContainerError::docker(format!("start container {id}"), e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), ContainerError> {
+        if self.owned(id).await?.is_none() {
+            return Ok(());
+        }
+        let rm = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        match self.docker.remove_container(id, Some(rm)).await {
+            Ok(()) => Ok(()),
+            Err(e) if status_code(&e) == Some(404) => Ok(()),
+            // 409 "removal already in progress": it is going away.
+            Err(e) if status_code(&e) == Some(409) => Ok(()),
+            Err(e) => Err(ContainerError::docker(format!("remove container {id}"), e)),
+        }
+    }
+
+    fn watch(&self) -> BoxStream<'static, ContainerEvent> {
+        let docker = self.docker.clone();
+        let node = self.node.clone();
+        let filters = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            (
+                "label".to_string(),
+                vec![
+                    format!("{}=true", owner::MANAGED),
+                    format!("{}={}", owner::NODE, node),
+                ],
+            ),
+        ]);
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            let mut first = true;
+            let mut delay = Duration::from_secs(1);
+            loop {
+                if !first && tx.send(ContainerEvent::Resync).await.is_err() {
+                    return;
+                }
+                first = false;
+                let connected = tokio::time::Instant::now();
+                let opts = EventsOptions {
+                    filters: Some(filters.clone()),
+                    ..Default::default()
+                };
+                let mut events = docker.events(Some(opts));
+                loop {
+                    tokio::select! {
+                        _ = tx.closed() => return,
+                        item = events.next() => match item {
+                            Some(Ok(m)) => {
+                                if let Some(ev) = event_from_message(&node, &m)
+                                    && tx.send(ev).await.is_err()
+                                {
+                                    return;
+                                }
+                            }
+                            Some(Err(e)) => {
+                                warn!(error = %e, "docker event stream failed; reconnecting");
+                                break;
+                            }
+                            None => {
+                                debug!("docker event stream ended; reconnecting");
+                                break;
+                            }
+                        }
+                    }
+                }
+                // While the engine is away, retry (and ask for a resync) at most every 10 s.
+                if connected.elapsed() > Duration::from_secs(30) {
+                    delay = Duration::from_secs(1);
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use bollard::models::{ContainerConfig, ContainerState, ContainerStateStatusEnum, EventActor};
+    use topo_schema::slice::HostEntry;
+
+    use super::*;
+
+    fn entry() -> ContainerEntry {
+        ContainerEntry {
+            name: "web".into(),
+            uid: "uid-1".into(),
+            generation: 3,
+            docker_name: "topo-web".into(),
+            image: "topo/busybox:latest".into(),
+            command: vec!["httpd".into(), "-f".into()],
+            env: BTreeMap::from([("A".into(), "1".into())]),
+            pull_policy: PullPolicy::IfNotPresent,
+            hosts: vec![HostEntry {
+                name: "db".into(),
+                ip: "127.0.0.1".parse().unwrap(),
+            }],
+            attachments: vec![],
+            ports: vec![],
+            links: vec![],
+        }
+    }
+
+    #[test]
+    fn create_body_disables_networking_and_labels() {
+        let b = create_body("node1", &entry());
+        let hc = b.host_config.unwrap();
+        assert_eq!(hc.network_mode.as_deref(), Some("none"));
+        assert_eq!(
+            hc.restart_policy.unwrap().name,
+            Some(RestartPolicyNameEnum::NO)
+        );
+        assert_eq!(hc.extra_hosts.unwrap(), vec!["db:127.0.0.1".to_string()]);
+        assert_eq!(b.env.unwrap(), vec!["A=1".to_string()]);
+        assert_eq!(b.cmd.unwrap(), vec!["httpd".to_string(), "-f".to_string()]);
+        let l = b.labels.unwrap();
+        assert_eq!(l[owner::MANAGED], "true");
+        assert_eq!(l[owner::NODE], "node1");
+        assert_eq!(l[owner::OBJECT], "container/web");
+        assert_eq!(l[owner::UID], "uid-1");
+        assert_eq!(l[owner::CONFIG_HASH], entry().config_hash());
+    }
+
+    #[test]
+    fn empty_command_keeps_image_default() {
+        let mut e = entry();
+        e.command.clear();
+        assert_eq!(create_body("n", &e).cmd, None);
+    }
+
+    fn inspected(node: &str, running: bool) -> ContainerInspectResponse {
+        let e = entry();
+        ContainerInspectResponse {
+            id: Some("abc".into()),
+            name: Some("/topo-web".into()),
+            restart_count: Some(0),
+            config: Some(ContainerConfig {
+                image: Some(e.image.clone()),
+                labels: Some(labels_for(node, &e)),
+                ..Default::default()
+            }),
+            state: Some(ContainerState {
+                running: Some(running),
+                pid: Some(if running { 4242 } else { 0 }),
+                status: Some(if running {
+                    ContainerStateStatusEnum::RUNNING
+                } else {
+                    ContainerStateStatusEnum::EXITED
+                }),
+                started_at: Some("2024-05-01T10:00:00.123Z".into()),
+                finished_at: Some("0001-01-01T00:00:00Z".into()),
+                exit_code: Some(0),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn inspect_is_ours_only_for_our_node() {
+        let o = observed_from_inspect("node1", &inspected("node1", true)).unwrap();
+        assert_eq!(o.name, "web");
+        assert_eq!(o.docker_name, "topo-web");
+        assert_eq!(o.pid, Some(4242));
+        assert!(o.started_at.is_some());
+        assert_eq!(o.finished_at, None);
+        assert_eq!(o.status, "running");
+        assert_eq!(o.config_hash, entry().config_hash());
+        assert!(observed_from_inspect("node2", &inspected("node1", true)).is_none());
+        let stopped = observed_from_inspect("node1", &inspected("node1", false)).unwrap();
+        assert_eq!(stopped.pid, None);
+        let mut foreign = inspected("node1", true);
+        foreign.config.as_mut().unwrap().labels = Some(HashMap::new());
+        assert!(observed_from_inspect("node1", &foreign).is_none());
+    }
+
+    #[test]
+    fn events_name_the_object() {
+        let m = EventMessage {
+            action: Some("die".into()),
+            actor: Some(EventActor {
+                id: Some("abc".into()),
+                attributes: Some(labels_for("node1", &entry())),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            event_from_message("node1", &m),
+            Some(ContainerEvent::Changed {
+                name: "web".into(),
+                id: "abc".into(),
+                action: "die".into()
+            })
+        );
+        assert_eq!(event_from_message("node2", &m), None);
+    }
+
+    #[test]
+    fn image_references() {
+        assert_eq!(
+            split_image("topo/busybox:latest"),
+            ("topo/busybox", "latest")
+        );
+        assert_eq!(split_image("busybox"), ("busybox", "latest"));
+        assert_eq!(split_image("reg:5000/x/y"), ("reg:5000/x/y", "latest"));
+        assert_eq!(split_image("reg:5000/x/y:1.2"), ("reg:5000/x/y", "1.2"));
+    }
+}

@@ -1,0 +1,894 @@
+//! The agent's host backends: one small trait per thing a node holds (Docker containers,
+//! interfaces, Open vSwitch, nftables NAT), a real implementation of each, and a recording
+//! fake of each for the runtime's unit tests (`fake`).
+//!
+//! Every trait keeps *observing* apart from *changing*: a reconcile with nothing to do calls
+//! only the observe functions and so makes no write. Every change function is idempotent
+//! (calling it twice with the same input leaves the host as calling it once) and touches
+//! nothing topo does not own (Docker labels, OVSDB `external_ids`, `tv-`/`tb-`/`tg-` names,
+//! the nftables table `topo`).
+//!
+//! Each trait also offers a `watch()` stream of out-of-band changes (Docker events, netlink
+//! notifications, OVSDB monitor updates). Streams reconnect by themselves; after a reconnect
+//! (or anything else that may have lost notifications) they yield a `Resync` item, on which
+//! the runtime should reconcile everything.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use ipnet::Ipv4Net;
+use topo_schema::kinds::{Datapath, Protocol, PullPolicy};
+use topo_schema::slice::{AttachmentEntry, ContainerEntry, PublishedPort};
+
+pub mod docker;
+pub mod fake;
+pub mod nat;
+pub mod netlink;
+pub mod netns;
+pub mod ovs;
+pub mod ovsdb_rpc;
+
+pub use docker::{ContainerError, DockerContainers};
+pub use nat::{NatError, NftNat};
+pub use netlink::{InterfaceError, NetlinkInterfaces};
+pub use ovs::{OvsError, OvsdbSwitch};
+
+// ====================================================================== Containers
+
+/// A Docker container carrying topo's labels for this node, as Docker reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedContainer {
+    /// Docker's container id.
+    pub id: String,
+    /// Docker name without the leading '/': `topo-<name>`.
+    pub docker_name: String,
+    /// The Container object's name (from the `topo.dev/object` label `container/<name>`).
+    pub name: String,
+    /// `topo.dev/uid` label.
+    pub uid: String,
+    /// `topo.dev/config-hash` label: compare with `ContainerEntry::config_hash()`.
+    pub config_hash: String,
+    pub image: String,
+    pub running: bool,
+    /// The container's init process as the agent sees it (only while running).
+    pub pid: Option<u32>,
+    /// Docker's own restart count (always 0 with restart policy "no": the agent counts).
+    pub restart_count: u32,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub exit_code: Option<i64>,
+    /// Docker's state word (created, running, exited, dead, ...).
+    pub status: String,
+}
+
+/// What happened to a container outside the agent's own calls (or because of them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerEvent {
+    /// Notifications may have been lost (the event stream reconnected): reconcile everything.
+    Resync,
+    Changed {
+        /// The Container object's name.
+        name: String,
+        id: String,
+        /// Docker's action: start, die, destroy, kill, oom, stop, ...
+        action: String,
+    },
+}
+
+#[async_trait]
+pub trait Containers: Send + Sync {
+    /// Every container labelled managed=true and node=<this node>, running or not.
+    async fn list(&self) -> Result<Vec<ObservedContainer>, ContainerError>;
+    /// One container by its Docker name, if it exists and is ours.
+    async fn get(&self, docker_name: &str) -> Result<Option<ObservedContainer>, ContainerError>;
+    /// Makes `image` present per `policy`; a missing image with `Never` or a failed pull is
+    /// `ContainerError::ImagePullFailed`.
+    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), ContainerError>;
+    /// Creates (networking disabled, ownership labels, restart policy "no") and starts the
+    /// container of `entry`; returns its id. A container of that name owned by another node
+    /// is `ContainerError::NameOwnedByOtherNode` (retry later); one not owned by topo is
+    /// `ContainerError::NameTaken`.
+    async fn create_and_start(&self, entry: &ContainerEntry) -> Result<String, ContainerError>;
+    /// Starts a stopped container of ours (no-op when running).
+    async fn start(&self, id: &str) -> Result<(), ContainerError>;
+    /// Removes a container of ours, forcefully; absent is fine. A container without our
+    /// labels is `ContainerError::NotOwned`.
+    async fn remove(&self, id: &str) -> Result<(), ContainerError>;
+    /// Docker events of our containers (die, destroy, start, ...).
+    fn watch(&self) -> BoxStream<'static, ContainerEvent>;
+}
+
+// ====================================================================== Interfaces
+
+/// The namespace end of an attachment as seen inside the container.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedPeer {
+    pub name: String,
+    pub is_veth: bool,
+    /// The peer's `IFLA_LINK` is the host veth's ifindex (it is *our* pair).
+    pub paired_with_host: bool,
+    pub mtu: u32,
+    pub up: bool,
+    pub addresses: Vec<Ipv4Net>,
+    /// The gateway of the main table's default route leaving through this interface.
+    pub default_gateway: Option<Ipv4Addr>,
+    /// TX checksum offload state; None when it could not be read.
+    pub tx_checksum: Option<bool>,
+}
+
+/// An attachment on the host: the host veth and its peer in the container.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedAttachment {
+    /// Host end exists (under `host_veth`).
+    pub host_exists: bool,
+    pub host_is_veth: bool,
+    pub host_mtu: u32,
+    pub host_up: bool,
+    /// None when no interface named `interface` exists in the container.
+    pub peer: Option<ObservedPeer>,
+}
+
+impl ObservedAttachment {
+    /// Whether `ensure_attachment` will (re)create the veth pair: the host end is missing, is
+    /// not a veth, or its peer is not in this container. After that the pair's OVS port must
+    /// be re-added with [`Ovs::reattach_port`] (see there why).
+    pub fn needs_new_pair(&self) -> bool {
+        !self.host_exists
+            || !self.host_is_veth
+            || !self
+                .peer
+                .as_ref()
+                .is_some_and(|p| p.is_veth && p.paired_with_host)
+    }
+
+    /// What differs from `want`, one phrase each ("eth0 has no address 10.2.1.5/16"); empty
+    /// when the attachment is as desired.
+    pub fn differences(&self, want: &AttachmentEntry) -> Vec<String> {
+        let mut d = Vec::new();
+        if !self.host_exists {
+            d.push(format!("host veth {} is missing", want.host_veth));
+            return d;
+        }
+        if !self.host_is_veth {
+            d.push(format!("host interface {} is not a veth", want.host_veth));
+            return d;
+        }
+        let Some(p) = &self.peer else {
+            d.push(format!("{} is missing in the container", want.interface));
+            return d;
+        };
+        if !p.is_veth || !p.paired_with_host {
+            d.push(format!(
+                "{} in the container is not the peer of {}",
+                want.interface, want.host_veth
+            ));
+            return d;
+        }
+        if self.host_mtu != want.mtu {
+            d.push(format!(
+                "host veth {} has MTU {} (want {})",
+                want.host_veth, self.host_mtu, want.mtu
+            ));
+        }
+        if !self.host_up {
+            d.push(format!("host veth {} is down", want.host_veth));
+        }
+        if p.mtu != want.mtu {
+            d.push(format!(
+                "{} has MTU {} (want {})",
+                want.interface, p.mtu, want.mtu
+            ));
+        }
+        if !p.up {
+            d.push(format!("{} is down", want.interface));
+        }
+        if !p.addresses.contains(&want.address) {
+            d.push(format!(
+                "{} has no address {}",
+                want.interface, want.address
+            ));
+        }
+        for a in &p.addresses {
+            if *a != want.address {
+                d.push(format!("{} has a stray address {}", want.interface, a));
+            }
+        }
+        if p.default_gateway != want.default_gateway {
+            match want.default_gateway {
+                Some(g) => d.push(format!("{} has no default route via {}", want.interface, g)),
+                None => d.push(format!(
+                    "{} has a default route it should not have",
+                    want.interface
+                )),
+            }
+        }
+        if want.tx_checksum_off && p.tx_checksum == Some(true) {
+            d.push(format!("{} has TX checksum offload on", want.interface));
+        }
+        d
+    }
+}
+
+/// The bridge's internal interface as netlink sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedGateway {
+    pub exists: bool,
+    pub mtu: u32,
+    pub up: bool,
+    pub addresses: Vec<Ipv4Net>,
+    /// TX checksum offload; ensure turns it off (trap 1 of PLATFORM.md, node side).
+    pub tx_checksum: Option<bool>,
+}
+
+impl ObservedGateway {
+    pub fn differences(&self, gateway: Ipv4Net, mtu: u32) -> Vec<String> {
+        let mut d = Vec::new();
+        if !self.exists {
+            d.push("bridge interface is missing".to_string());
+            return d;
+        }
+        if self.mtu != mtu {
+            d.push(format!("MTU is {} (want {mtu})", self.mtu));
+        }
+        if !self.up {
+            d.push("it is down".to_string());
+        }
+        if !self.addresses.contains(&gateway) {
+            d.push(format!("gateway address {gateway} is missing"));
+        }
+        for a in &self.addresses {
+            if *a != gateway {
+                d.push(format!("stray address {a}"));
+            }
+        }
+        if self.tx_checksum == Some(true) {
+            d.push("TX checksum offload is on".to_string());
+        }
+        d
+    }
+}
+
+/// A topo-owned interface (`tv-`, `tb-`, `tg-` prefix) in the node's namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostInterface {
+    pub name: String,
+    pub index: u32,
+    /// Link kind (veth, tun, openvswitch, ...), empty when the kernel gave none.
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkChangeKind {
+    /// The interface appeared or its flags/MTU/name changed.
+    Changed,
+    Removed,
+    AddressAdded,
+    AddressRemoved,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    Resync,
+    /// A topo-owned interface in the node's namespace changed.
+    Changed {
+        name: String,
+        kind: LinkChangeKind,
+    },
+}
+
+#[async_trait]
+pub trait Interfaces: Send + Sync {
+    /// Host veth + peer in the namespace of process `pid`; reads only.
+    async fn observe_attachment(
+        &self,
+        pid: u32,
+        att: &AttachmentEntry,
+    ) -> Result<ObservedAttachment, InterfaceError>;
+    /// Makes the attachment as desired, changing only what differs (a healthy one costs no
+    /// write); returns what it changed, one phrase each. Recreates the pair when the host veth
+    /// is missing or its peer is not in this container (e.g. after the container restarted).
+    /// Sends a gratuitous ARP when it created or re-addressed the interface.
+    async fn ensure_attachment(
+        &self,
+        pid: u32,
+        att: &AttachmentEntry,
+    ) -> Result<Vec<String>, InterfaceError>;
+    /// Every topo-owned interface of the node's namespace (for garbage collection).
+    async fn list_owned(&self) -> Result<Vec<HostInterface>, InterfaceError>;
+    /// Deletes a host veth (names with the `tv-` prefix only; absent is fine).
+    async fn remove_host_veth(&self, name: &str) -> Result<(), InterfaceError>;
+    /// The bridge's internal interface (created by ovs-vswitchd).
+    async fn observe_gateway(&self, bridge: &str) -> Result<ObservedGateway, InterfaceError>;
+    /// Gateway address (with the cidr's prefix, replacing any other), MTU, link up and TX
+    /// checksum offload off on the bridge's internal interface; waits a while for ovs-vswitchd to create it (`InterfaceError::NotFound`
+    /// after that). Returns what it changed.
+    async fn ensure_gateway(
+        &self,
+        bridge: &str,
+        gateway: Ipv4Net,
+        mtu: u32,
+    ) -> Result<Vec<String>, InterfaceError>;
+    /// Link and IPv4 address notifications for topo-owned names in the node's namespace.
+    fn watch(&self) -> BoxStream<'static, LinkEvent>;
+}
+
+// ====================================================================== Open vSwitch
+
+/// The type of a port's single interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortKind {
+    /// An existing network device (a container's host veth).
+    System,
+    Internal,
+    /// GRE with one key for both directions (`options:key`).
+    Gre {
+        remote_ip: Ipv4Addr,
+        key: u32,
+    },
+}
+
+impl PortKind {
+    /// OVSDB `Interface.type` value.
+    pub fn ovs_type(&self) -> &'static str {
+        match self {
+            PortKind::System => "",
+            PortKind::Internal => "internal",
+            PortKind::Gre { .. } => "gre",
+        }
+    }
+
+    /// OVSDB `Interface.options` value.
+    pub fn options(&self) -> BTreeMap<String, String> {
+        match self {
+            PortKind::Gre { remote_ip, key } => BTreeMap::from([
+                ("remote_ip".to_string(), remote_ip.to_string()),
+                ("key".to_string(), key.to_string()),
+            ]),
+            _ => BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedInterface {
+    pub name: String,
+    /// OVSDB `type` ("" is system).
+    pub kind: String,
+    pub options: BTreeMap<String, String>,
+    pub mtu_request: Option<u32>,
+    pub ofport: Option<i64>,
+    /// ovs-vswitchd's `error` column (e.g. "could not open network device tv-x").
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedPort {
+    pub name: String,
+    pub protected: bool,
+    pub external_ids: BTreeMap<String, String>,
+    /// `external_ids` say topo.dev/managed=true.
+    pub owned: bool,
+    pub interfaces: Vec<ObservedInterface>,
+}
+
+impl ObservedPort {
+    /// Whether the port is exactly `kind` with `protected` (a single interface of that name).
+    pub fn matches(&self, kind: &PortKind, protected: bool) -> bool {
+        self.protected == protected
+            && self.interfaces.len() == 1
+            && self.interfaces[0].name == self.name
+            && self.interfaces[0].kind == kind.ovs_type()
+            && self.interfaces[0].options == kind.options()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedBridge {
+    pub name: String,
+    pub datapath_type: String,
+    pub rstp: bool,
+    pub external_ids: BTreeMap<String, String>,
+    pub owned: bool,
+    /// Every port of the bridge by name, including its own internal port (same name).
+    pub ports: BTreeMap<String, ObservedPort>,
+}
+
+/// Every bridge of the switch (owned or not; `owned` says), by name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OvsState {
+    pub bridges: BTreeMap<String, ObservedBridge>,
+}
+
+/// One change in a transaction. `object` is the owning object as `ObjectRef` displays it
+/// (`network/overlay`, `tunnel/overlay-node2`, `container/web`), stored in external_ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OvsChange {
+    /// A bridge with its internal port (same name) whose interface gets `mtu_request = mtu`
+    /// (OVS otherwise lowers a bridge's internal MTU to the smallest port's).
+    AddBridge {
+        name: String,
+        datapath: Datapath,
+        rstp: bool,
+        mtu: u32,
+        object: String,
+    },
+    /// Datapath type, RSTP and internal MTU of an existing owned bridge.
+    UpdateBridge {
+        name: String,
+        datapath: Datapath,
+        rstp: bool,
+        mtu: u32,
+    },
+    /// Deletes an owned bridge (and so its ports).
+    DeleteBridge { name: String },
+    AddPort {
+        bridge: String,
+        name: String,
+        kind: PortKind,
+        protected: bool,
+        object: String,
+    },
+    /// Type/options of the interface and `protected` of an existing owned port.
+    UpdatePort {
+        bridge: String,
+        name: String,
+        kind: PortKind,
+        protected: bool,
+    },
+    /// Deletes an owned port from `bridge`.
+    DeletePort { bridge: String, name: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OvsTable {
+    Bridge,
+    Port,
+    Interface,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowChange {
+    Inserted,
+    Deleted,
+    Modified,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OvsEvent {
+    Resync,
+    Changed {
+        table: OvsTable,
+        /// The row's `name`.
+        name: String,
+        change: RowChange,
+        /// The owning object from the row's (old, for a deletion) external_ids, if ours.
+        object: Option<String>,
+    },
+}
+
+#[async_trait]
+pub trait Ovs: Send + Sync {
+    /// Bridges, ports and interfaces as OVSDB holds them.
+    async fn observe(&self) -> Result<OvsState, OvsError>;
+    /// Applies all `changes` in ONE OVSDB transaction (nothing is sent for an empty list).
+    /// Deleting or updating anything without topo's external_ids is refused
+    /// (`OvsError::NotOwned`) before anything is sent.
+    async fn apply(&self, changes: &[OvsChange]) -> Result<(), OvsError>;
+    /// Deletes the port `name` of `bridge` and adds it back with the same settings, in two
+    /// transactions. Needed after a port's device was deleted and recreated under the same
+    /// name (a container restart recreates its veth pair): ovs-vswitchd's userspace datapath
+    /// keeps reading the deleted device and the new one gets no traffic, while OVSDB shows the
+    /// port as healthy. One transaction would not do: ovs-vswitchd would see the same port.
+    /// An absent port is fine (nothing to do); a foreign one is `OvsError::NotOwned`.
+    async fn reattach_port(&self, bridge: &str, name: &str) -> Result<(), OvsError>;
+    /// Monitor updates of Bridge/Port/Interface rows.
+    fn watch(&self) -> BoxStream<'static, OvsEvent>;
+}
+
+/// What a node wants on its switch, for [`plan_ovs`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredBridge {
+    pub name: String,
+    pub datapath: Datapath,
+    pub rstp: bool,
+    pub mtu: u32,
+    pub object: String,
+    pub ports: Vec<DesiredPort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredPort {
+    pub name: String,
+    pub kind: PortKind,
+    pub protected: bool,
+    pub object: String,
+}
+
+/// The changes that turn `observed` into `desired`: owned bridges/ports not desired are
+/// deleted, missing ones added, differing ones updated. Never touches what is not owned
+/// (a desired name held by a foreign bridge/port is left alone and reported by the caller).
+pub fn plan_ovs(desired: &[DesiredBridge], observed: &OvsState) -> Vec<OvsChange> {
+    let mut out = Vec::new();
+    let want: BTreeMap<&str, &DesiredBridge> =
+        desired.iter().map(|b| (b.name.as_str(), b)).collect();
+    for (name, b) in &observed.bridges {
+        if b.owned && !want.contains_key(name.as_str()) {
+            out.push(OvsChange::DeleteBridge { name: name.clone() });
+        }
+    }
+    for d in desired {
+        let Some(b) = observed.bridges.get(&d.name) else {
+            out.push(OvsChange::AddBridge {
+                name: d.name.clone(),
+                datapath: d.datapath,
+                rstp: d.rstp,
+                mtu: d.mtu,
+                object: d.object.clone(),
+            });
+            for p in &d.ports {
+                out.push(add_port(&d.name, p));
+            }
+            continue;
+        };
+        if !b.owned {
+            continue;
+        }
+        let internal_mtu = b
+            .ports
+            .get(&d.name)
+            .and_then(|p| p.interfaces.iter().find(|i| i.name == d.name))
+            .and_then(|i| i.mtu_request);
+        if b.datapath_type != d.datapath.ovs_type()
+            || b.rstp != d.rstp
+            || internal_mtu != Some(d.mtu)
+        {
+            out.push(OvsChange::UpdateBridge {
+                name: d.name.clone(),
+                datapath: d.datapath,
+                rstp: d.rstp,
+                mtu: d.mtu,
+            });
+        }
+        let want_ports: BTreeMap<&str, &DesiredPort> =
+            d.ports.iter().map(|p| (p.name.as_str(), p)).collect();
+        for (pname, p) in &b.ports {
+            // The bridge's own internal port goes with the bridge.
+            if p.owned && *pname != d.name && !want_ports.contains_key(pname.as_str()) {
+                out.push(OvsChange::DeletePort {
+                    bridge: d.name.clone(),
+                    name: pname.clone(),
+                });
+            }
+        }
+        for p in &d.ports {
+            match b.ports.get(&p.name) {
+                None => out.push(add_port(&d.name, p)),
+                Some(o) if o.owned && !o.matches(&p.kind, p.protected) => {
+                    out.push(OvsChange::UpdatePort {
+                        bridge: d.name.clone(),
+                        name: p.name.clone(),
+                        kind: p.kind.clone(),
+                        protected: p.protected,
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    out
+}
+
+fn add_port(bridge: &str, p: &DesiredPort) -> OvsChange {
+    OvsChange::AddPort {
+        bridge: bridge.to_string(),
+        name: p.name.clone(),
+        kind: p.kind.clone(),
+        protected: p.protected,
+        object: p.object.clone(),
+    }
+}
+
+// ====================================================================== NAT
+
+/// Which network namespace a NAT table lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NetNs {
+    /// The agent's own namespace (the node's).
+    Node,
+    /// The namespace of this process (a container's init).
+    Pid(u32),
+}
+
+/// A geard link as programmed in the consumer's namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LinkDnat {
+    pub listen: SocketAddrV4,
+    pub protocol: Protocol,
+    pub target: SocketAddrV4,
+}
+
+/// A published port as programmed in the node's namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortDnat {
+    pub host_port: u16,
+    pub protocol: Protocol,
+    pub target: SocketAddrV4,
+}
+
+impl From<&PublishedPort> for PortDnat {
+    fn from(p: &PublishedPort) -> Self {
+        PortDnat {
+            host_port: p.host_port,
+            protocol: p.protocol,
+            target: SocketAddrV4::new(p.container_ip, p.container_port),
+        }
+    }
+}
+
+/// The whole content of one `topo` table. The node's table uses `masquerade` and `ports`;
+/// a consumer container's uses `links`. Compare values after [`NatRules::normalized`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NatRules {
+    /// Network cidrs whose traffic leaving the cidr is masqueraded.
+    pub masquerade: Vec<Ipv4Net>,
+    pub ports: Vec<PortDnat>,
+    pub links: Vec<LinkDnat>,
+}
+
+impl NatRules {
+    pub fn normalized(mut self) -> Self {
+        self.masquerade.sort();
+        self.masquerade.dedup();
+        self.ports.sort();
+        self.ports.dedup();
+        self.links.sort();
+        self.links.dedup();
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.masquerade.is_empty() && self.ports.is_empty() && self.links.is_empty()
+    }
+
+    /// Links whose listen address is loopback need `route_localnet=1` in the namespace.
+    pub fn needs_route_localnet(&self) -> bool {
+        self.links.iter().any(|l| l.listen.ip().is_loopback())
+    }
+}
+
+/// What a namespace holds.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedNat {
+    /// The `topo` table exists.
+    pub table_exists: bool,
+    /// The rules of the table that are exactly as topo renders them, normalized.
+    pub rules: NatRules,
+    /// The table holds only topo's chains and rules (nothing tampered or foreign).
+    pub exact: bool,
+    /// `net.ipv4.conf.all.route_localnet` of the namespace.
+    pub route_localnet: bool,
+}
+
+impl ObservedNat {
+    /// Whether `desired` is in force: no write is needed. An empty desired set is satisfied
+    /// by an absent table.
+    pub fn satisfies(&self, desired: &NatRules) -> bool {
+        let desired = desired.clone().normalized();
+        if desired.is_empty() {
+            return !self.table_exists;
+        }
+        self.table_exists
+            && self.exact
+            && self.rules == desired
+            && (!desired.needs_route_localnet() || self.route_localnet)
+    }
+}
+
+#[async_trait]
+pub trait Nat: Send + Sync {
+    async fn observe(&self, ns: NetNs) -> Result<ObservedNat, NatError>;
+    /// Replaces the `topo` table of `ns` atomically with `rules` (one nft transaction), and sets
+    /// route_localnet=1 when a link listens on loopback. Empty rules delete the table.
+    async fn apply(&self, ns: NetNs, rules: &NatRules) -> Result<(), NatError>;
+    /// Deletes the `topo` table of `ns` if present.
+    async fn remove(&self, ns: NetNs) -> Result<(), NatError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(name: &str, kind: PortKind, protected: bool, owned: bool) -> ObservedPort {
+        ObservedPort {
+            name: name.into(),
+            protected,
+            external_ids: BTreeMap::new(),
+            owned,
+            interfaces: vec![ObservedInterface {
+                name: name.into(),
+                kind: kind.ovs_type().into(),
+                options: kind.options(),
+                mtu_request: None,
+                ofport: Some(1),
+                error: None,
+            }],
+        }
+    }
+
+    fn desired() -> Vec<DesiredBridge> {
+        vec![DesiredBridge {
+            name: "tb-net".into(),
+            datapath: Datapath::Netdev,
+            rstp: false,
+            mtu: 1458,
+            object: "network/net".into(),
+            ports: vec![
+                DesiredPort {
+                    name: "tg-node2".into(),
+                    kind: PortKind::Gre {
+                        remote_ip: Ipv4Addr::new(192, 168, 100, 2),
+                        key: 7,
+                    },
+                    protected: true,
+                    object: "tunnel/t".into(),
+                },
+                DesiredPort {
+                    name: "tv-web".into(),
+                    kind: PortKind::System,
+                    protected: false,
+                    object: "container/web".into(),
+                },
+            ],
+        }]
+    }
+
+    fn observed_like_desired() -> OvsState {
+        let mut internal = port("tb-net", PortKind::Internal, false, true);
+        internal.interfaces[0].mtu_request = Some(1458);
+        let gre = PortKind::Gre {
+            remote_ip: Ipv4Addr::new(192, 168, 100, 2),
+            key: 7,
+        };
+        let b = ObservedBridge {
+            name: "tb-net".into(),
+            datapath_type: "netdev".into(),
+            rstp: false,
+            external_ids: BTreeMap::new(),
+            owned: true,
+            ports: BTreeMap::from([
+                ("tb-net".to_string(), internal),
+                ("tg-node2".to_string(), port("tg-node2", gre, true, true)),
+                (
+                    "tv-web".to_string(),
+                    port("tv-web", PortKind::System, false, true),
+                ),
+            ]),
+        };
+        let phy = ObservedBridge {
+            name: "br-phy".into(),
+            datapath_type: "netdev".into(),
+            ..Default::default()
+        };
+        OvsState {
+            bridges: BTreeMap::from([("tb-net".to_string(), b), ("br-phy".to_string(), phy)]),
+        }
+    }
+
+    #[test]
+    fn plan_is_empty_when_in_sync() {
+        // The bridge's own internal port is not in `desired.ports` but is owned: it must not
+        // be planned for deletion.
+        assert_eq!(plan_ovs(&desired(), &observed_like_desired()), vec![]);
+    }
+
+    #[test]
+    fn plan_adds_missing_and_fixes_changed() {
+        let mut obs = observed_like_desired();
+        let b = obs.bridges.get_mut("tb-net").unwrap();
+        b.ports.remove("tg-node2");
+        b.ports.get_mut("tv-web").unwrap().protected = true;
+        b.ports.insert(
+            "tv-gone".into(),
+            port("tv-gone", PortKind::System, false, true),
+        );
+        b.ports.insert(
+            "foreign".into(),
+            port("foreign", PortKind::System, false, false),
+        );
+        let plan = plan_ovs(&desired(), &obs);
+        assert_eq!(plan.len(), 3, "{plan:?}");
+        assert!(plan.contains(&OvsChange::DeletePort {
+            bridge: "tb-net".into(),
+            name: "tv-gone".into()
+        }));
+        assert!(matches!(&plan[1], OvsChange::AddPort { name, .. } if name == "tg-node2"));
+        assert!(
+            matches!(&plan[2], OvsChange::UpdatePort { name, protected: false, .. } if name == "tv-web")
+        );
+    }
+
+    #[test]
+    fn plan_deletes_only_owned_bridges() {
+        let plan = plan_ovs(&[], &observed_like_desired());
+        assert_eq!(
+            plan,
+            vec![OvsChange::DeleteBridge {
+                name: "tb-net".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn attachment_differences() {
+        let att = AttachmentEntry {
+            network: "net".into(),
+            bridge: "tb-net".into(),
+            interface: "eth0".into(),
+            host_veth: "tv-web".into(),
+            address: "10.2.1.5/16".parse().unwrap(),
+            mtu: 1458,
+            default_gateway: Some(Ipv4Addr::new(10, 2, 1, 1)),
+            tx_checksum_off: true,
+        };
+        let mut o = ObservedAttachment {
+            host_exists: true,
+            host_is_veth: true,
+            host_mtu: 1458,
+            host_up: true,
+            peer: Some(ObservedPeer {
+                name: "eth0".into(),
+                is_veth: true,
+                paired_with_host: true,
+                mtu: 1458,
+                up: true,
+                addresses: vec![att.address],
+                default_gateway: att.default_gateway,
+                tx_checksum: Some(false),
+            }),
+        };
+        assert!(o.differences(&att).is_empty());
+        assert!(!o.needs_new_pair());
+        o.peer.as_mut().unwrap().paired_with_host = false;
+        assert!(o.needs_new_pair());
+        o.peer.as_mut().unwrap().paired_with_host = true;
+        o.peer.as_mut().unwrap().addresses.clear();
+        assert!(!o.needs_new_pair());
+        o.peer.as_mut().unwrap().tx_checksum = Some(true);
+        let d = o.differences(&att);
+        assert_eq!(d.len(), 2, "{d:?}");
+        o.host_exists = false;
+        assert_eq!(
+            o.differences(&att),
+            vec!["host veth tv-web is missing".to_string()]
+        );
+    }
+
+    #[test]
+    fn nat_satisfies() {
+        let rules = NatRules {
+            masquerade: vec!["10.2.0.0/16".parse().unwrap()],
+            ports: vec![],
+            links: vec![LinkDnat {
+                listen: "127.0.0.1:6379".parse().unwrap(),
+                protocol: Protocol::Tcp,
+                target: "10.2.3.4:6379".parse().unwrap(),
+            }],
+        };
+        let mut o = ObservedNat {
+            table_exists: true,
+            rules: rules.clone(),
+            exact: true,
+            route_localnet: false,
+        };
+        assert!(!o.satisfies(&rules), "loopback link needs route_localnet");
+        o.route_localnet = true;
+        assert!(o.satisfies(&rules));
+        o.exact = false;
+        assert!(!o.satisfies(&rules));
+        assert!(!o.satisfies(&NatRules::default()));
+        assert!(ObservedNat::default().satisfies(&NatRules::default()));
+    }
+}

@@ -1,0 +1,562 @@
+//! NAT with nftables: topo owns the table `ip topo` of a namespace and replaces it whole.
+//!
+//! The table is programmed through the `nftables` crate, which runs `nft -j -f -` with the
+//! JSON on stdin (no shell, nothing user-provided on a command line). For a container's
+//! namespace, `nft` is spawned from a thread that joined that namespace (see `netns`): a child
+//! process inherits the namespace of the thread that forks it.
+//!
+//! Every rule carries a comment naming the item it realises (`masquerade 10.2.0.0/16`,
+//! `port tcp 50000 10.2.1.5:6379`, `link tcp 127.0.0.1:6379 10.2.3.4:6379`). Observing lists
+//! the table, re-renders each commented item and compares it with what the kernel holds, so a
+//! rule edited by hand shows as drift and a table in order costs no write.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::net::SocketAddrV4;
+
+use async_trait::async_trait;
+use ipnet::Ipv4Net;
+use serde_json::{Value, json};
+use topo_schema::kinds::Protocol;
+use topo_schema::slice::owner;
+use tracing::debug;
+
+use super::netns::run_in_ns_of;
+use super::{LinkDnat, Nat, NatRules, NetNs, ObservedNat, PortDnat};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NatError {
+    #[error("failed to enter the network namespace of process {pid}")]
+    Namespace {
+        pid: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to {what}")]
+    Nft {
+        what: String,
+        #[source]
+        source: nftables::helper::NftablesError,
+    },
+    #[error("failed to set {key}")]
+    Sysctl {
+        key: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to read the nftables listing: {0}")]
+    Listing(String),
+}
+
+const TABLE: &str = owner::NFT_TABLE;
+const ROUTE_LOCALNET: &str = "/proc/sys/net/ipv4/conf/all/route_localnet";
+
+/// The chains of every topo table (the same four whatever the content, so a table is checked
+/// against one fixed shape): name, type, hook, priority.
+const CHAINS: [(&str, &str, &str, i32); 4] = [
+    ("prerouting", "nat", "prerouting", -100),
+    ("output", "nat", "output", -100),
+    ("postrouting", "nat", "postrouting", 100),
+    ("forward", "filter", "forward", 0),
+];
+
+/// One thing a table realises; it may take several rules.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Item {
+    Masquerade(Ipv4Net),
+    Port(PortDnat),
+    Link(LinkDnat),
+}
+
+impl Item {
+    pub fn comment(&self) -> String {
+        match self {
+            Item::Masquerade(c) => format!("masquerade {c}"),
+            Item::Port(p) => format!("port {} {} {}", p.protocol, p.host_port, p.target),
+            Item::Link(l) => format!("link {} {} {}", l.protocol, l.listen, l.target),
+        }
+    }
+
+    pub fn parse(comment: &str) -> Option<Item> {
+        let w: Vec<&str> = comment.split(' ').collect();
+        let proto = |s: &str| match s {
+            "tcp" => Some(Protocol::Tcp),
+            "udp" => Some(Protocol::Udp),
+            _ => None,
+        };
+        match w.as_slice() {
+            ["masquerade", c] => Some(Item::Masquerade(c.parse().ok()?)),
+            ["port", p, hp, t] => Some(Item::Port(PortDnat {
+                protocol: proto(p)?,
+                host_port: hp.parse().ok()?,
+                target: t.parse().ok()?,
+            })),
+            ["link", p, l, t] => Some(Item::Link(LinkDnat {
+                protocol: proto(p)?,
+                listen: l.parse().ok()?,
+                target: t.parse().ok()?,
+            })),
+            _ => None,
+        }
+    }
+
+    /// The rules of the item: (chain, expressions), in nft's own JSON form (as `nft -j list`
+    /// prints it, so a listing compares equal).
+    pub fn rules(&self) -> Vec<(&'static str, Value)> {
+        match self {
+            Item::Masquerade(c) => vec![(
+                "postrouting",
+                json!([
+                    match_eq("==", payload("ip", "saddr"), prefix(c)),
+                    match_eq("!=", payload("ip", "daddr"), prefix(c)),
+                    {"masquerade": null}
+                ]),
+            )],
+            Item::Port(p) => {
+                let dnat = json!([
+                    match_eq(
+                        "==",
+                        json!({"fib": {"result": "type", "flags": ["daddr"]}}),
+                        json!("local")
+                    ),
+                    match_eq(
+                        "==",
+                        payload(p.protocol.as_str(), "dport"),
+                        json!(p.host_port)
+                    ),
+                    dnat(p.target)
+                ]);
+                let forward = json!([
+                    match_eq("==", payload("ip", "daddr"), json!(p.target.ip().to_string())),
+                    match_eq("==", payload(p.protocol.as_str(), "dport"), json!(p.target.port())),
+                    ct_dnat(),
+                    {"accept": null}
+                ]);
+                vec![
+                    ("prerouting", dnat.clone()),
+                    ("output", dnat),
+                    ("forward", forward),
+                ]
+            }
+            Item::Link(l) => vec![
+                (
+                    "output",
+                    json!([
+                        match_eq(
+                            "==",
+                            payload("ip", "daddr"),
+                            json!(l.listen.ip().to_string())
+                        ),
+                        match_eq(
+                            "==",
+                            payload(l.protocol.as_str(), "dport"),
+                            json!(l.listen.port())
+                        ),
+                        dnat(l.target)
+                    ]),
+                ),
+                (
+                    "postrouting",
+                    json!([
+                        match_eq("==", payload("ip", "daddr"), json!(l.target.ip().to_string())),
+                        match_eq("==", payload(l.protocol.as_str(), "dport"), json!(l.target.port())),
+                        ct_dnat(),
+                        {"masquerade": null}
+                    ]),
+                ),
+            ],
+        }
+    }
+}
+
+fn match_eq(op: &str, left: Value, right: Value) -> Value {
+    json!({"match": {"op": op, "left": left, "right": right}})
+}
+
+fn payload(protocol: &str, field: &str) -> Value {
+    json!({"payload": {"protocol": protocol, "field": field}})
+}
+
+fn prefix(c: &Ipv4Net) -> Value {
+    json!({"prefix": {"addr": c.network().to_string(), "len": c.prefix_len()}})
+}
+
+fn dnat(t: SocketAddrV4) -> Value {
+    json!({"dnat": {"addr": t.ip().to_string(), "port": t.port()}})
+}
+
+fn ct_dnat() -> Value {
+    match_eq("in", json!({"ct": {"key": "status"}}), json!("dnat"))
+}
+
+pub fn items(rules: &NatRules) -> Vec<Item> {
+    let r = rules.clone().normalized();
+    r.masquerade
+        .into_iter()
+        .map(Item::Masquerade)
+        .chain(r.ports.into_iter().map(Item::Port))
+        .chain(r.links.into_iter().map(Item::Link))
+        .collect()
+}
+
+fn table_obj() -> Value {
+    json!({"table": {"family": "ip", "name": TABLE}})
+}
+
+/// The batch that replaces the table with `rules` in one nft transaction: `add table` (so the
+/// delete cannot fail), `delete table`, then the table, its chains and rules afresh. Empty
+/// rules give only the add + delete: no table.
+pub fn render_batch(rules: &NatRules) -> Value {
+    let mut cmds = vec![json!({"add": table_obj()}), json!({"delete": table_obj()})];
+    let items = items(rules);
+    if !items.is_empty() {
+        cmds.push(json!({"add": table_obj()}));
+        for (name, kind, hook, prio) in CHAINS {
+            cmds.push(json!({"add": {"chain": {
+                "family": "ip", "table": TABLE, "name": name,
+                "type": kind, "hook": hook, "prio": prio, "policy": "accept"
+            }}}));
+        }
+        for item in &items {
+            let comment = item.comment();
+            for (chain, expr) in item.rules() {
+                cmds.push(json!({"add": {"rule": {
+                    "family": "ip", "table": TABLE, "chain": chain, "expr": expr, "comment": comment
+                }}}));
+            }
+        }
+    }
+    json!({"nftables": cmds})
+}
+
+/// Reads a `nft -j list table ip topo` listing back into the rules it realises exactly.
+pub fn parse_listing(listing: &Value) -> Result<(NatRules, bool), NatError> {
+    let list = listing
+        .get("nftables")
+        .and_then(Value::as_array)
+        .ok_or_else(|| NatError::Listing("no \"nftables\" array".into()))?;
+    let mut exact = true;
+    let mut chains = BTreeSet::new();
+    // comment → (chain, expr) observed
+    let mut by_comment: BTreeMap<String, Vec<(String, Value)>> = BTreeMap::new();
+    for obj in list {
+        if let Some(c) = obj.get("chain") {
+            let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
+            let ok = CHAINS.iter().any(|(n, t, h, p)| {
+                *n == name
+                    && c.get("type").and_then(Value::as_str) == Some(*t)
+                    && c.get("hook").and_then(Value::as_str) == Some(*h)
+                    && c.get("prio").and_then(Value::as_i64) == Some(i64::from(*p))
+                    && c.get("policy").and_then(Value::as_str) == Some("accept")
+            });
+            exact &= ok;
+            chains.insert(name.to_string());
+        } else if let Some(r) = obj.get("rule") {
+            let chain = r
+                .get("chain")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let expr = r.get("expr").cloned().unwrap_or(Value::Null);
+            match r.get("comment").and_then(Value::as_str) {
+                Some(c) => by_comment
+                    .entry(c.to_string())
+                    .or_default()
+                    .push((chain, expr)),
+                None => exact = false,
+            }
+        } else if obj.get("set").is_some()
+            || obj.get("map").is_some()
+            || obj.get("element").is_some()
+        {
+            exact = false;
+        }
+    }
+    exact &= chains.len() == CHAINS.len();
+    let mut rules = NatRules::default();
+    for (comment, mut observed) in by_comment {
+        let Some(item) = Item::parse(&comment) else {
+            exact = false;
+            continue;
+        };
+        let mut want: Vec<(String, Value)> = item
+            .rules()
+            .into_iter()
+            .map(|(c, e)| (c.to_string(), e))
+            .collect();
+        let key = |x: &(String, Value)| format!("{}{}", x.0, x.1);
+        want.sort_by_key(key);
+        observed.sort_by_key(key);
+        if want != observed {
+            exact = false;
+            continue;
+        }
+        match item {
+            Item::Masquerade(c) => rules.masquerade.push(c),
+            Item::Port(p) => rules.ports.push(p),
+            Item::Link(l) => rules.links.push(l),
+        }
+    }
+    Ok((rules.normalized(), exact))
+}
+
+/// nftables of the agent's namespaces.
+#[derive(Debug, Clone, Default)]
+pub struct NftNat {
+    /// The `nft` program (None: `nft` from PATH).
+    nft: Option<String>,
+}
+
+enum Listed {
+    Absent,
+    Table(Value),
+}
+
+fn list_table(nft: Option<&str>) -> Result<Listed, NatError> {
+    let args = ["list", "table", "ip", TABLE];
+    match nftables::helper::get_current_ruleset_raw(nft, args.iter().copied()) {
+        Ok(out) => serde_json::from_str(&out)
+            .map(Listed::Table)
+            .map_err(|e| NatError::Listing(e.to_string())),
+        Err(nftables::helper::NftablesError::NftFailed { stderr, .. })
+            if stderr.contains("No such file or directory") =>
+        {
+            Ok(Listed::Absent)
+        }
+        Err(source) => Err(NatError::Nft {
+            what: format!("list table ip {TABLE}"),
+            source,
+        }),
+    }
+}
+
+fn read_route_localnet() -> Result<bool, NatError> {
+    std::fs::read_to_string(ROUTE_LOCALNET)
+        .map(|s| s.trim() == "1")
+        .map_err(|source| NatError::Sysctl {
+            key: "net.ipv4.conf.all.route_localnet".into(),
+            source,
+        })
+}
+
+fn observe_here(nft: Option<&str>) -> Result<ObservedNat, NatError> {
+    let route_localnet = read_route_localnet()?;
+    Ok(match list_table(nft)? {
+        Listed::Absent => ObservedNat {
+            table_exists: false,
+            rules: NatRules::default(),
+            exact: true,
+            route_localnet,
+        },
+        Listed::Table(v) => {
+            let (rules, exact) = parse_listing(&v)?;
+            ObservedNat {
+                table_exists: true,
+                rules,
+                exact,
+                route_localnet,
+            }
+        }
+    })
+}
+
+fn apply_here(nft: Option<&str>, rules: &NatRules) -> Result<(), NatError> {
+    if rules.needs_route_localnet() && !read_route_localnet()? {
+        // /proc/sys/net belongs to the namespace of the thread that opens it: this thread.
+        std::fs::write(ROUTE_LOCALNET, "1").map_err(|source| NatError::Sysctl {
+            key: "net.ipv4.conf.all.route_localnet".into(),
+            source,
+        })?;
+    }
+    let batch = render_batch(rules);
+    nftables::helper::apply_ruleset_raw(&batch.to_string(), nft, std::iter::empty::<&str>())
+        .map(|_| ())
+        .map_err(|source| NatError::Nft {
+            what: format!("replace table ip {TABLE}"),
+            source,
+        })
+}
+
+fn remove_here(nft: Option<&str>) -> Result<(), NatError> {
+    if let Listed::Absent = list_table(nft)? {
+        return Ok(());
+    }
+    apply_here(nft, &NatRules::default())
+}
+
+impl NftNat {
+    pub fn new() -> Self {
+        NftNat { nft: None }
+    }
+
+    /// With a specific `nft` program.
+    pub fn with_program(nft: impl Into<String>) -> Self {
+        NftNat {
+            nft: Some(nft.into()),
+        }
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        ns: NetNs,
+        f: impl FnOnce(Option<&str>) -> Result<T, NatError> + Send + 'static,
+    ) -> Result<T, NatError> {
+        let nft = self.nft.clone();
+        let pid = match ns {
+            NetNs::Node => None,
+            NetNs::Pid(p) => Some(p),
+        };
+        run_in_ns_of(pid, move || f(nft.as_deref()))
+            .await
+            .map_err(|source| NatError::Namespace {
+                pid: pid.unwrap_or(0),
+                source,
+            })?
+    }
+}
+
+#[async_trait]
+impl Nat for NftNat {
+    async fn observe(&self, ns: NetNs) -> Result<ObservedNat, NatError> {
+        self.run(ns, observe_here).await
+    }
+
+    async fn apply(&self, ns: NetNs, rules: &NatRules) -> Result<(), NatError> {
+        let rules = rules.clone().normalized();
+        debug!(?ns, items = items(&rules).len(), "replacing nft table");
+        if rules.is_empty() {
+            return self.run(ns, remove_here).await;
+        }
+        self.run(ns, move |nft| apply_here(nft, &rules)).await
+    }
+
+    async fn remove(&self, ns: NetNs) -> Result<(), NatError> {
+        self.run(ns, remove_here).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> NatRules {
+        NatRules {
+            masquerade: vec!["10.2.0.0/16".parse().unwrap()],
+            ports: vec![PortDnat {
+                host_port: 50000,
+                protocol: Protocol::Tcp,
+                target: "10.2.1.5:6379".parse().unwrap(),
+            }],
+            links: vec![LinkDnat {
+                listen: "127.0.0.1:6379".parse().unwrap(),
+                protocol: Protocol::Udp,
+                target: "10.2.3.4:53".parse().unwrap(),
+            }],
+        }
+    }
+
+    #[test]
+    fn comments_round_trip() {
+        for i in items(&sample()) {
+            assert_eq!(
+                Item::parse(&i.comment()),
+                Some(i.clone()),
+                "{}",
+                i.comment()
+            );
+        }
+        assert_eq!(Item::parse("port sctp 1 1.2.3.4:5"), None);
+        assert_eq!(Item::parse("hello"), None);
+    }
+
+    #[test]
+    fn batch_replaces_table_atomically() {
+        let b = render_batch(&sample());
+        let cmds = b["nftables"].as_array().unwrap();
+        assert_eq!(
+            cmds[0],
+            json!({"add": {"table": {"family": "ip", "name": "topo"}}})
+        );
+        assert_eq!(
+            cmds[1],
+            json!({"delete": {"table": {"family": "ip", "name": "topo"}}})
+        );
+        assert_eq!(
+            cmds[2],
+            json!({"add": {"table": {"family": "ip", "name": "topo"}}})
+        );
+        let rules: Vec<&Value> = cmds.iter().filter_map(|c| c["add"].get("rule")).collect();
+        // masquerade 1 + port 3 + link 2
+        assert_eq!(rules.len(), 6);
+        let text = b.to_string();
+        assert!(text.contains(r#"{"dnat":{"addr":"10.2.1.5","port":6379}}"#));
+        assert!(text.contains(r#""right":{"prefix":{"addr":"10.2.0.0","len":16}}"#));
+        let empty = render_batch(&NatRules::default());
+        assert_eq!(
+            empty["nftables"].as_array().unwrap().len(),
+            2,
+            "empty rules: no table"
+        );
+    }
+
+    /// A listing shaped like `nft -j list table ip topo` of the rendered batch.
+    fn listing_of(rules: &NatRules) -> Value {
+        let b = render_batch(rules);
+        let mut out = vec![
+            json!({"metainfo": {"version": "1.0.6"}}),
+            json!({"table": {"family": "ip", "name": "topo", "handle": 1}}),
+        ];
+        for c in b["nftables"].as_array().unwrap().iter().skip(3) {
+            let add = &c["add"];
+            if let Some(ch) = add.get("chain") {
+                let mut ch = ch.clone();
+                ch["handle"] = json!(1);
+                out.push(json!({"chain": ch}));
+            } else if let Some(r) = add.get("rule") {
+                let mut r = r.clone();
+                r["handle"] = json!(9);
+                out.push(json!({"rule": r}));
+            }
+        }
+        json!({"nftables": out})
+    }
+
+    #[test]
+    fn listing_round_trip_and_tamper_detection() {
+        let (rules, exact) = parse_listing(&listing_of(&sample())).unwrap();
+        assert!(exact);
+        assert_eq!(rules, sample().normalized());
+
+        // A rule edited by hand (port changed) under the same comment.
+        let mut l = listing_of(&sample());
+        let arr = l["nftables"].as_array_mut().unwrap();
+        let i = arr
+            .iter()
+            .position(|o| o["rule"]["chain"] == "prerouting")
+            .unwrap();
+        arr[i]["rule"]["expr"][1]["match"]["right"] = json!(50001);
+        let (rules, exact) = parse_listing(&l).unwrap();
+        assert!(!exact);
+        assert!(rules.ports.is_empty(), "the tampered item is not in force");
+        assert_eq!(rules.masquerade.len(), 1);
+
+        // A foreign rule without a comment.
+        let mut l = listing_of(&sample());
+        l["nftables"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"rule": {"chain": "output", "expr": [{"accept": null}]}}));
+        assert!(!parse_listing(&l).unwrap().1);
+
+        // A missing rule of a multi-rule item.
+        let mut l = listing_of(&sample());
+        let arr = l["nftables"].as_array_mut().unwrap();
+        let i = arr
+            .iter()
+            .position(|o| o["rule"]["chain"] == "forward")
+            .unwrap();
+        arr.remove(i);
+        let (rules, exact) = parse_listing(&l).unwrap();
+        assert!(!exact && rules.ports.is_empty());
+    }
+}

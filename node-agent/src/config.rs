@@ -1,0 +1,185 @@
+//! The agent's command line. Every flag also reads an environment variable.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use clap::Parser;
+use topo_schema::kinds::Datapath;
+
+use crate::agent::AgentConfig;
+
+/// topo's node agent: keeps this host's Docker containers, veth pairs and addresses, Open
+/// vSwitch bridges and GRE ports, and nftables NAT equal to the node's slice in etcd.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "topo-agent", version, about, long_about = None)]
+pub struct Cli {
+    /// This node's name (the Node object and the slice the agent serves).
+    #[arg(long, env = "TOPO_NODE")]
+    pub node: String,
+
+    /// etcd client URLs, comma-separated.
+    #[arg(
+        long,
+        env = "TOPO_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub etcd_endpoints: Vec<String>,
+
+    /// The node's underlay IPv4 address (registered as the Node's spec.address when the agent
+    /// creates the Node; the remote_ip of every GRE port towards this node).
+    #[arg(long, env = "TOPO_ADDRESS")]
+    pub address: Ipv4Addr,
+
+    /// OVS datapath registered for a new Node: system (kernel) or netdev (userspace).
+    #[arg(long, env = "TOPO_DATAPATH", default_value = "system", value_parser = parse_datapath)]
+    pub datapath: Datapath,
+
+    /// The OVSDB server's socket.
+    #[arg(
+        long,
+        env = "TOPO_OVSDB",
+        default_value = "unix:/var/run/openvswitch/db.sock"
+    )]
+    pub ovsdb: String,
+
+    /// The Docker engine (unix:///path/docker.sock); Docker's default when absent.
+    #[arg(long, env = "DOCKER_HOST")]
+    pub docker: Option<String>,
+
+    /// Period of the full resync, the safety net behind event-driven repair (300s, 5m, ...).
+    #[arg(long, env = "TOPO_RESYNC", default_value = "300s", value_parser = parse_duration)]
+    pub resync: Duration,
+
+    /// TTL of the heartbeat lease; the Node turns NotReady this long after the agent stops
+    /// renewing it (renewed every TTL/3).
+    #[arg(long, env = "TOPO_HEARTBEAT_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub heartbeat_ttl: Duration,
+
+    /// Reconciles in flight at once.
+    #[arg(long, env = "TOPO_WORKERS", default_value_t = 8)]
+    pub workers: usize,
+
+    /// How long in-flight reconciles may take to finish on SIGTERM.
+    #[arg(long, env = "TOPO_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format: text or json. The level comes from RUST_LOG (default info).
+    #[arg(long, env = "TOPO_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+impl Cli {
+    pub fn agent_config(&self) -> AgentConfig {
+        AgentConfig {
+            node: self.node.clone(),
+            address: self.address,
+            datapath: self.datapath,
+            heartbeat_ttl: self.heartbeat_ttl,
+            resync: self.resync,
+            workers: self.workers,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+
+    /// The OVSDB socket path (`unix:` stripped; only unix sockets are supported).
+    pub fn ovsdb_path(&self) -> Result<&str, String> {
+        match self.ovsdb.strip_prefix("unix:") {
+            Some(p) if !p.is_empty() => Ok(p),
+            _ if self.ovsdb.starts_with('/') => Ok(&self.ovsdb),
+            _ => Err(format!(
+                "--ovsdb {:?}: expected unix:/path/to/db.sock",
+                self.ovsdb
+            )),
+        }
+    }
+}
+
+pub fn parse_datapath(s: &str) -> Result<Datapath, String> {
+    match s {
+        "system" => Ok(Datapath::System),
+        "netdev" => Ok(Datapath::Netdev),
+        _ => Err(format!("{s:?} is not a datapath (system or netdev)")),
+    }
+}
+
+/// `300s`, `5m`, `1h`, `250ms`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (like 300s, 5m, 250ms)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?} has an unknown unit {unit:?} (ms, s, m, h)")),
+    };
+    if !secs.is_finite() || secs <= 0.0 || secs > 7.0 * 24.0 * 3600.0 {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lab_command_line_parses() {
+        let cli = Cli::try_parse_from([
+            "topo-agent",
+            "--node",
+            "node1",
+            "--address",
+            "192.168.100.1",
+            "--datapath",
+            "netdev",
+            "--etcd-endpoints",
+            "http://192.168.100.254:2379,http://127.0.0.1:2379",
+            "--ovsdb",
+            "unix:/tmp/lab/node1/db.sock",
+            "--docker",
+            "unix:///tmp/lab/docker.sock",
+        ])
+        .unwrap();
+        assert_eq!(cli.node, "node1");
+        assert_eq!(cli.datapath, Datapath::Netdev);
+        assert_eq!(cli.etcd_endpoints.len(), 2);
+        assert_eq!(cli.ovsdb_path().unwrap(), "/tmp/lab/node1/db.sock");
+        assert_eq!(cli.resync, Duration::from_secs(300));
+        assert_eq!(cli.heartbeat_ttl, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(
+            Cli::try_parse_from([
+                "topo-agent",
+                "--node",
+                "n",
+                "--etcd-endpoints",
+                "x",
+                "--address",
+                "nope"
+            ])
+            .is_err()
+        );
+        assert!(parse_datapath("kernel").is_err());
+    }
+}

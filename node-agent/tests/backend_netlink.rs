@@ -1,0 +1,300 @@
+//! The netlink Interfaces backend against the real kernel (root): a private "node" namespace,
+//! `unshare --net sleep` processes standing in for containers.
+
+mod backend_support;
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Duration;
+
+use backend_support::{NetNs, Sleeper, require_root, require_tool, run, unique};
+use futures::StreamExt;
+use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, socket};
+use topo_agent::backend::{
+    InterfaceError, Interfaces, LinkChangeKind, LinkEvent, NetlinkInterfaces,
+};
+use topo_schema::slice::AttachmentEntry;
+
+fn attachment(host_veth: &str) -> AttachmentEntry {
+    AttachmentEntry {
+        network: "net".into(),
+        bridge: "tb-net".into(),
+        interface: "eth0".into(),
+        host_veth: host_veth.into(),
+        address: "10.77.1.5/16".parse().unwrap(),
+        mtu: 1458,
+        default_gateway: Some(Ipv4Addr::new(10, 77, 1, 1)),
+        tx_checksum_off: true,
+    }
+}
+
+/// An AF_PACKET socket receiving ARP frames on `ifname` (in the caller's namespace), with a
+/// receive timeout.
+fn arp_capture(ifname: &str) -> OwnedFd {
+    let proto = (libc::ETH_P_ARP as u16).to_be();
+    let fd = socket(
+        AddressFamily::Packet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None::<SockProtocol>,
+    )
+    .expect("AF_PACKET socket");
+    let name = std::ffi::CString::new(ifname).unwrap();
+    // SAFETY: plain libc calls on a socket we own with correctly sized arguments.
+    unsafe {
+        let idx = libc::if_nametoindex(name.as_ptr());
+        assert!(idx > 0, "{ifname} has no index");
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = idx as i32;
+        let r = libc::bind(
+            fd.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        );
+        assert_eq!(r, 0, "bind AF_PACKET: {}", std::io::Error::last_os_error());
+        let tv = libc::timeval {
+            tv_sec: 3,
+            tv_usec: 0,
+        };
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+    }
+    fd
+}
+
+/// The sender IP of ARP frames received until one announces `ip` (or the timeout).
+fn wait_announcement(fd: &OwnedFd, ip: Ipv4Addr) -> bool {
+    let mut buf = [0u8; 1500];
+    for _ in 0..20 {
+        // SAFETY: buf is valid for its length.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 28 {
+            return false;
+        }
+        let spa = Ipv4Addr::new(buf[14], buf[15], buf[16], buf[17]);
+        let tpa = Ipv4Addr::new(buf[24], buf[25], buf[26], buf[27]);
+        if spa == ip && tpa == ip {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn backend_netlink_veth_into_container_namespace() {
+    require_root();
+    require_tool("ip");
+    require_tool("ethtool");
+    require_tool("nsenter");
+    let node = NetNs::new("tbn");
+    let c1 = Sleeper::new();
+    let c2 = Sleeper::new();
+    let (pid1, pid2) = (c1.pid(), c2.pid());
+    let veth = unique("tv-t");
+    let att = attachment(&veth);
+    let node_name = node.name.clone();
+
+    // Commands run from the test body look at absolute namespaces (nsenter -t PID, ip netns
+    // exec), so it does not matter that the body's thread sits in the node namespace.
+    let in_c = move |cmd: &str, args: &[&str]| {
+        let p = pid1.to_string();
+        let mut a = vec!["-t", p.as_str(), "-n", cmd];
+        a.extend_from_slice(args);
+        run("nsenter", &a)
+    };
+    let check_created = {
+        let veth = veth.clone();
+        move || {
+            let addr = in_c("ip", &["-o", "addr", "show", "dev", "eth0"]);
+            assert!(addr.contains("inet 10.77.1.5/16"), "{addr}");
+            let link = in_c("ip", &["-o", "link", "show", "dev", "eth0"]);
+            assert!(link.contains("mtu 1458") && link.contains("UP"), "{link}");
+            let route = in_c("ip", &["route", "show", "default"]);
+            assert!(route.contains("default via 10.77.1.1 dev eth0"), "{route}");
+            let k = in_c("ethtool", &["-k", "eth0"]);
+            assert!(k.contains("tx-checksumming: off"), "{k}");
+            let host = run(
+                "ip",
+                &[
+                    "netns", "exec", &node_name, "ip", "-o", "link", "show", "dev", &veth,
+                ],
+            );
+            assert!(host.contains("mtu 1458") && host.contains("UP"), "{host}");
+        }
+    };
+    let node_name2 = node.name.clone();
+
+    node.block_on(move || async move {
+        let ifs = NetlinkInterfaces::new().expect("netlink");
+        let mut events = ifs.watch();
+
+        let before = ifs.observe_attachment(pid1, &att).await.unwrap();
+        assert!(!before.host_exists && before.peer.is_none());
+        let changed = ifs.ensure_attachment(pid1, &att).await.unwrap();
+        assert!(!changed.is_empty());
+        let obs = ifs.observe_attachment(pid1, &att).await.unwrap();
+        assert!(
+            obs.differences(&att).is_empty(),
+            "{:?}",
+            obs.differences(&att)
+        );
+        assert_eq!(obs.peer.as_ref().unwrap().tx_checksum, Some(false));
+        check_created();
+
+        // Nothing to do: no change reported.
+        assert!(ifs.ensure_attachment(pid1, &att).await.unwrap().is_empty());
+
+        // Drift inside the container: the address (and so the route) is flushed by hand.
+        in_c("ip", &["addr", "flush", "dev", "eth0"]);
+        let diffs = ifs
+            .observe_attachment(pid1, &att)
+            .await
+            .unwrap()
+            .differences(&att);
+        assert!(diffs.iter().any(|d| d.contains("no address")), "{diffs:?}");
+        let cap = arp_capture(&veth);
+        let changed = ifs.ensure_attachment(pid1, &att).await.unwrap();
+        assert!(
+            changed.iter().any(|d| d.contains("no address")),
+            "{changed:?}"
+        );
+        assert!(
+            wait_announcement(&cap, Ipv4Addr::new(10, 77, 1, 5)),
+            "no gratuitous ARP seen on {veth}"
+        );
+        check_created();
+
+        // The host end deleted by hand: a notification, then recreation.
+        run(
+            "ip",
+            &["netns", "exec", &node_name2, "ip", "link", "del", &veth],
+        );
+        let mut saw_removed = false;
+        while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(5), events.next()).await {
+            if ev
+                == (LinkEvent::Changed {
+                    name: veth.clone(),
+                    kind: LinkChangeKind::Removed,
+                })
+            {
+                saw_removed = true;
+                break;
+            }
+        }
+        assert!(saw_removed, "no Removed notification for {veth}");
+        let obs = ifs.observe_attachment(pid1, &att).await.unwrap();
+        assert!(
+            !obs.host_exists && obs.peer.is_none(),
+            "deleting one end removes the pair"
+        );
+        ifs.ensure_attachment(pid1, &att).await.unwrap();
+        check_created();
+
+        // The "container" was replaced (new process, new namespace): the pair moves.
+        let stale = ifs.observe_attachment(pid2, &att).await.unwrap();
+        assert!(stale.host_exists && stale.peer.is_none());
+        ifs.ensure_attachment(pid2, &att).await.unwrap();
+        assert!(
+            ifs.observe_attachment(pid2, &att)
+                .await
+                .unwrap()
+                .differences(&att)
+                .is_empty()
+        );
+        assert!(
+            ifs.observe_attachment(pid1, &att)
+                .await
+                .unwrap()
+                .peer
+                .is_none(),
+            "old namespace lost its eth0"
+        );
+
+        let owned = ifs.list_owned().await.unwrap();
+        assert!(
+            owned.iter().any(|i| i.name == veth && i.kind == "veth"),
+            "{owned:?}"
+        );
+        assert!(matches!(
+            ifs.remove_host_veth("lo").await,
+            Err(InterfaceError::NotOwned { .. })
+        ));
+        ifs.remove_host_veth(&veth).await.unwrap();
+        ifs.remove_host_veth(&veth).await.unwrap();
+        assert!(
+            !ifs.observe_attachment(pid2, &att)
+                .await
+                .unwrap()
+                .host_exists
+        );
+
+        // A gone process is a namespace error, not a panic.
+        assert!(matches!(
+            ifs.observe_attachment(u32::MAX - 1, &att).await,
+            Err(InterfaceError::Namespace { .. })
+        ));
+    });
+    drop((c1, c2));
+}
+
+#[test]
+fn backend_netlink_gateway_on_bridge_interface() {
+    require_root();
+    require_tool("ip");
+    let node = NetNs::new("tbg");
+    let bridge = unique("tb-g");
+    // A veth stands in for ovs-vswitchd's internal port here (no dummy module on these
+    // machines); the OVS test does the same on a real one.
+    node.exec(
+        "ip",
+        &[
+            "link",
+            "add",
+            &bridge,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("{bridge}p"),
+        ],
+    );
+    node.exec("ip", &["addr", "add", "10.99.9.9/24", "dev", &bridge]);
+    let b = bridge.clone();
+    node.block_on(move || async move {
+        let ifs = NetlinkInterfaces::new().expect("netlink");
+        let gw: ipnet::Ipv4Net = "10.78.1.1/16".parse().unwrap();
+        let changed = ifs.ensure_gateway(&b, gw, 1400).await.unwrap();
+        assert!(
+            changed
+                .iter()
+                .any(|c| c.contains("stray address 10.99.9.9/24")),
+            "{changed:?}"
+        );
+        let g = ifs.observe_gateway(&b).await.unwrap();
+        assert_eq!(g.addresses, vec![gw]);
+        assert!(g.up);
+        assert_eq!(g.mtu, 1400);
+        assert!(
+            g.differences(gw, 1400).is_empty(),
+            "{:?}",
+            g.differences(gw, 1400)
+        );
+        assert!(ifs.ensure_gateway(&b, gw, 1400).await.unwrap().is_empty());
+        assert!(matches!(
+            ifs.ensure_gateway("eth9", gw, 1400).await,
+            Err(InterfaceError::NotOwned { .. })
+        ));
+    });
+    let shown = node.exec("ip", &["-o", "addr", "show", "dev", &bridge]);
+    assert!(
+        shown.contains("10.78.1.1/16") && !shown.contains("10.99.9.9"),
+        "{shown}"
+    );
+}

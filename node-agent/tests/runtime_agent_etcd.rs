@@ -1,0 +1,334 @@
+//! The agent runtime against a real etcd with fake host backends: registration, heartbeat
+//! lease, slice-driven reconciles, reports and events in etcd, shutdown.
+
+mod runtime_etcd;
+mod runtime_support;
+
+use std::time::Duration;
+
+use etcd_client::{Client, GetOptions};
+use runtime_etcd::{Etcd, eventually};
+use runtime_support::{Fakes, NODE, slice};
+use tokio::sync::{oneshot, watch};
+use topo_agent::agent::{AgentConfig, run};
+use topo_agent::events::{EtcdEvents, EventSink, MAX_EVENTS_PER_OBJECT, Recorder};
+use topo_agent::heartbeat::{HeartbeatConfig, Registration, register_node, run_heartbeat};
+use topo_schema::api::{Event, Heartbeat, ObservedReport};
+use topo_schema::keys;
+use topo_schema::kinds::{Datapath, Kind, ObjectRef, Resource};
+use topo_schema::slice::{SliceEntry, SliceEnvelope};
+
+async fn get_json<T: serde::de::DeserializeOwned>(c: &mut Client, key: &str) -> Option<T> {
+    let r = c.get(key, None).await.unwrap();
+    r.kvs()
+        .first()
+        .map(|kv| serde_json::from_slice(kv.value()).unwrap())
+}
+
+async fn put_entry(c: &mut Client, e: &SliceEntry) {
+    c.put(
+        keys::slice_entry(NODE, &e.key()),
+        serde_json::to_vec(&SliceEnvelope::new(e.clone())).unwrap(),
+        None,
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn registration_is_fenced_and_happens_once() {
+    let etcd = Etcd::start().await;
+    let mut c = etcd.client().await;
+    let r = register_node(
+        &mut c,
+        NODE,
+        "192.168.100.1".parse().unwrap(),
+        Datapath::Netdev,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r, Registration::Created);
+    let v: serde_json::Value = get_json(&mut c, &keys::object(Kind::Node, NODE))
+        .await
+        .unwrap();
+    let node = Resource::from_value(v).unwrap();
+    assert_eq!(node.kind(), Kind::Node);
+    let m = node.metadata();
+    assert_eq!(m.generation, Some(1));
+    assert!(m.uid.is_some() && m.creation_timestamp.is_some());
+    assert!(
+        m.resource_version.is_none(),
+        "the revision is the resourceVersion; not stored"
+    );
+    assert!(node.status_value().is_null());
+    assert_eq!(node.spec_value()["address"], "192.168.100.1");
+    assert_eq!(node.spec_value()["datapath"], "netdev");
+    let fence = c.get(keys::fence(), None).await.unwrap();
+    let node_rev = c
+        .get(keys::object(Kind::Node, NODE), None)
+        .await
+        .unwrap()
+        .kvs()[0]
+        .mod_revision();
+    assert_eq!(
+        fence.kvs()[0].mod_revision(),
+        node_rev,
+        "the fence moved in the same transaction"
+    );
+
+    // Existing (here: with other flags): left as it is.
+    let r = register_node(
+        &mut c,
+        NODE,
+        "192.168.100.9".parse().unwrap(),
+        Datapath::System,
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(r, Registration::Existing { spec: Some(s) } if s.address.to_string() == "192.168.100.1")
+    );
+    assert_eq!(
+        c.get(keys::object(Kind::Node, NODE), None)
+            .await
+            .unwrap()
+            .kvs()[0]
+            .mod_revision(),
+        node_rev
+    );
+}
+
+#[tokio::test]
+async fn the_heartbeat_survives_a_lost_lease_and_is_revoked_on_shutdown() {
+    let etcd = Etcd::start().await;
+    let mut c = etcd.client().await;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (lease_tx, mut lease_rx) = watch::channel(0i64);
+    let hb = tokio::spawn(run_heartbeat(
+        etcd.client().await,
+        HeartbeatConfig {
+            node: NODE.into(),
+            ttl: Duration::from_secs(3),
+            agent_version: "test".into(),
+        },
+        stop_rx,
+        lease_tx,
+    ));
+    let key = keys::heartbeat(NODE);
+    lease_rx.wait_for(|l| *l != 0).await.unwrap();
+    let first = *lease_rx.borrow();
+    let kv = c.get(key.clone(), None).await.unwrap().kvs()[0].clone();
+    assert_eq!(kv.lease(), first);
+    let beat: Heartbeat = serde_json::from_slice(kv.value()).unwrap();
+    assert_eq!(beat.node, NODE);
+
+    // Kept alive past its TTL.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        get_json::<Heartbeat>(&mut c, &key).await.is_some(),
+        "renewed every TTL/3"
+    );
+
+    // The lease is lost (as after a long partition): a new one is granted and the key is back.
+    c.lease_revoke(first).await.unwrap();
+    eventually(Duration::from_secs(10), "a new heartbeat lease", || {
+        let rx = lease_rx.clone();
+        let mut c = c.clone();
+        let key = key.clone();
+        async move {
+            let l = *rx.borrow();
+            l != 0
+                && l != first
+                && c.get(key, None)
+                    .await
+                    .unwrap()
+                    .kvs()
+                    .first()
+                    .is_some_and(|kv| kv.lease() == l)
+        }
+    })
+    .await;
+
+    // Shutdown revokes: the key goes at once, not after the TTL.
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), hb)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(c.get(key, None).await.unwrap().kvs().is_empty());
+}
+
+#[tokio::test]
+async fn events_fold_repeats_and_stay_bounded() {
+    let etcd = Etcd::start().await;
+    let mut c = etcd.client().await;
+    let rec = Recorder::new(
+        std::sync::Arc::new(EtcdEvents::new(etcd.client().await)),
+        NODE,
+    );
+    let obj = ObjectRef::new(Kind::Tunnel, "overlay-node1-node2");
+    for _ in 0..3 {
+        rec.warning(
+            obj.clone(),
+            "DriftRepaired",
+            "GRE port tg-node2 was deleted outside topo; recreated",
+        )
+        .await;
+    }
+    let prefix = keys::object_events_prefix(Kind::Tunnel, "overlay-node1-node2");
+    let r = c
+        .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(r.kvs().len(), 1);
+    let e: Event = serde_json::from_slice(r.kvs()[0].value()).unwrap();
+    assert_eq!(e.count, 3);
+    assert_eq!(e.source, "agent/node1");
+    assert!(r.kvs()[0].key_str().unwrap().ends_with(&e.dedup_id()));
+    assert!(e.last_timestamp >= e.first_timestamp);
+
+    let sink = EtcdEvents::new(etcd.client().await);
+    for i in 0..(MAX_EVENTS_PER_OBJECT + 5) {
+        let mut ev = e.clone();
+        ev.message = format!("message {i}");
+        ev.first_timestamp = chrono::Utc::now();
+        ev.last_timestamp = ev.first_timestamp;
+        sink.publish(ev).await.unwrap();
+    }
+    let r = c
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(r.kvs().len(), MAX_EVENTS_PER_OBJECT);
+    let newest: Vec<String> = r
+        .kvs()
+        .iter()
+        .map(|kv| serde_json::from_slice::<Event>(kv.value()).unwrap().message)
+        .collect();
+    assert!(newest.contains(&format!("message {}", MAX_EVENTS_PER_OBJECT + 4)));
+    assert!(
+        !newest.iter().any(|m| m.contains("deleted outside topo")),
+        "the oldest went first"
+    );
+}
+
+#[tokio::test]
+async fn the_agent_follows_its_slice_and_reports_through_etcd() {
+    let etcd = Etcd::start().await;
+    let mut c = etcd.client().await;
+    // Part of the slice exists before the agent starts, part arrives while it runs.
+    let entries = slice();
+    for e in &entries[..4] {
+        put_entry(&mut c, e).await;
+    }
+    let f = Fakes::new();
+    let cfg = AgentConfig {
+        node: NODE.into(),
+        address: "192.168.100.1".parse().unwrap(),
+        datapath: Datapath::Netdev,
+        heartbeat_ttl: Duration::from_secs(3),
+        resync: Duration::from_secs(300),
+        workers: 4,
+        shutdown_grace: Duration::from_secs(5),
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let agent = tokio::spawn(run(
+        cfg,
+        etcd.client().await,
+        f.backends(),
+        stop_rx,
+        Some(ready_tx),
+    ));
+    let mut handles = ready_rx.await.unwrap();
+    handles.synced.wait_for(|s| *s).await.unwrap();
+
+    let reader = c.clone();
+    let report = |kind: Kind, name: &str| {
+        let mut c = reader.clone();
+        let key = keys::report(NODE, kind, name);
+        async move { get_json::<ObservedReport>(&mut c, &key).await }
+    };
+    eventually(Duration::from_secs(10), "web Ready", || async {
+        report(Kind::Container, "web")
+            .await
+            .is_some_and(|r| r.ready)
+    })
+    .await;
+    assert!(f.docker.container("web").unwrap().running);
+    assert!(
+        report(Kind::Tunnel, "overlay-node1-node2")
+            .await
+            .unwrap()
+            .ready
+    );
+    assert!(
+        get_json::<Heartbeat>(&mut c, &keys::heartbeat(NODE))
+            .await
+            .is_some()
+    );
+    assert!(
+        get_json::<serde_json::Value>(&mut c, &keys::object(Kind::Node, NODE))
+            .await
+            .is_some(),
+        "registered"
+    );
+
+    // A new entry arrives by watch.
+    put_entry(&mut c, &entries[4]).await;
+    eventually(
+        Duration::from_secs(10),
+        "app and its link Ready",
+        || async {
+            report(Kind::Container, "app")
+                .await
+                .is_some_and(|r| r.ready)
+                && report(Kind::Link, "app-to-web")
+                    .await
+                    .is_some_and(|r| r.ready)
+        },
+    )
+    .await;
+    // Events went to etcd in the controller's layout.
+    let ev_prefix = keys::object_events_prefix(Kind::Container, "web");
+    let stored = c
+        .get(ev_prefix, Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let reasons: Vec<String> = stored
+        .kvs()
+        .iter()
+        .map(|kv| serde_json::from_slice::<Event>(kv.value()).unwrap().reason)
+        .collect();
+    assert!(reasons.contains(&"Started".to_string()), "{reasons:?}");
+
+    // A removed entry is removed from the host and its report goes.
+    c.delete(keys::slice_entry(NODE, "containers/web"), None)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "web removed", || async {
+        f.docker.container("web").is_none() && report(Kind::Container, "web").await.is_none()
+    })
+    .await;
+
+    // Shutdown: nothing on the host goes, the heartbeat does.
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), agent)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        f.docker.container("app").unwrap().running,
+        "containers keep running"
+    );
+    assert!(
+        c.get(keys::heartbeat(NODE), None)
+            .await
+            .unwrap()
+            .kvs()
+            .is_empty(),
+        "lease revoked"
+    );
+    assert!(handles.queue.is_empty());
+    let _ = handles.lease.borrow_and_update();
+}

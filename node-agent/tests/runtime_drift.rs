@@ -1,0 +1,194 @@
+//! Drift: each kind of out-of-band change reaches the agent through a backend event stream,
+//! is repaired by the reconcile it triggers, and is recorded as a DriftRepaired event.
+
+mod runtime_support;
+
+use runtime_support::*;
+use topo_agent::backend::NetNs;
+use topo_schema::api::EventType;
+use topo_schema::kinds::{Kind, ObjectRef};
+use topo_schema::names;
+
+async fn running() -> (Fakes, Agent) {
+    let f = Fakes::new();
+    let agent = Agent::new(&f, slice());
+    agent.start().await;
+    agent.watch_drift(&f);
+    // The agent's own changes produced events: let them pass as no-ops.
+    agent.settle().await;
+    f.clear_logs();
+    f.events.clear();
+    (f, agent)
+}
+
+fn drift_messages(f: &Fakes, kind: Kind, name: &str) -> Vec<String> {
+    f.events("DriftRepaired")
+        .into_iter()
+        .filter(|e| e.object == ObjectRef::new(kind, name))
+        .inspect(|e| assert_eq!(e.type_, EventType::Warning))
+        .map(|e| e.message)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_deleted_gre_port_is_recreated_and_reported() {
+    let (f, agent) = running().await;
+    let port = names::gre_port_name("overlay", "node2");
+    f.ovs.delete_port_by_hand("tb-overlay", &port);
+    agent.settle().await;
+    assert!(
+        f.ovs.state().bridges["tb-overlay"]
+            .ports
+            .contains_key(&port)
+    );
+    let msgs = drift_messages(&f, Kind::Tunnel, "overlay-node1-node2");
+    assert_eq!(
+        msgs,
+        vec![format!(
+            "GRE port {port} was deleted outside topo; recreated"
+        )]
+    );
+    assert_eq!(
+        f.ovs.writes().len(),
+        1,
+        "one transaction: {:?}",
+        f.ovs.writes()
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_container_port_is_recreated() {
+    let (f, agent) = running().await;
+    let port = names::veth_host_name("web", "eth0");
+    f.ovs.delete_port_by_hand("tb-overlay", &port);
+    agent.settle().await;
+    assert!(
+        f.ovs.state().bridges["tb-overlay"]
+            .ports
+            .contains_key(&port)
+    );
+    let msgs = drift_messages(&f, Kind::Container, "web");
+    assert_eq!(msgs.len(), 1);
+    assert!(
+        msgs[0].contains(&format!("OVS port {port} was missing")),
+        "{msgs:?}"
+    );
+    assert!(f.docker.writes().is_empty(), "the container is not touched");
+}
+
+#[tokio::test]
+async fn a_deleted_bridge_is_rebuilt_with_its_ports() {
+    let (f, agent) = running().await;
+    f.ovs.delete_bridge_by_hand("tb-overlay");
+    agent.settle().await;
+    let s = f.ovs.state().clone();
+    let b = &s.bridges["tb-overlay"];
+    for p in [
+        names::gre_port_name("overlay", "node2"),
+        names::veth_host_name("web", "eth0"),
+        names::veth_host_name("app", "eth0"),
+    ] {
+        assert!(b.ports.contains_key(&p), "{p} missing after repair");
+    }
+    let msgs = drift_messages(&f, Kind::Network, "overlay");
+    assert_eq!(
+        msgs,
+        vec!["bridge tb-overlay was deleted outside topo; recreated".to_string()]
+    );
+    assert!(f.docker.writes().is_empty());
+}
+
+#[tokio::test]
+async fn a_deleted_veth_is_recreated() {
+    let (f, agent) = running().await;
+    let veth = names::veth_host_name("app", "eth0");
+    f.ifs.delete_by_hand(&veth);
+    agent.settle().await;
+    let pid = f.docker.container("app").unwrap().pid.unwrap();
+    assert_eq!(f.ifs.host().attachments[&veth].0, pid);
+    let msgs = drift_messages(&f, Kind::Container, "app");
+    assert_eq!(msgs.len(), 1);
+    assert!(
+        msgs[0].contains(&format!("host veth {veth} is missing")),
+        "{msgs:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_removed_address_is_restored() {
+    let (f, agent) = running().await;
+    let veth = names::veth_host_name("web", "eth0");
+    f.ifs.drop_address_by_hand(&veth);
+    agent.settle().await;
+    let addrs = f.ifs.host().attachments[&veth]
+        .1
+        .peer
+        .clone()
+        .unwrap()
+        .addresses;
+    assert_eq!(addrs, vec!["10.2.1.5/16".parse().unwrap()]);
+    assert_eq!(drift_messages(&f, Kind::Container, "web").len(), 1);
+}
+
+#[tokio::test]
+async fn a_killed_container_is_restarted_and_counted() {
+    let (f, agent) = running().await;
+    let before = f.docker.container("app").unwrap();
+    f.docker.kill("app", 137);
+    agent.settle().await;
+    let after = f.docker.container("app").unwrap();
+    assert!(after.running);
+    assert_eq!(after.id, before.id, "restarted, not recreated");
+    let r = f.report(Kind::Container, "app").unwrap();
+    assert_eq!(r.restart_count, 1);
+    assert!(r.ready);
+    // Its new namespace got its veth and its link rules again.
+    let pid = after.pid.unwrap();
+    assert_eq!(
+        f.ifs.host().attachments[&names::veth_host_name("app", "eth0")].0,
+        pid
+    );
+    assert_eq!(f.nat.rules(NetNs::Pid(pid)).links.len(), 1);
+    let msgs = drift_messages(&f, Kind::Container, "app");
+    assert_eq!(msgs.len(), 1);
+    assert!(
+        msgs[0].contains("exited (code 137); restarted (restart 1)"),
+        "{msgs:?}"
+    );
+
+    // A second quick exit backs off instead of restarting in a tight loop.
+    f.docker.kill("app", 1);
+    agent.settle().await;
+    assert!(!f.docker.container("app").unwrap().running);
+    let r = f.report(Kind::Container, "app").unwrap();
+    assert_eq!(r.reason, "CrashLoopBackOff");
+    assert!(!r.ready);
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    agent.settle().await;
+    assert!(f.docker.container("app").unwrap().running);
+    assert_eq!(f.report(Kind::Container, "app").unwrap().restart_count, 2);
+}
+
+#[tokio::test]
+async fn a_tampered_nat_table_is_restored_on_resync() {
+    let (f, agent) = running().await;
+    f.nat.tamper(NetNs::Node);
+    agent.resync().await;
+    assert_eq!(f.nat.writes().len(), 1, "{:?}", f.nat.writes());
+    assert_eq!(drift_messages(&f, Kind::Node, NODE).len(), 1);
+}
+
+#[tokio::test]
+async fn a_container_removed_by_hand_is_recreated() {
+    let (f, agent) = running().await;
+    f.docker.destroy("web");
+    agent.settle().await;
+    let c = f.docker.container("web").unwrap();
+    assert!(c.running);
+    let pid = c.pid.unwrap();
+    assert_eq!(
+        f.ifs.host().attachments[&names::veth_host_name("web", "eth0")].0,
+        pid
+    );
+    assert!(f.report(Kind::Container, "web").unwrap().ready);
+}

@@ -1,0 +1,419 @@
+//! The reconciler against the recording fakes: from an empty host, no-op passes, adoption,
+//! removal, recreate vs rewire, failures in status, garbage collection.
+
+mod runtime_support;
+
+use runtime_support::*;
+use topo_agent::backend::{NatRules, NetNs, Ovs, OvsChange, PortKind};
+use topo_agent::watch::SliceValue;
+use topo_schema::api::EventType;
+use topo_schema::kinds::{Kind, PullPolicy};
+use topo_schema::names;
+use topo_schema::slice::SliceEntry;
+
+fn web_port() -> String {
+    names::veth_host_name("web", "eth0")
+}
+
+#[tokio::test]
+async fn reconcile_from_an_empty_host_builds_everything() {
+    let f = Fakes::new();
+    let agent = Agent::new(&f, slice());
+    agent.start().await;
+
+    // Docker: both containers running.
+    for name in ["web", "app"] {
+        let c = f
+            .docker
+            .container(name)
+            .unwrap_or_else(|| panic!("container {name} missing"));
+        assert!(c.running);
+    }
+    // OVS: the bridge with its GRE port and both container ports, in the node's datapath.
+    let ovs = f.ovs.state().clone();
+    let b = &ovs.bridges["tb-overlay"];
+    assert!(b.owned);
+    assert_eq!(b.datapath_type, "netdev");
+    let gre = &b.ports[&names::gre_port_name("overlay", "node2")];
+    assert!(gre.protected, "split horizon in a mesh");
+    assert!(gre.matches(
+        &PortKind::Gre {
+            remote_ip: "192.168.100.2".parse().unwrap(),
+            key: 7
+        },
+        true
+    ));
+    assert!(b.ports.contains_key(&web_port()));
+    assert!(b.ports.contains_key(&names::veth_host_name("app", "eth0")));
+    assert!(
+        ovs.bridges.contains_key("br-phy"),
+        "the foreign bridge is untouched"
+    );
+    // Netlink: gateway on the bridge, the veth pairs plumbed.
+    let gw = f.ifs.host().gateways["tb-overlay"].clone();
+    assert!(gw.addresses.contains(&"10.2.1.1/16".parse().unwrap()));
+    assert_eq!(gw.mtu, 1458);
+    assert!(f.ifs.host().attachments.contains_key(&web_port()));
+    // NAT: masquerade + published port on the node, the link in app's namespace.
+    let node_nat = f.nat.rules(NetNs::Node);
+    assert_eq!(node_nat.masquerade, vec!["10.2.0.0/16".parse().unwrap()]);
+    assert_eq!(node_nat.ports.len(), 1);
+    assert_eq!(node_nat.ports[0].host_port, 50000);
+    let app_pid = f.docker.container("app").unwrap().pid.unwrap();
+    let app_nat = f.nat.rules(NetNs::Pid(app_pid));
+    assert_eq!(app_nat.links.len(), 1);
+    assert_eq!(app_nat.links[0].target, "10.2.1.5:80".parse().unwrap());
+    let web_pid = f.docker.container("web").unwrap().pid.unwrap();
+    assert_eq!(
+        f.nat.rules(NetNs::Pid(web_pid)),
+        NatRules::default(),
+        "no links, no table"
+    );
+
+    // Reports.
+    let web = f.report(Kind::Container, "web").unwrap();
+    assert!(web.ready, "{web:?}");
+    assert_eq!(web.reason, "Running");
+    assert_eq!(
+        web.container_id,
+        Some(f.docker.container("web").unwrap().id)
+    );
+    assert_eq!(web.restart_count, 0);
+    let t = f.report(Kind::Tunnel, "overlay-node1-node2").unwrap();
+    assert!(t.ready);
+    let l = f.report(Kind::Link, "app-to-web").unwrap();
+    assert!(l.ready);
+    assert_eq!(l.endpoint.as_deref(), Some("10.2.1.5:80"));
+    // Creation is not drift.
+    assert!(f.events("DriftRepaired").is_empty(), "{:?}", f.events.all());
+    assert_eq!(f.events("Started").len(), 2);
+}
+
+#[tokio::test]
+async fn a_second_pass_writes_nothing() {
+    let f = Fakes::new();
+    let agent = Agent::new(&f, slice());
+    agent.start().await;
+    f.clear_logs();
+    let (puts, deletes) = f.reports.writes();
+    let events = f.events.all().len();
+
+    let results = agent.resync().await;
+    assert!(results.iter().all(|(_, r)| r.is_ok()), "{results:?}");
+    assert_eq!(f.host_writes(), Vec::<String>::new());
+    assert_eq!(
+        f.reports.writes(),
+        (puts, deletes),
+        "unchanged reports are not rewritten"
+    );
+    assert_eq!(f.events.all().len(), events, "a no-op records no event");
+    // It did look: every backend was observed.
+    assert!(!f.ovs.calls().is_empty() && !f.ifs.calls().is_empty() && !f.nat.calls().is_empty());
+}
+
+#[tokio::test]
+async fn a_restarted_agent_adopts_the_host_without_a_write() {
+    let f = Fakes::new();
+    let first = Agent::new(&f, slice());
+    first.start().await;
+    let ids: Vec<String> = ["web", "app"]
+        .iter()
+        .map(|n| f.docker.container(n).unwrap().id)
+        .collect();
+    drop(first);
+    f.clear_logs();
+    let (puts, deletes) = f.reports.writes();
+
+    // A new process: empty memory, the host and stored reports as the old one left them.
+    let second = Agent::new(&f, slice());
+    second.start().await;
+    assert_eq!(
+        f.host_writes(),
+        Vec::<String>::new(),
+        "adoption restarts and rewrites nothing"
+    );
+    assert_eq!(f.reports.writes(), (puts, deletes));
+    let after: Vec<String> = ["web", "app"]
+        .iter()
+        .map(|n| f.docker.container(n).unwrap().id)
+        .collect();
+    assert_eq!(ids, after);
+    assert!(f.events("DriftRepaired").is_empty());
+}
+
+#[tokio::test]
+async fn removal_from_the_slice_cleans_the_host() {
+    let f = Fakes::new();
+    let agent = Agent::new(&f, slice());
+    agent.start().await;
+    let id = f.docker.container("web").unwrap().id;
+
+    agent.delete("containers/web");
+    agent.delete(&format!(
+        "tunnels/{}",
+        names::gre_port_name("overlay", "node2")
+    ));
+    agent.runner.run_until_idle().await;
+
+    assert!(f.docker.container("web").is_none());
+    assert!(f.docker.writes().contains(&format!("remove {id}")));
+    assert!(
+        !f.ifs.host().attachments.contains_key(&web_port()),
+        "veth removed"
+    );
+    let ovs = f.ovs.state().clone();
+    assert!(
+        !ovs.bridges["tb-overlay"].ports.contains_key(&web_port()),
+        "OVS port removed"
+    );
+    assert!(
+        !ovs.bridges["tb-overlay"]
+            .ports
+            .contains_key(&names::gre_port_name("overlay", "node2"))
+    );
+    assert!(
+        f.nat.rules(NetNs::Node).ports.is_empty(),
+        "published port no longer DNATed"
+    );
+    assert!(f.report(Kind::Container, "web").is_none(), "report deleted");
+    assert!(f.report(Kind::Tunnel, "overlay-node1-node2").is_none());
+    // app is untouched.
+    assert!(f.docker.container("app").unwrap().running);
+    assert!(f.report(Kind::Link, "app-to-web").is_some());
+}
+
+#[tokio::test]
+async fn removing_the_bridge_removes_it_and_everything_on_it() {
+    let f = Fakes::new();
+    let agent = Agent::new(&f, slice());
+    agent.start().await;
+    for key in ["containers/web", "containers/app", "bridges/overlay"] {
+        agent.delete(key);
+    }
+    agent.delete(&format!(
+        "tunnels/{}",
+        names::gre_port_name("overlay", "node2")
+    ));
+    agent.runner.run_until_idle().await;
+    let ovs = f.ovs.state().clone();
+    assert!(!ovs.bridges.contains_key("tb-overlay"));
+    assert!(ovs.bridges.contains_key("br-phy"));
+    assert_eq!(
+        f.nat.rules(NetNs::Node),
+        NatRules::default(),
+        "empty table removed"
+    );
+    assert!(f.reports.all().is_empty());
+}
+
+#[tokio::test]
+async fn a_config_change_recreates_the_container() {
+    let f = Fakes::new();
+    let agent = Agent::new(&f, slice());
+    agent.start().await;
+    let old = f.docker.container("web").unwrap().id;
+
+    let mut web = match agent.store.get("containers/web") {
+        Some(SliceValue::Entry(SliceEntry::Container(c))) => c,
+        other => panic!("{other:?}"),
+    };
+    web.env.insert("LOG_LEVEL".into(), "debug".into());
+    web.generation = 2;
+    agent.put(SliceEntry::Container(web.clone()));
+    agent.runner.run_until_idle().await;
+
+    let new = f.docker.container("web").unwrap();
+    assert_ne!(new.id, old);
+    assert_eq!(new.config_hash, web.config_hash());
+    assert!(f.docker.writes().contains(&format!("remove {old}")));
+    assert_eq!(f.events("Recreating").len(), 1);
+    let r = f.report(Kind::Container, "web").unwrap();
+    assert!(r.ready);
+    assert_eq!(r.observed_generation, 2);
+    assert_eq!(r.container_id, Some(new.id));
+    // Its new namespace was plumbed again.
+    let pid = new.pid.unwrap();
+    assert_eq!(f.ifs.host().attachments[&web_port()].0, pid);
+}
+
+#[tokio::test]
+async fn a_link_rewire_reprograms_without_recreating() {
+    let f = Fakes::new();
+    let agent = Agent::new(&f, slice());
+    agent.start().await;
+    let before = f.docker.container("app").unwrap();
+    f.clear_logs();
+
+    let mut app = match agent.store.get("containers/app") {
+        Some(SliceValue::Entry(SliceEntry::Container(c))) => c,
+        other => panic!("{other:?}"),
+    };
+    app.links = vec![link_rule("app-to-web", Some("10.2.3.9:6379"))];
+    agent.put(SliceEntry::Container(app));
+    agent.runner.run_until_idle().await;
+
+    let after = f.docker.container("app").unwrap();
+    assert_eq!(after.id, before.id, "a rewire never recreates the consumer");
+    assert_eq!(after.started_at, before.started_at);
+    assert!(f.docker.writes().is_empty(), "{:?}", f.docker.writes());
+    assert!(f.ovs.writes().is_empty() && f.ifs.writes().is_empty());
+    let rules = f.nat.rules(NetNs::Pid(after.pid.unwrap()));
+    assert_eq!(rules.links[0].target, "10.2.3.9:6379".parse().unwrap());
+    let l = f.report(Kind::Link, "app-to-web").unwrap();
+    assert_eq!(l.endpoint.as_deref(), Some("10.2.3.9:6379"));
+    let programmed: Vec<String> = f
+        .events("LinkProgrammed")
+        .into_iter()
+        .map(|e| e.message)
+        .collect();
+    assert!(
+        programmed
+            .iter()
+            .any(|m| m.ends_with("now forwards to 10.2.3.9:6379")),
+        "{programmed:?}"
+    );
+
+    // A target that cannot be resolved: the rule goes, the link reports why.
+    let mut app = match agent.store.get("containers/app") {
+        Some(SliceValue::Entry(SliceEntry::Container(c))) => c,
+        other => panic!("{other:?}"),
+    };
+    app.links = vec![link_rule("app-to-web", None)];
+    agent.put(SliceEntry::Container(app));
+    agent.runner.run_until_idle().await;
+    assert!(f.nat.rules(NetNs::Pid(after.pid.unwrap())).links.is_empty());
+    let l = f.report(Kind::Link, "app-to-web").unwrap();
+    assert!(!l.ready);
+    assert_eq!(l.reason, "TargetNotFound");
+    assert_eq!(f.docker.container("app").unwrap().id, before.id);
+}
+
+#[tokio::test]
+async fn a_missing_image_is_image_pull_failed_and_retried() {
+    let f = Fakes::new();
+    let mut entries = slice();
+    if let SliceEntry::Container(c) = &mut entries[3] {
+        c.image = "nope:1".into();
+        c.pull_policy = PullPolicy::IfNotPresent;
+    }
+    let agent = Agent::new(&f, entries);
+    agent.start().await;
+    let r = f.report(Kind::Container, "web").unwrap();
+    assert!(!r.ready);
+    assert_eq!(r.reason, "ImagePullFailed");
+    assert!(r.message.contains("nope:1"), "{}", r.message);
+    let ev = f.events("ImagePullFailed");
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].type_, EventType::Warning);
+    assert!(f.docker.container("web").is_none());
+    // The other container is not held back.
+    assert!(f.report(Kind::Container, "app").unwrap().ready);
+
+    // Once the image can be pulled, the retry succeeds.
+    f.docker.host().registry.insert("nope:1".into());
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    agent.settle().await;
+    assert!(f.report(Kind::Container, "web").unwrap().ready);
+}
+
+#[tokio::test]
+async fn garbage_collection_removes_only_owned_leftovers() {
+    let f = Fakes::new();
+    // A previous slice had container old; the agent was down when it was removed.
+    let mut old_slice = slice();
+    old_slice.push(SliceEntry::Container(container("old", "10.2.1.9")));
+    let first = Agent::new(&f, old_slice);
+    first.start().await;
+    assert!(f.docker.container("old").is_some());
+    drop(first);
+
+    let second = Agent::new(&f, slice());
+    second.start().await;
+    assert!(
+        f.docker.container("old").is_none(),
+        "owned leftover container removed"
+    );
+    assert!(
+        !f.ovs.state().bridges["tb-overlay"]
+            .ports
+            .contains_key(&names::veth_host_name("old", "eth0"))
+    );
+    assert!(
+        !f.ifs
+            .host()
+            .attachments
+            .contains_key(&names::veth_host_name("old", "eth0"))
+    );
+    assert!(
+        f.report(Kind::Container, "old").is_none(),
+        "orphan report removed"
+    );
+    assert!(f.ovs.state().bridges.contains_key("br-phy"));
+    assert!(
+        f.ovs.state().bridges["tb-overlay"]
+            .ports
+            .contains_key("tb-overlay"),
+        "internal port kept"
+    );
+    assert!(f.docker.container("web").unwrap().running);
+}
+
+#[tokio::test]
+async fn unsupported_entries_are_left_alone() {
+    let f = Fakes::new();
+    let mut with_old = slice();
+    with_old.push(SliceEntry::Container(container("future", "10.2.1.9")));
+    let first = Agent::new(&f, with_old);
+    first.start().await;
+    drop(first);
+    f.clear_logs();
+
+    let second = Agent::new(&f, slice());
+    second.store.insert(
+        "containers/future".into(),
+        SliceValue::Unsupported { version: 2 },
+    );
+    second.start().await;
+    assert!(f.docker.container("future").unwrap().running, "not removed");
+    assert!(
+        f.ovs.state().bridges["tb-overlay"]
+            .ports
+            .contains_key(&names::veth_host_name("future", "eth0"))
+    );
+    assert_eq!(f.host_writes(), Vec::<String>::new());
+    let r = f.report(Kind::Container, "future").unwrap();
+    assert_eq!(r.reason, "UnsupportedSliceEntry");
+}
+
+#[tokio::test]
+async fn a_foreign_port_name_is_a_conflict_not_a_takeover() {
+    let f = Fakes::new();
+    let agent = Agent::new(&f, slice());
+    // Someone else's port already has the GRE port's name.
+    f.ovs
+        .apply(&[OvsChange::AddBridge {
+            name: "tb-overlay".into(),
+            datapath: topo_schema::kinds::Datapath::Netdev,
+            rstp: false,
+            mtu: 1458,
+            object: "network/overlay".into(),
+        }])
+        .await
+        .unwrap();
+    {
+        let mut s = f.ovs.state();
+        let b = s.bridges.get_mut("br-phy").unwrap();
+        let mut p = b.ports["br-phy"].clone();
+        p.name = names::gre_port_name("overlay", "node2");
+        b.ports.insert(p.name.clone(), p);
+    }
+    agent.start().await;
+    let t = f.report(Kind::Tunnel, "overlay-node1-node2").unwrap();
+    assert!(!t.ready);
+    assert_eq!(t.reason, "NameConflict");
+    assert!(
+        f.ovs.state().bridges["br-phy"]
+            .ports
+            .contains_key(&names::gre_port_name("overlay", "node2"))
+    );
+}

@@ -1,0 +1,543 @@
+//! The five kinds of SPEC.md.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::meta::{Condition, ObjectMeta};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+pub enum Kind {
+    Node,
+    Network,
+    Container,
+    Link,
+    Tunnel,
+}
+
+impl Kind {
+    /// In the order objects are applied: what others refer to comes first.
+    pub const ALL: [Kind; 5] = [Kind::Node, Kind::Network, Kind::Container, Kind::Link, Kind::Tunnel];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Node => "Node",
+            Kind::Network => "Network",
+            Kind::Container => "Container",
+            Kind::Link => "Link",
+            Kind::Tunnel => "Tunnel",
+        }
+    }
+
+    /// The lowercase plural used in API paths and by `topoctl get`.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Node => "nodes",
+            Kind::Network => "networks",
+            Kind::Container => "containers",
+            Kind::Link => "links",
+            Kind::Tunnel => "tunnels",
+        }
+    }
+
+    pub fn short(self) -> &'static str {
+        match self {
+            Kind::Node => "no",
+            Kind::Network => "net",
+            Kind::Container => "c",
+            Kind::Link => "ln",
+            Kind::Tunnel => "tun",
+        }
+    }
+
+    /// Accepts the kind, its lowercase singular, plural or short form.
+    pub fn parse(s: &str) -> Option<Kind> {
+        let l = s.to_ascii_lowercase();
+        Kind::ALL.into_iter().find(|k| {
+            l == k.as_str().to_ascii_lowercase() || l == k.plural() || l == k.short()
+        })
+    }
+
+    /// The kind written in a manifest's `kind:` field (exact case).
+    pub fn from_manifest(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An object of one kind: `apiVersion`, `kind`, `metadata`, `spec`, server-written `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Object<S, St> {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: S,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<St>,
+}
+
+impl<S, St> Object<S, St> {
+    pub fn new(kind: Kind, name: impl Into<String>, spec: S) -> Self {
+        Object {
+            api_version: crate::API_VERSION.to_string(),
+            kind: kind.as_str().to_string(),
+            metadata: ObjectMeta::named(name),
+            spec,
+            status: None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- Node
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Datapath {
+    /// The kernel datapath (needs the openvswitch module).
+    #[default]
+    System,
+    /// OVS's userspace datapath; OVS itself encapsulates GRE.
+    Netdev,
+}
+
+impl Datapath {
+    /// The OVSDB `Bridge.datapath_type` value.
+    pub fn ovs_type(self) -> &'static str {
+        match self {
+            Datapath::System => "system",
+            Datapath::Netdev => "netdev",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeSpec {
+    /// Underlay IPv4 address: the remote_ip of every GRE port towards this node.
+    #[serde(with = "crate::serde_ip::ipv4")]
+    #[schemars(with = "String")]
+    pub address: Ipv4Addr,
+    #[serde(default)]
+    pub datapath: Datapath,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// network → the node's address block in it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub blocks: BTreeMap<String, String>,
+    /// Version of the agent that last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+}
+
+// ---------------------------------------------------------------- Network
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Topology {
+    /// Tunnels among all nodes that host the network, derived by the controller.
+    #[default]
+    Mesh,
+    /// Only the Tunnel objects the user writes.
+    Explicit,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkSpec {
+    #[serde(with = "crate::serde_ip::cidr")]
+    #[schemars(with = "String")]
+    pub cidr: Ipv4Net,
+    /// Prefix length of the block each hosting node leases (24 = a /24 per node).
+    pub block_size: u8,
+    /// Container MTU; default: underlay MTU minus the GRE overhead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub topology: Topology,
+    /// GRE key; unique per network; assigned by the controller when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gre_key: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The GRE key in force (the spec's, or the assigned one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gre_key: Option<u32>,
+    /// The container MTU in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// node → block.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub blocks: BTreeMap<String, String>,
+    #[serde(default)]
+    pub allocated: u32,
+}
+
+// ---------------------------------------------------------------- Container
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum PullPolicy {
+    #[default]
+    IfNotPresent,
+    Never,
+    Always,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkAttachment {
+    pub network: String,
+    /// Static address (pipework); else allocated from the node's block.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::serde_ip::opt_ipv4")]
+    #[schemars(with = "Option<String>")]
+    pub ip: Option<Ipv4Addr>,
+    /// Default eth0, eth1, ... in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortMapping {
+    pub container_port: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<u32>,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerSpec {
+    pub node: String,
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub image_pull_policy: PullPolicy,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkAttachment>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortMapping>,
+}
+
+impl ContainerSpec {
+    /// The interface name of attachment `i`: explicit, or eth0, eth1, ... in order.
+    pub fn interface_of(&self, i: usize) -> String {
+        self.networks[i].interface.clone().unwrap_or_else(|| format!("eth{i}"))
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// network → address.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub addresses: BTreeMap<String, String>,
+    #[serde(default, rename = "containerID", skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(default)]
+    pub restart_count: u32,
+}
+
+// ---------------------------------------------------------------- Link
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LinkTarget {
+    /// A container, resolved on the network it shares with the consumer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Or a fixed address (geard's remote host).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::serde_ip::opt_ipv4")]
+    #[schemars(with = "Option<String>")]
+    pub address: Option<Ipv4Addr>,
+    pub port: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LinkSpec {
+    /// The consumer container.
+    pub from: String,
+    pub to: LinkTarget,
+    /// `ip:port` inside the consumer; default 127.0.0.1:<to.port>.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Docker-link style alias: environment variables and a hosts entry in the consumer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+}
+
+impl LinkSpec {
+    /// The listen address, defaulted. Only valid after validation.
+    pub fn listen_addr(&self) -> Option<std::net::SocketAddrV4> {
+        match &self.listen {
+            Some(l) => l.parse().ok(),
+            None => u16::try_from(self.to.port)
+                .ok()
+                .map(|p| std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, p)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LinkStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The resolved `ip:port` the listen address is forwarded to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+// ---------------------------------------------------------------- Tunnel
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TunnelSpec {
+    pub network: String,
+    /// Two managed nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
+    /// Or one managed node ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// ... and a remote underlay address.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::serde_ip::opt_ipv4")]
+    #[schemars(with = "Option<String>")]
+    pub remote: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TunnelStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+pub type Node = Object<NodeSpec, NodeStatus>;
+pub type Network = Object<NetworkSpec, NetworkStatus>;
+pub type Container = Object<ContainerSpec, ContainerStatus>;
+pub type Link = Object<LinkSpec, LinkStatus>;
+pub type Tunnel = Object<TunnelSpec, TunnelStatus>;
+
+/// Any object. Serialized as the object itself (its `kind` field tells which).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Resource {
+    Node(Node),
+    Network(Network),
+    Container(Container),
+    Link(Link),
+    Tunnel(Tunnel),
+}
+
+/// Why a JSON value is not an object of a known kind.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("missing field `kind`")]
+    MissingKind,
+    #[error("unknown kind {0:?} (expected one of Node, Network, Container, Link, Tunnel)")]
+    UnknownKind(String),
+    #[error("unsupported apiVersion {0:?} (expected {api})", api = crate::API_VERSION)]
+    UnknownApiVersion(String),
+    #[error("{0}")]
+    Invalid(#[from] serde_json::Error),
+}
+
+impl<'de> Deserialize<'de> for Resource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        Resource::from_value(v).map_err(serde::de::Error::custom)
+    }
+}
+
+macro_rules! each_kind {
+    ($r:expr, $o:ident => $e:expr) => {
+        match $r {
+            Resource::Node($o) => $e,
+            Resource::Network($o) => $e,
+            Resource::Container($o) => $e,
+            Resource::Link($o) => $e,
+            Resource::Tunnel($o) => $e,
+        }
+    };
+}
+
+impl Resource {
+    pub fn kind_of_value(v: &serde_json::Value) -> Result<Kind, DecodeError> {
+        let kind = v.get("kind").and_then(|k| k.as_str()).ok_or(DecodeError::MissingKind)?;
+        let kind = Kind::from_manifest(kind).ok_or_else(|| DecodeError::UnknownKind(kind.into()))?;
+        match v.get("apiVersion").and_then(|a| a.as_str()) {
+            Some(crate::API_VERSION) => Ok(kind),
+            Some(other) => Err(DecodeError::UnknownApiVersion(other.into())),
+            None => Err(DecodeError::UnknownApiVersion(String::new())),
+        }
+    }
+
+    pub fn from_value(v: serde_json::Value) -> Result<Resource, DecodeError> {
+        fn typed<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, DecodeError> {
+            Ok(serde_json::from_value(v)?)
+        }
+        Ok(match Resource::kind_of_value(&v)? {
+            Kind::Node => Resource::Node(typed(v)?),
+            Kind::Network => Resource::Network(typed(v)?),
+            Kind::Container => Resource::Container(typed(v)?),
+            Kind::Link => Resource::Link(typed(v)?),
+            Kind::Tunnel => Resource::Tunnel(typed(v)?),
+        })
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self {
+            Resource::Node(_) => Kind::Node,
+            Resource::Network(_) => Kind::Network,
+            Resource::Container(_) => Kind::Container,
+            Resource::Link(_) => Kind::Link,
+            Resource::Tunnel(_) => Kind::Tunnel,
+        }
+    }
+
+    pub fn metadata(&self) -> &ObjectMeta {
+        each_kind!(self, o => &o.metadata)
+    }
+
+    pub fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        each_kind!(self, o => &mut o.metadata)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.metadata().name
+    }
+
+    pub fn object_ref(&self) -> ObjectRef {
+        ObjectRef { kind: self.kind(), name: self.name().to_string() }
+    }
+
+    pub fn api_version(&self) -> &str {
+        each_kind!(self, o => &o.api_version)
+    }
+
+    /// The spec alone, as JSON: what `generation` tracks.
+    pub fn spec_value(&self) -> serde_json::Value {
+        each_kind!(self, o => serde_json::to_value(&o.spec).unwrap_or_default())
+    }
+
+    /// The status as JSON (`null` when none).
+    pub fn status_value(&self) -> serde_json::Value {
+        each_kind!(self, o => serde_json::to_value(&o.status).unwrap_or_default())
+    }
+
+    /// Replaces the status from JSON; a status of the wrong shape is dropped.
+    pub fn set_status_value(&mut self, v: serde_json::Value) {
+        each_kind!(self, o => o.status = serde_json::from_value(v).ok())
+    }
+
+    pub fn clear_status(&mut self) {
+        each_kind!(self, o => o.status = None)
+    }
+
+    /// Conditions of the status, empty when there is no status.
+    pub fn conditions(&self) -> &[Condition] {
+        each_kind!(self, o => o.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or(&[]))
+    }
+
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
+/// `Kind/name`, how users and events name an object.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+pub struct ObjectRef {
+    pub kind: Kind,
+    pub name: String,
+}
+
+impl ObjectRef {
+    pub fn new(kind: Kind, name: impl Into<String>) -> Self {
+        ObjectRef { kind, name: name.into() }
+    }
+}
+
+impl std::fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.kind.as_str().to_ascii_lowercase(), self.name)
+    }
+}
+
+/// Conditions live in every status; this lets generic code reach them.
+pub trait HasConditions {
+    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+    fn observed_generation_mut(&mut self) -> &mut Option<i64>;
+}
+
+macro_rules! has_conditions {
+    ($($t:ty),*) => {$(
+        impl HasConditions for $t {
+            fn conditions_mut(&mut self) -> &mut Vec<Condition> { &mut self.conditions }
+            fn observed_generation_mut(&mut self) -> &mut Option<i64> { &mut self.observed_generation }
+        }
+    )*};
+}
+has_conditions!(NodeStatus, NetworkStatus, ContainerStatus, LinkStatus, TunnelStatus);

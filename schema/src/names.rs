@@ -1,0 +1,113 @@
+//! Names: DNS-1123 object names and the Linux interface names topo derives from them.
+
+use sha2::{Digest, Sha256};
+
+pub const MAX_NAME_LEN: usize = 63;
+/// IFNAMSIZ - 1.
+pub const MAX_IFNAME_LEN: usize = 15;
+
+/// Checks a DNS-1123 label; the error says what is wrong in one phrase.
+pub fn check_dns1123_label(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!("{name:?} is {} characters long (at most {MAX_NAME_LEN})", name.len()));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
+        return Err(format!(
+            "{name:?} contains {c:?}; a name is lowercase letters, digits and '-' (DNS-1123 label)"
+        ));
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Err(format!("{name:?} must start and end with a letter or digit (DNS-1123 label)"));
+    }
+    Ok(())
+}
+
+/// A Linux interface name as a container may be given one (`eth0`, `net1`).
+pub fn check_interface_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_IFNAME_LEN {
+        return Err(format!("{name:?} must be 1 to {MAX_IFNAME_LEN} characters long"));
+    }
+    if name == "lo" || name == "." || name == ".." {
+        return Err(format!("{name:?} is reserved"));
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+        return Err(format!("{name:?} may hold only letters, digits, '-', '_' and '.'"));
+    }
+    Ok(())
+}
+
+fn short_hash(parts: &[&str], len: usize) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0u8]);
+    }
+    let digest = h.finalize();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    hex[..len].to_string()
+}
+
+/// A host interface name: `prefix` + readable `name` when it fits in 15 characters, else
+/// `prefix` + a prefix of the name + a hash of every part, so distinct inputs never collide in
+/// practice and operators can still guess what an interface belongs to.
+pub fn interface_name(prefix: &str, name: &str, extra: &[&str]) -> String {
+    let readable = format!("{prefix}{name}");
+    if extra.is_empty() && readable.len() <= MAX_IFNAME_LEN {
+        return readable;
+    }
+    let mut parts = vec![name];
+    parts.extend_from_slice(extra);
+    let hash = short_hash(&parts, 6);
+    let room = MAX_IFNAME_LEN - prefix.len() - hash.len();
+    let keep: String = name.chars().take(room).collect();
+    format!("{prefix}{keep}{hash}")
+}
+
+/// The OVS bridge of `network` on every node.
+pub fn bridge_name(network: &str) -> String {
+    interface_name("tb-", network, &[])
+}
+
+/// The GRE port on `network`'s bridge towards `peer` (a node name or a remote address).
+pub fn gre_port_name(network: &str, peer: &str) -> String {
+    interface_name("tg-", peer, &[network])
+}
+
+/// The host end of a container's veth on the network bridge.
+pub fn veth_host_name(container: &str, interface: &str) -> String {
+    interface_name("tv-", container, &[interface])
+}
+
+/// Prefix of every interface topo creates: nothing else is ever removed by the agent.
+pub const IFACE_PREFIXES: [&str; 3] = ["tb-", "tg-", "tv-"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns1123() {
+        assert!(check_dns1123_label("node-1").is_ok());
+        assert!(check_dns1123_label("Node1").is_err());
+        assert!(check_dns1123_label("-a").is_err());
+        assert!(check_dns1123_label("a_b").is_err());
+        assert!(check_dns1123_label(&"a".repeat(64)).is_err());
+        assert!(check_dns1123_label("").is_err());
+    }
+
+    #[test]
+    fn interface_names_fit_and_differ() {
+        let long = "a-very-long-container-name-indeed";
+        let a = veth_host_name(long, "eth0");
+        let b = veth_host_name(long, "eth1");
+        assert!(a.len() <= MAX_IFNAME_LEN && b.len() <= MAX_IFNAME_LEN);
+        assert_ne!(a, b);
+        assert!(a.starts_with("tv-"));
+        assert_eq!(bridge_name("overlay"), "tb-overlay");
+        assert!(gre_port_name("overlay", "node2").starts_with("tg-node2"));
+        assert_ne!(gre_port_name("a", "node2"), gre_port_name("b", "node2"));
+    }
+}

@@ -1,0 +1,267 @@
+//! A node's slice: everything one node must hold, derived by the controller, stored under
+//! `keys::slice_prefix(node)` one entry per key, read by that node's agent only.
+//!
+//! Each entry is self-contained (an agent never needs another node's data or the user's
+//! objects) and carries [`SLICE_VERSION`]; an agent that meets a version it does not know
+//! reports it and leaves the entry alone rather than guessing.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::kinds::{Datapath, Protocol, PullPolicy};
+
+pub const SLICE_VERSION: u32 = 1;
+
+/// Label/external_id keys that mark what topo owns on a host.
+pub mod owner {
+    /// Docker label and OVSDB external_id: present on everything topo created.
+    pub const MANAGED: &str = "topo.dev/managed";
+    /// The node whose agent owns it.
+    pub const NODE: &str = "topo.dev/node";
+    /// `kind/name` of the object it belongs to.
+    pub const OBJECT: &str = "topo.dev/object";
+    /// Docker label: hash of what requires a recreate (image, command, env, hosts).
+    pub const CONFIG_HASH: &str = "topo.dev/config-hash";
+    /// Docker label: the Container object's uid.
+    pub const UID: &str = "topo.dev/uid";
+    /// The nftables table topo owns in each namespace.
+    pub const NFT_TABLE: &str = "topo";
+}
+
+/// One value under a node's slice prefix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SliceEnvelope {
+    pub version: u32,
+    pub entry: SliceEntry,
+}
+
+impl SliceEnvelope {
+    pub fn new(entry: SliceEntry) -> Self {
+        SliceEnvelope { version: SLICE_VERSION, entry }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum SliceEntry {
+    Node(NodeEntry),
+    Bridge(BridgeEntry),
+    Tunnel(TunnelEntry),
+    Container(ContainerEntry),
+}
+
+impl SliceEntry {
+    /// The entry's key below the node's slice prefix.
+    pub fn key(&self) -> String {
+        match self {
+            SliceEntry::Node(_) => "node".to_string(),
+            SliceEntry::Bridge(b) => format!("bridges/{}", b.network),
+            SliceEntry::Tunnel(t) => format!("tunnels/{}", t.port),
+            SliceEntry::Container(c) => format!("containers/{}", c.name),
+        }
+    }
+}
+
+/// The node's own settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeEntry {
+    pub name: String,
+    pub address: Ipv4Addr,
+    pub datapath: Datapath,
+}
+
+/// One OVS bridge per network the node hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BridgeEntry {
+    pub network: String,
+    /// OVS bridge name (`tb-<network>`).
+    pub bridge: String,
+    pub datapath: Datapath,
+    /// Container MTU on the network.
+    pub mtu: u32,
+    pub cidr: Ipv4Net,
+    /// The node's block of the cidr.
+    pub block: Ipv4Net,
+    /// The node's gateway address with the cidr's prefix (10.2.1.1/16), on the bridge's
+    /// internal port.
+    pub gateway: Ipv4Net,
+    pub gre_key: u32,
+    /// RSTP on the bridge: explicit topologies that are not a full mesh.
+    pub rstp: bool,
+    /// Masquerade traffic from the cidr leaving it through this node.
+    pub masquerade: bool,
+}
+
+/// One GRE port on a network's bridge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TunnelEntry {
+    /// The Tunnel object.
+    pub tunnel: String,
+    pub network: String,
+    pub bridge: String,
+    /// OVS port/interface name.
+    pub port: String,
+    /// The peer node's name, or None for a remote address outside topo.
+    pub peer: Option<String>,
+    pub remote_ip: Ipv4Addr,
+    pub key: u32,
+    /// `Port.protected=true`: no forwarding from one tunnel port to another (mesh).
+    pub split_horizon: bool,
+}
+
+/// A container and its plumbing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerEntry {
+    pub name: String,
+    pub uid: String,
+    /// The Container object's generation this entry was derived from.
+    pub generation: i64,
+    /// Docker container name: `topo-<name>`.
+    pub docker_name: String,
+    pub image: String,
+    pub command: Vec<String>,
+    /// The spec's env plus Docker-link variables of its aliased links.
+    pub env: BTreeMap<String, String>,
+    pub pull_policy: PullPolicy,
+    /// Extra /etc/hosts entries (link aliases).
+    pub hosts: Vec<HostEntry>,
+    pub attachments: Vec<AttachmentEntry>,
+    pub ports: Vec<PublishedPort>,
+    pub links: Vec<LinkRule>,
+}
+
+impl ContainerEntry {
+    /// What a running container was created with: a change means recreate. Rewiring a link
+    /// (its rules) is not in it, so it never recreates the consumer.
+    pub fn config_hash(&self) -> String {
+        let mut h = Sha256::new();
+        let mut feed = |s: &str| {
+            h.update(s.as_bytes());
+            h.update([0u8]);
+        };
+        feed(&self.image);
+        feed("cmd");
+        for c in &self.command {
+            feed(c);
+        }
+        feed("env");
+        for (k, v) in &self.env {
+            feed(k);
+            feed(v);
+        }
+        feed("hosts");
+        for e in &self.hosts {
+            feed(&e.name);
+            feed(&e.ip.to_string());
+        }
+        h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostEntry {
+    pub name: String,
+    pub ip: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AttachmentEntry {
+    pub network: String,
+    pub bridge: String,
+    /// Name inside the container (eth0).
+    pub interface: String,
+    /// Host end of the veth pair, a port of `bridge`.
+    pub host_veth: String,
+    /// The container's address with the cidr's prefix.
+    pub address: Ipv4Net,
+    pub mtu: u32,
+    /// Default route via this gateway; set on the first attachment only.
+    pub default_gateway: Option<Ipv4Addr>,
+    /// Turn TX checksum offload off (userspace datapath does not complete partial checksums).
+    pub tx_checksum_off: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PublishedPort {
+    pub host_port: u16,
+    pub container_port: u16,
+    pub protocol: Protocol,
+    /// The container's address the port is forwarded to.
+    pub container_ip: Ipv4Addr,
+}
+
+/// A geard-style link programmed in the consumer's namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LinkRule {
+    /// The Link object.
+    pub link: String,
+    pub listen: SocketAddrV4,
+    pub protocol: Protocol,
+    /// Where to DNAT; None while the target cannot be resolved (then `reason` says why).
+    pub target: Option<SocketAddrV4>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> ContainerEntry {
+        ContainerEntry {
+            name: "app".into(),
+            uid: "u".into(),
+            generation: 1,
+            docker_name: "topo-app".into(),
+            image: "topo/busybox:latest".into(),
+            command: vec!["sleep".into(), "1".into()],
+            env: BTreeMap::new(),
+            pull_policy: PullPolicy::IfNotPresent,
+            hosts: vec![],
+            attachments: vec![],
+            ports: vec![],
+            links: vec![],
+        }
+    }
+
+    #[test]
+    fn rewiring_does_not_change_config_hash() {
+        let a = entry();
+        let mut b = a.clone();
+        b.links.push(LinkRule {
+            link: "l".into(),
+            listen: "127.0.0.1:6379".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            target: Some("10.2.1.5:6379".parse().unwrap()),
+            reason: None,
+            message: None,
+        });
+        assert_eq!(a.config_hash(), b.config_hash());
+        b.env.insert("DB_PORT".into(), "tcp://127.0.0.1:6379".into());
+        assert_ne!(a.config_hash(), b.config_hash());
+    }
+
+    #[test]
+    fn envelope_roundtrip() {
+        let e = SliceEnvelope::new(SliceEntry::Container(entry()));
+        let s = serde_json::to_string(&e).unwrap();
+        assert!(s.contains("\"type\":\"container\""));
+        assert_eq!(serde_json::from_str::<SliceEnvelope>(&s).unwrap(), e);
+        assert_eq!(e.entry.key(), "containers/app");
+    }
+}
