@@ -1170,7 +1170,7 @@ fn fold_link(
             ConditionStatus::False,
             "Rewiring",
             format!(
-                "programmed {} , moving to {}",
+                "programmed {}, moving to {}",
                 r.endpoint.as_deref().unwrap_or_default(),
                 st.endpoint.as_deref().unwrap_or_default()
             ),

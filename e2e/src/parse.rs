@@ -1,0 +1,216 @@
+//! Parsers for what the tools print: busybox ping, `ovs-vsctl --format=json`,
+//! `ovs-ofctl --names dump-ports`, `ip -o link`.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+/// The summary line of a ping: `3 packets transmitted, 2 packets received, 33% packet loss`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PingStats {
+    pub transmitted: u32,
+    pub received: u32,
+}
+
+impl PingStats {
+    pub fn lost(&self) -> u32 {
+        self.transmitted.saturating_sub(self.received)
+    }
+
+    pub fn parse(text: &str) -> Option<PingStats> {
+        let line = text.lines().find(|l| l.contains("packets transmitted"))?;
+        let number_before = |marker: &str| -> Option<u32> {
+            let head = &line[..line.find(marker)?];
+            head.split(|c: char| !c.is_ascii_digit())
+                .filter(|s| !s.is_empty())
+                .next_back()?
+                .parse()
+                .ok()
+        };
+        Some(PingStats {
+            transmitted: number_before(" packets transmitted")?,
+            received: number_before(" packets received")
+                .or_else(|| number_before(" received"))?,
+        })
+    }
+}
+
+/// One row of `ovs-vsctl --format=json list TABLE`, with OVSDB's typed values flattened:
+/// a uuid becomes its string, a map a JSON object, a set an array (a one-element set is the
+/// element itself, as OVSDB prints it).
+pub fn ovsdb_rows(json: &str) -> Result<Vec<BTreeMap<String, Value>>, String> {
+    let v: Value = serde_json::from_str(json).map_err(|e| format!("not JSON ({e}): {json}"))?;
+    let headings: Vec<String> = v
+        .get("headings")
+        .and_then(Value::as_array)
+        .ok_or_else(|| format!("no headings in {json}"))?
+        .iter()
+        .map(|h| h.as_str().unwrap_or_default().to_string())
+        .collect();
+    let data = v
+        .get("data")
+        .and_then(Value::as_array)
+        .ok_or_else(|| format!("no data in {json}"))?;
+    Ok(data
+        .iter()
+        .filter_map(Value::as_array)
+        .map(|row| {
+            headings
+                .iter()
+                .cloned()
+                .zip(row.iter().map(ovsdb_value))
+                .collect()
+        })
+        .collect())
+}
+
+fn ovsdb_value(v: &Value) -> Value {
+    let Some(a) = v.as_array() else {
+        return v.clone();
+    };
+    match (a.first().and_then(Value::as_str), a.get(1)) {
+        (Some("uuid" | "named-uuid"), Some(u)) => u.clone(),
+        (Some("set"), Some(Value::Array(items))) => {
+            Value::Array(items.iter().map(ovsdb_value).collect())
+        }
+        (Some("map"), Some(Value::Array(pairs))) => Value::Object(
+            pairs
+                .iter()
+                .filter_map(Value::as_array)
+                .filter_map(|p| {
+                    let k = p.first()?;
+                    let k = k.as_str().map_or_else(|| k.to_string(), str::to_string);
+                    Some((k, ovsdb_value(p.get(1)?)))
+                })
+                .collect(),
+        ),
+        _ => v.clone(),
+    }
+}
+
+/// A map column of an [`ovsdb_rows`] row as strings (numbers printed as they are).
+pub fn string_map(row: &BTreeMap<String, Value>, column: &str) -> BTreeMap<String, String> {
+    row.get(column)
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| {
+                    let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                    (k.clone(), v)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Per-port packet counters, read live from ovs-vswitchd (OVSDB's `statistics` column is
+/// refreshed only every 5 s).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortCounters {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+}
+
+/// `ovs-ofctl --names dump-ports BRIDGE`:
+/// ```text
+///   port  "tg-node2fbc7a6": rx pkts=6, bytes=476, drop=?, errs=?, frame=?, over=?, crc=?
+///            tx pkts=13, bytes=1630, drop=?, errs=?, coll=?
+/// ```
+pub fn dump_ports(text: &str) -> BTreeMap<String, PortCounters> {
+    let mut out = BTreeMap::new();
+    let mut current: Option<String> = None;
+    let pkts = |s: &str, dir: &str| -> Option<u64> {
+        let i = s.find(&format!("{dir} pkts="))? + dir.len() + 6;
+        s[i..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    for line in text.lines() {
+        let t = line.trim_start();
+        if let Some(rest) = t.strip_prefix("port ") {
+            let Some((name, tail)) = rest.split_once(':') else {
+                current = None;
+                continue;
+            };
+            let name = name.trim().trim_matches('"').to_string();
+            let e: &mut PortCounters = out.entry(name.clone()).or_default();
+            if let Some(n) = pkts(tail, "rx") {
+                e.rx_packets = n;
+            }
+            current = Some(name);
+        } else if let (Some(name), Some(n)) = (&current, pkts(t, "tx")) {
+            if let Some(e) = out.get_mut(name) {
+                e.tx_packets = n;
+            }
+        }
+    }
+    out
+}
+
+/// Interface names and indexes of `ip -o link show`: `7: tv-web1a1a08b@if2: <...> ...`.
+pub fn ip_links(text: &str) -> BTreeMap<String, u32> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, ':');
+            let index = it.next()?.trim().parse().ok()?;
+            let name = it.next()?.trim();
+            let name = name.split('@').next()?.to_string();
+            Some((name, index))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ping_summary() {
+        let out = "PING 10.2.1.2 (10.2.1.2): 56 data bytes\n64 bytes from 10.2.1.2: seq=0 ttl=64 time=3.481 ms\n\n--- 10.2.1.2 ping statistics ---\n150 packets transmitted, 147 packets received, 2% packet loss\n";
+        let s = PingStats::parse(out).unwrap();
+        assert_eq!((s.transmitted, s.received, s.lost()), (150, 147, 3));
+        assert_eq!(PingStats::parse("ping: sendto: Network unreachable"), None);
+        let dup = "3 packets transmitted, 3 packets received, 2 duplicates, 0% packet loss";
+        assert_eq!(PingStats::parse(dup).unwrap().received, 3);
+    }
+
+    #[test]
+    fn ovsdb_json() {
+        let j = r#"{"data":[[["uuid","8e3b"],"tg-node2",["map",[["key","1"],["remote_ip","192.168.100.2"]]],["map",[["rx_packets",9],["tx_packets",21]]],["set",[]],3]],"headings":["_uuid","name","options","statistics","error","ofport"]}"#;
+        let rows = ovsdb_rows(j).unwrap();
+        assert_eq!(rows.len(), 1);
+        let r = &rows[0];
+        assert_eq!(r["_uuid"], "8e3b");
+        assert_eq!(r["name"], "tg-node2");
+        assert_eq!(string_map(r, "options")["remote_ip"], "192.168.100.2");
+        assert_eq!(string_map(r, "statistics")["tx_packets"], "21");
+        assert_eq!(r["error"], serde_json::json!([]));
+        assert_eq!(r["ofport"], 3);
+    }
+
+    #[test]
+    fn ofctl_ports() {
+        let t = r#"OFPST_PORT reply (xid=0x2): 4 ports
+  port LOCAL: rx pkts=2, bytes=176, drop=0, errs=0, frame=0, over=0, crc=0
+           tx pkts=2, bytes=176, drop=0, errs=0, coll=0
+  port  "tg-node36d1f28": rx pkts=1, bytes=90, drop=?, errs=?, frame=?, over=?, crc=?
+           tx pkts=1214, bytes=214, drop=?, errs=?, coll=?
+  port  "tv-web1a1a08b": rx pkts=17, bytes=42, drop=0, errs=0, frame=0, over=0, crc=0
+           tx pkts=2, bytes=176, drop=0, errs=0, coll=0
+"#;
+        let p = dump_ports(t);
+        assert_eq!(p["tg-node36d1f28"], PortCounters { rx_packets: 1, tx_packets: 1214 });
+        assert_eq!(p["tv-web1a1a08b"].rx_packets, 17);
+        assert_eq!(p["LOCAL"].tx_packets, 2);
+    }
+
+    #[test]
+    fn links() {
+        let t = "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536\n7: tv-web1a1a08b@if2: <BROADCAST> mtu 1458\n";
+        let l = ip_links(t);
+        assert_eq!(l["lo"], 1);
+        assert_eq!(l["tv-web1a1a08b"], 7);
+    }
+}
