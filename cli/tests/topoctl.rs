@@ -363,7 +363,10 @@ async fn offline_verbs() {
     assert_eq!(out.code, 0, "{out:?}");
     let v: Value = serde_json::from_str(&out.stdout).expect("schema json");
     assert_eq!(v["allOf"][0]["$ref"], "#/$defs/Container");
-    assert_eq!(v["$defs"]["Container"]["properties"]["kind"]["const"], "Container");
+    assert_eq!(
+        v["$defs"]["Container"]["properties"]["kind"]["const"],
+        "Container"
+    );
     let out = run_command(topoctl_command(home.path(), &["schema"]), "").await;
     let v: Value = serde_json::from_str(&out.stdout).expect("schema json");
     assert_eq!(v["oneOf"].as_array().map(Vec::len), Some(5));

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use tokio::sync::watch;
-use topo_schema::kinds::{Kind, ObjectRef};
+use topo_schema::kinds::Kind;
 use topo_schema::slice::SliceEntry;
 
 use crate::backend::{ContainerEvent, LinkEvent, OvsEvent};
@@ -60,6 +60,8 @@ pub fn keys_for_object(store: &SliceStore, object: &str) -> Vec<String> {
 pub fn keys_for_container_event(store: &SliceStore, ev: &ContainerEvent) -> Option<Vec<String>> {
     match ev {
         ContainerEvent::Resync => None,
+        // `docker exec` into a container changes nothing topo manages.
+        ContainerEvent::Changed { action, .. } if action.starts_with("exec_") => Some(vec![]),
         ContainerEvent::Changed { name, .. } => {
             let key = format!("containers/{name}");
             // A container of ours that no entry wants: garbage collection removes it.
@@ -156,9 +158,4 @@ pub async fn run_resync(
             }
         }
     }
-}
-
-/// `kind/name` of an object as OVSDB external_ids store it.
-pub fn object_id(kind: Kind, name: &str) -> String {
-    ObjectRef::new(kind, name).to_string()
 }

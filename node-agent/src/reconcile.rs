@@ -102,6 +102,8 @@ pub enum ReconcileError {
     },
     #[error("container {container} is not running after it was started")]
     NotRunning { container: String },
+    #[error("container {container} exited while it was being plumbed")]
+    ContainerGone { container: String },
     #[error("failed to plumb {interface} of container {container}: {source}")]
     Plumbing {
         container: String,
@@ -177,7 +179,9 @@ impl ReconcileError {
             ReconcileError::ContainerRemove { .. } => "ContainerRemoveFailed",
             ReconcileError::ContainerInspect { .. } => "DockerUnavailable",
             ReconcileError::CrashLoop { .. } => "CrashLoopBackOff",
-            ReconcileError::NotRunning { .. } => "ContainerExited",
+            ReconcileError::NotRunning { .. } | ReconcileError::ContainerGone { .. } => {
+                "ContainerExited"
+            }
             ReconcileError::Plumbing { .. } | ReconcileError::InterfaceList { .. } => {
                 "PlumbingFailed"
             }
@@ -371,6 +375,10 @@ pub fn error_policy(err: &ReconcileError, backoff: &mut ExponentialBackoff) -> A
             Action::Requeue(next.min(Duration::from_secs(2)))
         }
         ReconcileError::BridgeNotReady { .. } => Action::Requeue(next.min(Duration::from_secs(2))),
+        // The die event is on its way; look again soon.
+        ReconcileError::ContainerGone { .. } => {
+            Action::Requeue(next.min(Duration::from_millis(200)))
+        }
         _ => Action::Requeue(next),
     }
 }
@@ -976,27 +984,28 @@ async fn reconcile_container(
     for att in &c.attachments {
         check_bridge(&state, &att.bridge)?;
     }
+    // Host veths whose pair was (re)created: ovs-vswitchd's userspace datapath keeps its
+    // handle on the old device of that name, so their OVS ports are removed and added again.
+    let mut recreated: HashSet<String> = HashSet::new();
     for att in &c.attachments {
-        let plumbing = |source| ReconcileError::Plumbing {
-            container: c.name.clone(),
-            interface: att.interface.clone(),
-            source: Box::new(source),
-        };
-        let diffs = ctx
+        let observed = ctx
             .backends
             .interfaces
             .observe_attachment(pid, att)
             .await
-            .map_err(plumbing)?
-            .differences(att);
+            .map_err(|e| plumbing_error(c, att, e))?;
+        let diffs = observed.differences(att);
         if diffs.is_empty() {
             continue;
+        }
+        if pair_needs_recreate(&observed) {
+            recreated.insert(att.host_veth.clone());
         }
         ctx.backends
             .interfaces
             .ensure_attachment(pid, att)
             .await
-            .map_err(plumbing)?;
+            .map_err(|e| plumbing_error(c, att, e))?;
         if !created {
             let target = if drift_possible {
                 &mut repairs
@@ -1023,11 +1032,23 @@ async fn reconcile_container(
                 })?;
         }
     }
-    let changes = container_port_changes(&state, c, &object)?;
+    let (readd, changes) = container_port_changes(&state, c, &object, &recreated)?;
+    if !readd.is_empty() {
+        ctx.backends
+            .ovs
+            .apply(&readd)
+            .await
+            .map_err(|source| ReconcileError::OvsApply {
+                what: format!("stale ports of container {}", c.name),
+                source: Box::new(source),
+            })?;
+    }
     if !changes.is_empty() {
         if !created {
             for ch in &changes {
                 let phrase = match ch {
+                    // The veth's own repair already says what happened.
+                    OvsChange::AddPort { name, .. } if recreated.contains(name) => continue,
                     OvsChange::AddPort { bridge, name, .. } => {
                         format!("OVS port {name} was missing from bridge {bridge}")
                     }
@@ -1057,9 +1078,14 @@ async fn reconcile_container(
     // 3. Links: the nftables table in the container's namespace.
     let rules = link_rules(c);
     let ns = NetNs::Pid(pid);
-    let links = |source| ReconcileError::Links {
-        container: c.name.clone(),
-        source: Box::new(source),
+    let links = |source| match source {
+        NatError::Namespace { .. } => ReconcileError::ContainerGone {
+            container: c.name.clone(),
+        },
+        source => ReconcileError::Links {
+            container: c.name.clone(),
+            source: Box::new(source),
+        },
     };
     let observed_nat = ctx.backends.nat.observe(ns).await.map_err(links)?;
     let mut rewired = Vec::new();
@@ -1161,13 +1187,45 @@ fn restarted(repairs: &[String]) -> bool {
     repairs.iter().any(|r| r.contains("restarted"))
 }
 
+/// Whether `ensure_attachment` makes a new veth pair for this observation (the trait's rule:
+/// the host end is missing or not a veth, or its peer is not in this container).
+fn pair_needs_recreate(o: &crate::backend::ObservedAttachment) -> bool {
+    !o.host_exists
+        || !o.host_is_veth
+        || o.peer
+            .as_ref()
+            .is_none_or(|p| !p.is_veth || !p.paired_with_host)
+}
+
+fn plumbing_error(
+    c: &ContainerEntry,
+    att: &topo_schema::slice::AttachmentEntry,
+    e: InterfaceError,
+) -> ReconcileError {
+    if let InterfaceError::Namespace { .. } = e {
+        // The container died between inspect and plumbing: its die event follows.
+        return ReconcileError::ContainerGone {
+            container: c.name.clone(),
+        };
+    }
+    ReconcileError::Plumbing {
+        container: c.name.clone(),
+        interface: att.interface.clone(),
+        source: Box::new(e),
+    }
+}
+
 /// OVS changes that put each attachment's host veth on its bridge, and take this container's
-/// ports off bridges it no longer attaches to.
+/// ports off bridges it no longer attaches to. The first list removes the ports of
+/// `recreated` veths (its own transaction: the port must leave the datapath before it is
+/// added again); the second holds everything else, in one transaction.
 fn container_port_changes(
     state: &OvsState,
     c: &ContainerEntry,
     object: &ObjectRef,
-) -> Result<Vec<OvsChange>, ReconcileError> {
+    recreated: &HashSet<String>,
+) -> Result<(Vec<OvsChange>, Vec<OvsChange>), ReconcileError> {
+    let mut readd = Vec::new();
     let object = object.to_string();
     let mut changes = Vec::new();
     for (bname, b) in &state.bridges {
@@ -1220,6 +1278,19 @@ fn container_port_changes(
                     port: att.host_veth.clone(),
                 });
             }
+            Some(_) if recreated.contains(&att.host_veth) => {
+                readd.push(OvsChange::DeletePort {
+                    bridge: att.bridge.clone(),
+                    name: att.host_veth.clone(),
+                });
+                changes.push(OvsChange::AddPort {
+                    bridge: att.bridge.clone(),
+                    name: att.host_veth.clone(),
+                    kind: PortKind::System,
+                    protected: false,
+                    object: object.clone(),
+                });
+            }
             Some(p) if !p.matches(&PortKind::System, false) => {
                 changes.push(OvsChange::UpdatePort {
                     bridge: att.bridge.clone(),
@@ -1231,7 +1302,7 @@ fn container_port_changes(
             Some(_) => {}
         }
     }
-    Ok(changes)
+    Ok((readd, changes))
 }
 
 // ==================================================================================== removal
@@ -1719,6 +1790,10 @@ fn failure_reports(
     container_id: Option<String>,
     restarts: u32,
 ) -> Vec<ObservedReport> {
+    if let ReconcileError::ContainerGone { .. } = err {
+        // Transient: the next reconcile restarts it and reports that.
+        return vec![];
+    }
     let message = error_chain(err);
     match ctx.store.get(key) {
         Some(SliceValue::Entry(SliceEntry::Container(c))) => {

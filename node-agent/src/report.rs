@@ -195,7 +195,10 @@ async fn bounded<T>(
 ) -> Result<T, ReportError> {
     match tokio::time::timeout(WRITE_TIMEOUT, f).await {
         Ok(r) => r,
-        Err(_) => Err(ReportError::Timeout { what: what.to_string(), timeout: WRITE_TIMEOUT }),
+        Err(_) => Err(ReportError::Timeout {
+            what: what.to_string(),
+            timeout: WRITE_TIMEOUT,
+        }),
     }
 }
 

@@ -112,6 +112,21 @@ async fn a_deleted_veth_is_recreated() {
         msgs[0].contains(&format!("host veth {veth} is missing")),
         "{msgs:?}"
     );
+    assert_port_readded(&f, &veth);
+}
+
+/// ovs-vswitchd's userspace datapath keeps a handle on a deleted device: the port of a
+/// recreated veth must leave the bridge in one transaction and come back in another.
+fn assert_port_readded(f: &Fakes, veth: &str) {
+    let w = f.ovs.writes();
+    let del = w
+        .iter()
+        .position(|x| x.contains("DeletePort") && x.contains(veth));
+    let add = w
+        .iter()
+        .position(|x| x.contains("AddPort") && x.contains(veth));
+    assert!(matches!((del, add), (Some(d), Some(a)) if d < a), "{w:?}");
+    assert!(f.ovs.state().bridges["tb-overlay"].ports.contains_key(veth));
 }
 
 #[tokio::test]
@@ -149,6 +164,7 @@ async fn a_killed_container_is_restarted_and_counted() {
         pid
     );
     assert_eq!(f.nat.rules(NetNs::Pid(pid)).links.len(), 1);
+    assert_port_readded(&f, &names::veth_host_name("app", "eth0"));
     let msgs = drift_messages(&f, Kind::Container, "app");
     assert_eq!(msgs.len(), 1);
     assert!(

@@ -100,7 +100,9 @@ impl<T> List<T> {
         List {
             api_version: crate::API_VERSION.to_string(),
             kind: "List".to_string(),
-            metadata: resource_version.map(|rv| ListMeta { resource_version: rv }),
+            metadata: resource_version.map(|rv| ListMeta {
+                resource_version: rv,
+            }),
             items,
         }
     }
@@ -215,7 +217,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(reason: ErrorReason, message: impl Into<String>) -> Self {
-        ApiError { reason, code: reason.http_status(), message: message.into(), causes: vec![] }
+        ApiError {
+            reason,
+            code: reason.http_status(),
+            message: message.into(),
+            causes: vec![],
+        }
     }
 
     pub fn invalid(causes: Vec<Cause>) -> Self {
@@ -223,7 +230,12 @@ impl ApiError {
             1 => causes[0].to_string(),
             n => format!("{n} errors; nothing was changed"),
         };
-        ApiError { reason: ErrorReason::Invalid, code: 422, message, causes }
+        ApiError {
+            reason: ErrorReason::Invalid,
+            code: 422,
+            message,
+            causes,
+        }
     }
 }
 
@@ -274,7 +286,11 @@ impl Event {
         h.update(self.message.as_bytes());
         h.update([0]);
         h.update(self.source.as_bytes());
-        h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+        h.finalize()
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 }
 
@@ -289,7 +305,11 @@ pub struct ObservedReport {
     /// CamelCase reason (`Running`, `ImagePullFailed`, `TargetNotFound`, ...).
     pub reason: String,
     pub message: String,
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "containerID")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "containerID"
+    )]
     pub container_id: Option<String>,
     #[serde(default)]
     pub restart_count: u32,
@@ -370,7 +390,11 @@ mod tests {
     fn selector() {
         let l: BTreeMap<String, String> = [("app".to_string(), "redis".to_string())].into();
         assert!(LabelSelector::parse("app=redis").unwrap().matches(&l));
-        assert!(LabelSelector::parse("app==redis,!tier").unwrap().matches(&l));
+        assert!(
+            LabelSelector::parse("app==redis,!tier")
+                .unwrap()
+                .matches(&l)
+        );
         assert!(!LabelSelector::parse("app!=redis").unwrap().matches(&l));
         assert!(!LabelSelector::parse("tier").unwrap().matches(&l));
         assert!(LabelSelector::parse("=x").is_err());

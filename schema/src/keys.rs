@@ -53,7 +53,12 @@ pub fn ipam_blocks_prefix(network: &str) -> String {
     format!("{}blocks/", ipam_prefix(network))
 }
 pub fn ipam_block(network: &str, block: Ipv4Net) -> String {
-    format!("{}{}-{}", ipam_blocks_prefix(network), block.network(), block.prefix_len())
+    format!(
+        "{}{}-{}",
+        ipam_blocks_prefix(network),
+        block.network(),
+        block.prefix_len()
+    )
 }
 pub fn ipam_addrs_prefix(network: &str) -> String {
     format!("{}addrs/", ipam_prefix(network))
@@ -168,7 +173,9 @@ pub fn parse_ipam_key(key: &str) -> Option<IpamKey<'_>> {
 
 /// Parses `<ROOT>heartbeats/<node>`.
 pub fn parse_heartbeat_key(key: &str) -> Option<&str> {
-    key.strip_prefix(ROOT)?.strip_prefix("heartbeats/").filter(|n| !n.is_empty() && !n.contains('/'))
+    key.strip_prefix(ROOT)?
+        .strip_prefix("heartbeats/")
+        .filter(|n| !n.is_empty() && !n.contains('/'))
 }
 
 /// Parses `<ROOT>objects/<Kind>/<name>`.
@@ -205,27 +212,42 @@ mod tests {
 
     #[test]
     fn parse_keys() {
-        assert_eq!(parse_object_key(&object(Kind::Link, "a-b")), Some((Kind::Link, "a-b")));
+        assert_eq!(
+            parse_object_key(&object(Kind::Link, "a-b")),
+            Some((Kind::Link, "a-b"))
+        );
         assert_eq!(parse_object_key("/topo/v1/objects/Nope/x"), None);
         assert_eq!(
             parse_report_key(&report("node1", Kind::Container, "redis")),
             Some(("node1", Kind::Container, "redis"))
         );
         assert_eq!(prefix_end("/a/"), b"/a0".to_vec());
-        assert_eq!(parse_status_key(&status(Kind::Node, "n1")), Some((Kind::Node, "n1")));
+        assert_eq!(
+            parse_status_key(&status(Kind::Node, "n1")),
+            Some((Kind::Node, "n1"))
+        );
         let b: Ipv4Net = "10.2.1.0/24".parse().unwrap();
         assert_eq!(
             parse_ipam_key(&ipam_block("overlay", b)),
-            Some(IpamKey::Block { network: "overlay", block: b })
+            Some(IpamKey::Block {
+                network: "overlay",
+                block: b
+            })
         );
         let ip: Ipv4Addr = "10.2.1.7".parse().unwrap();
-        assert_eq!(parse_ipam_key(&ipam_addr("overlay", ip)), Some(IpamKey::Addr { network: "overlay", ip }));
+        assert_eq!(
+            parse_ipam_key(&ipam_addr("overlay", ip)),
+            Some(IpamKey::Addr {
+                network: "overlay",
+                ip
+            })
+        );
         assert_eq!(parse_heartbeat_key(&heartbeat("node1")), Some("node1"));
     }
 
     #[test]
     fn cache_range_holds_what_the_cache_needs_and_nothing_else() {
-        let inside = |k: &str| k >= CACHE_RANGE_START && k < CACHE_RANGE_END;
+        let inside = |k: &str| (CACHE_RANGE_START..CACHE_RANGE_END).contains(&k);
         let b: Ipv4Net = "10.2.1.0/24".parse().unwrap();
         for k in [
             fence(),
@@ -238,7 +260,11 @@ mod tests {
         ] {
             assert!(inside(&k), "{k} must be cached");
         }
-        for k in [slice_entry("n", "x"), object_events_prefix(Kind::Node, "n"), intent_committed("i")] {
+        for k in [
+            slice_entry("n", "x"),
+            object_events_prefix(Kind::Node, "n"),
+            intent_committed("i"),
+        ] {
             assert!(!inside(&k), "{k} must not be cached");
         }
     }

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::meta::{Condition, ObjectMeta};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 pub enum Kind {
     Node,
     Network,
@@ -20,7 +22,13 @@ pub enum Kind {
 
 impl Kind {
     /// In the order objects are applied: what others refer to comes first.
-    pub const ALL: [Kind; 5] = [Kind::Node, Kind::Network, Kind::Container, Kind::Link, Kind::Tunnel];
+    pub const ALL: [Kind; 5] = [
+        Kind::Node,
+        Kind::Network,
+        Kind::Container,
+        Kind::Link,
+        Kind::Tunnel,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -56,9 +64,9 @@ impl Kind {
     /// Accepts the kind, its lowercase singular, plural or short form.
     pub fn parse(s: &str) -> Option<Kind> {
         let l = s.to_ascii_lowercase();
-        Kind::ALL.into_iter().find(|k| {
-            l == k.as_str().to_ascii_lowercase() || l == k.plural() || l == k.short()
-        })
+        Kind::ALL
+            .into_iter()
+            .find(|k| l == k.as_str().to_ascii_lowercase() || l == k.plural() || l == k.short())
     }
 
     /// The kind written in a manifest's `kind:` field (exact case).
@@ -205,7 +213,20 @@ pub enum PullPolicy {
     Always,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -233,7 +254,11 @@ impl std::fmt::Display for Protocol {
 pub struct NetworkAttachment {
     pub network: String,
     /// Static address (pipework); else allocated from the node's block.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::serde_ip::opt_ipv4")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::serde_ip::opt_ipv4"
+    )]
     #[schemars(with = "Option<String>")]
     pub ip: Option<Ipv4Addr>,
     /// Default eth0, eth1, ... in order.
@@ -271,7 +296,10 @@ pub struct ContainerSpec {
 impl ContainerSpec {
     /// The interface name of attachment `i`: explicit, or eth0, eth1, ... in order.
     pub fn interface_of(&self, i: usize) -> String {
-        self.networks[i].interface.clone().unwrap_or_else(|| format!("eth{i}"))
+        self.networks[i]
+            .interface
+            .clone()
+            .unwrap_or_else(|| format!("eth{i}"))
     }
 }
 
@@ -287,7 +315,11 @@ pub struct ContainerStatus {
     /// network → address.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub addresses: BTreeMap<String, String>,
-    #[serde(default, rename = "containerID", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "containerID",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub container_id: Option<String>,
     #[serde(default)]
     pub restart_count: u32,
@@ -302,7 +334,11 @@ pub struct LinkTarget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
     /// Or a fixed address (geard's remote host).
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::serde_ip::opt_ipv4")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::serde_ip::opt_ipv4"
+    )]
     #[schemars(with = "Option<String>")]
     pub address: Option<Ipv4Addr>,
     pub port: u32,
@@ -361,7 +397,11 @@ pub struct TunnelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
     /// ... and a remote underlay address.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::serde_ip::opt_ipv4")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::serde_ip::opt_ipv4"
+    )]
     #[schemars(with = "Option<String>")]
     pub remote: Option<Ipv4Addr>,
 }
@@ -426,8 +466,12 @@ macro_rules! each_kind {
 
 impl Resource {
     pub fn kind_of_value(v: &serde_json::Value) -> Result<Kind, DecodeError> {
-        let kind = v.get("kind").and_then(|k| k.as_str()).ok_or(DecodeError::MissingKind)?;
-        let kind = Kind::from_manifest(kind).ok_or_else(|| DecodeError::UnknownKind(kind.into()))?;
+        let kind = v
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .ok_or(DecodeError::MissingKind)?;
+        let kind =
+            Kind::from_manifest(kind).ok_or_else(|| DecodeError::UnknownKind(kind.into()))?;
         match v.get("apiVersion").and_then(|a| a.as_str()) {
             Some(crate::API_VERSION) => Ok(kind),
             Some(other) => Err(DecodeError::UnknownApiVersion(other.into())),
@@ -471,7 +515,10 @@ impl Resource {
     }
 
     pub fn object_ref(&self) -> ObjectRef {
-        ObjectRef { kind: self.kind(), name: self.name().to_string() }
+        ObjectRef {
+            kind: self.kind(),
+            name: self.name().to_string(),
+        }
     }
 
     pub fn api_version(&self) -> &str {
@@ -508,7 +555,9 @@ impl Resource {
 }
 
 /// `Kind/name`, how users and events name an object.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 pub struct ObjectRef {
     pub kind: Kind,
     pub name: String,
@@ -516,13 +565,21 @@ pub struct ObjectRef {
 
 impl ObjectRef {
     pub fn new(kind: Kind, name: impl Into<String>) -> Self {
-        ObjectRef { kind, name: name.into() }
+        ObjectRef {
+            kind,
+            name: name.into(),
+        }
     }
 }
 
 impl std::fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.kind.as_str().to_ascii_lowercase(), self.name)
+        write!(
+            f,
+            "{}/{}",
+            self.kind.as_str().to_ascii_lowercase(),
+            self.name
+        )
     }
 }
 
@@ -540,4 +597,10 @@ macro_rules! has_conditions {
         }
     )*};
 }
-has_conditions!(NodeStatus, NetworkStatus, ContainerStatus, LinkStatus, TunnelStatus);
+has_conditions!(
+    NodeStatus,
+    NetworkStatus,
+    ContainerStatus,
+    LinkStatus,
+    TunnelStatus
+);

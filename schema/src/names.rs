@@ -12,15 +12,23 @@ pub fn check_dns1123_label(name: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(format!("{name:?} is {} characters long (at most {MAX_NAME_LEN})", name.len()));
+        return Err(format!(
+            "{name:?} is {} characters long (at most {MAX_NAME_LEN})",
+            name.len()
+        ));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
         return Err(format!(
             "{name:?} contains {c:?}; a name is lowercase letters, digits and '-' (DNS-1123 label)"
         ));
     }
     if name.starts_with('-') || name.ends_with('-') {
-        return Err(format!("{name:?} must start and end with a letter or digit (DNS-1123 label)"));
+        return Err(format!(
+            "{name:?} must start and end with a letter or digit (DNS-1123 label)"
+        ));
     }
     Ok(())
 }
@@ -28,13 +36,20 @@ pub fn check_dns1123_label(name: &str) -> Result<(), String> {
 /// A Linux interface name as a container may be given one (`eth0`, `net1`).
 pub fn check_interface_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_IFNAME_LEN {
-        return Err(format!("{name:?} must be 1 to {MAX_IFNAME_LEN} characters long"));
+        return Err(format!(
+            "{name:?} must be 1 to {MAX_IFNAME_LEN} characters long"
+        ));
     }
     if name == "lo" || name == "." || name == ".." {
         return Err(format!("{name:?} is reserved"));
     }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
-        return Err(format!("{name:?} may hold only letters, digits, '-', '_' and '.'"));
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return Err(format!(
+            "{name:?} may hold only letters, digits, '-', '_' and '.'"
+        ));
     }
     Ok(())
 }

@@ -84,7 +84,9 @@ pub fn allocatable(cidr: Ipv4Net, block: Ipv4Net) -> impl Iterator<Item = Ipv4Ad
     let first = u(block.network()) + 2;
     let last = u(block.broadcast());
     let bcast = cidr.broadcast();
-    (first..=last).map(Ipv4Addr::from).filter(move |ip| *ip != bcast)
+    (first..=last)
+        .map(Ipv4Addr::from)
+        .filter(move |ip| *ip != bcast)
 }
 
 /// The container MTU a network gets.
@@ -108,8 +110,14 @@ mod tests {
         assert_eq!(block_count(c, 31), None);
         assert_eq!(block_at(c, 24, 1), Some(net("10.2.1.0/24")));
         assert_eq!(block_at(c, 24, 256), None);
-        assert_eq!(block_of(c, 24, "10.2.4.10".parse().unwrap()), Some(net("10.2.4.0/24")));
-        assert_eq!(gateway_of(net("10.2.1.0/24")), "10.2.1.1".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(
+            block_of(c, 24, "10.2.4.10".parse().unwrap()),
+            Some(net("10.2.4.0/24"))
+        );
+        assert_eq!(
+            gateway_of(net("10.2.1.0/24")),
+            "10.2.1.1".parse::<Ipv4Addr>().unwrap()
+        );
     }
 
     #[test]

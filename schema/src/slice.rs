@@ -42,7 +42,10 @@ pub struct SliceEnvelope {
 
 impl SliceEnvelope {
     pub fn new(entry: SliceEntry) -> Self {
-        SliceEnvelope { version: SLICE_VERSION, entry }
+        SliceEnvelope {
+            version: SLICE_VERSION,
+            entry,
+        }
     }
 }
 
@@ -163,7 +166,11 @@ impl ContainerEntry {
             feed(&e.name);
             feed(&e.ip.to_string());
         }
-        h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect()
+        h.finalize()
+            .iter()
+            .take(12)
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 }
 
@@ -252,7 +259,8 @@ mod tests {
             message: None,
         });
         assert_eq!(a.config_hash(), b.config_hash());
-        b.env.insert("DB_PORT".into(), "tcp://127.0.0.1:6379".into());
+        b.env
+            .insert("DB_PORT".into(), "tcp://127.0.0.1:6379".into());
         assert_ne!(a.config_hash(), b.config_hash());
     }
 

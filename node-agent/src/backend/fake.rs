@@ -923,7 +923,7 @@ impl FakeNat {
         lock(&self.log).calls.clone()
     }
 
-    /// Every change: `replace NS: <rules>` / `delete NS` / `route_localnet NS`.
+    /// Every change: `replace NS: <rules>` / `delete NS` / `route_localnet NS` / `ip_forward NS`.
     pub fn writes(&self) -> Vec<String> {
         lock(&self.log).writes.clone()
     }
@@ -980,6 +980,10 @@ impl Nat for FakeNat {
         if rules.needs_route_localnet() && !o.route_localnet {
             o.route_localnet = true;
             l.write(format!("route_localnet {}", ns_name(ns)));
+        }
+        if rules.needs_forwarding() && !o.ip_forward {
+            o.ip_forward = true;
+            l.write(format!("ip_forward {}", ns_name(ns)));
         }
         l.write(format!("replace {}: {rules:?}", ns_name(ns)));
         o.table_exists = true;

@@ -657,6 +657,12 @@ impl NatRules {
     pub fn needs_route_localnet(&self) -> bool {
         self.links.iter().any(|l| l.listen.ip().is_loopback())
     }
+
+    /// Masquerade and published ports route packets through the namespace: without
+    /// `ip_forward=1` (a new namespace's default is 0) they are dropped silently.
+    pub fn needs_forwarding(&self) -> bool {
+        !self.masquerade.is_empty() || !self.ports.is_empty()
+    }
 }
 
 /// What a namespace holds.
@@ -670,6 +676,8 @@ pub struct ObservedNat {
     pub exact: bool,
     /// `net.ipv4.conf.all.route_localnet` of the namespace.
     pub route_localnet: bool,
+    /// `net.ipv4.ip_forward` of the namespace.
+    pub ip_forward: bool,
 }
 
 impl ObservedNat {
@@ -684,6 +692,7 @@ impl ObservedNat {
             && self.exact
             && self.rules == desired
             && (!desired.needs_route_localnet() || self.route_localnet)
+            && (!desired.needs_forwarding() || self.ip_forward)
     }
 }
 
@@ -691,7 +700,8 @@ impl ObservedNat {
 pub trait Nat: Send + Sync {
     async fn observe(&self, ns: NetNs) -> Result<ObservedNat, NatError>;
     /// Replaces the `topo` table of `ns` atomically with `rules` (one nft transaction), and sets
-    /// route_localnet=1 when a link listens on loopback. Empty rules delete the table.
+    /// route_localnet=1 when a link listens on loopback and ip_forward=1 when packets are
+    /// forwarded (masquerade, published ports). Empty rules delete the table.
     async fn apply(&self, ns: NetNs, rules: &NatRules) -> Result<(), NatError>;
     /// Deletes the `topo` table of `ns` if present.
     async fn remove(&self, ns: NetNs) -> Result<(), NatError>;
@@ -882,10 +892,14 @@ mod tests {
             rules: rules.clone(),
             exact: true,
             route_localnet: false,
+            ip_forward: true,
         };
         assert!(!o.satisfies(&rules), "loopback link needs route_localnet");
         o.route_localnet = true;
         assert!(o.satisfies(&rules));
+        o.ip_forward = false;
+        assert!(!o.satisfies(&rules), "masquerade needs ip_forward");
+        o.ip_forward = true;
         o.exact = false;
         assert!(!o.satisfies(&rules));
         assert!(!o.satisfies(&NatRules::default()));

@@ -49,7 +49,12 @@ pub enum NatError {
 }
 
 const TABLE: &str = owner::NFT_TABLE;
-const ROUTE_LOCALNET: &str = "/proc/sys/net/ipv4/conf/all/route_localnet";
+/// `/proc/sys` path and sysctl name of the two switches the rules depend on.
+const ROUTE_LOCALNET: (&str, &str) = (
+    "/proc/sys/net/ipv4/conf/all/route_localnet",
+    "net.ipv4.conf.all.route_localnet",
+);
+const IP_FORWARD: (&str, &str) = ("/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward");
 
 /// The chains of every topo table (the same four whatever the content, so a table is checked
 /// against one fixed shape): name, type, hook, priority.
@@ -330,23 +335,36 @@ fn list_table(nft: Option<&str>) -> Result<Listed, NatError> {
     }
 }
 
-fn read_route_localnet() -> Result<bool, NatError> {
-    std::fs::read_to_string(ROUTE_LOCALNET)
+/// /proc/sys/net belongs to the namespace of the thread that opens it: the caller's.
+fn read_sysctl((path, key): (&str, &str)) -> Result<bool, NatError> {
+    std::fs::read_to_string(path)
         .map(|s| s.trim() == "1")
         .map_err(|source| NatError::Sysctl {
-            key: "net.ipv4.conf.all.route_localnet".into(),
+            key: key.into(),
             source,
         })
 }
 
+fn enable_sysctl((path, key): (&str, &str)) -> Result<(), NatError> {
+    if read_sysctl((path, key))? {
+        return Ok(());
+    }
+    std::fs::write(path, "1").map_err(|source| NatError::Sysctl {
+        key: key.into(),
+        source,
+    })
+}
+
 fn observe_here(nft: Option<&str>) -> Result<ObservedNat, NatError> {
-    let route_localnet = read_route_localnet()?;
+    let route_localnet = read_sysctl(ROUTE_LOCALNET)?;
+    let ip_forward = read_sysctl(IP_FORWARD)?;
     Ok(match list_table(nft)? {
         Listed::Absent => ObservedNat {
             table_exists: false,
             rules: NatRules::default(),
             exact: true,
             route_localnet,
+            ip_forward,
         },
         Listed::Table(v) => {
             let (rules, exact) = parse_listing(&v)?;
@@ -355,18 +373,18 @@ fn observe_here(nft: Option<&str>) -> Result<ObservedNat, NatError> {
                 rules,
                 exact,
                 route_localnet,
+                ip_forward,
             }
         }
     })
 }
 
 fn apply_here(nft: Option<&str>, rules: &NatRules) -> Result<(), NatError> {
-    if rules.needs_route_localnet() && !read_route_localnet()? {
-        // /proc/sys/net belongs to the namespace of the thread that opens it: this thread.
-        std::fs::write(ROUTE_LOCALNET, "1").map_err(|source| NatError::Sysctl {
-            key: "net.ipv4.conf.all.route_localnet".into(),
-            source,
-        })?;
+    if rules.needs_route_localnet() {
+        enable_sysctl(ROUTE_LOCALNET)?;
+    }
+    if rules.needs_forwarding() {
+        enable_sysctl(IP_FORWARD)?;
     }
     let batch = render_batch(rules);
     nftables::helper::apply_ruleset_raw(&batch.to_string(), nft, std::iter::empty::<&str>())
