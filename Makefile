@@ -33,7 +33,10 @@ fmt:
 ## bench: measurements written to BENCHMARKS.md (see there for the figures and machine)
 bench: deps
 	$(CARGO) build --release --workspace --bins
-	./target/release/topo-bench
+	@mkdir -p target/bench
+	./target/release/topo-bench | tee target/bench/controller.md
+	TOPO_BIN=$(CURDIR)/target/release ./target/release/lab-bench | tee target/bench/lab.md
+	@echo "results in target/bench/*.md; BENCHMARKS.md quotes them with the machine"
 
 ## lab-up: eval "$$(make -s lab-up NODES=3)" — prints only export lines on stdout
 lab-up: deps build

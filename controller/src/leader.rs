@@ -858,10 +858,14 @@ fn ready(
     );
 }
 
-fn is_ready(conditions: &[Condition]) -> bool {
-    conditions
-        .iter()
-        .any(|c| c.type_ == CONDITION_READY && c.status == ConditionStatus::True)
+/// None when the Ready condition is True, else why not (`Reason: message`), which a link to
+/// the container passes on to its users.
+fn not_ready_why(conditions: &[Condition]) -> Option<String> {
+    match conditions.iter().find(|c| c.type_ == CONDITION_READY) {
+        Some(c) if c.status == ConditionStatus::True => None,
+        Some(c) => Some(format!("{}: {}", c.reason, c.message)),
+        None => Some("no Ready condition yet".to_string()),
+    }
 }
 
 fn event(object: ObjectRef, type_: EvType, reason: &str, message: String) -> Event {
@@ -878,7 +882,7 @@ pub fn fold_statuses(
     now: DateTime<Utc>,
 ) -> Folded {
     let mut out = Folded::default();
-    let mut container_ready: HashMap<&str, bool> = HashMap::new();
+    let mut container_ready: HashMap<&str, Option<String>> = HashMap::new();
     // The stored status is compared typed (it is merged into the object when it decodes), so
     // an unchanged status costs no serialization; one that does not decode is rewritten.
     fn push<S: PartialEq + serde::Serialize>(
@@ -928,7 +932,7 @@ pub fn fold_statuses(
     for (name, c) in &desired.containers {
         let r = ObjectRef::new(Kind::Container, *name);
         let st = fold_container(name, c, snap, plan, assignment, now);
-        container_ready.insert(name, is_ready(&st.conditions));
+        container_ready.insert(name, not_ready_why(&st.conditions));
         let old = c.status.clone().unwrap_or_default();
         for (net, ip) in &st.addresses {
             if old.addresses.get(net) != Some(ip) {
@@ -1103,7 +1107,7 @@ fn fold_link(
     l: &Link,
     snap: &Snapshot,
     plan: &Plan,
-    container_ready: &HashMap<&str, bool>,
+    container_ready: &HashMap<&str, Option<String>>,
     now: DateTime<Utc>,
 ) -> LinkStatus {
     let mut st = l.status.clone().unwrap_or_default();
@@ -1138,13 +1142,16 @@ fn fold_link(
         return st;
     }
     if let Some(target) = lp.and_then(|p| p.target_container.as_deref())
-        && !container_ready.get(target).copied().unwrap_or(false)
+        && let Some(why) = container_ready
+            .get(target)
+            .cloned()
+            .unwrap_or_else(|| Some("not planned".to_string()))
     {
         ready(
             conds,
             ConditionStatus::False,
             "TargetNotReady",
-            format!("container {target} is not ready"),
+            format!("container {target} is not ready ({why})"),
             now,
         );
         return st;
@@ -1561,6 +1568,87 @@ mod tests {
         assert_eq!(
             ready_of(&s, Kind::Container, "app").last_transition_time,
             t1
+        );
+    }
+
+    /// A link to a container that does not exist yet is accepted and not Ready
+    /// (TargetNotFound); once the target exists but is not Ready, the link says so with the
+    /// target's reason; when the target runs and the consumer's agent programmed the rule,
+    /// the link is Ready, without the Link object being touched.
+    #[test]
+    fn a_link_waits_for_its_target_and_becomes_ready_by_itself() {
+        let t0 = Utc::now();
+        let without_db: Vec<Resource> = objects()
+            .into_iter()
+            .filter(|r| !(r.kind() == Kind::Container && r.name() == "db"))
+            .collect();
+        let mut s = snapshot(&without_db);
+        heartbeat(&mut s, "n1");
+        heartbeat(&mut s, "n2");
+        put_report(&mut s, report("n1", Kind::Container, "app", 2, true, None));
+        fold(&mut s, t0);
+        let l = ready_of(&s, Kind::Link, "app-db");
+        assert_eq!(
+            (l.status, l.reason.as_str()),
+            (ConditionStatus::False, "TargetNotFound")
+        );
+        assert!(l.message.contains("db"), "{}", l.message);
+        let link_ref = ObjectRef::new(Kind::Link, "app-db");
+        let link_before = s.get(&link_ref).unwrap().resource.clone();
+
+        // db is created (the Link is not applied again).
+        let mut s2 = snapshot(&objects());
+        s2.heartbeats = s.heartbeats.clone();
+        s2.reports = s.reports.clone();
+        s2.objects.insert(
+            link_ref.clone(),
+            Arc::new(StoredObject {
+                resource: link_before.clone(),
+                mod_revision: 1,
+                create_revision: 1,
+            }),
+        );
+        let mut s = s2;
+        put_report(&mut s, report("n2", Kind::Container, "db", 2, false, None));
+        let t1 = t0 + chrono::Duration::seconds(1);
+        fold(&mut s, t1);
+        let l = ready_of(&s, Kind::Link, "app-db");
+        assert_eq!(
+            (l.status, l.reason.as_str()),
+            (ConditionStatus::False, "TargetNotReady")
+        );
+        assert!(
+            l.message
+                .contains("container db is not ready (ImagePullFailed: m)"),
+            "{}",
+            l.message
+        );
+        let endpoint = s
+            .get(&link_ref)
+            .unwrap()
+            .resource
+            .status_value()
+            .get("endpoint")
+            .and_then(|e| e.as_str())
+            .map(str::to_string)
+            .expect("the endpoint is known as soon as the target has an address");
+
+        // db runs and app's agent programmed the rule towards it.
+        put_report(&mut s, report("n2", Kind::Container, "db", 2, true, None));
+        put_report(
+            &mut s,
+            report("n1", Kind::Link, "app-db", 1, true, Some(&endpoint)),
+        );
+        let t2 = t1 + chrono::Duration::seconds(1);
+        fold(&mut s, t2);
+        let l = ready_of(&s, Kind::Link, "app-db");
+        assert_eq!(
+            (l.status, l.reason.as_str(), l.last_transition_time),
+            (ConditionStatus::True, "Programmed", t2)
+        );
+        assert_eq!(
+            s.get(&link_ref).unwrap().resource.spec_value(),
+            link_before.spec_value()
         );
     }
 

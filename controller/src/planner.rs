@@ -684,20 +684,26 @@ fn container_entry(
 
     let mut env = BTreeMap::new();
     let mut hosts: BTreeMap<String, Ipv4Addr> = BTreeMap::new();
+    // Several links may share an alias (MongoDB's 27017 and 27018 as `db`): like Docker,
+    // `DB_PORT` and the hosts entry go to the lowest port, whatever the links are named.
+    let mut aliased: Vec<(&Link, SocketAddrV4)> = links
+        .iter()
+        .filter(|(_, l)| l.spec.alias.is_some())
+        .filter_map(|(_, l)| Some((*l, l.spec.listen_addr()?)))
+        .collect();
+    aliased.sort_by_key(|(l, listen)| (l.spec.to.port, l.spec.protocol, *listen));
+    for (l, listen) in aliased {
+        let Some(alias) = &l.spec.alias else { continue };
+        for (k, v) in link_env(alias, listen, l.spec.to.port, l.spec.protocol.as_str()) {
+            env.entry(k).or_insert(v);
+        }
+        hosts.entry(alias.clone()).or_insert(*listen.ip());
+    }
     let mut rules = Vec::with_capacity(links.len());
     for (link_name, l) in links {
         let Some(listen) = l.spec.listen_addr() else {
             continue;
         };
-        if let Some(alias) = &l.spec.alias {
-            env.extend(link_env(
-                alias,
-                listen,
-                l.spec.to.port,
-                l.spec.protocol.as_str(),
-            ));
-            hosts.entry(alias.clone()).or_insert(*listen.ip());
-        }
         let (target, reason, message) = match out.links.get(*link_name) {
             Some(LinkPlan {
                 endpoint: Some(ep), ..
@@ -1022,6 +1028,204 @@ mod tests {
                 ip: Ipv4Addr::LOCALHOST
             }]
         );
+    }
+
+    fn link_with(
+        name: &str,
+        from: &str,
+        to: LinkTarget,
+        listen: Option<&str>,
+        protocol: Protocol,
+        alias: Option<&str>,
+    ) -> Resource {
+        Resource::Link(Link::new(
+            Kind::Link,
+            name,
+            LinkSpec {
+                from: from.into(),
+                to,
+                listen: listen.map(str::to_string),
+                protocol,
+                alias: alias.map(str::to_string),
+            },
+        ))
+    }
+
+    /// Seed 001's Docker links: Tomcat linked to MongoDB (two ports) as `db` and to
+    /// ElasticSearch as `es`. The environment is exactly Docker's variables, pointing at the
+    /// stable listen addresses; `DB_PORT` names the lowest port whatever the links' names.
+    #[test]
+    fn docker_link_environment_for_several_ports_and_aliases() {
+        let mut objs = three_node_mesh();
+        objs.push(container("tomcat", "n1", &[("ov", None)]));
+        objs.push(container("mongodb", "n2", &[("ov", None)]));
+        objs.push(container("elasticsearch", "n3", &[("ov", None)]));
+        // Named so that the higher port sorts first.
+        objs.push(link_with(
+            "a-db-27018",
+            "tomcat",
+            to_container("mongodb", 27018),
+            None,
+            Protocol::Tcp,
+            Some("db"),
+        ));
+        objs.push(link_with(
+            "b-db-27017",
+            "tomcat",
+            to_container("mongodb", 27017),
+            None,
+            Protocol::Tcp,
+            Some("db"),
+        ));
+        objs.push(link_with(
+            "es",
+            "tomcat",
+            to_container("elasticsearch", 9200),
+            None,
+            Protocol::Tcp,
+            Some("es"),
+        ));
+        let p = plan_all(&objs);
+        let tomcat = container_entry(&p, "n1", "tomcat");
+        let want: BTreeMap<String, String> = [
+            ("DB_PORT", "tcp://127.0.0.1:27017"),
+            ("DB_PORT_27017_TCP", "tcp://127.0.0.1:27017"),
+            ("DB_PORT_27017_TCP_ADDR", "127.0.0.1"),
+            ("DB_PORT_27017_TCP_PORT", "27017"),
+            ("DB_PORT_27017_TCP_PROTO", "tcp"),
+            ("DB_PORT_27018_TCP", "tcp://127.0.0.1:27018"),
+            ("DB_PORT_27018_TCP_ADDR", "127.0.0.1"),
+            ("DB_PORT_27018_TCP_PORT", "27018"),
+            ("DB_PORT_27018_TCP_PROTO", "tcp"),
+            ("ES_PORT", "tcp://127.0.0.1:9200"),
+            ("ES_PORT_9200_TCP", "tcp://127.0.0.1:9200"),
+            ("ES_PORT_9200_TCP_ADDR", "127.0.0.1"),
+            ("ES_PORT_9200_TCP_PORT", "9200"),
+            ("ES_PORT_9200_TCP_PROTO", "tcp"),
+            ("LOG", "info"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(tomcat.env, want);
+        assert_eq!(
+            tomcat.hosts,
+            vec![
+                HostEntry {
+                    name: "db".into(),
+                    ip: Ipv4Addr::LOCALHOST
+                },
+                HostEntry {
+                    name: "es".into(),
+                    ip: Ipv4Addr::LOCALHOST
+                },
+            ]
+        );
+        let mongo_ip = p.links["b-db-27017"].endpoint.unwrap().ip().to_owned();
+        let listens: Vec<(String, Option<String>)> = tomcat
+            .links
+            .iter()
+            .map(|l| (l.listen.to_string(), l.target.map(|t| t.to_string())))
+            .collect();
+        assert_eq!(
+            listens,
+            vec![
+                (
+                    "127.0.0.1:27018".to_string(),
+                    Some(format!("{mongo_ip}:27018"))
+                ),
+                (
+                    "127.0.0.1:27017".to_string(),
+                    Some(format!("{mongo_ip}:27017"))
+                ),
+                (
+                    "127.0.0.1:9200".to_string(),
+                    p.links["es"].endpoint.map(|e| e.to_string())
+                ),
+            ]
+        );
+
+        // The user's own variable wins over the generated one.
+        if let Some(Resource::Container(c)) = objs
+            .iter_mut()
+            .find(|r| r.name() == "tomcat" && r.kind() == Kind::Container)
+        {
+            c.spec.env.insert("DB_PORT".into(), "mine".into());
+        }
+        let p = plan_all(&objs);
+        let tomcat = container_entry(&p, "n1", "tomcat");
+        assert_eq!(tomcat.env["DB_PORT"], "mine");
+        assert_eq!(tomcat.env["DB_PORT_27017_TCP_ADDR"], "127.0.0.1");
+    }
+
+    /// A UDP link listening on a non-loopback address: the rule, the environment (UDP
+    /// variables) and the hosts entry all use that address.
+    #[test]
+    fn udp_link_on_a_non_loopback_listen_address() {
+        let mut objs = three_node_mesh();
+        objs.push(link_with(
+            "dns",
+            "a",
+            to_container("b", 5353),
+            Some("10.99.0.1:53"),
+            Protocol::Udp,
+            Some("dns"),
+        ));
+        let p = plan_all(&objs);
+        let a = container_entry(&p, "n1", "a");
+        let rule = &a.links[0];
+        assert_eq!(rule.listen, "10.99.0.1:53".parse().unwrap());
+        assert_eq!(rule.protocol, Protocol::Udp);
+        let b_ip = p.links["dns"].endpoint.unwrap().ip().to_owned();
+        assert_eq!(rule.target, Some(SocketAddrV4::new(b_ip, 5353)));
+        assert_eq!(a.env["DNS_PORT"], "udp://10.99.0.1:53");
+        assert_eq!(a.env["DNS_PORT_5353_UDP"], "udp://10.99.0.1:53");
+        assert_eq!(a.env["DNS_PORT_5353_UDP_ADDR"], "10.99.0.1");
+        assert_eq!(a.env["DNS_PORT_5353_UDP_PORT"], "53");
+        assert_eq!(a.env["DNS_PORT_5353_UDP_PROTO"], "udp");
+        assert!(!a.env.keys().any(|k| k.contains("_TCP")), "{:?}", a.env);
+        assert_eq!(
+            a.hosts,
+            vec![HostEntry {
+                name: "dns".into(),
+                ip: "10.99.0.1".parse().unwrap()
+            }]
+        );
+    }
+
+    /// The target moves to another node: the consumer's rule follows its new address (from
+    /// the new node's block), the link's endpoint too, and the consumer's config is unchanged.
+    #[test]
+    fn a_moved_target_is_followed_without_touching_the_consumer_config() {
+        let mut objs = three_node_mesh();
+        objs.push(link("l", "a", to_container("b", 6379), Some("redis")));
+        let p = plan_all(&objs);
+        let before = container_entry(&p, "n1", "a").clone();
+        let SliceEntry::Bridge(n2) = entry(&p, "n2", "bridges/ov") else {
+            panic!()
+        };
+        let old = before.links[0].target.unwrap();
+        assert!(n2.block.contains(old.ip()), "{old} in n2's block");
+
+        if let Some(Resource::Container(c)) = objs
+            .iter_mut()
+            .find(|r| r.name() == "b" && r.kind() == Kind::Container)
+        {
+            c.spec.node = "n3".into();
+        }
+        let p = plan_all(&objs);
+        let after = container_entry(&p, "n1", "a").clone();
+        let SliceEntry::Bridge(n3) = entry(&p, "n3", "bridges/ov") else {
+            panic!()
+        };
+        let new = after.links[0].target.unwrap();
+        assert!(n3.block.contains(new.ip()), "{new} in n3's block");
+        assert_eq!(p.links["l"].endpoint, Some(new));
+        assert_eq!(p.links["l"].target_container.as_deref(), Some("b"));
+        assert_eq!(before.config_hash(), after.config_hash());
+        assert_eq!(before.env, after.env);
+        assert!(p.slices["n3"].contains_key("containers/b"));
+        assert!(!p.slices["n2"].contains_key("containers/b"));
     }
 
     #[test]

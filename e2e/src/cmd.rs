@@ -21,7 +21,9 @@ pub enum CmdError {
         #[source]
         source: std::io::Error,
     },
-    #[error("`{cmd}` did not finish within {timeout:?} (killed); stdout so far: {stdout:?}; stderr so far: {stderr:?}")]
+    #[error(
+        "`{cmd}` did not finish within {timeout:?} (killed); stdout so far: {stdout:?}; stderr so far: {stderr:?}"
+    )]
     Timeout {
         cmd: String,
         timeout: Duration,
@@ -59,7 +61,8 @@ impl Output {
         format!(
             "`{}` exited with {}\n--- stdout\n{}\n--- stderr\n{}",
             self.cmd,
-            self.code.map_or_else(|| "a signal".to_string(), |c| format!("status {c}")),
+            self.code
+                .map_or_else(|| "a signal".to_string(), |c| format!("status {c}")),
             self.stdout.trim_end(),
             self.stderr.trim_end()
         )

@@ -88,9 +88,7 @@ fn env_flag(name: &str, default: bool) -> bool {
 
 fn in_path(tool: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| {
-            fs::metadata(d.join(tool)).is_ok_and(|m| m.is_file())
-        })
+        std::env::split_paths(&p).any(|d| fs::metadata(d.join(tool)).is_ok_and(|m| m.is_file()))
     })
 }
 
@@ -189,7 +187,10 @@ impl Lab {
     fn bring_up(&mut self, nodes: u32) {
         let leftover = self.lab_sh(&["down"]);
         if !leftover.success() {
-            eprintln!("e2e: lab.sh down (leftovers) failed:\n{}", leftover.describe_failure());
+            eprintln!(
+                "e2e: lab.sh down (leftovers) failed:\n{}",
+                leftover.describe_failure()
+            );
         }
         let n = nodes.to_string();
         eprintln!(
@@ -201,7 +202,10 @@ impl Lab {
                 None => ", root namespace".to_string(),
             }
         );
-        let out = self.run(self.lab_sh_command(&["up", "--nodes", &n]), Duration::from_secs(600));
+        let out = self.run(
+            self.lab_sh_command(&["up", "--nodes", &n]),
+            Duration::from_secs(600),
+        );
         if !out.success() {
             panic!("the lab did not come up:\n{}", out.describe_failure());
         }
@@ -210,12 +214,24 @@ impl Lab {
                 self.exports.insert(k.to_string(), v.to_string());
             }
         }
-        for k in ["TOPO_SERVER", "TOPO_ETCD_ENDPOINTS", "DOCKER_HOST", "TOPO_LAB_DIR"] {
+        for k in [
+            "TOPO_SERVER",
+            "TOPO_ETCD_ENDPOINTS",
+            "DOCKER_HOST",
+            "TOPO_LAB_DIR",
+        ] {
             if !self.exports.contains_key(k) {
-                panic!("lab.sh up printed no `export {k}=...`; stdout was:\n{}", out.stdout);
+                panic!(
+                    "lab.sh up printed no `export {k}=...`; stdout was:\n{}",
+                    out.stdout
+                );
             }
         }
-        eprintln!("e2e[{}]: lab up in {:.1} s", self.name, out.elapsed.as_secs_f64());
+        eprintln!(
+            "e2e[{}]: lab up in {:.1} s",
+            self.name,
+            out.elapsed.as_secs_f64()
+        );
     }
 
     // ------------------------------------------------------------------ plumbing
@@ -380,7 +396,13 @@ impl Lab {
     #[track_caller]
     pub fn delete(&self, refs: &[String], timeout: Duration) -> Result<(), String> {
         let t = format!("{}s", timeout.as_secs());
-        for kind in [Kind::Link, Kind::Container, Kind::Tunnel, Kind::Network, Kind::Node] {
+        for kind in [
+            Kind::Link,
+            Kind::Container,
+            Kind::Tunnel,
+            Kind::Network,
+            Kind::Node,
+        ] {
             let names: Vec<&str> = refs
                 .iter()
                 .filter_map(|r| r.split_once('/'))
@@ -398,7 +420,51 @@ impl Lab {
                 return Err(out.describe_failure());
             }
         }
-        Ok(())
+        // `delete --wait` may return before the agents are done (it waits for the objects
+        // to leave the API): wait for the hosts too, so the next scenario starts clean.
+        try_poll(
+            "the agents to remove the deleted objects from the hosts",
+            timeout,
+            || {
+                let left = self.leftovers(refs);
+                if left.is_empty() {
+                    Ok(())
+                } else {
+                    Err(left.join("; "))
+                }
+            },
+        )
+        .map(|_| ())
+    }
+
+    /// What the hosts still hold of the objects `refs` (containers in Docker, network
+    /// bridges in OVS); empty when nothing.
+    pub fn leftovers(&self, refs: &[String]) -> Vec<String> {
+        let mut left = Vec::new();
+        for r in refs {
+            match r.split_once('/').map(|(k, n)| (Kind::parse(k), n)) {
+                Some((Some(Kind::Container), name)) => {
+                    let filter = format!(
+                        "label={}=container/{name}",
+                        topo_schema::slice::owner::OBJECT
+                    );
+                    let ps = self.docker(&["ps", "-a", "-q", "--filter", &filter]);
+                    if !ps.success() || !ps.stdout.trim().is_empty() {
+                        left.push(format!("Docker container of {r}: {}", ps.combined().trim()));
+                    }
+                }
+                Some((Some(Kind::Network), name)) => {
+                    let br = topo_schema::names::bridge_name(name);
+                    for n in 1..=self.nodes() {
+                        if self.vsctl(n, &["br-exists", &br]).code != Some(2) {
+                            left.push(format!("bridge {br} of {r} on node{n}"));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        left
     }
 
     /// `topoctl wait REFS --for=condition=Ready`; panics with diagnostics on timeout.
@@ -420,8 +486,12 @@ impl Lab {
         if !out.success() {
             return Err(out.describe_failure());
         }
-        let v: Value = serde_json::from_str(&out.stdout)
-            .map_err(|e| format!("topoctl get {kind} {name} -o json is not JSON ({e}): {}", out.stdout))?;
+        let v: Value = serde_json::from_str(&out.stdout).map_err(|e| {
+            format!(
+                "topoctl get {kind} {name} -o json is not JSON ({e}): {}",
+                out.stdout
+            )
+        })?;
         // One named object prints the object; accept a one-item List too.
         if v.get("kind").and_then(Value::as_str) == Some("List") {
             return v
@@ -445,7 +515,10 @@ impl Lab {
         }
         let v: Value = serde_json::from_str(&out.stdout)
             .map_err(|e| format!("not JSON ({e}): {}", out.stdout))?;
-        Ok(v.get("items").and_then(Value::as_array).cloned().unwrap_or_default())
+        Ok(v.get("items")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default())
     }
 
     /// The object's `status`, or panics.
@@ -463,14 +536,21 @@ impl Lab {
         let a = c
             .pointer(&format!("/status/addresses/{network}"))
             .and_then(Value::as_str)
-            .ok_or_else(|| format!("container/{container} has no address on {network} in its status: {}", c.get("status").unwrap_or(&Value::Null)))?;
+            .ok_or_else(|| {
+                format!(
+                    "container/{container} has no address on {network} in its status: {}",
+                    c.get("status").unwrap_or(&Value::Null)
+                )
+            })?;
         let ip = a.split('/').next().unwrap_or(a);
-        ip.parse().map_err(|e| format!("address {a:?} of container/{container}: {e}"))
+        ip.parse()
+            .map_err(|e| format!("address {a:?} of container/{container}: {e}"))
     }
 
     #[track_caller]
     pub fn address(&self, container: &str, network: &str) -> Ipv4Addr {
-        self.try_address(container, network).unwrap_or_else(|e| panic!("{e}"))
+        self.try_address(container, network)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The block `node` leased in `network` (from the Network's status).
@@ -554,7 +634,14 @@ impl Lab {
         let endpoints = format!("--endpoints={}", self.etcd_endpoints());
         let out = self.sh(
             "etcdctl",
-            &[&endpoints, "--dial-timeout=3s", "--command-timeout=10s", "get", &key, "--print-value-only"],
+            &[
+                &endpoints,
+                "--dial-timeout=3s",
+                "--command-timeout=10s",
+                "get",
+                &key,
+                "--print-value-only",
+            ],
         );
         if !out.success() {
             return Err(out.describe_failure());
@@ -638,7 +725,10 @@ impl Lab {
         args.push(&ip_s);
         let out = self.exec(from, &args);
         PingStats::parse(&out.stdout).unwrap_or_else(|| {
-            panic!("no ping summary from {from} to {ip}:\n{}", out.describe_failure())
+            panic!(
+                "no ping summary from {from} to {ip}:\n{}",
+                out.describe_failure()
+            )
         })
     }
 
@@ -648,7 +738,11 @@ impl Lab {
         let ip_s = ip.to_string();
         poll(&format!("{from} to ping {ip}"), timeout, || {
             let out = self.exec(from, &["ping", "-c", "1", "-W", "2", &ip_s]);
-            if out.success() { Ok(()) } else { Err(out.combined().trim().to_string()) }
+            if out.success() {
+                Ok(())
+            } else {
+                Err(out.combined().trim().to_string())
+            }
         })
         .1
     }
@@ -692,7 +786,9 @@ impl Lab {
     /// The interfaces of node N's namespace: name → ifindex.
     #[track_caller]
     pub fn links(&self, node: u32) -> BTreeMap<String, u32> {
-        let out = self.sh("ip", &["-n", &node_name(node), "-o", "link", "show"]).ok();
+        let out = self
+            .sh("ip", &["-n", &node_name(node), "-o", "link", "show"])
+            .ok();
         parse::ip_links(&out.stdout)
     }
 
@@ -777,7 +873,11 @@ impl Lab {
             Ok(mut evs) => {
                 evs.sort_by_key(|e| e.last_timestamp);
                 let tail: Vec<String> = evs.iter().rev().take(40).rev().map(show_event).collect();
-                s.push_str(&format!("----- last {} events\n{}\n", tail.len(), tail.join("\n")));
+                s.push_str(&format!(
+                    "----- last {} events\n{}\n",
+                    tail.len(),
+                    tail.join("\n")
+                ));
             }
             Err(e) => s.push_str(&format!("----- events: {e}\n")),
         }
@@ -788,9 +888,14 @@ impl Lab {
         logs.extend((1..=self.nodes()).map(|i| self.node_dir(i).join("agent.log")));
         for l in logs {
             if let Ok(text) = fs::read_to_string(&l) {
+                let text = strip_ansi(&text);
                 let lines: Vec<&str> = text.lines().collect();
                 let from = lines.len().saturating_sub(25);
-                s.push_str(&format!("----- {} (last 25 lines)\n{}\n", l.display(), lines[from..].join("\n")));
+                s.push_str(&format!(
+                    "----- {} (last 25 lines)\n{}\n",
+                    l.display(),
+                    lines[from..].join("\n")
+                ));
             }
         }
         s.push_str("=================================\n");
@@ -844,20 +949,28 @@ impl Drop for Lab {
                 "e2e[{}]: TOPO_E2E_KEEP: lab left up (logs also in {}). Enter it with:\n  {}export TOPO_SERVER={} DOCKER_HOST={} TOPO_LAB_DIR={}\nand tear it down with:\n  {}TOPO_LAB_DIR={} e2e/lab/lab.sh down{}",
                 self.name,
                 logs.display(),
-                self.holder_pid().map_or(String::new(), |p| format!("nsenter -t {p} -n -m bash   # then: ")),
+                self.holder_pid().map_or(String::new(), |p| format!(
+                    "nsenter -t {p} -n -m bash   # then: "
+                )),
                 self.server(),
                 self.docker_host(),
                 self.dir.display(),
-                self.holder_pid().map_or(String::new(), |p| format!("nsenter -t {p} -n -m env ")),
+                self.holder_pid()
+                    .map_or(String::new(), |p| format!("nsenter -t {p} -n -m env ")),
                 self.dir.display(),
-                self.holder_pid().map_or(String::new(), |p| format!("; kill {p}")),
+                self.holder_pid()
+                    .map_or(String::new(), |p| format!("; kill {p}")),
             );
             return;
         }
         if !self.is_down.load(Ordering::SeqCst) {
             let out = self.down();
             if !out.success() {
-                eprintln!("e2e[{}]: lab.sh down failed:\n{}", self.name, out.describe_failure());
+                eprintln!(
+                    "e2e[{}]: lab.sh down failed:\n{}",
+                    self.name,
+                    out.describe_failure()
+                );
             }
         }
         if let Some(h) = &mut self.holder {
@@ -866,6 +979,25 @@ impl Drop for Lab {
             let _ = fs::remove_file(&h.pidfile);
         }
     }
+}
+
+/// Text without terminal colour sequences (ESC [ ... letter).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '\u{1b}' && it.peek() == Some(&'[') {
+            it.next();
+            for d in it.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Events as (object, reason, message): repeats of one event share the key.
@@ -909,9 +1041,24 @@ fn preflight(repo: &Path, bin: &Path, docker_cli: &str) {
         ),
     }
     let tools = [
-        "bash", "unshare", "nsenter", "ip", "ovs-vsctl", "ovs-ofctl", "ovsdb-server", "ovs-vswitchd",
-        "ovsdb-tool", "etcd", "etcdctl", "dockerd", "containerd", "curl", "busybox", "ethtool",
-        "timeout", "ss",
+        "bash",
+        "unshare",
+        "nsenter",
+        "ip",
+        "ovs-vsctl",
+        "ovs-ofctl",
+        "ovsdb-server",
+        "ovs-vswitchd",
+        "ovsdb-tool",
+        "etcd",
+        "etcdctl",
+        "dockerd",
+        "containerd",
+        "curl",
+        "busybox",
+        "ethtool",
+        "timeout",
+        "ss",
     ];
     let mut missing: Vec<&str> = tools.into_iter().filter(|t| !in_path(t)).collect();
     if !Path::new(docker_cli).exists() && !in_path(docker_cli) {
@@ -940,7 +1087,8 @@ fn preflight(repo: &Path, bin: &Path, docker_cli: &str) {
         .iter()
         .filter_map(|b| fs::metadata(bin.join(b)).and_then(|m| m.modified()).ok())
         .min();
-    let sources = ["schema/src", "controller/src", "node-agent/src", "cli/src"].map(|d| repo.join(d));
+    let sources =
+        ["schema/src", "controller/src", "node-agent/src", "cli/src"].map(|d| repo.join(d));
     if let (Some(b), Some(s)) = (oldest_bin, newest_source(&sources))
         && s > b
     {
@@ -964,12 +1112,24 @@ fn start_holder(name: &str, base: &Path) -> Holder {
         && cmdline(pid).is_some_and(|c| c.starts_with(&marker))
     {
         eprintln!("e2e[{name}]: killing the namespace holder {pid} of an earlier run");
-        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
     }
     let script = "mkdir -p /run/netns && mount -t tmpfs topo-e2e-netns /run/netns && \
                   ip link set lo up && echo ready && exec -a \"$0\" sleep infinity";
     let mut child = Command::new("unshare")
-        .args(["--net", "--mount", "--propagation", "private", "--", "bash", "-c", script, &marker])
+        .args([
+            "--net",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "bash",
+            "-c",
+            script,
+            &marker,
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -988,7 +1148,9 @@ fn start_holder(name: &str, base: &Path) -> Holder {
         other => {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("failed to make the lab's private namespace with unshare (got {other:?}); TOPO_E2E_ISOLATE=0 runs the lab in the root namespace");
+            panic!(
+                "failed to make the lab's private namespace with unshare (got {other:?}); TOPO_E2E_ISOLATE=0 runs the lab in the root namespace"
+            );
         }
     }
     let _ = fs::write(&pidfile, child.id().to_string());
@@ -996,7 +1158,11 @@ fn start_holder(name: &str, base: &Path) -> Holder {
 }
 
 /// Polls `check` and returns its value, for use with `?` inside other polls.
-pub fn try_wait<T>(what: &str, timeout: Duration, check: impl FnMut() -> Result<T, String>) -> Result<T, String> {
+pub fn try_wait<T>(
+    what: &str,
+    timeout: Duration,
+    check: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
     try_poll(what, timeout, check).map(|(v, _)| v)
 }
 
@@ -1015,6 +1181,14 @@ mod tests {
         assert_eq!(
             applied_refs(out),
             vec!["network/overlay", "container/web1", "container/db"]
+        );
+    }
+
+    #[test]
+    fn ansi() {
+        assert_eq!(
+            strip_ansi("\u{1b}[2m2026\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m x"),
+            "2026  INFO x"
         );
     }
 

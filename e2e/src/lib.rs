@@ -11,6 +11,7 @@
 
 pub mod cmd;
 pub mod lab;
+pub mod links;
 pub mod manifest;
 pub mod parse;
 pub mod poll;

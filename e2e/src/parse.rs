@@ -22,15 +22,13 @@ impl PingStats {
         let number_before = |marker: &str| -> Option<u32> {
             let head = &line[..line.find(marker)?];
             head.split(|c: char| !c.is_ascii_digit())
-                .filter(|s| !s.is_empty())
-                .next_back()?
+                .rfind(|s| !s.is_empty())?
                 .parse()
                 .ok()
         };
         Some(PingStats {
             transmitted: number_before(" packets transmitted")?,
-            received: number_before(" packets received")
-                .or_else(|| number_before(" received"))?,
+            received: number_before(" packets received").or_else(|| number_before(" received"))?,
         })
     }
 }
@@ -140,10 +138,10 @@ pub fn dump_ports(text: &str) -> BTreeMap<String, PortCounters> {
                 e.rx_packets = n;
             }
             current = Some(name);
-        } else if let (Some(name), Some(n)) = (&current, pkts(t, "tx")) {
-            if let Some(e) = out.get_mut(name) {
-                e.tx_packets = n;
-            }
+        } else if let (Some(name), Some(n)) = (&current, pkts(t, "tx"))
+            && let Some(e) = out.get_mut(name)
+        {
+            e.tx_packets = n;
         }
     }
     out
@@ -201,14 +199,21 @@ mod tests {
            tx pkts=2, bytes=176, drop=0, errs=0, coll=0
 "#;
         let p = dump_ports(t);
-        assert_eq!(p["tg-node36d1f28"], PortCounters { rx_packets: 1, tx_packets: 1214 });
+        assert_eq!(
+            p["tg-node36d1f28"],
+            PortCounters {
+                rx_packets: 1,
+                tx_packets: 1214
+            }
+        );
         assert_eq!(p["tv-web1a1a08b"].rx_packets, 17);
         assert_eq!(p["LOCAL"].tx_packets, 2);
     }
 
     #[test]
     fn links() {
-        let t = "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536\n7: tv-web1a1a08b@if2: <BROADCAST> mtu 1458\n";
+        let t =
+            "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536\n7: tv-web1a1a08b@if2: <BROADCAST> mtu 1458\n";
         let l = ip_links(t);
         assert_eq!(l["lo"], 1);
         assert_eq!(l["tv-web1a1a08b"], 7);

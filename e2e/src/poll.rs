@@ -70,7 +70,11 @@ mod tests {
         let mut n = 0;
         let (v, _) = poll("n to reach 3", secs(10), || {
             n += 1;
-            if n >= 3 { Ok(n) } else { Err(format!("n = {n}")) }
+            if n >= 3 {
+                Ok(n)
+            } else {
+                Err(format!("n = {n}"))
+            }
         });
         assert_eq!(v, 3);
     }

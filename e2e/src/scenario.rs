@@ -72,6 +72,23 @@ impl<'a> Scenario<'a> {
         refs
     }
 
+    /// Applies `yaml` without waiting for Ready (for objects that cannot be Ready yet, such
+    /// as a link to a container that does not exist), and remembers it for clean-up.
+    #[track_caller]
+    pub fn apply_nowait(&self, yaml: &str) -> Vec<String> {
+        let out = self.lab.apply_raw(yaml, &[]);
+        let refs = crate::lab::applied_refs(&out.stdout);
+        self.remember(&refs);
+        if !out.success() {
+            panic!(
+                "apply failed:\n{}\n\nthe manifest:\n{yaml}\n{}",
+                out.describe_failure(),
+                self.lab.diagnostics()
+            );
+        }
+        refs
+    }
+
     /// Applies a manifest file of the repository (`manifests/demo.yaml`).
     #[track_caller]
     pub fn apply_file(&self, path: &str, timeout: Duration) -> Vec<String> {
@@ -88,7 +105,10 @@ impl<'a> Scenario<'a> {
         let t = Instant::now();
         match catch_unwind(AssertUnwindSafe(f)) {
             Ok(()) => {
-                self.step(&format!("check {name} passed in {:.1} s", t.elapsed().as_secs_f64()));
+                self.step(&format!(
+                    "check {name} passed in {:.1} s",
+                    t.elapsed().as_secs_f64()
+                ));
                 true
             }
             Err(_) => {
@@ -102,7 +122,9 @@ impl<'a> Scenario<'a> {
 
     /// Forgets objects the scenario deleted itself.
     pub fn forget(&self, refs: &[&str]) {
-        self.applied.borrow_mut().retain(|r| !refs.contains(&r.as_str()));
+        self.applied
+            .borrow_mut()
+            .retain(|r| !refs.contains(&r.as_str()));
     }
 
     /// Deletes everything the scenario applied.
@@ -140,11 +162,19 @@ pub fn run_scenarios(lab: &Lab, scenarios: &[(&str, ScenarioFn)]) {
         let result = catch_unwind(AssertUnwindSafe(|| f(&sc)));
         let checks = sc.failed_checks.borrow().clone();
         if !checks.is_empty() {
-            eprintln!("e2e[{}/{name}]: failed checks: {}", lab.name(), checks.join(", "));
+            eprintln!(
+                "e2e[{}/{name}]: failed checks: {}",
+                lab.name(),
+                checks.join(", ")
+            );
         }
         let passed = result.is_ok() && checks.is_empty();
         if !passed {
-            eprintln!("e2e[{}/{name}]: FAILED after {:.1} s", lab.name(), t.elapsed().as_secs_f64());
+            eprintln!(
+                "e2e[{}/{name}]: FAILED after {:.1} s",
+                lab.name(),
+                t.elapsed().as_secs_f64()
+            );
             if result.is_err() {
                 eprintln!("{}", lab.diagnostics());
             }
@@ -168,7 +198,10 @@ pub fn run_scenarios(lab: &Lab, scenarios: &[(&str, ScenarioFn)]) {
         }
     }
     if ran == 0 {
-        panic!("no scenario matched TOPO_E2E_ONLY; scenarios: {}", scenarios.iter().map(|s| s.0).collect::<Vec<_>>().join(", "));
+        panic!(
+            "no scenario matched TOPO_E2E_ONLY; scenarios: {}",
+            scenarios.iter().map(|s| s.0).collect::<Vec<_>>().join(", ")
+        );
     }
     if !failed.is_empty() {
         panic!(

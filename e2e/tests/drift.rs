@@ -8,9 +8,9 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use topo_e2e::{Lab, Scenario, converge, node_address, node_name, poll, run_scenarios, secs};
 use topo_e2e::manifest::{docs, network, on, on_static, web};
 use topo_e2e::parse::{PingStats, string_map};
+use topo_e2e::{Lab, Scenario, converge, node_address, node_name, poll, run_scenarios, secs};
 use topo_schema::names::{bridge_name, gre_port_name, veth_host_name};
 
 #[test]
@@ -18,7 +18,13 @@ fn drift() {
     let lab = Lab::up("drift", 3);
     run_scenarios(
         &lab,
-        &[("repairs", repairs), ("agent_restart_keeps_containers", agent_restart_keeps_containers)],
+        &[
+            ("repairs", repairs),
+            (
+                "agent_restart_keeps_containers",
+                agent_restart_keeps_containers,
+            ),
+        ],
     );
 }
 
@@ -37,7 +43,10 @@ fn manifest() -> String {
 }
 
 fn ips(sc: &Scenario) -> BTreeMap<&'static str, Ipv4Addr> {
-    CONTAINERS.iter().map(|(c, _)| (*c, sc.address(c, NET))).collect()
+    CONTAINERS
+        .iter()
+        .map(|(c, _)| (*c, sc.address(c, NET)))
+        .collect()
 }
 
 /// Every container pings every other one (polling: right after a repair ARP may be relearnt).
@@ -52,7 +61,10 @@ fn all_reach(sc: &Scenario, ips: &BTreeMap<&str, Ipv4Addr>) {
 }
 
 fn describe_repair(what: &str, took: Duration) -> String {
-    format!("{what} restored {:.0} ms after the tampering", took.as_secs_f64() * 1000.0)
+    format!(
+        "{what} restored {:.0} ms after the tampering",
+        took.as_secs_f64() * 1000.0
+    )
 }
 
 fn gre_interface(sc: &Scenario, node: u32, port: &str) -> Result<BTreeMap<String, String>, String> {
@@ -62,7 +74,10 @@ fn gre_interface(sc: &Scenario, node: u32, port: &str) -> Result<BTreeMap<String
         .find(|r| r.get("name").and_then(Value::as_str) == Some(port))
         .ok_or_else(|| format!("no interface {port} on node{node}"))?;
     if row.get("type").and_then(Value::as_str) != Some("gre") {
-        return Err(format!("{port} on node{node} has type {:?}", row.get("type")));
+        return Err(format!(
+            "{port} on node{node} has type {:?}",
+            row.get("type")
+        ));
     }
     Ok(string_map(row, "options"))
 }
@@ -81,17 +96,27 @@ fn repairs(sc: &Scenario) {
         let mark = sc.event_mark();
         let t = Instant::now();
         sc.vsctl(1, &["del-port", &br, &port]).ok();
-        poll(&format!("GRE port {port} on node1 to come back"), REPAIR, || {
-            let opts = gre_interface(sc, 1, &port)?;
-            let want = node_address(2).to_string();
-            if opts.get("remote_ip") != Some(&want) {
-                return Err(format!("options {opts:?}"));
-            }
-            let ports = sc.ovs_ports(1, &br).unwrap_or_default();
-            if ports.contains(&port) { Ok(()) } else { Err(format!("ports of {br}: {ports:?}")) }
-        });
+        poll(
+            &format!("GRE port {port} on node1 to come back"),
+            REPAIR,
+            || {
+                let opts = gre_interface(sc, 1, &port)?;
+                let want = node_address(2).to_string();
+                if opts.get("remote_ip") != Some(&want) {
+                    return Err(format!("options {opts:?}"));
+                }
+                let ports = sc.ovs_ports(1, &br).unwrap_or_default();
+                if ports.contains(&port) {
+                    Ok(())
+                } else {
+                    Err(format!("ports of {br}: {ports:?}"))
+                }
+            },
+        );
         sc.step(&describe_repair(&format!("GRE port {port}"), t.elapsed()));
-        let e = sc.wait_event(&mark, "DriftRepaired", &port, REPAIR, |e| e.message.contains(&port));
+        let e = sc.wait_event(&mark, "DriftRepaired", &port, REPAIR, |e| {
+            e.message.contains(&port)
+        });
         sc.step(&format!("event: {} {}: {}", e.object, e.reason, e.message));
         sc.wait_ping("d1", ips["d2"], secs(60));
         sc.wait_ping("d2", ips["d1"], secs(60));
@@ -102,10 +127,18 @@ fn repairs(sc: &Scenario) {
         let mark = sc.event_mark();
         let t = Instant::now();
         sc.vsctl(2, &["del-port", &br, &veth]).ok();
-        poll(&format!("{veth} to be a port of {br} on node2 again"), REPAIR, || {
-            let ports = sc.ovs_ports(2, &br).unwrap_or_default();
-            if ports.contains(&veth) { Ok(()) } else { Err(format!("ports of {br}: {ports:?}")) }
-        });
+        poll(
+            &format!("{veth} to be a port of {br} on node2 again"),
+            REPAIR,
+            || {
+                let ports = sc.ovs_ports(2, &br).unwrap_or_default();
+                if ports.contains(&veth) {
+                    Ok(())
+                } else {
+                    Err(format!("ports of {br}: {ports:?}"))
+                }
+            },
+        );
         sc.step(&describe_repair(&format!("OVS port {veth}"), t.elapsed()));
         let e = sc.wait_event(&mark, "DriftRepaired", "container/d2", REPAIR, |e| {
             e.object.to_string() == "container/d2" || e.message.contains(&veth)
@@ -117,22 +150,35 @@ fn repairs(sc: &Scenario) {
 
     sc.check("bridge_deleted", || {
         let gw = topo_schema::net::gateway_of(sc.block(NET, 3));
-        let wanted = [gre_port_name(NET, "node1"), gre_port_name(NET, "node2"), veth_host_name("d3", "eth0")];
+        let wanted = [
+            gre_port_name(NET, "node1"),
+            gre_port_name(NET, "node2"),
+            veth_host_name("d3", "eth0"),
+        ];
         let mark = sc.event_mark();
         let t = Instant::now();
         sc.vsctl(3, &["del-br", &br]).ok();
-        poll(&format!("bridge {br} on node3 to come back with its ports and gateway {gw}"), REPAIR, || {
-            let ports = sc.ovs_ports(3, &br).ok_or_else(|| format!("no bridge {br}"))?;
-            if let Some(p) = wanted.iter().find(|w| !ports.contains(w)) {
-                return Err(format!("{p} missing from {ports:?}"));
-            }
-            let addr = sc.on_node(3, &["ip", "-4", "-o", "addr", "show", "dev", &br]);
-            if !addr.stdout.contains(&format!(" {gw}/")) {
-                return Err(format!("{br} addresses: {}", addr.combined().trim()));
-            }
-            Ok(())
-        });
-        sc.step(&describe_repair(&format!("bridge {br} with its ports and gateway"), t.elapsed()));
+        poll(
+            &format!("bridge {br} on node3 to come back with its ports and gateway {gw}"),
+            REPAIR,
+            || {
+                let ports = sc
+                    .ovs_ports(3, &br)
+                    .ok_or_else(|| format!("no bridge {br}"))?;
+                if let Some(p) = wanted.iter().find(|w| !ports.contains(w)) {
+                    return Err(format!("{p} missing from {ports:?}"));
+                }
+                let addr = sc.on_node(3, &["ip", "-4", "-o", "addr", "show", "dev", &br]);
+                if !addr.stdout.contains(&format!(" {gw}/")) {
+                    return Err(format!("{br} addresses: {}", addr.combined().trim()));
+                }
+                Ok(())
+            },
+        );
+        sc.step(&describe_repair(
+            &format!("bridge {br} with its ports and gateway"),
+            t.elapsed(),
+        ));
         let e = sc.wait_event(&mark, "DriftRepaired", &br, REPAIR, |e| {
             e.message.contains(&br) || e.object.to_string() == format!("network/{NET}")
         });
@@ -146,26 +192,35 @@ fn repairs(sc: &Scenario) {
         let ip = ips["d1"];
         let mark = sc.event_mark();
         let t = Instant::now();
-        sc.sh("ip", &["-n", &node_name(1), "link", "del", &veth]).ok();
-        poll(&format!("{veth} and d1's eth0 ({ip}) to come back"), REPAIR, || {
-            if !sc.links(1).contains_key(&veth) {
-                return Err(format!("no {veth} on node1"));
-            }
-            let ports = sc.ovs_ports(1, &br).unwrap_or_default();
-            if !ports.contains(&veth) {
-                return Err(format!("{veth} not a port of {br}: {ports:?}"));
-            }
-            let a = sc.exec("d1", &["ip", "-4", "addr", "show", "eth0"]);
-            if !a.stdout.contains(&format!("inet {ip}/")) {
-                return Err(format!("d1 eth0: {}", a.combined().trim()));
-            }
-            Ok(())
-        });
+        sc.sh("ip", &["-n", &node_name(1), "link", "del", &veth])
+            .ok();
+        poll(
+            &format!("{veth} and d1's eth0 ({ip}) to come back"),
+            REPAIR,
+            || {
+                if !sc.links(1).contains_key(&veth) {
+                    return Err(format!("no {veth} on node1"));
+                }
+                let ports = sc.ovs_ports(1, &br).unwrap_or_default();
+                if !ports.contains(&veth) {
+                    return Err(format!("{veth} not a port of {br}: {ports:?}"));
+                }
+                let a = sc.exec("d1", &["ip", "-4", "addr", "show", "eth0"]);
+                if !a.stdout.contains(&format!("inet {ip}/")) {
+                    return Err(format!("d1 eth0: {}", a.combined().trim()));
+                }
+                Ok(())
+            },
+        );
         sc.step(&describe_repair(&format!("veth {veth}"), t.elapsed()));
         let e = sc.wait_event(&mark, "DriftRepaired", "container/d1", REPAIR, |e| {
             e.object.to_string() == "container/d1"
         });
         sc.step(&format!("event: {} {}: {}", e.object, e.reason, e.message));
+        sc.check("veth_repaired_container_reachable_within_5s", || {
+            sc.wait_ping("d3", ips["d1"], secs(5));
+            sc.wait_ping("d2", ips["d1"], secs(5));
+        });
         sc.wait_ping("d1", ips["d2"], secs(60));
         sc.wait_ping("d3", ips["d1"], secs(60));
     });
@@ -173,7 +228,9 @@ fn repairs(sc: &Scenario) {
     sc.check("container_killed", || {
         let before = sc.inspect("d2").expect("d2 runs");
         let started = before.pointer("/State/StartedAt").cloned();
-        let restarts = sc.status("container", "d2")["restartCount"].as_u64().unwrap_or(0);
+        let restarts = sc.status("container", "d2")["restartCount"]
+            .as_u64()
+            .unwrap_or(0);
         let mark = sc.event_mark();
         let t = Instant::now();
         sc.docker(&["kill", &topo_e2e::docker_name("d2")]).ok();
@@ -187,28 +244,61 @@ fn repairs(sc: &Scenario) {
             }
         });
         sc.step(&describe_repair(
-            &format!("container d2 (same Docker container: {})", after["Id"] == before["Id"]),
+            &format!(
+                "container d2 (same Docker container: {})",
+                after["Id"] == before["Id"]
+            ),
             t.elapsed(),
         ));
-        sc.wait_ping("d1", ips["d2"], secs(60));
-        sc.wait_http("d3", &format!("http://{}/", ips["d2"]), "hello from d2", secs(60));
-        let (how, _) = poll("the restart of d2 to be reported (event or restartCount)", REPAIR, || {
-            let n = sc.status("container", "d2")["restartCount"].as_u64().unwrap_or(0);
-            let evs = sc.events_since(&mark)?;
-            let ev = evs.iter().find(|e| e.object.to_string() == "container/d2");
-            match ev {
-                Some(e) if e.reason == "DriftRepaired" || n > restarts => {
-                    Ok(format!("restartCount {restarts} -> {n}; event {} {}: {}", e.object, e.reason, e.message))
-                }
-                _ if n > restarts => Ok(format!("restartCount {restarts} -> {n}")),
-                _ => Err(format!("restartCount {n}; new events of d2: {:?}", ev.map(|e| (&e.reason, &e.message)))),
-            }
+        let running_at = Instant::now();
+        // d1 and d3 still hold d2's old MAC (its veth is new): the restarted container's
+        // gratuitous ARP is what makes it reachable at once.
+        sc.check("killed_container_reachable_within_5s", || {
+            sc.wait_ping("d1", ips["d2"], secs(5));
+            sc.wait_ping("d3", ips["d2"], secs(5));
         });
+        sc.wait_ping("d1", ips["d2"], secs(60));
+        sc.step(&format!(
+            "d1 reaches d2 again {:.1} s after d2 runs again",
+            running_at.elapsed().as_secs_f64()
+        ));
+        sc.wait_http(
+            "d3",
+            &format!("http://{}/", ips["d2"]),
+            "hello from d2",
+            secs(60),
+        );
+        let (how, _) = poll(
+            "the restart of d2 to be reported (event or restartCount)",
+            REPAIR,
+            || {
+                let n = sc.status("container", "d2")["restartCount"]
+                    .as_u64()
+                    .unwrap_or(0);
+                let evs = sc.events_since(&mark)?;
+                let ev = evs.iter().find(|e| e.object.to_string() == "container/d2");
+                match ev {
+                    Some(e) if e.reason == "DriftRepaired" || n > restarts => Ok(format!(
+                        "restartCount {restarts} -> {n}; event {} {}: {}",
+                        e.object, e.reason, e.message
+                    )),
+                    _ if n > restarts => Ok(format!("restartCount {restarts} -> {n}")),
+                    _ => Err(format!(
+                        "restartCount {n}; new events of d2: {:?}",
+                        ev.map(|e| (&e.reason, &e.message))
+                    )),
+                }
+            },
+        );
         sc.step(&format!("reported: {how}"));
     });
 
     let out = sc.topoctl(&["events"]).ok();
-    assert!(out.stdout.contains("DriftRepaired"), "topoctl events shows no DriftRepaired:\n{}", out.stdout);
+    assert!(
+        out.stdout.contains("DriftRepaired"),
+        "topoctl events shows no DriftRepaired:\n{}",
+        out.stdout
+    );
 }
 
 #[derive(Debug, PartialEq)]
@@ -220,10 +310,15 @@ struct Identity {
 }
 
 fn identity(sc: &Scenario, c: &str) -> Identity {
-    let v = sc.inspect(c).unwrap_or_else(|| panic!("{c} is not in Docker"));
+    let v = sc
+        .inspect(c)
+        .unwrap_or_else(|| panic!("{c} is not in Docker"));
     Identity {
         id: v["Id"].clone(),
-        started_at: v.pointer("/State/StartedAt").cloned().unwrap_or(Value::Null),
+        started_at: v
+            .pointer("/State/StartedAt")
+            .cloned()
+            .unwrap_or(Value::Null),
         docker_restarts: v["RestartCount"].clone(),
         status_restarts: sc.status("container", c)["restartCount"].clone(),
     }
@@ -234,9 +329,16 @@ fn plumbing(sc: &Scenario, nodes: &[u32]) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     for &n in nodes {
         for row in sc.ovs_rows(n, "Interface") {
-            let name = row.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+            let name = row
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
             if name.starts_with("tg-") || name.starts_with("tv-") || name.starts_with("tb-") {
-                m.insert(format!("node{n} OVS interface {name}"), row["_uuid"].to_string());
+                m.insert(
+                    format!("node{n} OVS interface {name}"),
+                    row["_uuid"].to_string(),
+                );
             }
         }
         for (name, idx) in sc.links(n) {
@@ -259,50 +361,86 @@ fn agent_restart_keeps_containers(sc: &Scenario) {
     let mark = sc.event_mark();
 
     let target = ips["d2"].to_string();
-    let mut ping = sc.exec_bg("d1", &["ping", "-i", "0.2", "-c", "150", "-W", "2", &target]);
+    let mut ping = sc.exec_bg(
+        "d1",
+        &["ping", "-i", "0.2", "-c", "150", "-W", "2", &target],
+    );
     poll("the background ping to get answers", secs(30), || {
         let so_far = ping.stdout_so_far();
-        if so_far.contains("seq=4 ") { Ok(()) } else { Err(format!("ping output {so_far:?}")) }
+        if so_far.contains("seq=4 ") {
+            Ok(())
+        } else {
+            Err(format!("ping output {so_far:?}"))
+        }
     });
     let killed_at = chrono::Utc::now();
     let t = Instant::now();
     for n in [1, 2] {
-        let pid = sc.agent_pid(n).unwrap_or_else(|| panic!("node{n}'s agent is not running"));
+        let pid = sc
+            .agent_pid(n)
+            .unwrap_or_else(|| panic!("node{n}'s agent is not running"));
         sc.kill_agent(n, "KILL");
-        assert!(sc.agent_pid(n).is_none(), "node{n}'s agent (pid {pid}) survived SIGKILL");
+        assert!(
+            sc.agent_pid(n).is_none(),
+            "node{n}'s agent (pid {pid}) survived SIGKILL"
+        );
     }
     sc.step("agents of node1 and node2 killed with SIGKILL");
     for n in [1, 2] {
         sc.start_agent(n);
     }
     for n in [1, 2] {
-        poll(&format!("node{n}'s new agent to renew its heartbeat"), secs(60), || match sc.heartbeat(n)? {
-            Some(h) if h.started > killed_at => Ok(()),
-            other => Err(format!("heartbeat {other:?}")),
-        });
+        poll(
+            &format!("node{n}'s new agent to renew its heartbeat"),
+            secs(60),
+            || match sc.heartbeat(n)? {
+                Some(h) if h.started > killed_at => Ok(()),
+                other => Err(format!("heartbeat {other:?}")),
+            },
+        );
     }
-    sc.step(&format!("agents back (heartbeats) {:.1} s after the kill", t.elapsed().as_secs_f64()));
+    sc.step(&format!(
+        "agents back (heartbeats) {:.1} s after the kill",
+        t.elapsed().as_secs_f64()
+    ));
     assert!(
         ping.is_running(),
         "the 30 s ping ended before the restarted agents were back: the restart was not measured under traffic"
     );
     let out = ping.wait(secs(120)).unwrap_or_else(|e| panic!("{e}"));
-    let stats = PingStats::parse(&out.stdout).unwrap_or_else(|| panic!("no ping summary:\n{}", out.describe_failure()));
+    let stats = PingStats::parse(&out.stdout)
+        .unwrap_or_else(|| panic!("no ping summary:\n{}", out.describe_failure()));
     eprintln!(
         "e2e[drift]: agent restart under traffic: {} of {} pings lost (d1 on node1 -> d2 on node2, every 200 ms)",
         stats.lost(),
         stats.transmitted
     );
-    assert!(stats.transmitted >= 140, "the ping sent only {} packets: {}", stats.transmitted, out.stdout);
-    assert!(stats.lost() <= 5, "{} of {} pings lost while the agents restarted", stats.lost(), stats.transmitted);
+    assert!(
+        stats.transmitted >= 140,
+        "the ping sent only {} packets: {}",
+        stats.transmitted,
+        out.stdout
+    );
+    assert!(
+        stats.lost() <= 5,
+        "{} of {} pings lost while the agents restarted",
+        stats.lost(),
+        stats.transmitted
+    );
 
     // The restarted agents have had the rest of the ping (over 20 s) to do anything rash.
     let after: Vec<Identity> = CONTAINERS.iter().map(|(c, _)| identity(sc, c)).collect();
     for (((c, _), b), a) in CONTAINERS.iter().zip(&before).zip(&after) {
-        assert_eq!(b, a, "container {c} changed across the agent restart (restarted or recreated)");
+        assert_eq!(
+            b, a,
+            "container {c} changed across the agent restart (restarted or recreated)"
+        );
     }
     let plumbing_after = plumbing(sc, &[1, 2]);
-    assert_eq!(plumbing_before, plumbing_after, "interfaces were recreated across the agent restart");
+    assert_eq!(
+        plumbing_before, plumbing_after,
+        "interfaces were recreated across the agent restart"
+    );
     let noisy: Vec<String> = sc
         .events_since(&mark)
         .unwrap_or_else(|e| panic!("{e}"))
@@ -310,7 +448,10 @@ fn agent_restart_keeps_containers(sc: &Scenario) {
         .filter(|e| e.reason == "DriftRepaired" || e.reason == "Started")
         .map(topo_e2e::lab::show_event)
         .collect();
-    assert!(noisy.is_empty(), "the restarted agents repaired or started something: {noisy:?}");
+    assert!(
+        noisy.is_empty(),
+        "the restarted agents repaired or started something: {noisy:?}"
+    );
     all_reach(sc, &ips);
     sc.step("no container restarted, no interface recreated, nothing repaired");
 }

@@ -27,45 +27,115 @@ fn reachability() {
 /// port answers at node3's underlay address from node1.
 fn demo_manifest(sc: &Scenario) {
     let refs = sc.apply_file("manifests/demo.yaml", converge());
-    for r in ["network/overlay", "container/web1", "container/web2", "container/db"] {
-        assert!(refs.iter().any(|x| x == r), "apply did not report {r}: {refs:?}");
+    for r in [
+        "network/overlay",
+        "container/web1",
+        "container/web2",
+        "container/db",
+    ] {
+        assert!(
+            refs.iter().any(|x| x == r),
+            "apply did not report {r}: {refs:?}"
+        );
     }
     sc.step("demo applied and Ready");
 
-    assert_eq!(sc.address("db", "overlay"), Ipv4Addr::new(10, 2, 200, 10), "db keeps its static address");
+    assert_eq!(
+        sc.address("db", "overlay"),
+        Ipv4Addr::new(10, 2, 200, 10),
+        "db keeps its static address"
+    );
     for (c, node) in [("web1", 1), ("web2", 2)] {
         let ip = sc.address(c, "overlay");
         let block = sc.block("overlay", node);
-        assert!(block.contains(&ip), "{c} got {ip}, outside node{node}'s block {block}");
+        assert!(
+            block.contains(&ip),
+            "{c} got {ip}, outside node{node}'s block {block}"
+        );
         let st = sc.status("container", c);
         assert_eq!(st["node"], node_name(node), "status.node of {c}: {st}");
     }
     let tunnels = sc
         .list_json("tunnels", Some("topo.dev/derived-from=network.overlay"))
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(tunnels.len(), 3, "a mesh of 3 nodes has 3 tunnels: {tunnels:?}");
+    assert_eq!(
+        tunnels.len(),
+        3,
+        "a mesh of 3 nodes has 3 tunnels: {tunnels:?}"
+    );
 
     let wide = sc.topoctl(&["get", "all", "-o", "wide"]).ok();
     for name in ["web1", "web2", "db", "overlay"] {
-        assert!(wide.stdout.contains(name), "get all -o wide lacks {name}:\n{}", wide.stdout);
+        assert!(
+            wide.stdout.contains(name),
+            "get all -o wide lacks {name}:\n{}",
+            wide.stdout
+        );
     }
 
     let web2 = sc.address("web2", "overlay");
-    sc.wait_http("web1", &format!("http://{web2}/"), "hello from web2", secs(60));
+    sc.wait_http(
+        "web1",
+        &format!("http://{web2}/"),
+        "hello from web2",
+        secs(60),
+    );
     sc.wait_http("web1", "http://10.2.200.10/", "hello from db", secs(60));
     sc.wait_ping("web2", Ipv4Addr::new(10, 2, 200, 10), secs(60));
     sc.step("web1 reaches web2 and db over HTTP across GRE");
 
     let url = format!("http://{}:50080/", node_address(3));
-    poll(&format!("node1 to fetch db's published port at {url}"), secs(60), || {
-        let out = sc.on_node(1, &["curl", "-sS", "--max-time", "5", &url]);
-        if out.success() && out.stdout.trim() == "hello from db" {
-            Ok(())
-        } else {
-            Err(out.combined().trim().to_string())
-        }
-    });
+    poll(
+        &format!("node1 to fetch db's published port at {url}"),
+        secs(60),
+        || {
+            let out = sc.on_node(1, &["curl", "-sS", "--max-time", "5", &url]);
+            if out.success() && out.stdout.trim() == "hello from db" {
+                Ok(())
+            } else {
+                Err(out.combined().trim().to_string())
+            }
+        },
+    );
     sc.step("db's hostPort 50080 answers at node3's underlay address from node1");
+
+    // The demo's links (issue 4): each consumer reaches its target at its listen address.
+    let links = sc
+        .list_json("links", None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    for l in &links {
+        let name = l
+            .pointer("/metadata/name")
+            .and_then(|v| v.as_str())
+            .unwrap_or("?")
+            .to_string();
+        let from = l
+            .pointer("/spec/from")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let target = l
+            .pointer("/spec/to/container")
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        let port = l
+            .pointer("/spec/to/port")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        let listen = l
+            .pointer("/spec/listen")
+            .and_then(|v| v.as_str())
+            .map_or_else(|| format!("127.0.0.1:{port}"), str::to_string);
+        let Some(target) = target else { continue };
+        sc.check(&format!("link_{name}"), || {
+            sc.wait_http(
+                &from,
+                &format!("http://{listen}/"),
+                &format!("hello from {target}"),
+                secs(60),
+            );
+        });
+    }
 }
 
 const NET: &str = "e2e-mesh";
@@ -97,7 +167,10 @@ fn mesh_reachability(sc: &Scenario) {
     assert_eq!(ips["m3"], Ipv4Addr::new(10, 31, 200, 3));
 
     let mtu = sc.network_mtu(NET);
-    assert_eq!(mtu, DEFAULT_MTU, "a network without mtu gets underlay 1500 minus the GRE overhead");
+    assert_eq!(
+        mtu, DEFAULT_MTU,
+        "a network without mtu gets underlay 1500 minus the GRE overhead"
+    );
     for (c, _) in MESH {
         let out = sc.exec(c, &["cat", "/sys/class/net/eth0/mtu"]).ok();
         assert_eq!(out.stdout.trim(), mtu.to_string(), "eth0 MTU in {c}");
@@ -111,14 +184,37 @@ fn mesh_reachability(sc: &Scenario) {
             let ip = ips[to];
             let took = sc.wait_ping(from, ip, secs(60));
             let p = sc.ping(from, ip, 3, None);
-            assert!(p.received + 1 >= p.transmitted, "{from} -> {to} ({ip}): {p:?}");
+            assert!(
+                p.received + 1 >= p.transmitted,
+                "{from} -> {to} ({ip}): {p:?}"
+            );
             // 20 (IP) + 8 (ICMP) + payload = MTU: the largest packet that needs no fragment.
             let full = sc.ping(from, ip, 2, Some(mtu - 28));
-            assert!(full.received >= 1, "{from} -> {to}: a {mtu}-byte packet did not cross: {full:?}");
-            sc.wait_http(from, &format!("http://{ip}/"), &format!("hello from {to}"), secs(60));
-            let want = sc.exec(to, &["cat", "/www/big.md5"]).ok().stdout.trim().to_string();
+            assert!(
+                full.received >= 1,
+                "{from} -> {to}: a {mtu}-byte packet did not cross: {full:?}"
+            );
+            sc.wait_http(
+                from,
+                &format!("http://{ip}/"),
+                &format!("hello from {to}"),
+                secs(60),
+            );
+            let want = sc
+                .exec(to, &["cat", "/www/big.md5"])
+                .ok()
+                .stdout
+                .trim()
+                .to_string();
             let got = sc
-                .exec(from, &["sh", "-c", &format!("timeout 30 wget -q -O - http://{ip}/big | md5sum")])
+                .exec(
+                    from,
+                    &[
+                        "sh",
+                        "-c",
+                        &format!("timeout 30 wget -q -O - http://{ip}/big | md5sum"),
+                    ],
+                )
                 .ok();
             assert!(
                 !want.is_empty() && got.stdout.starts_with(&want),
@@ -140,15 +236,24 @@ fn tunnel_rx(sc: &Scenario) -> BTreeMap<u32, u64> {
         .map(|n| {
             let c = sc.port_counters(n, &br);
             let gre: Vec<_> = c.iter().filter(|(p, _)| p.starts_with("tg-")).collect();
-            assert_eq!(gre.len(), 2, "node{n} should have 2 tunnel ports on {br}: {c:?}");
+            assert_eq!(
+                gre.len(),
+                2,
+                "node{n} should have 2 tunnel ports on {br}: {c:?}"
+            );
             (n, gre.iter().map(|(_, v)| v.rx_packets).sum())
         })
         .collect()
 }
 
 fn tx_packets(sc: &Scenario, c: &str) -> u64 {
-    let out = sc.exec(c, &["cat", "/sys/class/net/eth0/statistics/tx_packets"]).ok();
-    out.stdout.trim().parse().unwrap_or_else(|e| panic!("tx_packets of {c}: {e}: {out:?}"))
+    let out = sc
+        .exec(c, &["cat", "/sys/class/net/eth0/statistics/tx_packets"])
+        .ok();
+    out.stdout
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("tx_packets of {c}: {e}: {out:?}"))
 }
 
 /// Under an ARP flood from one container (pings to 200 unassigned addresses of the cidr),
@@ -165,7 +270,11 @@ fn mesh_no_broadcast_loop(sc: &Scenario) {
         for peer in (1..=3u32).filter(|p| *p != n) {
             let port = gre_port_name(NET, &node_name(peer));
             let rows = sc.vsctl(n, &["get", "Port", &port, "protected"]).ok();
-            assert_eq!(rows.stdout.trim(), "true", "node{n}: tunnel port {port} is not protected (split horizon)");
+            assert_eq!(
+                rows.stdout.trim(),
+                "true",
+                "node{n}: tunnel port {port} is not protected (split horizon)"
+            );
         }
     }
 
@@ -181,21 +290,33 @@ fn mesh_no_broadcast_loop(sc: &Scenario) {
         std::thread::sleep(std::time::Duration::from_secs(1));
         let now = tx_packets(sc, "m1a");
         let prev = std::mem::replace(&mut last, now);
-        if now == prev { Ok(now - sent0) } else { Err(format!("m1a still sending ({prev} -> {now})")) }
+        if now == prev {
+            Ok(now - sent0)
+        } else {
+            Err(format!("m1a still sending ({prev} -> {now})"))
+        }
     });
     assert!(sent >= 200, "the flood sent only {sent} frames");
     let rx1 = tunnel_rx(sc);
-    sc.step(&format!("m1a sent {sent} frames; tunnel rx per node before {rx0:?} after {rx1:?}"));
+    sc.step(&format!(
+        "m1a sent {sent} frames; tunnel rx per node before {rx0:?} after {rx1:?}"
+    ));
     for n in [2u32, 3] {
         let got = rx1[&n] - rx0[&n];
-        assert!(got * 10 >= sent * 9, "node{n} received {got} frames over its tunnels for {sent} broadcasts: the flood did not cross");
+        assert!(
+            got * 10 >= sent * 9,
+            "node{n} received {got} frames over its tunnels for {sent} broadcasts: the flood did not cross"
+        );
         assert!(
             got <= sent + sent / 10 + 30,
             "node{n} received {got} frames over its tunnels for {sent} broadcasts from node1: broadcasts are relayed between tunnels (no split horizon / a loop)"
         );
     }
     let got1 = rx1[&1] - rx0[&1];
-    assert!(got1 <= 30 + sent / 10, "node1 received {got1} frames back over its tunnels: its own broadcasts came back (a loop)");
+    assert!(
+        got1 <= 30 + sent / 10,
+        "node1 received {got1} frames back over its tunnels: its own broadcasts came back (a loop)"
+    );
 
     // A loop keeps counting after the source stops; the mesh does not.
     let before = tunnel_rx(sc);
@@ -203,7 +324,10 @@ fn mesh_no_broadcast_loop(sc: &Scenario) {
     let after = tunnel_rx(sc);
     for n in 1..=3u32 {
         let grew = after[&n] - before[&n];
-        assert!(grew <= 20, "node{n}'s tunnel ports received {grew} frames in 3 s after the flood stopped (a broadcast loop?)");
+        assert!(
+            grew <= 20,
+            "node{n}'s tunnel ports received {grew} frames in 3 s after the flood stopped (a broadcast loop?)"
+        );
     }
     sc.step("no relay between tunnels, counters still after the flood");
 }

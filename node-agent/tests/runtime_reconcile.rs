@@ -288,6 +288,97 @@ async fn a_link_rewire_reprograms_without_recreating() {
     assert_eq!(f.docker.container("app").unwrap().id, before.id);
 }
 
+fn app_entry(agent: &Agent) -> topo_schema::slice::ContainerEntry {
+    match agent.store.get("containers/app") {
+        Some(SliceValue::Entry(SliceEntry::Container(c))) => c,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Recreating events, repeats included (the fake's ids share their first 12 characters,
+/// so two recreations of one container aggregate into one event with count 2).
+fn recreations(f: &Fakes) -> u32 {
+    f.events("Recreating").iter().map(|e| e.count).sum()
+}
+
+/// The environment is fixed when a container is created: giving a link an alias (its
+/// Docker-link variables and hosts entry) recreates the consumer, and so does taking it
+/// away; repointing or moving the link's target in between never does.
+#[tokio::test]
+async fn an_alias_change_recreates_the_consumer_and_rewires_never_do() {
+    let f = Fakes::new();
+    let agent = Agent::new(&f, slice());
+    agent.start().await;
+    let first = f.docker.container("app").unwrap();
+
+    // Add `alias: web`: what the planner adds to the entry.
+    let mut app = app_entry(&agent);
+    app.env
+        .insert("WEB_PORT".into(), "tcp://127.0.0.1:8080".into());
+    app.env
+        .insert("WEB_PORT_80_TCP_ADDR".into(), "127.0.0.1".into());
+    app.hosts.push(topo_schema::slice::HostEntry {
+        name: "web".into(),
+        ip: "127.0.0.1".parse().unwrap(),
+    });
+    app.generation = 2;
+    agent.put(SliceEntry::Container(app.clone()));
+    agent.runner.run_until_idle().await;
+    let aliased = f.docker.container("app").unwrap();
+    assert_ne!(
+        aliased.id, first.id,
+        "adding an alias recreates the consumer"
+    );
+    assert_eq!(aliased.config_hash, app.config_hash());
+    assert!(
+        f.docker.writes().contains(&format!("remove {}", first.id)),
+        "{:?}",
+        f.docker.writes()
+    );
+    assert_eq!(recreations(&f), 1);
+    // The new container's namespace got the link rules again.
+    let rules = f.nat.rules(NetNs::Pid(aliased.pid.unwrap()));
+    assert_eq!(rules.links[0].target, "10.2.1.5:80".parse().unwrap());
+
+    // Rewires: the target moves (new address), then the link points elsewhere.
+    for target in ["10.2.2.7:80", "10.2.3.9:6379"] {
+        f.clear_logs();
+        let mut app = app_entry(&agent);
+        app.links = vec![link_rule("app-to-web", Some(target))];
+        agent.put(SliceEntry::Container(app));
+        agent.runner.run_until_idle().await;
+        let now = f.docker.container("app").unwrap();
+        assert_eq!(now.id, aliased.id, "rewire to {target} kept the consumer");
+        assert_eq!(now.started_at, aliased.started_at);
+        assert!(f.docker.writes().is_empty(), "{:?}", f.docker.writes());
+        let rules = f.nat.rules(NetNs::Pid(now.pid.unwrap()));
+        assert_eq!(rules.links[0].target, target.parse().unwrap());
+        let l = f.report(Kind::Link, "app-to-web").unwrap();
+        assert_eq!(l.endpoint.as_deref(), Some(target));
+        assert!(l.ready);
+        let c = f.report(Kind::Container, "app").unwrap();
+        assert_eq!(c.container_id.as_deref(), Some(aliased.id.as_str()));
+        assert_eq!(c.restart_count, 0);
+    }
+    assert_eq!(recreations(&f), 1);
+
+    // Remove the alias again: recreated once more.
+    let mut app = app_entry(&agent);
+    app.env.clear();
+    app.hosts.clear();
+    app.generation = 3;
+    agent.put(SliceEntry::Container(app));
+    agent.runner.run_until_idle().await;
+    let plain = f.docker.container("app").unwrap();
+    assert_ne!(
+        plain.id, aliased.id,
+        "removing an alias recreates the consumer"
+    );
+    assert_eq!(recreations(&f), 2);
+    let rules = f.nat.rules(NetNs::Pid(plain.pid.unwrap()));
+    assert_eq!(rules.links[0].target, "10.2.3.9:6379".parse().unwrap());
+}
+
 #[tokio::test]
 async fn a_missing_image_is_image_pull_failed_and_retried() {
     let f = Fakes::new();

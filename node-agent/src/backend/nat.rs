@@ -517,6 +517,151 @@ mod tests {
         );
     }
 
+    /// The rules of `rules`' batch as (chain, expressions, comment).
+    fn rendered(rules: &NatRules) -> Vec<(String, Value, String)> {
+        render_batch(rules)["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["add"].get("rule"))
+            .map(|r| {
+                (
+                    r["chain"].as_str().unwrap().to_string(),
+                    r["expr"].clone(),
+                    r["comment"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// geard's rules, per protocol: DNAT of locally sent traffic to `listen` (nat output)
+    /// and masquerade of what was DNATed towards the target (nat postrouting).
+    #[test]
+    fn link_rules_for_tcp_and_udp() {
+        for (proto, word) in [(Protocol::Tcp, "tcp"), (Protocol::Udp, "udp")] {
+            let rules = NatRules {
+                links: vec![LinkDnat {
+                    listen: "127.0.0.1:6379".parse().unwrap(),
+                    protocol: proto,
+                    target: "10.2.3.4:50000".parse().unwrap(),
+                }],
+                ..Default::default()
+            };
+            let comment = format!("link {word} 127.0.0.1:6379 10.2.3.4:50000");
+            assert_eq!(
+                rendered(&rules),
+                vec![
+                    (
+                        "output".to_string(),
+                        json!([
+                            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "127.0.0.1"}},
+                            {"match": {"op": "==", "left": {"payload": {"protocol": word, "field": "dport"}}, "right": 6379}},
+                            {"dnat": {"addr": "10.2.3.4", "port": 50000}}
+                        ]),
+                        comment.clone()
+                    ),
+                    (
+                        "postrouting".to_string(),
+                        json!([
+                            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "10.2.3.4"}},
+                            {"match": {"op": "==", "left": {"payload": {"protocol": word, "field": "dport"}}, "right": 50000}},
+                            {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
+                            {"masquerade": null}
+                        ]),
+                        comment
+                    ),
+                ]
+            );
+            assert!(rules.needs_route_localnet(), "loopback listen");
+            assert!(!rules.needs_forwarding(), "a consumer only sends");
+        }
+    }
+
+    /// A listen address that is not loopback (geard's cluster addresses) is matched as such
+    /// and needs no route_localnet.
+    #[test]
+    fn link_on_a_non_loopback_listen_address() {
+        let rules = NatRules {
+            links: vec![LinkDnat {
+                listen: "192.168.1.10:27017".parse().unwrap(),
+                protocol: Protocol::Tcp,
+                target: "10.2.3.4:27017".parse().unwrap(),
+            }],
+            ..Default::default()
+        };
+        let r = rendered(&rules);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].0, "output");
+        assert_eq!(r[0].1[0]["match"]["right"], "192.168.1.10");
+        assert_eq!(r[0].1[1]["match"]["right"], 27017);
+        assert!(!rules.needs_route_localnet());
+    }
+
+    /// A published port is DNATed for traffic from other hosts (prerouting) and from the
+    /// node itself (output), both only when addressed to one of the node's own addresses,
+    /// and accepted on its way to the container (forward).
+    #[test]
+    fn published_port_rules_for_tcp_and_udp() {
+        for (proto, word) in [(Protocol::Tcp, "tcp"), (Protocol::Udp, "udp")] {
+            let rules = NatRules {
+                ports: vec![PortDnat {
+                    host_port: 50000,
+                    protocol: proto,
+                    target: "10.2.1.5:6379".parse().unwrap(),
+                }],
+                ..Default::default()
+            };
+            let dnat = json!([
+                {"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}}, "right": "local"}},
+                {"match": {"op": "==", "left": {"payload": {"protocol": word, "field": "dport"}}, "right": 50000}},
+                {"dnat": {"addr": "10.2.1.5", "port": 6379}}
+            ]);
+            let comment = format!("port {word} 50000 10.2.1.5:6379");
+            let r = rendered(&rules);
+            assert_eq!(
+                r,
+                vec![
+                    ("prerouting".to_string(), dnat.clone(), comment.clone()),
+                    ("output".to_string(), dnat, comment.clone()),
+                    (
+                        "forward".to_string(),
+                        json!([
+                            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "10.2.1.5"}},
+                            {"match": {"op": "==", "left": {"payload": {"protocol": word, "field": "dport"}}, "right": 6379}},
+                            {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
+                            {"accept": null}
+                        ]),
+                        comment
+                    ),
+                ]
+            );
+            assert!(rules.needs_forwarding());
+        }
+    }
+
+    /// Egress: traffic from a network's cidr to anywhere outside it is masqueraded.
+    #[test]
+    fn masquerade_rule_leaves_traffic_inside_the_cidr_alone() {
+        let rules = NatRules {
+            masquerade: vec!["10.2.0.0/16".parse().unwrap()],
+            ..Default::default()
+        };
+        let prefix = json!({"prefix": {"addr": "10.2.0.0", "len": 16}});
+        assert_eq!(
+            rendered(&rules),
+            vec![(
+                "postrouting".to_string(),
+                json!([
+                    {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": prefix}},
+                    {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": prefix}},
+                    {"masquerade": null}
+                ]),
+                "masquerade 10.2.0.0/16".to_string()
+            )]
+        );
+        assert!(rules.needs_forwarding() && !rules.needs_route_localnet());
+    }
+
     /// A listing shaped like `nft -j list table ip topo` of the rendered batch.
     fn listing_of(rules: &NatRules) -> Value {
         let b = render_batch(rules);

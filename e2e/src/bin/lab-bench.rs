@@ -1,0 +1,228 @@
+//! `make bench`, the lab half (issue 3): what topo adds on top of Docker, how fast it repairs
+//! drift, and what the agent costs at rest. Prints Markdown for BENCHMARKS.md.
+//!
+//! 1. Networking cost per container: N containers started one after another with plain
+//!    `docker run --network none` (Docker's own start), then the same N applied one after
+//!    another with `topoctl apply --wait` (apply → Ready: API, etcd, derivation, the agent's
+//!    create/start, veth, address, OVS port, report, status). Both in the same run, on the
+//!    same lab, so the difference of the medians is topo's cost per container.
+//! 2. Drift repair: a GRE port and a container's veth deleted by hand, time until they are
+//!    back (OVSDB `wait-until` / polling the namespace's links), repeated.
+//! 3. The agent at rest: CPU seconds over an idle minute and its RSS.
+//!
+//! Usage: `lab-bench [--containers 30] [--repairs 20] [--idle-secs 60]`
+
+use std::time::{Duration, Instant};
+
+use topo_e2e::{Lab, poll, secs};
+use topo_schema::names;
+
+struct Args {
+    containers: usize,
+    repairs: usize,
+    idle_secs: u64,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        containers: 30,
+        repairs: 20,
+        idle_secs: 60,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let n: u64 = value
+            .parse()
+            .map_err(|_| format!("{flag}: {value:?} is not a number"))?;
+        match flag.as_str() {
+            "--containers" => a.containers = n as usize,
+            "--repairs" => a.repairs = n as usize,
+            "--idle-secs" => a.idle_secs = n,
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(a)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Median and p99 (nearest rank) of `v`, in ms.
+fn median_p99(v: &[Duration]) -> (f64, f64) {
+    let mut s: Vec<f64> = v.iter().map(|d| ms(*d)).collect();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let rank = |p: f64| s[((p * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1];
+    (rank(0.5), rank(0.99))
+}
+
+const NETWORK: &str = "benchnet";
+
+fn network_yaml() -> String {
+    format!(
+        "apiVersion: topo.dev/v1alpha1\nkind: Network\nmetadata: {{name: {NETWORK}}}\n\
+         spec: {{cidr: 10.77.0.0/16, blockSize: 24}}\n"
+    )
+}
+
+fn container_yaml(name: &str, node: u32) -> String {
+    format!(
+        "apiVersion: topo.dev/v1alpha1\nkind: Container\nmetadata: {{name: {name}}}\n\
+         spec:\n  node: node{node}\n  image: topo/busybox:latest\n  command: [sleep, \"3600\"]\n\
+         \x20 networks: [{{network: {NETWORK}}}]\n"
+    )
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let lab = Lab::up("bench", 3);
+    let nodes = 3u32;
+
+    // ---- 1. Docker's own start, one after another.
+    let mut docker_times = Vec::new();
+    for i in 0..args.containers {
+        let name = format!("plain-{i}");
+        let t = Instant::now();
+        lab.docker(&[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            &name,
+            "topo/busybox:latest",
+            "sleep",
+            "3600",
+        ])
+        .ok();
+        docker_times.push(t.elapsed());
+    }
+    for i in 0..args.containers {
+        lab.docker(&["rm", "-f", &format!("plain-{i}")]);
+    }
+
+    // ---- 1. topo: apply one container and wait until it is Ready, one after another.
+    lab.apply(&network_yaml(), secs(120));
+    let mut topo_times = Vec::new();
+    for i in 0..args.containers {
+        let name = format!("bench-{i}");
+        let node = (i as u32 % nodes) + 1;
+        let t = Instant::now();
+        lab.apply(&container_yaml(&name, node), secs(120));
+        topo_times.push(t.elapsed());
+    }
+    let (d_med, d_p99) = median_p99(&docker_times);
+    let (t_med, t_p99) = median_p99(&topo_times);
+
+    // ---- 2. Drift repair: GRE port on node1 towards node2, and bench-0's veth (node1).
+    let gre = names::gre_port_name(NETWORK, "node2");
+    let bridge = names::bridge_name(NETWORK);
+    let mut gre_times = Vec::new();
+    for _ in 0..args.repairs {
+        lab.vsctl(1, &["del-port", &bridge, &gre]).ok();
+        let t = Instant::now();
+        lab.vsctl(1, &["wait-until", "Interface", &gre]).ok();
+        gre_times.push(t.elapsed());
+        // Let the agent finish its reconcile before tampering again.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let veth = names::veth_host_name("bench-0", "eth0");
+    let mut veth_times = Vec::new();
+    for _ in 0..args.repairs {
+        lab.on_node(1, &["ip", "link", "del", &veth]).ok();
+        let t = Instant::now();
+        poll(&format!("{veth} to come back"), secs(30), || {
+            let out = lab.on_node(1, &["ip", "link", "show", &veth]);
+            if out.success() {
+                Ok(())
+            } else {
+                Err(out.stderr)
+            }
+        });
+        veth_times.push(t.elapsed());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (g_med, g_p99) = median_p99(&gre_times);
+    let (v_med, v_p99) = median_p99(&veth_times);
+
+    // ---- 3. The agent at rest.
+    let pid = lab
+        .agent_pid(1)
+        .unwrap_or_else(|| panic!("node1's agent is not running"));
+    let cpu0 = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(args.idle_secs));
+    let cpu1 = cpu_seconds(pid);
+    let rss = rss_kib(pid);
+
+    let machine = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    println!(
+        "### Agent and lab ({} containers on {nodes} hosts, {} repairs each; {machine}, {} cores)\n",
+        args.containers,
+        args.repairs,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    println!("| measure | median | p99 |");
+    println!("|---|---:|---:|");
+    println!(
+        "| `docker run --network none` (Docker's own start) | {d_med:.0} ms | {d_p99:.0} ms |"
+    );
+    println!(
+        "| `topoctl apply --wait` of one container (apply → Ready) | {t_med:.0} ms | {t_p99:.0} ms |"
+    );
+    println!(
+        "| topo's cost per container (difference of the medians) | {:.0} ms | |",
+        t_med - d_med
+    );
+    println!("| drift: GRE port deleted → recreated | {g_med:.0} ms | {g_p99:.0} ms |");
+    println!("| drift: container veth deleted → recreated | {v_med:.0} ms | {v_p99:.0} ms |");
+    println!();
+    println!(
+        "Agent at rest (node1, {} containers on it): {:.2} CPU-seconds over {} s ({:.2} % of a core), RSS {:.1} MiB.",
+        args.containers.div_ceil(nodes as usize),
+        cpu1 - cpu0,
+        args.idle_secs,
+        (cpu1 - cpu0) / args.idle_secs as f64 * 100.0,
+        rss as f64 / 1024.0
+    );
+}
+
+/// utime + stime of `pid`, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions; it only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / hz
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
