@@ -255,6 +255,22 @@ impl Client {
         .await
     }
 
+    /// What agents still report about an object (empty once every node removed it).
+    pub async fn reports(
+        &self,
+        kind: Kind,
+        name: &str,
+    ) -> Result<List<topo_schema::api::ObservedReport>, ClientError> {
+        let url = self.url(&[kind.plural(), name, "reports"], &[])?;
+        self.json(
+            Method::GET,
+            url,
+            None::<&()>,
+            &format!("get the reports of {}", ObjectRef::new(kind, name)),
+        )
+        .await
+    }
+
     pub async fn list(
         &self,
         kind: Kind,

@@ -484,6 +484,40 @@ async fn describe_cmd(ctx: &Ctx, a: args::DescribeArgs) -> Result<i32, CliError>
     Ok(0)
 }
 
+/// After the objects left the API: waits until no agent reports any of them any more, i.e.
+/// every node removed what it held for them (containers, veths, OVS ports, rules).
+async fn wait_until_removed_from_nodes(
+    client: &Client,
+    deleted: &[ObjectRef],
+    timeout: Duration,
+) -> Result<Outcome, CliError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let mut pending = Vec::new();
+        for r in deleted {
+            let reports = client.reports(r.kind, &r.name).await?;
+            if !reports.items.is_empty() {
+                let reasons: Vec<&str> = reports
+                    .items
+                    .iter()
+                    .map(|rep| rep.reason.as_str())
+                    .collect();
+                pending.push((
+                    r.clone(),
+                    format!("its node's agent still reports it ({})", reasons.join(", ")),
+                ));
+            }
+        }
+        if pending.is_empty() {
+            return Ok(Outcome::Met);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(Outcome::TimedOut(pending));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// kind "name", as kubectl says what it deleted.
 fn quoted(r: &ObjectRef) -> String {
     format!("{} {:?}", r.kind.as_str().to_ascii_lowercase(), r.name)
@@ -592,7 +626,23 @@ async fn delete(ctx: &Ctx, a: args::DeleteArgs) -> Result<i32, CliError> {
     }
     if a.wait && a.dry_run == DryRun::None && !deleted.is_empty() {
         let goal = Goal::Deleted;
-        match waiter::wait_for(&client, &deleted, &goal, a.timeout, &mut waiter::Quiet).await? {
+        let started = std::time::Instant::now();
+        let outcome = match waiter::wait_for(
+            &client,
+            &deleted,
+            &goal,
+            a.timeout,
+            &mut waiter::Quiet,
+        )
+        .await?
+        {
+            Outcome::Met => {
+                let left = a.timeout.saturating_sub(started.elapsed());
+                wait_until_removed_from_nodes(&client, &deleted, left).await?
+            }
+            timed_out => timed_out,
+        };
+        match outcome {
             Outcome::Met => {}
             Outcome::TimedOut(pending) => {
                 return Err(CliError::timed_out(

@@ -588,3 +588,47 @@ async fn events_list_and_filter() {
         "describe shows events: {out:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_wait_waits_until_the_agents_removed_the_object() {
+    let (lab, _) = lab_with_base().await;
+    let redis = ObjectRef::new(Kind::Container, "redis");
+    // The node's agent still holds the container: its report is there.
+    lab.report("node1", redis.clone(), 1, true, "Running").await;
+    let out = lab
+        .topoctl(&["delete", "c", "redis", "--wait", "--timeout", "2s"])
+        .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("container/redis")
+            && out.stderr.contains("agent still reports it (Running)"),
+        "{out:?}"
+    );
+    // The object is gone from the API already; the wait is for the node.
+    let out = lab.topoctl(&["get", "c", "redis"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+
+    // Created again and deleted again: this time the agent removes it from the host and
+    // then its report, and the wait ends then, not before.
+    let f = lab.write("base.yaml", BASE);
+    let out = lab.topoctl(&["apply", "-f", &f]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let mut child = lab.spawn(&["delete", "c", "redis", "--wait", "--timeout", "30s"]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "delete --wait ended while the agent still reported the container"
+    );
+    let mut c = lab.etcd.client().await;
+    c.delete(
+        topo_schema::keys::report("node1", Kind::Container, "redis"),
+        None,
+    )
+    .await
+    .expect("delete report");
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("delete --wait finished")
+        .expect("output");
+    assert!(out.status.success(), "{out:?}");
+}

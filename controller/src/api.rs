@@ -91,6 +91,7 @@ pub fn router(state: AppState) -> Router {
             &format!("{p}/{{plural}}/{{name}}"),
             get(get_one).put(replace).delete(delete_one),
         )
+        .route(&format!("{p}/{{plural}}/{{name}}/reports"), get(reports_of))
         .fallback(|| async {
             ApiErr(ApiError::new(
                 ErrorReason::NotFound,
@@ -335,6 +336,24 @@ async fn get_one(
     let kind = kind_of(&plural)?;
     let _span = tracing::info_span!("get", object = %ObjectRef::new(kind, name.as_str())).entered();
     ok(&st.store.get(kind, &name)?)
+}
+
+/// What the agents still report about an object, whatever became of the object: `delete
+/// --wait` waits until this is empty, i.e. every node has removed what it held for it.
+async fn reports_of(
+    State(st): State<AppState>,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult {
+    let (plural, name) = path(p)?;
+    let r = ObjectRef::new(kind_of(&plural)?, name);
+    let snap = st.cache.current();
+    let reports: Vec<_> = snap
+        .reports
+        .iter()
+        .filter(|((_, obj), _)| *obj == r)
+        .map(|(_, rep)| (**rep).clone())
+        .collect();
+    ok(&api::List::new(reports, Some(snap.revision.to_string())))
 }
 
 async fn create(

@@ -1052,9 +1052,15 @@ fn fold_container(
                 .collect()
         })
         .unwrap_or_default();
+    // A report about an earlier container of the same name (deleted, then created again
+    // before its node cleaned up) says nothing about this one.
     let report = snap
         .reports
-        .get(&(node.to_string(), ObjectRef::new(Kind::Container, name)));
+        .get(&(node.to_string(), ObjectRef::new(Kind::Container, name)))
+        .filter(|r| match (r.uid.as_deref(), c.metadata.uid.as_deref()) {
+            (Some(reported), Some(current)) => reported == current,
+            _ => true,
+        });
     st.container_id = report.and_then(|r| r.container_id.clone());
     st.restart_count = report.map(|r| r.restart_count).unwrap_or(0);
     st.observed_generation = report.map(|r| r.observed_generation);
@@ -1437,6 +1443,7 @@ mod tests {
     ) -> (String, ObjectRef, ObservedReport) {
         let object = ObjectRef::new(kind, name);
         let rep = ObservedReport {
+            uid: None,
             object: object.clone(),
             observed_generation: generation,
             ready,
@@ -1467,6 +1474,27 @@ mod tests {
                 started: Utc::now(),
             }),
         );
+    }
+
+    #[test]
+    fn a_report_about_an_earlier_object_of_the_same_name_is_ignored() {
+        let t0 = Utc::now();
+        let mut s = snapshot(&objects());
+        heartbeat(&mut s, "n1");
+        let app = ObjectRef::new(Kind::Container, "app");
+        let mut o = (**s.objects.get(&app).unwrap()).clone();
+        o.resource.metadata_mut().uid = Some("new-uid".into());
+        s.objects.insert(app.clone(), Arc::new(o));
+        let mut stale = report("n1", Kind::Container, "app", 2, true, None);
+        stale.2.uid = Some("old-uid".into());
+        put_report(&mut s, stale);
+        fold(&mut s, t0);
+        assert_eq!(ready_of(&s, Kind::Container, "app").reason, "Pending");
+        let mut fresh = report("n1", Kind::Container, "app", 2, true, None);
+        fresh.2.uid = Some("new-uid".into());
+        put_report(&mut s, fresh);
+        fold(&mut s, t0 + chrono::Duration::seconds(1));
+        assert_eq!(ready_of(&s, Kind::Container, "app").reason, "Running");
     }
 
     #[test]

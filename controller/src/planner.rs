@@ -715,6 +715,7 @@ fn container_entry(
         };
         rules.push(LinkRule {
             link: link_name.to_string(),
+            generation: l.metadata.generation.unwrap_or(0),
             listen,
             protocol: l.spec.protocol,
             target,
@@ -1198,9 +1199,15 @@ mod tests {
     #[test]
     fn a_moved_target_is_followed_without_touching_the_consumer_config() {
         let mut objs = three_node_mesh();
-        objs.push(link("l", "a", to_container("b", 6379), Some("redis")));
+        let mut l = link("l", "a", to_container("b", 6379), Some("redis"));
+        l.metadata_mut().generation = Some(4);
+        objs.push(l);
         let p = plan_all(&objs);
         let before = container_entry(&p, "n1", "a").clone();
+        assert_eq!(
+            before.links[0].generation, 4,
+            "the rule carries the Link's generation (the entry's is the consumer's: 3)"
+        );
         let SliceEntry::Bridge(n2) = entry(&p, "n2", "bridges/ov") else {
             panic!()
         };

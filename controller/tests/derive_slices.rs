@@ -224,6 +224,7 @@ async fn mesh_tunnels_slices_and_statuses() {
     .await
     .expect("heartbeat");
     let report = ObservedReport {
+        uid: None,
         object: ObjectRef::new(Kind::Container, "a"),
         observed_generation: 1,
         ready: true,

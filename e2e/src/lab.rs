@@ -10,7 +10,8 @@
 //! Environment:
 //! - `TOPO_BIN`: where topo-controller, topo-agent and topoctl are (default `<repo>/target/debug`).
 //! - `TOPO_E2E_ISOLATE=0`: no private namespace (see above).
-//! - `TOPO_E2E_KEEP=1`: leave the lab up at the end (the command to enter it is printed).
+//! - `TOPO_E2E_KEEP=1`: leave the lab up at the end (the command to enter it is printed);
+//!   a failed scenario keeps its objects and no further scenario runs.
 //! - `TOPO_E2E_DIR`: parent of the labs' state directories (default `/run/topo-e2e`).
 //! - `TOPO_E2E_ONLY=a,b`: run only these scenarios (see [`crate::run_scenarios`]).
 
@@ -238,6 +239,11 @@ impl Lab {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether the lab stays up at the end (`TOPO_E2E_KEEP=1`).
+    pub fn keep(&self) -> bool {
+        self.keep
     }
 
     pub fn repo(&self) -> &Path {
@@ -863,8 +869,7 @@ impl Lab {
         let show = |s: &mut String, title: &str, o: Output| {
             s.push_str(&format!("----- {title}\n{}{}\n", o.stdout, o.stderr));
         };
-        let get = self.command(self.bin.join("topoctl"));
-        let mut get = get;
+        let mut get = self.command(self.bin.join("topoctl"));
         get.args(["get", "all", "-o", "wide"]);
         if let Ok(o) = cmd::run(get, Duration::from_secs(30)) {
             show(&mut s, "topoctl get all -o wide", o);

@@ -179,6 +179,14 @@ pub fn run_scenarios(lab: &Lab, scenarios: &[(&str, ScenarioFn)]) {
                 eprintln!("{}", lab.diagnostics());
             }
         }
+        if !passed && lab.keep() {
+            eprintln!(
+                "e2e[{}/{name}]: TOPO_E2E_KEEP: the failed scenario's objects stay for inspection; no further scenario runs",
+                lab.name()
+            );
+            failed.push(name.to_string());
+            break;
+        }
         match sc.cleanup() {
             Ok(()) => {}
             Err(e) => {

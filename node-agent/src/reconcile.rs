@@ -391,6 +391,7 @@ async fn leave_alone(ctx: &Context, key: &str, why: &str) -> Result<Action, Reco
     tracing::warn!(key, reason = why, "slice entry left alone");
     if let Some(name) = key.strip_prefix("containers/") {
         let report = ObservedReport {
+            uid: None,
             object: ObjectRef::new(Kind::Container, name),
             observed_generation: 0,
             ready: false,
@@ -577,6 +578,7 @@ fn gre_kind(t: &TunnelEntry) -> PortKind {
 
 fn tunnel_report(t: &TunnelEntry, ready: bool, reason: &str, message: String) -> ObservedReport {
     ObservedReport {
+        uid: None,
         object: ObjectRef::new(Kind::Tunnel, &t.tunnel),
         observed_generation: 0,
         ready,
@@ -727,6 +729,7 @@ fn link_rules(c: &ContainerEntry) -> NatRules {
     NatRules {
         masquerade: vec![],
         ports: vec![],
+        isolate: vec![],
         links: c
             .links
             .iter()
@@ -762,8 +765,9 @@ fn link_report(c: &ContainerEntry, l: &LinkRule, programmed: Result<(), &str>) -
         (Some(_), Err(why)) => (false, "ConsumerNotReady".to_string(), why.to_string()),
     };
     ObservedReport {
+        uid: None,
         object: ObjectRef::new(Kind::Link, &l.link),
-        observed_generation: c.generation,
+        observed_generation: l.generation,
         ready,
         reason,
         message,
@@ -1137,6 +1141,7 @@ async fn reconcile_container(
 
     // 4. Reports.
     let mut reports = vec![ObservedReport {
+        uid: None,
         object: object.clone(),
         observed_generation: c.generation,
         ready: true,
@@ -1488,13 +1493,21 @@ async fn remove_container(ctx: &Context, c: &ContainerEntry) -> Result<(), Recon
 /// The node's NAT table as the slice wants it.
 pub fn node_nat_rules(entries: &[SliceEntry]) -> NatRules {
     let mut rules = NatRules::default();
+    let mut cidrs = Vec::new();
     for e in entries {
         match e {
-            SliceEntry::Bridge(b) if b.masquerade => rules.masquerade.push(b.cidr),
+            SliceEntry::Bridge(b) => {
+                cidrs.push(b.cidr);
+                if b.masquerade {
+                    rules.masquerade.push(b.cidr);
+                }
+            }
             SliceEntry::Container(c) => rules.ports.extend(c.ports.iter().map(PortDnat::from)),
             _ => {}
         }
     }
+    // The node forwards (ip_forward=1), so without these its gateways route between networks.
+    rules.isolate = NatRules::isolation_pairs(&cidrs);
     rules.normalized()
 }
 
@@ -1798,6 +1811,7 @@ fn failure_reports(
     match ctx.store.get(key) {
         Some(SliceValue::Entry(SliceEntry::Container(c))) => {
             let mut v = vec![ObservedReport {
+                uid: None,
                 object: ObjectRef::new(Kind::Container, &c.name),
                 observed_generation: c.generation,
                 ready: false,

@@ -313,6 +313,7 @@ mod tests {
 
     fn report(kind: Kind, name: &str, ready: bool) -> ObservedReport {
         ObservedReport {
+            uid: None,
             object: ObjectRef::new(kind, name),
             observed_generation: 1,
             ready,

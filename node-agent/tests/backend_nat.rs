@@ -203,8 +203,37 @@ fn backend_nat_node_masquerade_and_published_port() {
             "10.89.1.1",
         ],
     );
+    // other: a container of a second network behind the same node, on 10.90.1.0/24.
+    let other = Sleeper::new();
+    let o = ns_of_pid(other.pid());
+    let op = other.pid().to_string();
+    wire(
+        (&n, &node.name),
+        "tv-tnd",
+        "10.90.1.1/24",
+        (&o, &op),
+        "tnd1",
+        "10.90.1.5/24",
+    );
+    run(
+        "nsenter",
+        &[
+            &format!("--net={}", &o),
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.90.1.1",
+        ],
+    );
     node.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
     serve(&c, 80, "published");
+    assert_eq!(
+        fetch(&o, "10.89.1.5:80").as_deref(),
+        Some("published"),
+        "without the table the node routes between the networks"
+    );
 
     let rules = NatRules {
         masquerade: vec!["10.89.0.0/16".parse().unwrap()],
@@ -214,6 +243,10 @@ fn backend_nat_node_masquerade_and_published_port() {
             target: "10.89.1.5:80".parse().unwrap(),
         }],
         links: vec![],
+        isolate: NatRules::isolation_pairs(&[
+            "10.89.0.0/16".parse().unwrap(),
+            "10.90.0.0/16".parse().unwrap(),
+        ]),
     };
     let r2 = rules.clone();
     node.block_on(move || async move {
@@ -222,7 +255,15 @@ fn backend_nat_node_masquerade_and_published_port() {
         nat.apply(Ns::Node, &r2).await.unwrap();
         let o = nat.observe(Ns::Node).await.unwrap();
         assert!(o.satisfies(&r2), "{o:?}");
+        assert!(o.exact && o.rules == r2.clone().normalized(), "{o:?}");
     });
+    // Isolation: the other network's container no longer reaches this one through the node,
+    // except through the published port (a DNATed connection, replies included).
+    assert_eq!(fetch(&o, "10.89.1.5:80"), None, "networks are isolated");
+    assert_eq!(
+        fetch(&o, "192.168.77.1:50000").as_deref(),
+        Some("published")
+    );
     // From another host, and from the node itself, at the node's address.
     assert_eq!(
         fetch(&x, "192.168.77.1:50000").as_deref(),

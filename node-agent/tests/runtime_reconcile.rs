@@ -356,6 +356,10 @@ async fn an_alias_change_recreates_the_consumer_and_rewires_never_do() {
         let l = f.report(Kind::Link, "app-to-web").unwrap();
         assert_eq!(l.endpoint.as_deref(), Some(target));
         assert!(l.ready);
+        assert_eq!(
+            l.observed_generation, 1,
+            "a link reports its own generation, not its consumer's (2)"
+        );
         let c = f.report(Kind::Container, "app").unwrap();
         assert_eq!(c.container_id.as_deref(), Some(aliased.id.as_str()));
         assert_eq!(c.restart_count, 0);

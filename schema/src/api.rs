@@ -8,6 +8,7 @@
 //! GET    /apis/topo.dev/v1alpha1/{plural}/{name}
 //! PUT    /apis/topo.dev/v1alpha1/{plural}/{name}?dryRun=All       replace (resourceVersion-checked)
 //! DELETE /apis/topo.dev/v1alpha1/{plural}/{name}?dryRun=All
+//! GET    /apis/topo.dev/v1alpha1/{plural}/{name}/reports          what agents still report
 //! POST   /apis/topo.dev/v1alpha1/apply                            ApplyRequest -> ApplyResponse
 //! GET    /apis/topo.dev/v1alpha1/events?object=kind/name&watch=
 //! ```
@@ -299,6 +300,10 @@ impl Event {
 #[serde(rename_all = "camelCase")]
 pub struct ObservedReport {
     pub object: ObjectRef,
+    /// The object's uid as the slice gave it: a report about an earlier object of the same
+    /// name (deleted and created again) is not about this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
     /// The generation of the slice entry the agent acted on (the object's generation).
     pub observed_generation: i64,
     pub ready: bool,

@@ -215,6 +215,10 @@ pub struct PublishedPort {
 pub struct LinkRule {
     /// The Link object.
     pub link: String,
+    /// The Link object's generation this rule was derived from: what the agent reports as
+    /// the link's observed generation (the entry's own `generation` is the consumer's).
+    #[serde(default)]
+    pub generation: i64,
     pub listen: SocketAddrV4,
     pub protocol: Protocol,
     /// Where to DNAT; None while the target cannot be resolved (then `reason` says why).
@@ -252,6 +256,7 @@ mod tests {
         let mut b = a.clone();
         b.links.push(LinkRule {
             link: "l".into(),
+            generation: 1,
             listen: "127.0.0.1:6379".parse().unwrap(),
             protocol: Protocol::Tcp,
             target: Some("10.2.1.5:6379".parse().unwrap()),

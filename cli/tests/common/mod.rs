@@ -221,6 +221,7 @@ impl Lab {
         reason: &str,
     ) {
         let rep = ObservedReport {
+            uid: None,
             object: object.clone(),
             observed_generation: generation,
             ready,

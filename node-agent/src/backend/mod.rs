@@ -296,6 +296,12 @@ pub trait Interfaces: Send + Sync {
         pid: u32,
         att: &AttachmentEntry,
     ) -> Result<Vec<String>, InterfaceError>;
+    /// Broadcasts a gratuitous ARP (an RFC 5227 announcement) for the attachment's address
+    /// from its interface in the container, so peers replace the MAC they cached for that
+    /// address (after a move or a restart the address keeps its name but gets a new MAC).
+    /// Only useful once the host veth's port is on the bridge: the runtime calls it then.
+    /// A missing interface is `InterfaceError::NotFound`.
+    async fn announce(&self, pid: u32, att: &AttachmentEntry) -> Result<(), InterfaceError>;
     /// Every topo-owned interface of the node's namespace (for garbage collection).
     async fn list_owned(&self) -> Result<Vec<HostInterface>, InterfaceError>;
     /// Deletes a host veth (names with the `tv-` prefix only; absent is fine).
@@ -636,10 +642,28 @@ pub struct NatRules {
     pub masquerade: Vec<Ipv4Net>,
     pub ports: Vec<PortDnat>,
     pub links: Vec<LinkDnat>,
+    /// Ordered pairs of network cidrs (from, to) whose traffic the node must not forward:
+    /// with `ip_forward=1` the node's gateways would otherwise route between networks.
+    pub isolate: Vec<(Ipv4Net, Ipv4Net)>,
 }
 
 impl NatRules {
+    /// Every ordered pair of distinct `cidrs`, for [`NatRules::isolate`].
+    pub fn isolation_pairs(cidrs: &[Ipv4Net]) -> Vec<(Ipv4Net, Ipv4Net)> {
+        let mut out = Vec::new();
+        for a in cidrs {
+            for b in cidrs {
+                if a != b {
+                    out.push((*a, *b));
+                }
+            }
+        }
+        out
+    }
+
     pub fn normalized(mut self) -> Self {
+        self.isolate.sort();
+        self.isolate.dedup();
         self.masquerade.sort();
         self.masquerade.dedup();
         self.ports.sort();
@@ -650,7 +674,10 @@ impl NatRules {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.masquerade.is_empty() && self.ports.is_empty() && self.links.is_empty()
+        self.masquerade.is_empty()
+            && self.ports.is_empty()
+            && self.links.is_empty()
+            && self.isolate.is_empty()
     }
 
     /// Links whose listen address is loopback need `route_localnet=1` in the namespace.
@@ -886,6 +913,10 @@ mod tests {
                 protocol: Protocol::Tcp,
                 target: "10.2.3.4:6379".parse().unwrap(),
             }],
+            isolate: NatRules::isolation_pairs(&[
+                "10.2.0.0/16".parse().unwrap(),
+                "10.3.0.0/16".parse().unwrap(),
+            ]),
         };
         let mut o = ObservedNat {
             table_exists: true,
@@ -904,5 +935,25 @@ mod tests {
         assert!(!o.satisfies(&rules));
         assert!(!o.satisfies(&NatRules::default()));
         assert!(ObservedNat::default().satisfies(&NatRules::default()));
+        o.exact = true;
+        assert!(o.satisfies(&rules));
+        o.rules.isolate.pop();
+        assert!(!o.satisfies(&rules), "a missing isolation pair needs a write");
+    }
+
+    #[test]
+    fn isolation_pairs_cover_both_directions() {
+        let a: Ipv4Net = "10.41.0.0/16".parse().unwrap();
+        let b: Ipv4Net = "10.42.0.0/16".parse().unwrap();
+        let c: Ipv4Net = "10.43.0.0/16".parse().unwrap();
+        assert!(NatRules::isolation_pairs(&[a]).is_empty());
+        assert_eq!(NatRules::isolation_pairs(&[a, b]), vec![(a, b), (b, a)]);
+        assert_eq!(NatRules::isolation_pairs(&[a, b, c]).len(), 6);
+        let only = NatRules {
+            isolate: NatRules::isolation_pairs(&[a, b]),
+            ..Default::default()
+        };
+        assert!(!only.is_empty(), "an isolation-only table is still a table");
+        assert!(!only.needs_forwarding());
     }
 }

@@ -71,6 +71,8 @@ pub enum Item {
     Masquerade(Ipv4Net),
     Port(PortDnat),
     Link(LinkDnat),
+    /// Traffic from the first network's cidr to the second's is not forwarded.
+    Isolate(Ipv4Net, Ipv4Net),
 }
 
 impl Item {
@@ -79,6 +81,7 @@ impl Item {
             Item::Masquerade(c) => format!("masquerade {c}"),
             Item::Port(p) => format!("port {} {} {}", p.protocol, p.host_port, p.target),
             Item::Link(l) => format!("link {} {} {}", l.protocol, l.listen, l.target),
+            Item::Isolate(from, to) => format!("isolate {from} {to}"),
         }
     }
 
@@ -101,6 +104,7 @@ impl Item {
                 listen: l.parse().ok()?,
                 target: t.parse().ok()?,
             })),
+            ["isolate", from, to] => Some(Item::Isolate(from.parse().ok()?, to.parse().ok()?)),
             _ => None,
         }
     }
@@ -170,6 +174,21 @@ impl Item {
                     ]),
                 ),
             ],
+            // A published port's DNATed connection may cross networks (the port is public),
+            // replies included: only traffic nobody DNATed is dropped.
+            Item::Isolate(from, to) => {
+                let between = [
+                    match_eq("==", payload("ip", "saddr"), prefix(from)),
+                    match_eq("==", payload("ip", "daddr"), prefix(to)),
+                ];
+                vec![
+                    (
+                        "forward",
+                        json!([between[0], between[1], ct_dnat(), {"accept": null}]),
+                    ),
+                    ("forward", json!([between[0], between[1], {"drop": null}])),
+                ]
+            }
         }
     }
 }
@@ -201,6 +220,7 @@ pub fn items(rules: &NatRules) -> Vec<Item> {
         .map(Item::Masquerade)
         .chain(r.ports.into_iter().map(Item::Port))
         .chain(r.links.into_iter().map(Item::Link))
+        .chain(r.isolate.into_iter().map(|(a, b)| Item::Isolate(a, b)))
         .collect()
 }
 
@@ -300,6 +320,7 @@ pub fn parse_listing(listing: &Value) -> Result<(NatRules, bool), NatError> {
             Item::Masquerade(c) => rules.masquerade.push(c),
             Item::Port(p) => rules.ports.push(p),
             Item::Link(l) => rules.links.push(l),
+            Item::Isolate(a, b) => rules.isolate.push((a, b)),
         }
     }
     Ok((rules.normalized(), exact))
@@ -470,6 +491,10 @@ mod tests {
                 protocol: Protocol::Udp,
                 target: "10.2.3.4:53".parse().unwrap(),
             }],
+            isolate: NatRules::isolation_pairs(&[
+                "10.2.0.0/16".parse().unwrap(),
+                "10.3.0.0/24".parse().unwrap(),
+            ]),
         }
     }
 
@@ -504,8 +529,8 @@ mod tests {
             json!({"add": {"table": {"family": "ip", "name": "topo"}}})
         );
         let rules: Vec<&Value> = cmds.iter().filter_map(|c| c["add"].get("rule")).collect();
-        // masquerade 1 + port 3 + link 2
-        assert_eq!(rules.len(), 6);
+        // masquerade 1 + port 3 + link 2 + isolation 2 pairs × 2
+        assert_eq!(rules.len(), 10);
         let text = b.to_string();
         assert!(text.contains(r#"{"dnat":{"addr":"10.2.1.5","port":6379}}"#));
         assert!(text.contains(r#""right":{"prefix":{"addr":"10.2.0.0","len":16}}"#));
@@ -662,6 +687,57 @@ mod tests {
         assert!(rules.needs_forwarding() && !rules.needs_route_localnet());
     }
 
+    /// Each pair of networks: DNATed traffic (a published port) passes, anything else from
+    /// one cidr to the other is dropped in the forward chain, after the published ports'
+    /// accept rules.
+    #[test]
+    fn isolation_drops_traffic_between_networks() {
+        let a: Ipv4Net = "10.41.0.0/16".parse().unwrap();
+        let b: Ipv4Net = "10.42.0.0/16".parse().unwrap();
+        let rules = NatRules {
+            masquerade: vec![a, b],
+            ports: vec![PortDnat {
+                host_port: 50000,
+                protocol: Protocol::Tcp,
+                target: "10.42.1.5:80".parse().unwrap(),
+            }],
+            isolate: NatRules::isolation_pairs(&[a, b]),
+            ..Default::default()
+        };
+        let r = rendered(&rules);
+        let forward: Vec<&(String, Value, String)> =
+            r.iter().filter(|x| x.0 == "forward").collect();
+        assert_eq!(forward.len(), 5, "{forward:?}");
+        assert!(forward[0].2.starts_with("port "), "port accept first");
+        let between = |from: &str, to: &str| {
+            json!([
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": from, "len": 16}}}},
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"prefix": {"addr": to, "len": 16}}}}
+            ])
+        };
+        for (i, (from, to)) in [("10.41.0.0", "10.42.0.0"), ("10.42.0.0", "10.41.0.0")]
+            .into_iter()
+            .enumerate()
+        {
+            let comment = format!("isolate {from}/16 {to}/16");
+            let mut accept = between(from, to);
+            accept.as_array_mut().unwrap().extend([
+                json!({"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}),
+                json!({"accept": null}),
+            ]);
+            let mut drop = between(from, to);
+            drop.as_array_mut().unwrap().push(json!({"drop": null}));
+            assert_eq!(forward[1 + 2 * i].1, accept);
+            assert_eq!(forward[1 + 2 * i].2, comment);
+            assert_eq!(forward[2 + 2 * i].1, drop);
+            assert_eq!(forward[2 + 2 * i].2, comment);
+        }
+        let (back, exact) = parse_listing(&listing_of(&rules)).unwrap();
+        assert!(exact);
+        assert_eq!(back, rules.clone().normalized());
+        assert_eq!(Item::parse("isolate 10.41.0.0/16 nope"), None);
+    }
+
     /// A listing shaped like `nft -j list table ip topo` of the rendered batch.
     fn listing_of(rules: &NatRules) -> Value {
         let b = render_batch(rules);
@@ -710,6 +786,18 @@ mod tests {
             .unwrap()
             .push(json!({"rule": {"chain": "output", "expr": [{"accept": null}]}}));
         assert!(!parse_listing(&l).unwrap().1);
+
+        // An isolation drop rule deleted by hand: that pair is not in force.
+        let mut l = listing_of(&sample());
+        let arr = l["nftables"].as_array_mut().unwrap();
+        let i = arr
+            .iter()
+            .position(|o| o["rule"]["expr"][2] == json!({"drop": null}))
+            .unwrap();
+        arr.remove(i);
+        let (rules, exact) = parse_listing(&l).unwrap();
+        assert!(!exact);
+        assert_eq!(rules.isolate.len(), 1);
 
         // A missing rule of a multi-rule item.
         let mut l = listing_of(&sample());

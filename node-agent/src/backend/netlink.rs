@@ -677,6 +677,25 @@ impl Interfaces for NetlinkInterfaces {
         self.ensure_in(pid, &ns, att).await
     }
 
+    async fn announce(&self, pid: u32, att: &AttachmentEntry) -> Result<(), InterfaceError> {
+        let ns = enter(pid).await?;
+        let peer =
+            get_link(&ns.handle, &att.interface)
+                .await?
+                .ok_or_else(|| InterfaceError::NotFound {
+                    name: att.interface.clone(),
+                })?;
+        let frame = arp_announcement(&peer.mac, att.address.addr()).ok_or_else(|| {
+            InterfaceError::NotFound {
+                name: format!("the MAC address of {}", att.interface),
+            }
+        })?;
+        send_arp(&ns.packet, peer.index, &frame).map_err(|source| InterfaceError::Garp {
+            name: peer.name.clone(),
+            source,
+        })
+    }
+
     async fn list_owned(&self) -> Result<Vec<HostInterface>, InterfaceError> {
         let links: Vec<LinkMessage> = self
             .handle

@@ -114,6 +114,7 @@ pub fn slice() -> Vec<SliceEntry> {
 pub fn link_rule(link: &str, target: Option<&str>) -> LinkRule {
     LinkRule {
         link: link.into(),
+        generation: 1,
         listen: "127.0.0.1:8080".parse().unwrap(),
         protocol: Protocol::Tcp,
         target: target.map(|t| t.parse().unwrap()),
