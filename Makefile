@@ -22,6 +22,14 @@ build:
 test: deps build
 	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2
 
+## test-unit: everything but the end-to-end lab tests (still needs etcd, OVS, Docker: root)
+test-unit: deps
+	$(CARGO) test --workspace --exclude topo-e2e --no-fail-fast
+
+## test-e2e: the end-to-end tests; each test binary runs its own lab in a private namespace
+test-e2e: deps build
+	$(CARGO) test -p topo-e2e --no-fail-fast
+
 ## lint: formatting and clippy, warnings are errors
 lint:
 	$(CARGO) fmt --all -- --check

@@ -33,7 +33,9 @@ use tracing::Instrument;
 use topo_schema::api::ObservedReport;
 use topo_schema::kinds::{Kind, ObjectRef};
 use topo_schema::names;
-use topo_schema::slice::{BridgeEntry, ContainerEntry, LinkRule, SliceEntry, TunnelEntry, owner};
+use topo_schema::slice::{
+    AttachmentEntry, BridgeEntry, ContainerEntry, LinkRule, SliceEntry, TunnelEntry, owner,
+};
 
 use crate::backend::{
     ContainerError, Containers, DesiredBridge, DesiredPort, InterfaceError, Interfaces, LinkDnat,
@@ -239,6 +241,9 @@ struct Memory {
     restarts: HashMap<String, RestartState>,
     /// The node NAT rules last put in force.
     node_nat: Option<NatRules>,
+    /// Host veths made anew whose OVS port has not been re-added since: a reconcile that
+    /// failed in between must not leave the port on the old device when it retries.
+    stale_ports: HashSet<String>,
 }
 
 /// Everything a reconcile needs. Shared by the workers.
@@ -887,6 +892,9 @@ async fn reconcile_container(
         observed = None;
     }
     let mut created = false;
+    // Docker's share of a new container's start, against the plumbing after it (lab-bench).
+    let started_at = std::time::Instant::now();
+    let mut docker_time = None;
     let running = match observed {
         None => {
             docker
@@ -912,6 +920,7 @@ async fn reconcile_container(
                     },
                 })?;
             created = true;
+            docker_time = Some(started_at.elapsed());
             ctx.save_restart_state(
                 &c.name,
                 RestartState {
@@ -991,6 +1000,8 @@ async fn reconcile_container(
     // Host veths whose pair was (re)created: ovs-vswitchd's userspace datapath keeps its
     // handle on the old device of that name, so their OVS ports are removed and added again.
     let mut recreated: HashSet<String> = HashSet::new();
+    // Host veths whose interface changed (new pair, address, ...): announced once on the bridge.
+    let mut replumbed: HashSet<String> = HashSet::new();
     for att in &c.attachments {
         let observed = ctx
             .backends
@@ -1002,8 +1013,10 @@ async fn reconcile_container(
         if diffs.is_empty() {
             continue;
         }
+        replumbed.insert(att.host_veth.clone());
         if pair_needs_recreate(&observed) {
             recreated.insert(att.host_veth.clone());
+            ctx.mem().stale_ports.insert(att.host_veth.clone());
         }
         ctx.backends
             .interfaces
@@ -1036,7 +1049,17 @@ async fn reconcile_container(
                 })?;
         }
     }
+    {
+        let mem = ctx.mem();
+        recreated.extend(
+            c.attachments
+                .iter()
+                .filter(|a| mem.stale_ports.contains(&a.host_veth))
+                .map(|a| a.host_veth.clone()),
+        );
+    }
     let (readd, changes) = container_port_changes(&state, c, &object, &recreated)?;
+    tracing::debug!(?recreated, ?readd, ?changes, "container ports");
     if !readd.is_empty() {
         ctx.backends
             .ovs
@@ -1077,6 +1100,25 @@ async fn reconcile_container(
                 what: format!("ports of container {}", c.name),
                 source: Box::new(source),
             })?;
+    }
+    {
+        let mut mem = ctx.mem();
+        for a in &c.attachments {
+            mem.stale_ports.remove(&a.host_veth);
+        }
+    }
+    replumbed.extend(changes.iter().filter_map(|ch| match ch {
+        OvsChange::AddPort { name, .. } | OvsChange::UpdatePort { name, .. } => Some(name.clone()),
+        _ => None,
+    }));
+    let announce: Vec<AttachmentEntry> = c
+        .attachments
+        .iter()
+        .filter(|a| replumbed.contains(&a.host_veth))
+        .cloned()
+        .collect();
+    if !announce.is_empty() {
+        spawn_announcements(ctx.backends.interfaces.clone(), &c.name, pid, announce);
     }
 
     // 3. Links: the nftables table in the container's namespace.
@@ -1139,9 +1181,18 @@ async fn reconcile_container(
         }
     }
 
+    if let Some(docker_time) = docker_time {
+        tracing::info!(
+            container = %c.name,
+            docker_ms = docker_time.as_secs_f64() * 1000.0,
+            plumbing_ms = (started_at.elapsed() - docker_time).as_secs_f64() * 1000.0,
+            "container started and plumbed"
+        );
+    }
+
     // 4. Reports.
     let mut reports = vec![ObservedReport {
-        uid: None,
+        uid: Some(c.uid.clone()),
         object: object.clone(),
         observed_generation: c.generation,
         ready: true,
@@ -1186,6 +1237,44 @@ async fn reconcile_container(
             .await;
     }
     Ok(Action::AwaitChange)
+}
+
+/// When the gratuitous ARPs of a replumbed attachment go out, counted from the moment its
+/// port is on the bridge: peers that missed the first (a frame lost while the datapath
+/// settles) get another.
+const ANNOUNCE_AT: [Duration; 3] = [
+    Duration::ZERO,
+    Duration::from_millis(200),
+    Duration::from_secs(1),
+];
+
+/// Announces the attachments' addresses from the container (a moved or restarted container
+/// keeps its address but not its MAC: peers would keep the old one until their ARP entry
+/// expires). In the background: the reconcile does not wait for the later rounds.
+fn spawn_announcements(
+    interfaces: Arc<dyn crate::backend::Interfaces>,
+    container: &str,
+    pid: u32,
+    atts: Vec<AttachmentEntry>,
+) {
+    let span = tracing::debug_span!("announce", container = %container, pid);
+    tokio::spawn(
+        async move {
+            let start = tokio::time::Instant::now();
+            for at in ANNOUNCE_AT {
+                tokio::time::sleep_until(start + at).await;
+                for att in &atts {
+                    if let Err(e) = interfaces.announce(pid, att).await {
+                        // The container went away or was replumbed again: that reconcile
+                        // announces for itself.
+                        tracing::debug!(interface = %att.interface, error = %error_chain(&e), "gratuitous ARP not sent");
+                        return;
+                    }
+                }
+            }
+        }
+        .instrument(span),
+    );
 }
 
 fn restarted(repairs: &[String]) -> bool {
@@ -1316,11 +1405,14 @@ fn container_port_changes(
 /// (removed while the agent was down), garbage collection finds what is left.
 async fn remove_key(ctx: &Context, key: &str) -> Result<Action, ReconcileError> {
     let Some(old) = ctx.applied(key) else {
+        // Nothing this process applied (removed while the agent was down, or its reconcile
+        // never succeeded): garbage collection removes what is left, and only then do the
+        // reports go (`delete --wait` takes their absence for "gone from the host").
+        collect_garbage(ctx).await?;
         ctx.reporter
             .sync(key, vec![])
             .await
             .map_err(|source| ReconcileError::Report { source })?;
-        ctx.queue.add(GC_KEY);
         return Ok(Action::AwaitChange);
     };
     match &old {
@@ -1811,7 +1903,7 @@ fn failure_reports(
     match ctx.store.get(key) {
         Some(SliceValue::Entry(SliceEntry::Container(c))) => {
             let mut v = vec![ObservedReport {
-                uid: None,
+                uid: Some(c.uid.clone()),
                 object: ObjectRef::new(Kind::Container, &c.name),
                 observed_generation: c.generation,
                 ready: false,

@@ -171,6 +171,20 @@ fn backend_netlink_veth_into_container_namespace() {
         );
         check_created();
 
+        // On demand (the runtime's, once the port is on the bridge): from the container's
+        // interface, so it leaves through the host veth.
+        ifs.announce(pid1, &att).await.unwrap();
+        assert!(
+            wait_announcement(&cap, Ipv4Addr::new(10, 77, 1, 5)),
+            "no gratuitous ARP seen on {veth} after announce"
+        );
+        let mut missing = att.clone();
+        missing.interface = "eth9".into();
+        assert!(matches!(
+            ifs.announce(pid1, &missing).await,
+            Err(InterfaceError::NotFound { .. })
+        ));
+
         // The host end deleted by hand: a notification, then recreation.
         run(
             "ip",

@@ -3,8 +3,12 @@
 
 mod runtime_support;
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use runtime_support::*;
 use topo_agent::backend::NetNs;
+use topo_agent::backend::OvsError;
 use topo_schema::api::EventType;
 use topo_schema::kinds::{Kind, ObjectRef};
 use topo_schema::names;
@@ -207,4 +211,77 @@ async fn a_container_removed_by_hand_is_recreated() {
         pid
     );
     assert!(f.report(Kind::Container, "web").unwrap().ready);
+}
+
+/// Peers learn a restarted container's new MAC from gratuitous ARPs sent from its new
+/// interface once its port is back on the bridge (earlier frames would go nowhere): at once,
+/// then twice more, without holding up the reconcile. A healthy pass announces nothing.
+#[tokio::test]
+async fn a_restarted_container_announces_its_address_once_its_port_is_back() {
+    let (f, agent) = running().await;
+    let veth = names::veth_host_name("app", "eth0");
+    // The startup's own announcements end within a second.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let quiet = f.ifs.announced().len();
+    agent.resync().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        f.ifs.announced().len(),
+        quiet,
+        "a healthy pass announces nothing"
+    );
+
+    // Strict: the port counts as attached only once it was added again after the restart.
+    let ovs = f.ovs.clone();
+    f.ifs.probe_ports_with(Arc::new(move |name: &str| {
+        ovs.writes()
+            .iter()
+            .rev()
+            .find(|w| w.contains(name))
+            .is_some_and(|w| w.contains("AddPort"))
+    }));
+    f.docker.kill("app", 137);
+    let started = Instant::now();
+    agent.settle().await;
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "the reconcile does not wait for the later announcements"
+    );
+    assert_port_readded(&f, &veth);
+    let pid = f.docker.container("app").unwrap().pid.unwrap();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let sent: Vec<_> = f
+        .ifs
+        .announced()
+        .into_iter()
+        .filter(|a| a.pid == pid)
+        .collect();
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    for a in &sent {
+        assert_eq!(a.host_veth, veth);
+        assert_eq!(a.address, "10.2.1.6/16".parse().unwrap());
+        assert_eq!(
+            a.on_bridge,
+            Some(true),
+            "announced before the port was back"
+        );
+    }
+}
+
+/// A reconcile that made a new veth pair but failed before re-adding its OVS port still
+/// re-adds it when it is retried (the pair then looks healthy).
+#[tokio::test]
+async fn a_failed_readd_is_completed_on_retry() {
+    let (f, agent) = running().await;
+    let veth = names::veth_host_name("app", "eth0");
+    f.ovs.fail_next("apply", OvsError::Disconnected);
+    f.ifs.delete_by_hand(&veth);
+    agent.settle().await;
+    assert!(
+        !f.ovs.writes().iter().any(|w| w.contains(&veth)),
+        "the first attempt failed: {:?}",
+        f.ovs.writes()
+    );
+    agent.resync().await;
+    assert_port_readded(&f, &veth);
 }

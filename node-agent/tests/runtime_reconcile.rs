@@ -512,3 +512,115 @@ async fn a_foreign_port_name_is_a_conflict_not_a_takeover() {
             .contains_key(&names::gre_port_name("overlay", "node2"))
     );
 }
+
+fn web_entry() -> topo_schema::slice::ContainerEntry {
+    slice()
+        .into_iter()
+        .find_map(|e| match e {
+            SliceEntry::Container(c) if c.name == "web" => Some(c),
+            _ => None,
+        })
+        .unwrap()
+}
+
+/// Deleted, then applied again under the same name (a new object, a new uid), whether the
+/// agent saw the delete or only the new entry: the new container's veth gets its OVS port
+/// afresh (the old port leaves the bridge in a transaction of its own first), and the
+/// report names the new uid. The report of the deleted object goes only once the host
+/// holds nothing of it.
+#[tokio::test]
+async fn a_container_deleted_and_applied_again_gets_a_fresh_port() {
+    let f = Fakes::new();
+    let agent = Agent::new(&f, slice());
+    agent.start().await;
+    let first = web_entry();
+    assert_eq!(
+        f.report(Kind::Container, "web").unwrap().uid.as_deref(),
+        Some(first.uid.as_str())
+    );
+
+    // The agent sees the delete.
+    agent.delete("containers/web");
+    agent.runner.run_until_idle().await;
+    assert!(f.report(Kind::Container, "web").is_none());
+    assert!(f.docker.container("web").is_none());
+    assert!(
+        !f.ovs.state().bridges["tb-overlay"]
+            .ports
+            .contains_key(&web_port())
+    );
+    f.clear_logs();
+    let mut second = first.clone();
+    second.uid = "uid-second".into();
+    agent.put(SliceEntry::Container(second.clone()));
+    agent.runner.run_until_idle().await;
+    let w = f.ovs.writes();
+    assert!(
+        w.iter()
+            .any(|x| x.contains("AddPort") && x.contains(&web_port())),
+        "{w:?}"
+    );
+    assert_eq!(
+        f.report(Kind::Container, "web").unwrap().uid.as_deref(),
+        Some("uid-second")
+    );
+
+    // The agent sees only the new entry: the old container goes, and so does its port.
+    f.clear_logs();
+    let mut third = first.clone();
+    third.uid = "uid-third".into();
+    agent.put(SliceEntry::Container(third));
+    agent.runner.run_until_idle().await;
+    let w = f.ovs.writes();
+    let del = w
+        .iter()
+        .position(|x| x.contains("DeletePort") && x.contains(&web_port()));
+    let add = w
+        .iter()
+        .position(|x| x.contains("AddPort") && x.contains(&web_port()));
+    assert!(matches!((del, add), (Some(d), Some(a)) if d < a), "{w:?}");
+    assert_eq!(
+        f.report(Kind::Container, "web").unwrap().uid.as_deref(),
+        Some("uid-third")
+    );
+}
+
+/// An entry removed before any reconcile of it succeeded: whatever the host holds of it
+/// goes before its report does (`delete --wait` takes a missing report for "gone").
+#[tokio::test]
+async fn a_never_applied_container_is_cleaned_before_its_report_goes() {
+    let f = Fakes::new();
+    let agent = Agent::new(&f, slice());
+    agent.start().await;
+    let mut late = web_entry();
+    late.name = "late".into();
+    late.docker_name = "topo-late".into();
+    late.uid = "uid-late".into();
+    late.attachments.clear();
+    late.ports.clear();
+    late.links.clear();
+    // Created, then its reconcile fails: nothing applied, a failure report stored.
+    f.ovs
+        .fail_next("observe", topo_agent::backend::OvsError::Disconnected);
+    agent.put(SliceEntry::Container(late));
+    agent.runner.run_until_idle().await;
+    assert!(f.docker.container("late").is_some());
+    let r = f.report(Kind::Container, "late").unwrap();
+    assert!(!r.ready);
+    assert_eq!(r.uid.as_deref(), Some("uid-late"));
+
+    // The removal fails once: the report stays while the container does.
+    let id = f.docker.container("late").unwrap().id;
+    f.docker.fail_next(
+        "remove",
+        topo_agent::backend::ContainerError::NotOwned { id },
+    );
+    agent.delete("containers/late");
+    agent.runner.run_until_idle().await;
+    assert!(f.docker.container("late").is_some());
+    assert!(f.report(Kind::Container, "late").is_some());
+    agent.queue.add("containers/late".to_string());
+    agent.runner.run_until_idle().await;
+    assert!(f.docker.container("late").is_none());
+    assert!(f.report(Kind::Container, "late").is_none());
+}

@@ -123,6 +123,30 @@ fn main() {
     }
     let (d_med, d_p99) = median_p99(&docker_times);
     let (t_med, t_p99) = median_p99(&topo_times);
+    // Inside the agent: Docker's create + start, then the plumbing (veth in the container's
+    // namespace, address, route, offload, OVS port, announcement).
+    let (mut agent_docker, mut agent_plumbing) = (Vec::new(), Vec::new());
+    for node in 1..=nodes {
+        let log = std::fs::read_to_string(lab.node_dir(node).join("agent.log")).unwrap_or_default();
+        for line in log
+            .lines()
+            .map(strip_ansi)
+            .filter(|l| l.contains("container started and plumbed"))
+        {
+            if !line.contains("container=bench-") {
+                continue;
+            }
+            if let (Some(d), Some(p)) = (
+                field_ms(&line, "docker_ms="),
+                field_ms(&line, "plumbing_ms="),
+            ) {
+                agent_docker.push(d);
+                agent_plumbing.push(p);
+            }
+        }
+    }
+    let (ad_med, ad_p99) = median_p99(&agent_docker);
+    let (ap_med, ap_p99) = median_p99(&agent_plumbing);
 
     // ---- 2. Drift repair: GRE port on node1 towards node2, and bench-0's veth (node1).
     let gre = names::gre_port_name(NETWORK, "node2");
@@ -192,6 +216,13 @@ fn main() {
         "| topo's cost per container (difference of the medians) | {:.0} ms | |",
         t_med - d_med
     );
+    println!(
+        "| inside the agent: Docker create + start ({} containers) | {ad_med:.0} ms | {ad_p99:.0} ms |",
+        agent_docker.len()
+    );
+    println!(
+        "| inside the agent: plumbing after the start (networking cost) | {ap_med:.0} ms | {ap_p99:.0} ms |"
+    );
     println!("| drift: GRE port deleted → recreated | {g_med:.0} ms | {g_p99:.0} ms |");
     println!("| drift: container veth deleted → recreated | {v_med:.0} ms | {v_p99:.0} ms |");
     println!();
@@ -225,4 +256,29 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip to the end of the escape sequence (a letter).
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `docker_ms=12.3` in a tracing line, as a Duration.
+fn field_ms(line: &str, key: &str) -> Option<Duration> {
+    let v = line.split_once(key)?.1.split_whitespace().next()?;
+    let ms: f64 = v.parse().ok()?;
+    Some(Duration::from_secs_f64(ms / 1000.0))
 }

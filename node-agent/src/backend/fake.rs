@@ -385,6 +385,21 @@ pub struct FakeInterfaces {
     host: Mutex<InterfacesHost>,
     log: Mutex<Log<InterfaceError>>,
     watchers: Watchers<LinkEvent>,
+    announced: Mutex<Vec<Announcement>>,
+    port_probe: Mutex<Option<PortProbe>>,
+}
+
+/// Tells whether a host veth's port is on a bridge (see [`FakeInterfaces::probe_ports_with`]).
+pub type PortProbe = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// One gratuitous ARP the fake sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announcement {
+    pub host_veth: String,
+    pub pid: u32,
+    pub address: Ipv4Net,
+    /// Whether the veth's port was on a bridge when it was sent (None: no probe set).
+    pub on_bridge: Option<bool>,
 }
 
 impl Default for FakeInterfaces {
@@ -419,7 +434,20 @@ impl FakeInterfaces {
             host: Mutex::new(InterfacesHost::default()),
             log: Mutex::new(Log::default()),
             watchers: Watchers::new(),
+            announced: Mutex::new(Vec::new()),
+            port_probe: Mutex::new(None),
         }
+    }
+
+    /// Lets each announcement record whether its veth's port was on a bridge then (e.g.
+    /// by looking at a `FakeOvs`).
+    pub fn probe_ports_with(&self, probe: PortProbe) {
+        *lock(&self.port_probe) = Some(probe);
+    }
+
+    /// Every gratuitous ARP sent, in order.
+    pub fn announced(&self) -> Vec<Announcement> {
+        lock(&self.announced).clone()
     }
 
     pub fn host(&self) -> MutexGuard<'_, InterfacesHost> {
@@ -524,6 +552,29 @@ impl Interfaces for FakeInterfaces {
             }
         }
         Ok(diffs)
+    }
+
+    async fn announce(&self, pid: u32, att: &AttachmentEntry) -> Result<(), InterfaceError> {
+        lock(&self.log).call("announce", &att.host_veth)?;
+        let present = self
+            .host()
+            .attachments
+            .get(&att.host_veth)
+            .is_some_and(|(p, o)| *p == pid && o.peer.is_some());
+        if !present {
+            return Err(InterfaceError::NotFound {
+                name: att.interface.clone(),
+            });
+        }
+        let probe = lock(&self.port_probe).clone();
+        let on_bridge = probe.map(|f| f(&att.host_veth));
+        lock(&self.announced).push(Announcement {
+            host_veth: att.host_veth.clone(),
+            pid,
+            address: att.address,
+            on_bridge,
+        });
+        Ok(())
     }
 
     async fn list_owned(&self) -> Result<Vec<HostInterface>, InterfaceError> {

@@ -938,7 +938,10 @@ mod tests {
         o.exact = true;
         assert!(o.satisfies(&rules));
         o.rules.isolate.pop();
-        assert!(!o.satisfies(&rules), "a missing isolation pair needs a write");
+        assert!(
+            !o.satisfies(&rules),
+            "a missing isolation pair needs a write"
+        );
     }
 
     #[test]

@@ -679,12 +679,11 @@ impl Interfaces for NetlinkInterfaces {
 
     async fn announce(&self, pid: u32, att: &AttachmentEntry) -> Result<(), InterfaceError> {
         let ns = enter(pid).await?;
-        let peer =
-            get_link(&ns.handle, &att.interface)
-                .await?
-                .ok_or_else(|| InterfaceError::NotFound {
-                    name: att.interface.clone(),
-                })?;
+        let peer = get_link(&ns.handle, &att.interface).await?.ok_or_else(|| {
+            InterfaceError::NotFound {
+                name: att.interface.clone(),
+            }
+        })?;
         let frame = arp_announcement(&peer.mac, att.address.addr()).ok_or_else(|| {
             InterfaceError::NotFound {
                 name: format!("the MAC address of {}", att.interface),

@@ -142,14 +142,23 @@ pub struct Fakes {
 
 impl Fakes {
     pub fn new() -> Self {
-        Fakes {
+        let f = Fakes {
             docker: Arc::new(FakeContainers::new(NODE).with_image(IMAGE)),
             ifs: Arc::new(FakeInterfaces::new()),
             ovs: Arc::new(FakeOvs::new(NODE).with_foreign_bridge("br-phy")),
             nat: Arc::new(FakeNat::new()),
             reports: MemoryReports::new(),
             events: MemoryEvents::new(),
-        }
+        };
+        // Each gratuitous ARP records whether its veth's port was on a bridge at the time.
+        let ovs = f.ovs.clone();
+        f.ifs.probe_ports_with(Arc::new(move |veth: &str| {
+            ovs.state()
+                .bridges
+                .values()
+                .any(|b| b.ports.contains_key(veth))
+        }));
+        f
     }
 
     pub fn backends(&self) -> Backends {
