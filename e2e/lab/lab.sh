@@ -90,9 +90,19 @@ pidfile_pid() { # prints the pid in FILE if that process is alive
   p=$(tr -dc '0-9' 2>/dev/null <"$1") || return 1
   [[ -n $p ]] && is_alive "$p" && echo "$p"
 }
-# find_pids NAME_REGEX SUBSTRING: processes whose argv[0] basename matches NAME_REGEX and
-# whose command line contains SUBSTRING.
+# find_pids NAME_REGEX SUBSTRING [same-netns]: processes whose argv[0] basename matches
+# NAME_REGEX and whose command line contains SUBSTRING; with `same-netns`, only those in this
+# shell's network namespace (the controller's command line names no state directory, and
+# another lab isolated in its own namespace runs one with the same --listen).
 find_pids() {
+  if [[ ${3:-} == same-netns ]]; then
+    local p mine
+    mine=$(readlink /proc/self/ns/net)
+    while read -r p; do
+      [[ -n $p && $(readlink "/proc/$p/ns/net" 2>/dev/null) == "$mine" ]] && echo "$p"
+    done < <(find_pids "$1" "$2")
+    return 0
+  fi
   ps -ww -eo pid=,args= 2>/dev/null | awk -v re="$1" -v needle="$2" -v self="$$" -v me="$BASHPID" '
     { exe = $2; sub(/.*\//, "", exe)
       if ($1 == self || $1 == me) next
@@ -122,13 +132,13 @@ stop_pids() {
     sleep 0.1
   done
 }
-# stop_component TENTHS PIDFILE NAME_REGEX SUBSTRING
+# stop_component TENTHS PIDFILE NAME_REGEX SUBSTRING [same-netns]
 stop_component() {
-  local tenths=$1 pidfile=$2 re=$3 sub=$4 pids=() p
+  local tenths=$1 pidfile=$2 re=$3 sub=$4 scope=${5:-} pids=() p
   if p=$(pidfile_pid "$pidfile"); then pids+=("$p"); fi
   while read -r p; do
     [[ -n $p ]] && pids+=("$p")
-  done < <(find_pids "$re" "$sub")
+  done < <(find_pids "$re" "$sub" "$scope")
   ((${#pids[@]})) || return 0
   mapfile -t pids < <(printf '%s\n' "${pids[@]}" | sort -u)
   stop_pids "$tenths" "${pids[@]}"
@@ -402,7 +412,7 @@ controller_start() {
 controller_stop() { # [SIG]
   local sig=${1:-TERM} p
   if [[ $sig == TERM ]]; then
-    stop_component 100 "$DIR/controller.pid" '^topo-controller$' "$CTRL_LISTEN"
+    stop_component 100 "$DIR/controller.pid" '^topo-controller$' "$CTRL_LISTEN" same-netns
   elif p=$(pidfile_pid "$DIR/controller.pid"); then
     kill -s "$sig" "$p"
     if [[ $sig == KILL || $sig == SIGKILL || $sig == 9 ]]; then
@@ -557,7 +567,7 @@ cmd_down() {
     stop_component 50 "$nd/agent.pid" '^topo-agent$' "$nd/db.sock"
   done
   stop_component 50 /dev/null '^topo-agent$' "$DIR/"
-  stop_component 50 "$DIR/controller.pid" '^topo-controller$' "$CTRL_LISTEN"
+  stop_component 50 "$DIR/controller.pid" '^topo-controller$' "$CTRL_LISTEN" same-netns
   # 2. containers, dockerd, containerd
   if [[ -S $DOCKER_SOCK ]] && timeout 5 "$DOCKER_CLI" -H "unix://$DOCKER_SOCK" info >/dev/null 2>&1; then
     mapfile -t ids < <(timeout 10 "$DOCKER_CLI" -H "unix://$DOCKER_SOCK" ps -aq 2>/dev/null || true)

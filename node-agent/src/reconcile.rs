@@ -1063,7 +1063,7 @@ async fn reconcile_container(
     if !readd.is_empty() {
         ctx.backends
             .ovs
-            .apply(&readd)
+            .apply_and_wait(&readd)
             .await
             .map_err(|source| ReconcileError::OvsApply {
                 what: format!("stale ports of container {}", c.name),

@@ -420,6 +420,22 @@ fn backend_ovs_bridge_gre_monitor_and_ownership() {
                 "a foreign port on our bridge is left alone"
             );
 
+            // A re-add waits for ovs-vswitchd to apply the removal (cur_cfg catches up with
+            // next_cfg) before the port comes back: well before the wait would give up.
+            let started = std::time::Instant::now();
+            ovs.reattach_port("tb-net", "tg-node2").await.unwrap();
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "ovs-vswitchd's cur_cfg never caught up"
+            );
+            let cfg =
+                |c: &str| -> i64 { vs(&["get", "Open_vSwitch", ".", c]).trim().parse().unwrap() };
+            assert!(cfg("next_cfg") > 0 && cfg("cur_cfg") >= cfg("next_cfg"));
+            let st = ovs.observe().await.unwrap();
+            assert!(
+                st.bridges["tb-net"].ports["tg-node2"].matches(&gre([192, 168, 200, 2], 43), true)
+            );
+
             // ovsdb-server restarts: the monitor reconnects and asks for a resync; calls reconnect.
             let (done_tx, done_rx) = std::sync::mpsc::channel();
             restart_tx.send(done_tx).unwrap();

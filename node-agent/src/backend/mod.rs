@@ -490,6 +490,13 @@ pub trait Ovs: Send + Sync {
     /// port as healthy. One transaction would not do: ovs-vswitchd would see the same port.
     /// An absent port is fine (nothing to do); a foreign one is `OvsError::NotOwned`.
     async fn reattach_port(&self, bridge: &str, name: &str) -> Result<(), OvsError>;
+    /// [`Ovs::apply`], then waits (a bounded while) until ovs-vswitchd has reconfigured with
+    /// the change. Removing a port before adding it back under the same name needs this:
+    /// when ovs-vswitchd reads both transactions in one pass it sees the same port and keeps
+    /// its handle on the deleted device.
+    async fn apply_and_wait(&self, changes: &[OvsChange]) -> Result<(), OvsError> {
+        self.apply(changes).await
+    }
     /// Monitor updates of Bridge/Port/Interface rows.
     fn watch(&self) -> BoxStream<'static, OvsEvent>;
 }

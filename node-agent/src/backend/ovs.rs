@@ -262,6 +262,33 @@ const INTERFACE_COLUMNS: [&str; 7] = [
 ];
 
 /// The read-only transaction of [`Snapshot`]: one select per table.
+/// How long [`Ovs::apply_and_wait`] waits for ovs-vswitchd to reconfigure.
+const RECONFIGURE_WAIT: Duration = Duration::from_secs(3);
+
+/// Operations appended to a transaction so that ovs-vswitchd reports (in `cur_cfg`) when it
+/// has applied it: bump `next_cfg`, and read it back (the last result).
+pub fn next_cfg_ops() -> [Value; 2] {
+    [
+        json!({"op": "mutate", "table": DB, "where": [], "mutations": [["next_cfg", "+=", 1]]}),
+        json!({"op": "select", "table": DB, "where": [], "columns": ["next_cfg"]}),
+    ]
+}
+
+fn cur_cfg_ops() -> Value {
+    json!([DB, {"op": "select", "table": DB, "where": [], "columns": ["cur_cfg"]}])
+}
+
+/// `column` of the Open_vSwitch row in the last result of a transaction's answer.
+pub fn selected_cfg(result: &Value, column: &str) -> Option<i64> {
+    result
+        .as_array()?
+        .last()?
+        .get("rows")?
+        .get(0)?
+        .get(column)?
+        .as_i64()
+}
+
 pub fn select_ops() -> Value {
     json!([
         DB,
@@ -754,6 +781,27 @@ impl OvsdbSwitch {
     }
 
     /// Bridges, ports and interfaces with their uuids.
+    /// Waits until ovs-vswitchd's `cur_cfg` reaches `target` (it has reconfigured with every
+    /// transaction up to the one that set `next_cfg` to `target`). Gives up after
+    /// [`RECONFIGURE_WAIT`] with a warning: a slow ovs-vswitchd must not stop the reconcile.
+    async fn wait_for_cfg(&self, target: i64) -> Result<(), OvsError> {
+        let deadline = tokio::time::Instant::now() + RECONFIGURE_WAIT;
+        loop {
+            let r = self.call("transact", cur_cfg_ops(), true).await?;
+            if selected_cfg(&r, "cur_cfg").is_some_and(|c| c >= target) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                warn!(
+                    next_cfg = target,
+                    "ovs-vswitchd did not apply the transaction in time; going on"
+                );
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn snapshot(&self) -> Result<Snapshot, OvsError> {
         let r = self.call("transact", select_ops(), true).await?;
         parse_snapshot(&r)
@@ -785,6 +833,36 @@ impl Ovs for OvsdbSwitch {
         }
     }
 
+    async fn apply_and_wait(&self, changes: &[OvsChange]) -> Result<(), OvsError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let snap = self.snapshot().await?;
+        check_changes(&snap.state, changes)?;
+        let changes = effective_changes(&snap.state, changes);
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut ops = transaction_ops(&self.node, &snap, &changes)?;
+        if let Some(a) = ops.as_array_mut() {
+            a.extend(next_cfg_ops());
+        }
+        debug!(
+            changes = changes.len(),
+            "ovsdb transaction, waiting for ovs-vswitchd"
+        );
+        let r = self.call("transact", ops, false).await?;
+        if let Some(e) = transaction_error(&r) {
+            return Err(e);
+        }
+        let Some(target) = selected_cfg(&r, "next_cfg") else {
+            return Err(OvsError::Protocol(
+                "the transaction's answer holds no next_cfg".into(),
+            ));
+        };
+        self.wait_for_cfg(target).await
+    }
+
     async fn reattach_port(&self, bridge: &str, name: &str) -> Result<(), OvsError> {
         let snap = self.snapshot().await?;
         let Some(port) = snap
@@ -800,13 +878,7 @@ impl Ovs for OvsdbSwitch {
             bridge: bridge.to_string(),
             name: name.to_string(),
         }];
-        check_changes(&snap.state, &del)?;
-        let r = self
-            .call("transact", transaction_ops(&self.node, &snap, &del)?, false)
-            .await?;
-        if let Some(e) = transaction_error(&r) {
-            return Err(e);
-        }
+        self.apply_and_wait(&del).await?;
         let snap = self.snapshot().await?;
         let add = [OvsChange::AddPort {
             bridge: bridge.to_string(),
@@ -1088,6 +1160,17 @@ mod tests {
             ),
             Err(OvsError::Exists { .. })
         ));
+    }
+
+    #[test]
+    fn next_cfg_is_bumped_and_read_back() {
+        let [mutate, select] = next_cfg_ops();
+        assert_eq!(mutate["mutations"], json!([["next_cfg", "+=", 1]]));
+        assert_eq!(select["columns"], json!(["next_cfg"]));
+        let answer = json!([{"uuid": ["uuid", "p"]}, {"count": 1}, {"rows": [{"next_cfg": 42}]}]);
+        assert_eq!(selected_cfg(&answer, "next_cfg"), Some(42));
+        assert_eq!(selected_cfg(&answer, "cur_cfg"), None);
+        assert_eq!(selected_cfg(&json!([{"rows": []}]), "cur_cfg"), None);
     }
 
     #[test]
