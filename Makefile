@@ -44,6 +44,7 @@ bench: deps
 	@mkdir -p target/bench
 	./target/release/topo-bench | tee target/bench/controller.md
 	TOPO_BIN=$(CURDIR)/target/release ./target/release/lab-bench | tee target/bench/lab.md
+	TOPO_BIN=$(CURDIR)/target/release ./target/release/rewire-bench --rewires 20 | tee target/bench/rewire.md
 	@echo "results in target/bench/*.md; BENCHMARKS.md quotes them with the machine"
 
 ## lab-up: eval "$$(make -s lab-up NODES=3)" — prints only export lines on stdout

@@ -8,8 +8,8 @@
 //!
 //! Measured from the moment the apply starts (`topoctl apply` spawned), on one clock:
 //! - **first connection**: a probe loop inside the consumer (a new `nc` to 127.0.0.1:6379
-//!   every 10 ms) gets an answer from the new target (every target answers with its Docker
-//!   hostname, so the old one never counts);
+//!   every 10 ms) gets an answer from the new target (every target answers with its name
+//!   and a token drawn when its container started, so the old one never counts);
 //! - **target start**: Docker's `State.StartedAt` of the moved target's new container (0 for
 //!   a repoint: that target already runs);
 //! - **programming**: the time of the report in which node1's agent says the rule towards the
@@ -57,12 +57,14 @@ fn parse_args() -> Result<usize, String> {
     Ok(rewires)
 }
 
-/// A target: answers every connection on 6379 with its Docker hostname (its container id).
+/// A target: answers every connection on 6379 with its name and a token drawn when its
+/// container started, so a moved target's new container answers differently from the old
+/// one (both are named `left`, and Docker's hostname is the container's name).
 fn target(name: &str, node: u32) -> String {
     format!(
         "apiVersion: topo.dev/v1alpha1\nkind: Container\nmetadata: {{name: {name}}}\n\
          spec:\n  node: node{node}\n  image: topo/busybox:latest\n\
-         \x20 command: [sh, -c, \"exec nc -ll -p 6379 -e sh -c 'echo $HOSTNAME'\"]\n\
+         \x20 command: [sh, -c, \"t=$(head -c 8 /dev/urandom | md5sum | cut -c1-12); exec nc -ll -p 6379 -e echo {name}-$t\"]\n\
          \x20 networks: [{{network: {NETWORK}}}]\n"
     )
 }
