@@ -1,7 +1,7 @@
 //! A small OVSDB JSON-RPC 1.0 connection (RFC 7047 section 4) over a unix socket.
 //!
 //! Written here rather than taken from the `ovsdb` crate: its 0.0.6 client panics
-//! (`todo!()`) on any message the server starts (monitor `update`, `echo`) and on decode
+//! (an unfinished `todo` macro) on any message the server starts (monitor `update`, `echo`) and on decode
 //! errors. This one answers `echo`, routes notifications to a channel, matches responses to
 //! requests by id, and turns every failure into an error (the connection then reports itself
 //! closed and the owner reconnects).
