@@ -45,7 +45,8 @@ title "bringing up a three-host lab (etcd, topo-controller, node1..node3 with OV
 bash "$LAB" down
 exports=$(bash "$LAB" up --nodes 3) || die "the lab did not come up (see the messages above)"
 eval "$exports"
-dk() { "$DOCKER_CLI" -H "$DOCKER_HOST" "$@"; }
+# An array, not a function: `timeout` (in check) runs programs, not shell functions.
+DK=("$DOCKER_CLI" -H "$DOCKER_HOST")
 
 show_state() {
   "$TOPOCTL" get all -o wide || true
@@ -93,13 +94,13 @@ check() {
   fi
 }
 check "web1 (node1) pings web2 (node2, $WEB2) over GRE" " 0% packet loss" \
-  dk exec topo-web1 ping -c 3 -W 2 "$WEB2"
+  "${DK[@]}" exec topo-web1 ping -c 3 -W 2 "$WEB2"
 check "web1 (node1) fetches http://$WEB2/ from web2 (node2)" "hello from web2" \
-  dk exec topo-web1 timeout 10 wget -q -O - "http://$WEB2/"
+  "${DK[@]}" exec topo-web1 timeout 10 wget -q -O - "http://$WEB2/"
 check "web1 (node1) pings db (node3, static $DB) over GRE" " 0% packet loss" \
-  dk exec topo-web1 ping -c 3 -W 2 "$DB"
+  "${DK[@]}" exec topo-web1 ping -c 3 -W 2 "$DB"
 check "web1 (node1) fetches http://$DB/ from db (node3)" "hello from db" \
-  dk exec topo-web1 timeout 10 wget -q -O - "http://$DB/"
+  "${DK[@]}" exec topo-web1 timeout 10 wget -q -O - "http://$DB/"
 check "node1 fetches db's published port at node3's underlay address (http://192.168.100.3:50080/)" \
   "hello from db" ip netns exec node1 curl -sS --max-time 5 http://192.168.100.3:50080/
 
@@ -110,7 +111,7 @@ while IFS=$'\t' read -r lname from listen endpoint proto target; do
   echo "link/$lname: $from reaches $listen -> ${endpoint:-?} ($proto)"
   if [[ $proto == tcp && -n $target ]]; then
     check "$from fetches http://$listen/ through link $lname (-> $target at ${endpoint:-?})" \
-      "hello from $target" dk exec "topo-$from" timeout 10 wget -q -O - "http://$listen/"
+      "hello from $target" "${DK[@]}" exec "topo-$from" timeout 10 wget -q -O - "http://$listen/"
   fi
 done < <("$TOPOCTL" get links -o json | jq -r '.items[] | [.metadata.name, .spec.from,
   (.spec.listen // ("127.0.0.1:" + (.spec.to.port | tostring))), (.status.endpoint // ""),
