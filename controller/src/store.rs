@@ -220,25 +220,7 @@ impl Store {
     /// Parses and applies whole files as one change.
     pub async fn apply(&self, req: ApplyRequest) -> Result<ApplyResponse, StoreError> {
         let docs = topo_schema::manifest::parse_files(&req.files).map_err(ApiError::invalid)?;
-        let mut causes = Vec::new();
-        // The same object twice would make "what the file says" ambiguous.
-        let mut seen: BTreeMap<ObjectRef, &ParsedDoc> = BTreeMap::new();
-        for d in &docs {
-            let r = d.resource.object_ref();
-            if let Some(first) = seen.insert(r.clone(), d) {
-                causes.push(Cause {
-                    file: Some(d.file.clone()),
-                    line: Some(d.line),
-                    column: Some(1),
-                    object: Some(r.to_string()),
-                    field: None,
-                    message: format!("{r} appears twice (first in {}:{})", first.file, first.line),
-                });
-            }
-        }
-        if !causes.is_empty() {
-            return Err(ApiError::invalid(causes).into());
-        }
+        // parse_files already refused an object defined twice.
         let desired: Vec<Desired> = docs
             .iter()
             .map(|d| Desired {
