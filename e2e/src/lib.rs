@@ -16,6 +16,7 @@ pub mod manifest;
 pub mod parse;
 pub mod poll;
 pub mod scenario;
+pub mod stats;
 
 pub use lab::{Lab, converge, docker_name, node_address, node_name};
 pub use parse::{PingStats, PortCounters};

@@ -14,6 +14,7 @@
 
 use std::time::{Duration, Instant};
 
+use topo_e2e::stats::median_p99;
 use topo_e2e::{Lab, poll, secs};
 use topo_schema::names;
 
@@ -43,21 +44,6 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     Ok(a)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// Median and p99 (nearest rank) of `v`, in ms.
-fn median_p99(v: &[Duration]) -> (f64, f64) {
-    let mut s: Vec<f64> = v.iter().map(|d| ms(*d)).collect();
-    s.sort_by(f64::total_cmp);
-    if s.is_empty() {
-        return (f64::NAN, f64::NAN);
-    }
-    let rank = |p: f64| s[((p * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1];
-    (rank(0.5), rank(0.99))
 }
 
 const NETWORK: &str = "benchnet";
@@ -121,8 +107,8 @@ fn main() {
         lab.apply(&container_yaml(&name, node), secs(120));
         topo_times.push(t.elapsed());
     }
-    let (d_med, d_p99) = median_p99(&docker_times);
-    let (t_med, t_p99) = median_p99(&topo_times);
+    let (d_med, d_p99) = median_p99(docker_times.iter().copied());
+    let (t_med, t_p99) = median_p99(topo_times.iter().copied());
     // Inside the agent: Docker's create + start, then the plumbing (veth in the container's
     // namespace, address, route, offload, OVS port, announcement).
     let (mut agent_docker, mut agent_plumbing) = (Vec::new(), Vec::new());
@@ -130,7 +116,7 @@ fn main() {
         let log = std::fs::read_to_string(lab.node_dir(node).join("agent.log")).unwrap_or_default();
         for line in log
             .lines()
-            .map(strip_ansi)
+            .map(topo_e2e::lab::strip_ansi)
             .filter(|l| l.contains("container started and plumbed"))
         {
             if !line.contains("container=bench-") {
@@ -145,8 +131,8 @@ fn main() {
             }
         }
     }
-    let (ad_med, ad_p99) = median_p99(&agent_docker);
-    let (ap_med, ap_p99) = median_p99(&agent_plumbing);
+    let (ad_med, ad_p99) = median_p99(agent_docker.iter().copied());
+    let (ap_med, ap_p99) = median_p99(agent_plumbing.iter().copied());
 
     // ---- 2. Drift repair: GRE port on node1 towards node2, and bench-0's veth (node1).
     let gre = names::gre_port_name(NETWORK, "node2");
@@ -176,8 +162,8 @@ fn main() {
         veth_times.push(t.elapsed());
         std::thread::sleep(Duration::from_millis(300));
     }
-    let (g_med, g_p99) = median_p99(&gre_times);
-    let (v_med, v_p99) = median_p99(&veth_times);
+    let (g_med, g_p99) = median_p99(gre_times.iter().copied());
+    let (v_med, v_p99) = median_p99(veth_times.iter().copied());
 
     // ---- 3. The agent at rest.
     let pid = lab
@@ -256,24 +242,6 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
-}
-
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // Skip to the end of the escape sequence (a letter).
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// `docker_ms=12.3` in a tracing line, as a Duration.

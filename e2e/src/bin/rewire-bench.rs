@@ -25,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use topo_e2e::links::{identity, link_state, nc, report};
+use topo_e2e::stats::median_p99;
 use topo_e2e::{Lab, poll, secs};
 use topo_schema::Kind;
 
@@ -196,21 +197,6 @@ fn rewire(lab: &Lab, yaml: &str, moved: Option<&str>) -> Result<Sample, String> 
         target_start,
         programming: since(t0, programmed),
     })
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// Median and p99 (nearest rank), in ms.
-fn median_p99(v: impl Iterator<Item = Duration>) -> (f64, f64) {
-    let mut s: Vec<f64> = v.map(ms).collect();
-    s.sort_by(f64::total_cmp);
-    if s.is_empty() {
-        return (f64::NAN, f64::NAN);
-    }
-    let rank = |p: f64| s[((p * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1];
-    (rank(0.5), rank(0.99))
 }
 
 fn row(what: &str, samples: &[Sample]) {
