@@ -184,12 +184,28 @@ fn read_manifests(
             "no manifests: pass -f FILE, -f DIR or -f -".into(),
         ));
     }
-    let sources = inputs::collect(
+    let sources = read_sources(files)?;
+    let objects = crate::manifests::parse(&sources).map_err(CliError::Invalid)?;
+    objects_or_usage(sources, objects)
+}
+
+fn read_sources(files: &args::FileArgs) -> Result<Vec<topo_schema::api::SourceFile>, CliError> {
+    if files.filename.is_empty() {
+        return Err(CliError::Usage(
+            "no manifests: pass -f FILE, -f DIR or -f -".into(),
+        ));
+    }
+    Ok(inputs::collect(
         &files.filename,
         files.recursive,
         &mut std::io::stdin().lock(),
-    )?;
-    let objects = crate::manifests::parse(&sources).map_err(CliError::Invalid)?;
+    )?)
+}
+
+fn objects_or_usage(
+    sources: Vec<topo_schema::api::SourceFile>,
+    objects: Vec<Resource>,
+) -> Result<(Vec<topo_schema::api::SourceFile>, Vec<Resource>), CliError> {
     if objects.is_empty() {
         return Err(CliError::Usage(
             "no objects passed (the files hold no documents)".into(),
@@ -230,8 +246,26 @@ fn progress_for_terminal(total: usize) -> Box<dyn Progress> {
 }
 
 async fn apply(ctx: &Ctx, a: args::ApplyArgs) -> Result<i32, CliError> {
-    let (sources, objects) = read_manifests(&a.files)?;
+    let sources = read_sources(&a.files)?;
     let client = ctx.client()?;
+    let objects = match crate::manifests::parse(&sources) {
+        Ok(objects) => objects,
+        // Locally only the errors within the files are known; the server also checks them
+        // against what it holds (addresses held, networks that exist) and reports every
+        // error in one round. A dry run, so nothing can change even if it disagreed.
+        Err(local) if a.dry_run != DryRun::Client => {
+            let req = ApplyRequest {
+                files: sources,
+                dry_run: true,
+            };
+            return Err(match client.apply(&req).await {
+                Err(e) if e.reason() == Some(topo_schema::api::ErrorReason::Invalid) => e.into(),
+                _ => CliError::Invalid(local),
+            });
+        }
+        Err(local) => return Err(CliError::Invalid(local)),
+    };
+    let (sources, objects) = objects_or_usage(sources, objects)?;
     if a.dry_run == DryRun::Client {
         let mut out = String::new();
         for o in &objects {

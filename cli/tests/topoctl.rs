@@ -632,3 +632,34 @@ async fn delete_wait_waits_until_the_agents_removed_the_object() {
         .expect("output");
     assert!(out.status.success(), "{out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_round_reports_static_and_cross_object_errors_together() {
+    let (lab, _) = lab_with_base().await;
+    let f = lab.write(
+        "two.yaml",
+        "apiVersion: topo.dev/v1alpha1\nkind: Container\nmetadata: {name: bad1}\nspec:\n  node: node1\n  image: topo/busybox:latest\n  networks:\n    - network: overlay\n      ip: 10.3.0.5\n---\napiVersion: topo.dev/v1alpha1\nkind: Container\nmetadata: {name: bad2}\nspec:\n  node: node1\n  image: topo/busybox:latest\n  networks: [{network: overlay}]\n  ports:\n    - {containerPort: 70000}\n",
+    );
+    let out = lab.topoctl(&["apply", "-f", &f]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    let mut lines = out.stderr.lines();
+    assert_eq!(
+        lines.next(),
+        Some("error: 2 errors; nothing was changed"),
+        "{out:?}"
+    );
+    assert!(
+        lines.next().unwrap_or_default().starts_with(&format!(
+            "  {f}:9:7: container/bad1: spec.networks[0].ip: 10.3.0.5 is outside network overlay"
+        )),
+        "the cross-object error, located, comes with the static one: {out:?}"
+    );
+    assert!(
+        lines.next().unwrap_or_default().starts_with(&format!(
+            "  {f}:19:8: container/bad2: spec.ports[0].containerPort: 70000 is out of range"
+        )),
+        "{out:?}"
+    );
+    let out = lab.topoctl(&["get", "c", "bad1"]).await;
+    assert_eq!(out.code, 1, "nothing was created: {out:?}");
+}

@@ -219,8 +219,12 @@ impl Store {
 
     /// Parses and applies whole files as one change.
     pub async fn apply(&self, req: ApplyRequest) -> Result<ApplyResponse, StoreError> {
-        let docs = topo_schema::manifest::parse_files(&req.files).map_err(ApiError::invalid)?;
-        // parse_files already refused an object defined twice.
+        let parsed = topo_schema::manifest::parse_files_lenient(&req.files);
+        if !parsed.errors.is_empty() {
+            return Err(ApiError::invalid(self.all_causes(parsed, &req.files)).into());
+        }
+        let docs = parsed.docs;
+        // parse_files_lenient already refused an object defined twice.
         let desired: Vec<Desired> = docs
             .iter()
             .map(|d| Desired {
@@ -230,6 +234,34 @@ impl Store {
             .collect();
         self.write(desired, &[], req.dry_run, WriteMode::Apply)
             .await
+    }
+
+    /// The errors of an invalid apply, with the cross-object ones (outside the cidr, held
+    /// already, ...) when every document could be read, so one round shows every error.
+    fn all_causes(
+        &self,
+        parsed: topo_schema::manifest::Lenient,
+        files: &[topo_schema::api::SourceFile],
+    ) -> Vec<Cause> {
+        let mut causes = parsed.errors;
+        if parsed.complete {
+            let snap = self.snapshot();
+            let existing: Vec<&Resource> = snap
+                .objects
+                .values()
+                .filter(|o| !o.is_derived())
+                .map(|o| &o.resource)
+                .collect();
+            for c in topo_schema::manifest::check_apply(&parsed.docs, &existing) {
+                if !causes.contains(&c) {
+                    causes.push(c);
+                }
+            }
+        }
+        // In the order of the files as given, then of their lines.
+        let file_index = |c: &Cause| files.iter().position(|f| Some(&f.name) == c.file.as_ref());
+        causes.sort_by_key(|c| (file_index(c), c.line, c.column));
+        causes
     }
 
     pub async fn create(&self, r: Resource, dry_run: bool) -> Result<Resource, StoreError> {

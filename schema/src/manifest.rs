@@ -113,19 +113,42 @@ pub fn locate_cause(docs: &[ParsedDoc], obj: &ObjectRef, err: &FieldError) -> Ca
 /// Parses several files as one change: every error of every file, plus any object defined
 /// twice (naming both places).
 pub fn parse_files(files: &[SourceFile]) -> Result<Vec<ParsedDoc>, Vec<Cause>> {
+    let parsed = parse_files_lenient(files);
+    if parsed.errors.is_empty() {
+        Ok(parsed.docs)
+    } else {
+        Err(parsed.errors)
+    }
+}
+
+/// What [`parse_files_lenient`] read.
+pub struct Lenient {
+    /// Every document that could be read, also those that failed static validation.
+    pub docs: Vec<ParsedDoc>,
+    pub errors: Vec<Cause>,
+    /// Every document could be read (the errors are all of static validation): the
+    /// cross-object checks of `docs` then mean something and can be reported together with
+    /// `errors`, so one round shows every error.
+    pub complete: bool,
+}
+
+/// [`parse_files`] that keeps the documents that failed only static validation.
+pub fn parse_files_lenient(files: &[SourceFile]) -> Lenient {
     let mut docs = Vec::new();
     let mut errors = Vec::new();
+    let mut complete = true;
     for f in files {
-        match parse_file(&f.name, &f.content) {
-            Ok(d) => docs.extend(d),
-            Err(e) => errors.extend(e),
-        }
+        let out = parse_output(&f.name, &f.content);
+        complete &= out.errors.len() == out.validation_errors;
+        docs.extend(out.docs);
+        docs.extend(out.invalid);
+        errors.extend(out.errors);
     }
     errors.extend(duplicates(&docs));
-    if errors.is_empty() {
-        Ok(docs)
-    } else {
-        Err(errors)
+    Lenient {
+        docs,
+        errors,
+        complete,
     }
 }
 
@@ -189,11 +212,22 @@ pub fn check_apply(docs: &[ParsedDoc], existing: &[&Resource]) -> Vec<Cause> {
 /// Parses a multi-document YAML (or JSON) file; every error is an api::Cause naming file,
 /// line, column and field path. Runs validate_object on each document too.
 pub fn parse_file(file: &str, content: &str) -> Result<Vec<ParsedDoc>, Vec<Cause>> {
+    let out = parse_output(file, content);
+    if out.errors.is_empty() {
+        Ok(out.docs)
+    } else {
+        Err(out.errors)
+    }
+}
+
+fn parse_output<'a>(file: &'a str, content: &str) -> Output<'a> {
     let source: Arc<str> = Arc::from(content);
     let mut out = Output {
         file,
         docs: Vec::new(),
+        invalid: Vec::new(),
         errors: Vec::new(),
+        validation_errors: 0,
     };
     match json_items(file, &source) {
         Some(Ok(items)) => {
@@ -219,17 +253,17 @@ pub fn parse_file(file: &str, content: &str) -> Result<Vec<ParsedDoc>, Vec<Cause
             }
         }
     }
-    if out.errors.is_empty() {
-        Ok(out.docs)
-    } else {
-        Err(out.errors)
-    }
+    out
 }
 
 struct Output<'a> {
     file: &'a str,
     docs: Vec<ParsedDoc>,
+    /// Read, but failed static validation.
+    invalid: Vec<ParsedDoc>,
     errors: Vec<Cause>,
+    /// How many of `errors` are static validation errors of documents in `invalid`.
+    validation_errors: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -609,7 +643,9 @@ fn finish(
             if errors.is_empty() {
                 out.docs.push(doc);
             } else {
+                out.validation_errors += errors.len();
                 out.errors.extend(errors);
+                out.invalid.push(doc);
             }
         }
         Err((msg, loc)) => {
