@@ -636,7 +636,16 @@ impl Lab {
 
     /// The node's heartbeat, as its agent last wrote it (None when the lease lapsed).
     pub fn heartbeat(&self, node: u32) -> Result<Option<Heartbeat>, String> {
-        let key = keys::heartbeat(&node_name(node));
+        self.etcd_json(&keys::heartbeat(&node_name(node)), "a Heartbeat")
+    }
+
+    /// The JSON value under an etcd `key` (None when absent); `what` names the expected type
+    /// in the error.
+    pub fn etcd_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        what: &str,
+    ) -> Result<Option<T>, String> {
         let endpoints = format!("--endpoints={}", self.etcd_endpoints());
         let out = self.sh(
             "etcdctl",
@@ -645,7 +654,7 @@ impl Lab {
                 "--dial-timeout=3s",
                 "--command-timeout=10s",
                 "get",
-                &key,
+                key,
                 "--print-value-only",
             ],
         );
@@ -658,7 +667,7 @@ impl Lab {
         }
         serde_json::from_str(v)
             .map(Some)
-            .map_err(|e| format!("heartbeat of node{node} is not a Heartbeat ({e}): {v}"))
+            .map_err(|e| format!("{key} is not {what} ({e}): {v}"))
     }
 
     // ------------------------------------------------------------------ Docker and containers

@@ -193,29 +193,10 @@ pub fn report(
     kind: Kind,
     name: &str,
 ) -> Result<Option<ObservedReport>, String> {
-    let key = keys::report(&node_name(node), kind, name);
-    let endpoints = format!("--endpoints={}", lab.etcd_endpoints());
-    let out = lab.sh(
-        "etcdctl",
-        &[
-            &endpoints,
-            "--dial-timeout=3s",
-            "--command-timeout=10s",
-            "get",
-            &key,
-            "--print-value-only",
-        ],
-    );
-    if !out.success() {
-        return Err(out.describe_failure());
-    }
-    let v = out.stdout.trim();
-    if v.is_empty() {
-        return Ok(None);
-    }
-    serde_json::from_str(v)
-        .map(Some)
-        .map_err(|e| format!("report {key} is not an ObservedReport ({e}): {v}"))
+    lab.etcd_json(
+        &keys::report(&node_name(node), kind, name),
+        "an ObservedReport",
+    )
 }
 
 /// A TCP server in the lab's root namespace (192.168.100.254, outside every network) that

@@ -58,25 +58,20 @@ impl<'a> Scenario<'a> {
     #[track_caller]
     pub fn apply(&self, yaml: &str, timeout: Duration) -> Vec<String> {
         let t = format!("{}s", timeout.as_secs());
-        let out = self.lab.apply_raw(yaml, &["--wait", "--timeout", &t]);
-        // Remembered before judging: a timed-out --wait still created the objects.
-        let refs = crate::lab::applied_refs(&out.stdout);
-        self.remember(&refs);
-        if !out.success() {
-            panic!(
-                "apply failed:\n{}\n\nthe manifest:\n{yaml}\n{}",
-                out.describe_failure(),
-                self.lab.diagnostics()
-            );
-        }
-        refs
+        self.apply_with(yaml, &["--wait", "--timeout", &t])
     }
 
     /// Applies `yaml` without waiting for Ready (for objects that cannot be Ready yet, such
     /// as a link to a container that does not exist), and remembers it for clean-up.
     #[track_caller]
     pub fn apply_nowait(&self, yaml: &str) -> Vec<String> {
-        let out = self.lab.apply_raw(yaml, &[]);
+        self.apply_with(yaml, &[])
+    }
+
+    #[track_caller]
+    fn apply_with(&self, yaml: &str, extra: &[&str]) -> Vec<String> {
+        let out = self.lab.apply_raw(yaml, extra);
+        // Remembered before judging: a timed-out --wait still created the objects.
         let refs = crate::lab::applied_refs(&out.stdout);
         self.remember(&refs);
         if !out.success() {
