@@ -16,8 +16,8 @@ set -euo pipefail
 
 PKGS=(
   openvswitch-switch etcd-server etcd-client docker.io containerd runc
-  protobuf-compiler nftables iptables iproute2 ethtool busybox-static iperf3 jq
-  build-essential curl procps util-linux kmod ca-certificates
+  protobuf-compiler libprotobuf-dev nftables iptables iproute2 ethtool busybox-static iperf3 jq
+  build-essential curl procps util-linux kmod ca-certificates debootstrap git make
 )
 
 if [[ $(id -u) -ne 0 ]]; then
