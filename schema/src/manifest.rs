@@ -21,6 +21,7 @@ use yaml_rust2::parser::{Event, Parser};
 use crate::API_VERSION;
 use crate::api::{Cause, SourceFile};
 use crate::kinds::{Kind, ObjectRef, Resource};
+use crate::names::closest;
 use crate::validate::{self, FieldError, field_index, field_key};
 
 const KINDS: &str = "Node, Network, Container, Link, Tunnel";
@@ -1014,23 +1015,6 @@ fn backticked(s: &str) -> Vec<&str> {
     s.split('`').skip(1).step_by(2).collect()
 }
 
-/// The closest of `candidates` to `word`, if close enough to be a likely typo.
-pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let w = word.to_ascii_lowercase();
-    let limit = match w.chars().count() {
-        0..=3 => 1,
-        4..=8 => 2,
-        _ => 3,
-    };
-    candidates
-        .into_iter()
-        .filter(|c| *c != word)
-        .map(|c| (strsim::damerau_levenshtein(&w, &c.to_ascii_lowercase()), c))
-        .filter(|(d, _)| *d <= limit)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
-}
-
 fn suggestion(word: &str, expected: &[&str]) -> String {
     match closest(word, expected.iter().copied()) {
         Some(s) => format!(" (did you mean {s:?}?)"),
@@ -1793,23 +1777,6 @@ mod tests {
             vec![
                 "b.yaml:5:3: node/node1: metadata.name: node/node1 is defined twice: at a.yaml:4:3 and at b.yaml:5:3 (names are unique per kind)"
             ]
-        );
-    }
-
-    #[test]
-    fn closest_names() {
-        assert_eq!(
-            closest("Contianer", Kind::ALL.map(Kind::as_str)),
-            Some("Container")
-        );
-        assert_eq!(
-            closest("container", Kind::ALL.map(Kind::as_str)),
-            Some("Container")
-        );
-        assert_eq!(closest("Pod", Kind::ALL.map(Kind::as_str)), None);
-        assert_eq!(
-            closest("imagee", ["node", "image", "command"]),
-            Some("image")
         );
     }
 }

@@ -570,7 +570,7 @@ fn list_refs(refs: &[ObjectRef]) -> String {
 }
 
 fn suggest_among<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> String {
-    match crate::manifest::closest(name, candidates) {
+    match names::closest(name, candidates) {
         Some(c) => format!(" (did you mean {c:?}?)"),
         None => String::new(),
     }
