@@ -33,6 +33,12 @@ use topo_schema::keys::{self, Fence};
 
 use crate::cache::{Cache, MAX_MESSAGE_BYTES, Snapshot};
 
+mod crash;
+
+#[cfg(any(test, feature = "testing"))]
+pub use self::crash::CrashPoint;
+use self::crash::{CrashHook, Stage};
+
 /// etcd's default `--max-txn-ops`.
 pub const DEFAULT_MAX_TXN_OPS: usize = 128;
 /// Bytes of values per transaction and per intent chunk (etcd's request limit is 1.5 MiB).
@@ -62,6 +68,7 @@ pub enum CommitError {
     #[error("failed to decode intent {id}: {message}")]
     CorruptIntent { id: String, message: String },
     /// A test asked the committer to stop mid-way, as a crash would.
+    #[cfg(any(test, feature = "testing"))]
     #[error("failed to commit: stopped at {0:?} (injected crash)")]
     InjectedCrash(CrashPoint),
     #[error("failed to commit: the cache did not reach revision {0} in time")]
@@ -190,24 +197,13 @@ fn batches(ops: &[Op], max_ops: usize, max_bytes: usize) -> Vec<&[Op]> {
     out
 }
 
-/// Where a test makes an intent commit stop, as if the process died there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CrashPoint {
-    /// Chunks written, intent not committed: the change must vanish.
-    AfterChunks,
-    /// Intent committed, nothing applied: the change must be rolled forward.
-    AfterDecide,
-    /// Intent committed, this many batches applied: the change must be rolled forward.
-    AfterBatches(usize),
-}
-
 /// Commits change sets against the fence. Cheap to clone.
 #[derive(Clone)]
 pub struct Committer {
     client: Client,
     cache: Cache,
     max_txn_ops: usize,
-    crash: Option<CrashPoint>,
+    crash: CrashHook,
 }
 
 impl Committer {
@@ -216,14 +212,14 @@ impl Committer {
             client,
             cache,
             max_txn_ops: max_txn_ops.max(4),
-            crash: None,
+            crash: CrashHook::none(),
         }
     }
 
     /// For crash tests only: stop intent commits at `point`.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "testing"))]
     pub fn with_crash(mut self, point: CrashPoint) -> Self {
-        self.crash = Some(point);
+        self.crash = CrashHook::at(point);
         self
     }
 
@@ -377,9 +373,7 @@ impl Committer {
                 .await
                 .map_err(etcd("write an intent chunk"))?;
         }
-        if self.crash == Some(CrashPoint::AfterChunks) {
-            return Err(CommitError::InjectedCrash(CrashPoint::AfterChunks));
-        }
+        self.crash.check(Stage::ChunksWritten)?;
         // 2. Decide.
         let fence = keys::fence();
         let mut compares = vec![Compare::mod_revision(
@@ -439,12 +433,7 @@ impl Committer {
         }
         tracing::info!(chunks = chunks.len(), "intent committed, applying");
         // 3 and 4, from memory (the chunks in etcd are for whoever must take over).
-        let stop_after = match self.crash {
-            Some(CrashPoint::AfterDecide) => Some(0),
-            Some(CrashPoint::AfterBatches(n)) => Some(n),
-            _ => None,
-        };
-        apply_intent(&self.client, &id, &ops, self.max_txn_ops, stop_after).await
+        apply_intent(&self.client, &id, &ops, self.max_txn_ops, self.crash).await
     }
 }
 
@@ -491,7 +480,7 @@ async fn apply_intent(
     id: &str,
     ops: &[Op],
     max_txn_ops: usize,
-    stop_after: Option<usize>,
+    crash: CrashHook,
 ) -> Result<i64, CommitError> {
     let fence = keys::fence();
     let mut kv = client.kv_client();
@@ -501,13 +490,7 @@ async fn apply_intent(
         .peekable();
     let mut applied = 0;
     loop {
-        if stop_after == Some(applied) {
-            return Err(CommitError::InjectedCrash(if applied == 0 {
-                CrashPoint::AfterDecide
-            } else {
-                CrashPoint::AfterBatches(applied)
-            }));
-        }
+        crash.check(Stage::BatchesApplied(applied))?;
         let (fence_rev, pending) = read_fence(client).await?;
         if pending.as_deref() != Some(id) {
             // Someone else finished it.
@@ -592,7 +575,7 @@ pub async fn roll_forward(
         ops.extend(chunk.ops);
     }
     tracing::warn!(%id, ops = ops.len(), "rolling forward a committed intent");
-    apply_intent(client, id, &ops, max_txn_ops, None).await
+    apply_intent(client, id, &ops, max_txn_ops, CrashHook::none()).await
 }
 
 /// Run on start: rolls forward the intent the fence names, and discards intents that were
