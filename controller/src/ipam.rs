@@ -84,11 +84,36 @@ impl Assignment {
     }
 }
 
+/// The value of an IPAM key. Kept typed here and encoded where the change is committed, so
+/// IPAM stays pure and an encoding failure fails the write.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
+pub enum IpamValue {
+    /// `{"node":..}`: the node that leases a block.
+    Block(BlockValue),
+    /// `{"holder":..}`: the container that holds an address.
+    Addr(AddrValue),
+}
+
+impl IpamValue {
+    pub fn block(node: &str) -> Self {
+        IpamValue::Block(BlockValue {
+            node: node.to_string(),
+        })
+    }
+
+    pub fn addr(holder: &str) -> Self {
+        IpamValue::Addr(AddrValue {
+            holder: holder.to_string(),
+        })
+    }
+}
+
 /// The IPAM keys a change implies, and what they amount to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IpamChanges {
-    /// `(key, JSON value)`: `{"node":..}` for blocks, `{"holder":..}` for addresses.
-    pub puts: Vec<(String, String)>,
+    /// `(key, value)` to put.
+    pub puts: Vec<(String, IpamValue)>,
     pub deletes: Vec<String>,
     /// The keys among `puts` that do not exist yet. A writer that wants flannel's per-key
     /// compare-and-swap on top of the global fence can require them absent.
@@ -587,7 +612,7 @@ fn plan_network<'a>(
             if current.is_none() {
                 out.created.push(key.clone());
             }
-            out.puts.push((key, block_value(node)));
+            out.puts.push((key, IpamValue::block(node)));
         }
     }
     for ip in cur_addrs.keys() {
@@ -602,25 +627,9 @@ fn plan_network<'a>(
             if current.is_none() {
                 out.created.push(key.clone());
             }
-            out.puts.push((key, addr_value(holder)));
+            out.puts.push((key, IpamValue::addr(holder)));
         }
     }
-}
-
-/// The JSON value of a block key.
-pub fn block_value(node: &str) -> String {
-    serde_json::to_string(&BlockValue {
-        node: node.to_string(),
-    })
-    .unwrap_or_default()
-}
-
-/// The JSON value of an address key.
-pub fn addr_value(holder: &str) -> String {
-    serde_json::to_string(&AddrValue {
-        holder: holder.to_string(),
-    })
-    .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -709,16 +718,18 @@ mod tests {
                 }
             }
             for (k, v) in &ch.puts {
+                // Through the wire form, as etcd and the cache would see it.
+                let v = serde_json::to_string(v).unwrap();
                 match keys::parse_ipam_key(k).unwrap() {
                     keys::IpamKey::Block { network, block } => {
-                        let v: BlockValue = serde_json::from_str(v).unwrap();
+                        let v: BlockValue = serde_json::from_str(&v).unwrap();
                         self.blocks
                             .entry(network.to_string())
                             .or_default()
                             .insert(block, v.node);
                     }
                     keys::IpamKey::Addr { network, ip } => {
-                        let v: AddrValue = serde_json::from_str(v).unwrap();
+                        let v: AddrValue = serde_json::from_str(&v).unwrap();
                         self.addrs
                             .entry(network.to_string())
                             .or_default()
@@ -778,11 +789,18 @@ mod tests {
         assert_eq!(a.address("c", "ov"), Some(ip("10.2.1.2")));
         assert_eq!(ch.created.len(), 5);
         assert_eq!(st.assignment(), ch.assignment);
-        assert!(ch.puts.iter().any(|(k, v)| k == "/topo/v1/ipam/ov/blocks/10.2.1.0-24" && v == r#"{"node":"n2"}"#));
+        let json = |v: &IpamValue| serde_json::to_string(v).unwrap();
         assert!(
             ch.puts
                 .iter()
-                .any(|(k, v)| k == "/topo/v1/ipam/ov/addrs/10.2.0.3" && v == r#"{"holder":"b"}"#)
+                .any(|(k, v)| k == "/topo/v1/ipam/ov/blocks/10.2.1.0-24"
+                    && json(v) == r#"{"node":"n2"}"#)
+        );
+        assert!(
+            ch.puts
+                .iter()
+                .any(|(k, v)| k == "/topo/v1/ipam/ov/addrs/10.2.0.3"
+                    && json(v) == r#"{"holder":"b"}"#)
         );
     }
 

@@ -20,7 +20,7 @@ use topo_schema::validate::FieldError;
 use topo_schema::{Kind, LABEL_DERIVED_FROM, ObjectRef, Resource};
 
 use crate::cache::{Snapshot, StoredObject};
-use crate::commit::{ChangeSet, CommitError, Committer};
+use crate::commit::{ChangeSet, CommitError, Committer, EncodeError, encode};
 
 /// Largest stored object: etcd refuses requests over 1.5 MiB, and an intent chunk escapes it.
 pub const MAX_OBJECT_BYTES: usize = 512 * 1024;
@@ -35,6 +35,8 @@ pub enum StoreError {
     Rejected(ApiError),
     #[error(transparent)]
     Commit(#[from] CommitError),
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
 }
 
 impl From<ApiError> for StoreError {
@@ -54,27 +56,35 @@ impl From<StoreError> for ApiError {
             StoreError::Commit(e @ CommitError::TooManyAttempts(_)) => {
                 ApiError::new(ErrorReason::Conflict, e.to_string())
             }
+            StoreError::Commit(CommitError::Encode(e)) | StoreError::Encode(e) => {
+                ApiError::new(ErrorReason::InternalError, with_sources(&e))
+            }
             StoreError::Commit(e) => {
-                let mut msg = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    msg.push_str(": ");
-                    msg.push_str(&s.to_string());
-                    src = s.source();
-                }
-                ApiError::new(ErrorReason::ServiceUnavailable, msg)
+                ApiError::new(ErrorReason::ServiceUnavailable, with_sources(&e))
             }
         }
     }
 }
 
+/// The error's message followed by those of its sources.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
 /// The stored form of an object: no status, no resourceVersion (that is the key's
 /// mod_revision). The leader writes derived tunnels with this too.
-pub fn encode_object(r: &Resource) -> String {
+pub fn encode_object(r: &Resource) -> Result<String, EncodeError> {
     let mut r = r.clone();
     r.clear_status();
     r.metadata_mut().resource_version = None;
-    serde_json::to_string(&r).unwrap_or_default()
+    encode(&keys::object(r.kind(), r.name()), &r)
 }
 
 fn not_found(r: &ObjectRef) -> ApiError {
@@ -456,7 +466,7 @@ fn plan_write(
             updates.push((r.clone(), &o.resource));
         }
         if action != ApplyAction::Unchanged {
-            let encoded = encode_object(&resource);
+            let encoded = encode_object(&resource)?;
             if encoded.len() > MAX_OBJECT_BYTES {
                 causes.push(cause_for(
                     &r,
@@ -559,7 +569,7 @@ fn plan_write(
             for k in &ipam.created {
                 cs.compare(k.clone(), 0);
             }
-            cs.puts.extend(ipam.puts);
+            cs.put_all_json(&ipam.puts)?;
             cs.deletes.extend(ipam.deletes);
         }
         Err(errs) => return Err(ApiError::invalid(locate(errs)).into()),
@@ -618,7 +628,7 @@ mod tests {
         let mut n = node("192.168.1.1");
         n.metadata_mut().resource_version = Some("9".into());
         n.set_status_value(serde_json::json!({"conditions": []}));
-        let v: serde_json::Value = serde_json::from_str(&encode_object(&n)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&encode_object(&n).unwrap()).unwrap();
         assert!(v.get("status").is_none());
         assert!(v["metadata"].get("resourceVersion").is_none());
     }

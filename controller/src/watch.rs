@@ -34,10 +34,11 @@ pub struct ObjectWatch {
     pub resource_version: Option<i64>,
 }
 
-fn line<T: Serialize>(ev: &WatchEvent<T>) -> Bytes {
-    let mut v = serde_json::to_vec(ev).unwrap_or_default();
+/// One NDJSON line.
+fn line<T: Serialize>(ev: &WatchEvent<T>) -> Result<Bytes, serde_json::Error> {
+    let mut v = serde_json::to_vec(ev)?;
     v.push(b'\n');
-    Bytes::from(v)
+    Ok(Bytes::from(v))
 }
 
 fn event<T>(type_: WatchEventType, object: T, rev: i64) -> WatchEvent<T> {
@@ -84,8 +85,17 @@ fn is_compacted(e: &etcd_client::Error) -> bool {
 struct Sink(mpsc::Sender<Result<Bytes, Infallible>>);
 
 impl Sink {
+    /// Sends one event. An event that does not encode ends the stream (logged) rather than
+    /// reaching the client as an empty line; the client resumes from the last
+    /// resourceVersion it saw.
     async fn send<T: Serialize>(&self, ev: &WatchEvent<T>) -> bool {
-        self.0.send(Ok(line(ev))).await.is_ok()
+        match line(ev) {
+            Ok(l) => self.0.send(Ok(l)).await.is_ok(),
+            Err(e) => {
+                tracing::error!(error = %e, resource_version = %ev.resource_version, "failed to encode a watch event, ending the stream");
+                false
+            }
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use topo_schema::{Kind, ObjectRef, Resource, Tunnel};
 use tracing::Instrument;
 
 use crate::cache::{MAX_MESSAGE_BYTES, Snapshot};
-use crate::commit::{ChangeSet, CommitError, Committer};
+use crate::commit::{ChangeSet, CommitError, Committer, EncodeError};
 use crate::ipam::{self, Assignment};
 use crate::planner::{self, Desired, Plan};
 
@@ -112,11 +112,11 @@ impl Leader {
                         .filter(|o| !o.is_derived())
                         .map(|o| &o.resource);
                     let r = ipam::rebuild(objects, &snap.blocks, &snap.addrs);
-                    let cs = ChangeSet {
-                        puts: r.changes.puts,
+                    let mut cs = ChangeSet {
                         deletes: r.changes.deletes,
-                        compares: vec![],
+                        ..ChangeSet::default()
                     };
+                    cs.put_all_json(&r.changes.puts)?;
                     Ok((Some(cs), r.problems))
                 },
             )
@@ -157,7 +157,7 @@ impl Leader {
                 let plan = planner::plan(&desired, &assignment);
                 let planned = started.elapsed();
                 let slice_ops = self.slice_changes(&plan)?;
-                let folded = fold_statuses(&snap, &desired, &plan, &assignment, Utc::now());
+                let folded = fold_statuses(&snap, &desired, &plan, &assignment, Utc::now())?;
                 (slice_ops, plan.derived_tunnels, folded, planned)
             };
             drop(snap);
@@ -224,7 +224,7 @@ impl Leader {
         for (node, entries) in &plan.slices {
             for (entry_key, env) in entries {
                 let key = keys::slice_entry(node, entry_key);
-                let bytes = serde_json::to_vec(env).map_err(|source| LeaderError::Encode {
+                let bytes = serde_json::to_vec(env).map_err(|source| EncodeError {
                     key: key.clone(),
                     source,
                 })?;
@@ -335,7 +335,7 @@ impl Leader {
                         fresh = planner::derived_tunnels(&desired, &assignment);
                         &fresh
                     };
-                    let (cs, diff) = derived_tunnel_changes(snap, wanted, Utc::now());
+                    let (cs, diff) = derived_tunnel_changes(snap, wanted, Utc::now())?;
                     Ok((Some(cs), diff))
                 },
             )
@@ -454,7 +454,7 @@ fn derived_tunnel_changes(
     snap: &Snapshot,
     wanted: &BTreeMap<String, Tunnel>,
     now: DateTime<Utc>,
-) -> (ChangeSet, TunnelDiff) {
+) -> Result<(ChangeSet, TunnelDiff), EncodeError> {
     let mut cs = ChangeSet::default();
     let mut diff = TunnelDiff::default();
     for (name, t) in wanted {
@@ -494,7 +494,7 @@ fn derived_tunnel_changes(
         }
         cs.put(
             keys::object(Kind::Tunnel, name),
-            crate::store::encode_object(&Resource::Tunnel(obj)),
+            crate::store::encode_object(&Resource::Tunnel(obj))?,
         );
     }
     for o in snap.of_kind(Kind::Tunnel).filter(|o| o.is_derived()) {
@@ -513,7 +513,7 @@ fn derived_tunnel_changes(
         }
     }
     diff.ops = cs.puts.len() + cs.deletes.len();
-    (cs, diff)
+    Ok((cs, diff))
 }
 
 #[cfg(test)]
@@ -536,7 +536,7 @@ mod tests {
         let assignment = Assignment::from_state(&s.blocks, &s.addrs);
         let wanted = planner::derived_tunnels(&desired, &assignment);
         assert_eq!(wanted.len(), 1);
-        let (cs, diff) = derived_tunnel_changes(&s, &wanted, now);
+        let (cs, diff) = derived_tunnel_changes(&s, &wanted, now).unwrap();
         assert_eq!(cs.puts.len(), 1);
         assert_eq!(
             cs.compares,
@@ -553,10 +553,10 @@ mod tests {
             create_revision: 9,
         };
         s.objects.insert(o.object_ref(), Arc::new(o));
-        let (cs, _) = derived_tunnel_changes(&s, &wanted, now);
+        let (cs, _) = derived_tunnel_changes(&s, &wanted, now).unwrap();
         assert!(cs.is_empty());
         // No longer wanted: deleted with its status.
-        let (cs, diff) = derived_tunnel_changes(&s, &BTreeMap::new(), now);
+        let (cs, diff) = derived_tunnel_changes(&s, &BTreeMap::new(), now).unwrap();
         assert_eq!(
             cs.deletes,
             vec![

@@ -36,7 +36,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::commit::{CommitError, Committer};
+use crate::commit::{CommitError, Committer, EncodeError};
 
 use self::derive::Leader;
 use self::election::campaign;
@@ -65,12 +65,8 @@ pub enum LeaderError {
         #[source]
         source: CommitError,
     },
-    #[error("failed to encode slice entry {key}")]
-    Encode {
-        key: String,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
     #[error("failed to keep leading: the leadership was lost")]
     Deposed,
 }

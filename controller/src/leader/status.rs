@@ -17,6 +17,7 @@ use topo_schema::{
 };
 
 use crate::cache::Snapshot;
+use crate::commit::{EncodeError, encode};
 use crate::ipam::Assignment;
 use crate::planner::{Desired, Plan};
 
@@ -66,38 +67,88 @@ fn event(object: ObjectRef, type_: EvType, reason: &str, message: String) -> Eve
 }
 
 /// Computes every object's status from the plan, agent reports, heartbeats and IPAM, and
-/// returns those that differ from what is stored.
+/// returns those that differ from what is stored. A status that does not encode fails the
+/// pass (nothing of it is written).
 pub fn fold_statuses(
     snap: &Snapshot,
     desired: &Desired<'_>,
     plan: &Plan,
     assignment: &Assignment,
     now: DateTime<Utc>,
-) -> Folded {
+) -> Result<Folded, EncodeError> {
     let mut out = Folded::default();
+    for (name, n) in &desired.nodes {
+        let st = fold_node(n, snap, assignment, now);
+        out.node_block_events(name, n.status.as_ref(), &st);
+        out.push(&ObjectRef::new(Kind::Node, *name), &st, n.status.as_ref())?;
+    }
+    for (name, n) in &desired.networks {
+        let st = fold_network(name, n, plan, assignment, now);
+        out.push(
+            &ObjectRef::new(Kind::Network, *name),
+            &st,
+            n.status.as_ref(),
+        )?;
+    }
+    // A link's readiness follows its target container's, folded first.
     let mut container_ready: HashMap<&str, Option<String>> = HashMap::new();
-    // The stored status is compared typed (it is merged into the object when it decodes), so
-    // an unchanged status costs no serialization; one that does not decode is rewritten.
+    for (name, c) in &desired.containers {
+        let st = fold_container(name, c, snap, plan, assignment, now);
+        container_ready.insert(name, not_ready_why(&st.conditions));
+        out.address_events(name, c.status.as_ref(), &st);
+        out.push(
+            &ObjectRef::new(Kind::Container, *name),
+            &st,
+            c.status.as_ref(),
+        )?;
+    }
+    for (name, l) in &desired.links {
+        let st = fold_link(name, l, snap, plan, &container_ready, now);
+        out.push(&ObjectRef::new(Kind::Link, *name), &st, l.status.as_ref())?;
+    }
+    // Tunnels: the user's and the stored derived ones (a derived tunnel gets a status once
+    // its object exists).
+    let node_ready = |node: &str| snap.heartbeats.contains_key(node);
+    for o in snap.of_kind(Kind::Tunnel) {
+        let Resource::Tunnel(t) = &o.resource else {
+            continue;
+        };
+        let st = fold_tunnel(t, snap, plan, &node_ready, now);
+        out.push(&o.object_ref(), &st, t.status.as_ref())?;
+    }
+    for r in snap.statuses.keys() {
+        if snap.objects.get(r).is_none() {
+            out.deletes.push(keys::status(r.kind, &r.name));
+        }
+    }
+    Ok(out)
+}
+
+impl Folded {
+    /// Writes `new` unless it equals `old`. The stored status is compared typed (it is merged
+    /// into the object when it decodes), so an unchanged status costs no serialization; one
+    /// that does not decode is rewritten.
     fn push<S: PartialEq + serde::Serialize>(
-        out: &mut Folded,
+        &mut self,
         r: &ObjectRef,
         new: &S,
         old: Option<&S>,
-    ) {
+    ) -> Result<(), EncodeError> {
         if old != Some(new) {
-            let value = serde_json::to_string(new).unwrap_or_default();
-            out.puts.push((keys::status(r.kind, &r.name), value));
+            let key = keys::status(r.kind, &r.name);
+            let value = encode(&key, new)?;
+            self.puts.push((key, value));
         }
+        Ok(())
     }
-    let node_ready = |node: &str| snap.heartbeats.contains_key(node);
 
-    for (name, n) in &desired.nodes {
-        let r = ObjectRef::new(Kind::Node, *name);
-        let st = fold_node(n, snap, assignment, now);
-        let old = n.status.clone().unwrap_or_default();
-        for (net, block) in &st.blocks {
-            if old.blocks.get(net) != Some(block) {
-                out.events.push(event(
+    /// BlockLeased and BlockReleased, for the blocks a node gained or lost.
+    fn node_block_events(&mut self, name: &str, old: Option<&NodeStatus>, new: &NodeStatus) {
+        let r = ObjectRef::new(Kind::Node, name);
+        let old_blocks = old.map(|o| &o.blocks);
+        for (net, block) in &new.blocks {
+            if old_blocks.and_then(|b| b.get(net)) != Some(block) {
+                self.events.push(event(
                     r.clone(),
                     EvType::Normal,
                     "BlockLeased",
@@ -105,9 +156,9 @@ pub fn fold_statuses(
                 ));
             }
         }
-        for (net, block) in &old.blocks {
-            if !st.blocks.contains_key(net) {
-                out.events.push(event(
+        for (net, block) in old_blocks.into_iter().flatten() {
+            if !new.blocks.contains_key(net) {
+                self.events.push(event(
                     r.clone(),
                     EvType::Normal,
                     "BlockReleased",
@@ -115,51 +166,21 @@ pub fn fold_statuses(
                 ));
             }
         }
-        push(&mut out, &r, &st, n.status.as_ref());
     }
-    for (name, n) in &desired.networks {
-        let r = ObjectRef::new(Kind::Network, *name);
-        let st = fold_network(name, n, plan, assignment, now);
-        push(&mut out, &r, &st, n.status.as_ref());
-    }
-    for (name, c) in &desired.containers {
-        let r = ObjectRef::new(Kind::Container, *name);
-        let st = fold_container(name, c, snap, plan, assignment, now);
-        container_ready.insert(name, not_ready_why(&st.conditions));
-        let old = c.status.clone().unwrap_or_default();
-        for (net, ip) in &st.addresses {
-            if old.addresses.get(net) != Some(ip) {
-                out.events.push(event(
-                    r.clone(),
+
+    /// AddressAllocated, for each address a container did not hold before.
+    fn address_events(&mut self, name: &str, old: Option<&ContainerStatus>, new: &ContainerStatus) {
+        for (net, ip) in &new.addresses {
+            if old.and_then(|o| o.addresses.get(net)) != Some(ip) {
+                self.events.push(event(
+                    ObjectRef::new(Kind::Container, name),
                     EvType::Normal,
                     "AddressAllocated",
                     format!("{ip} in network {net}"),
                 ));
             }
         }
-        push(&mut out, &r, &st, c.status.as_ref());
     }
-    for (name, l) in &desired.links {
-        let r = ObjectRef::new(Kind::Link, *name);
-        let st = fold_link(name, l, snap, plan, &container_ready, now);
-        push(&mut out, &r, &st, l.status.as_ref());
-    }
-    // Tunnels: the user's and the stored derived ones (a derived tunnel gets a status once
-    // its object exists).
-    for o in snap.of_kind(Kind::Tunnel) {
-        let Resource::Tunnel(t) = &o.resource else {
-            continue;
-        };
-        let r = o.object_ref();
-        let st = fold_tunnel(t, snap, plan, &node_ready, now);
-        push(&mut out, &r, &st, t.status.as_ref());
-    }
-    for r in snap.statuses.keys() {
-        if snap.objects.get(r).is_none() {
-            out.deletes.push(keys::status(r.kind, &r.name));
-        }
-    }
-    out
 }
 
 fn fold_node(n: &Node, snap: &Snapshot, assignment: &Assignment, now: DateTime<Utc>) -> NodeStatus {
@@ -491,7 +512,7 @@ mod tests {
             let desired = Desired::from_resources(s.objects.values().map(|o| &o.resource));
             let assignment = Assignment::from_state(&s.blocks, &s.addrs);
             let plan = planner::plan(&desired, &assignment);
-            fold_statuses(s, &desired, &plan, &assignment, now)
+            fold_statuses(s, &desired, &plan, &assignment, now).unwrap()
         };
         for (key, value) in &f.puts {
             let (kind, name) = keys::parse_status_key(key).unwrap();
