@@ -51,87 +51,129 @@ pub(super) async fn campaign(
         lost.clone(),
         shutdown.clone(),
     ));
-    let key = keys::leader();
-    let mut kv = client.kv_client();
     loop {
         if lost.is_cancelled() {
             return Err(LeaderError::Deposed);
         }
-        let txn = Txn::new()
-            .when(vec![Compare::create_revision(
-                key.as_str(),
-                CompareOp::Equal,
-                0,
-            )])
-            .and_then(vec![TxnOp::put(
-                key.as_str(),
-                config.id.as_str(),
-                Some(etcd_client::PutOptions::new().with_lease(lease)),
-            )])
-            .or_else(vec![TxnOp::get(key.as_str(), None)]);
-        let resp = match kv.txn(txn).await {
-            Ok(r) => r,
+        let rev = match claim_leader_key(client, config, lease).await {
+            Ok(Claim::Won(create_revision)) => {
+                return Ok(Some(Term {
+                    create_revision,
+                    lost,
+                    lease,
+                }));
+            }
+            Ok(Claim::Held { rev, holder }) => {
+                tracing::info!(leader = %holder, "following");
+                rev
+            }
             Err(e) => {
                 lost.cancel();
                 return Err(LeaderError::Campaign(e));
             }
         };
-        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        if resp.succeeded() {
-            return Ok(Some(Term {
-                create_revision: rev,
-                lost,
-                lease,
-            }));
+        match wait_for_vacancy(client, rev, &lost, shutdown).await {
+            Ok(Wait::MaybeVacant) => {}
+            Ok(Wait::Shutdown) => {
+                lost.cancel();
+                let _ = client.lease_client().revoke(lease).await;
+                return Ok(None);
+            }
+            Ok(Wait::LeaseLost) => return Err(LeaderError::Deposed),
+            Err(e) => {
+                lost.cancel();
+                return Err(LeaderError::Campaign(e));
+            }
         }
-        let holder = resp
-            .op_responses()
-            .into_iter()
-            .find_map(|r| match r {
-                etcd_client::TxnOpResponse::Get(g) => g
-                    .kvs()
-                    .first()
-                    .map(|kv| String::from_utf8_lossy(kv.value()).to_string()),
-                _ => None,
-            })
-            .unwrap_or_default();
-        tracing::info!(leader = %holder, "following");
-        // Wait for the key to go away (its holder resigned or its lease lapsed).
-        let mut wc = client.watch_client();
-        let (_watcher, mut stream) = match wc
-            .watch(
-                key.as_str(),
-                Some(WatchOptions::new().with_start_revision(rev + 1)),
-            )
-            .await
-        {
-            Ok(s) => s.split(),
-            Err(e) => {
-                lost.cancel();
-                return Err(LeaderError::Campaign(e));
-            }
-        };
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => {
-                    lost.cancel();
-                    let _ = client.lease_client().revoke(lease).await;
-                    return Ok(None);
-                }
-                _ = lost.cancelled() => return Err(LeaderError::Deposed),
-                msg = stream.message() => match msg {
-                    Ok(Some(resp)) => {
-                        if resp.events().iter().any(|e| e.event_type() == EventType::Delete) {
-                            break;
-                        }
-                        if resp.canceled() || resp.compact_revision() > 0 {
-                            break;
-                        }
+    }
+}
+
+/// What one attempt to create the leader key found.
+enum Claim {
+    /// Created, at this revision: this replica leads.
+    Won(i64),
+    /// Someone else holds it, as of `rev`.
+    Held { rev: i64, holder: String },
+}
+
+/// Creates the leader key under `lease` unless it exists.
+async fn claim_leader_key(
+    client: &Client,
+    config: &LeaderConfig,
+    lease: i64,
+) -> Result<Claim, etcd_client::Error> {
+    let key = keys::leader();
+    let txn = Txn::new()
+        .when(vec![Compare::create_revision(
+            key.as_str(),
+            CompareOp::Equal,
+            0,
+        )])
+        .and_then(vec![TxnOp::put(
+            key.as_str(),
+            config.id.as_str(),
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )])
+        .or_else(vec![TxnOp::get(key.as_str(), None)]);
+    let resp = client.kv_client().txn(txn).await?;
+    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+    if resp.succeeded() {
+        return Ok(Claim::Won(rev));
+    }
+    let holder = resp
+        .op_responses()
+        .into_iter()
+        .find_map(|r| match r {
+            etcd_client::TxnOpResponse::Get(g) => g
+                .kvs()
+                .first()
+                .map(|kv| String::from_utf8_lossy(kv.value()).to_string()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    Ok(Claim::Held { rev, holder })
+}
+
+/// How waiting for the leader key to go away ended.
+enum Wait {
+    /// It was deleted, or the watch ended: look at the key again.
+    MaybeVacant,
+    Shutdown,
+    /// Our own lease lapsed meanwhile.
+    LeaseLost,
+}
+
+/// Waits for the leader key to go away after `rev` (its holder resigned or its lease
+/// lapsed).
+async fn wait_for_vacancy(
+    client: &Client,
+    rev: i64,
+    lost: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> Result<Wait, etcd_client::Error> {
+    let mut wc = client.watch_client();
+    let (_watcher, mut stream) = wc
+        .watch(
+            keys::leader(),
+            Some(WatchOptions::new().with_start_revision(rev + 1)),
+        )
+        .await?
+        .split();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(Wait::Shutdown),
+            _ = lost.cancelled() => return Ok(Wait::LeaseLost),
+            msg = stream.message() => match msg {
+                Ok(Some(resp)) => {
+                    if resp.events().iter().any(|e| e.event_type() == EventType::Delete) {
+                        return Ok(Wait::MaybeVacant);
                     }
-                    // The watch ended: look at the key again.
-                    Ok(None) | Err(_) => break,
-                },
-            }
+                    if resp.canceled() || resp.compact_revision() > 0 {
+                        return Ok(Wait::MaybeVacant);
+                    }
+                }
+                Ok(None) | Err(_) => return Ok(Wait::MaybeVacant),
+            },
         }
     }
 }
