@@ -216,6 +216,42 @@ fn compute<'a>(
     cur_blocks: &BlockMap,
     cur_addrs: &AddrMap,
 ) -> (IpamChanges, Errors) {
+    let mut errors = Errors::new();
+    let networks = gather(desired, &mut errors);
+    let mut out = IpamChanges::default();
+    for (name, work) in &networks {
+        plan_network(
+            name,
+            work,
+            is_changed,
+            cur_blocks.get(*name),
+            cur_addrs.get(*name),
+            &mut out,
+            &mut errors,
+        );
+    }
+    // A deleted network releases everything it held.
+    for (network, leased) in cur_blocks {
+        if !networks.contains_key(network.as_str()) {
+            out.deletes
+                .extend(leased.keys().map(|b| keys::ipam_block(network, *b)));
+        }
+    }
+    for (network, held) in cur_addrs {
+        if !networks.contains_key(network.as_str()) {
+            out.deletes
+                .extend(held.keys().map(|ip| keys::ipam_addr(network, *ip)));
+        }
+    }
+    (out, errors)
+}
+
+/// Per network, the attachments of containers (in name order, a network attached twice
+/// refused) and the nodes that host it.
+fn gather<'a>(
+    desired: impl IntoIterator<Item = &'a Resource>,
+    errors: &mut Errors,
+) -> BTreeMap<&'a str, NetworkWork<'a>> {
     let mut networks: BTreeMap<&'a str, NetworkWork<'a>> = BTreeMap::new();
     let mut containers = Vec::new();
     let mut tunnels = Vec::new();
@@ -238,8 +274,6 @@ fn compute<'a>(
             _ => {}
         }
     }
-
-    let mut errors = Errors::new();
     containers.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     for c in containers {
         let mut seen = BTreeSet::new();
@@ -281,33 +315,7 @@ fn compute<'a>(
                 .push(ObjectRef::new(Kind::Tunnel, &t.metadata.name));
         }
     }
-
-    let mut out = IpamChanges::default();
-    for (name, work) in &networks {
-        plan_network(
-            name,
-            work,
-            is_changed,
-            cur_blocks.get(*name),
-            cur_addrs.get(*name),
-            &mut out,
-            &mut errors,
-        );
-    }
-    // A deleted network releases everything it held.
-    for (network, leased) in cur_blocks {
-        if !networks.contains_key(network.as_str()) {
-            out.deletes
-                .extend(leased.keys().map(|b| keys::ipam_block(network, *b)));
-        }
-    }
-    for (network, held) in cur_addrs {
-        if !networks.contains_key(network.as_str()) {
-            out.deletes
-                .extend(held.keys().map(|ip| keys::ipam_addr(network, *ip)));
-        }
-    }
-    (out, errors)
+    networks
 }
 
 /// The block's address range may hand `ip` out (not its first address, not its gateway, not

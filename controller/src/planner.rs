@@ -251,6 +251,9 @@ struct TunnelWork<'a> {
     remote: Option<Ipv4Addr>,
 }
 
+/// Node pairs per network that user tunnels already join.
+type UserPairs<'a> = BTreeMap<&'a str, BTreeSet<(&'a str, &'a str)>>;
+
 /// The network plans, every tunnel to lay out and the derived Tunnel objects.
 fn derive<'a>(
     desired: &Desired<'a>,
@@ -263,10 +266,38 @@ fn derive<'a>(
     let gre = gre_keys(&desired.networks);
     let mut networks = BTreeMap::new();
     let mut derived = BTreeMap::new();
-
     // Tunnels: the user's, then the mesh pairs they do not already cover.
+    let (mut tunnels, user_pairs) = user_tunnels(desired);
+    for (name, n) in &desired.networks {
+        let hosts = hosting(assignment, name);
+        let pairs = user_pairs.get(*name);
+        let full_mesh = match n.spec.topology {
+            Topology::Mesh => true,
+            Topology::Explicit => hosts.iter().enumerate().all(|(i, a)| {
+                hosts[i + 1..]
+                    .iter()
+                    .all(|b| pairs.is_some_and(|p| p.contains(&pair(a, b))))
+            }),
+        };
+        networks.insert(
+            name.to_string(),
+            NetworkPlan {
+                gre_key: gre.get(*name).copied().unwrap_or(1),
+                mtu: net::effective_mtu(n.spec.mtu),
+                full_mesh,
+            },
+        );
+        if n.spec.topology == Topology::Mesh {
+            mesh_tunnels(n, &hosts, pairs, &mut tunnels, &mut derived);
+        }
+    }
+    (networks, tunnels, derived)
+}
+
+/// The tunnels users wrote, and the node pairs they join per network.
+fn user_tunnels<'a>(desired: &Desired<'a>) -> (Vec<TunnelWork<'a>>, UserPairs<'a>) {
     let mut tunnels: Vec<TunnelWork<'a>> = Vec::new();
-    let mut user_pairs: BTreeMap<&str, BTreeSet<(&str, &str)>> = BTreeMap::new();
+    let mut user_pairs: UserPairs<'a> = BTreeMap::new();
     for (name, t) in &desired.tunnels {
         let nodes: Vec<&str> = match (&t.spec.node, t.spec.remote) {
             (Some(n), Some(_)) => vec![n.as_str()],
@@ -289,65 +320,47 @@ fn derive<'a>(
             },
         });
     }
+    (tunnels, user_pairs)
+}
 
-    for (name, n) in &desired.networks {
-        let hosts = hosting(assignment, name);
-        let gre_key = gre.get(*name).copied().unwrap_or(1);
-        let mtu = net::effective_mtu(n.spec.mtu);
-        let full_mesh = match n.spec.topology {
-            Topology::Mesh => true,
-            Topology::Explicit => {
-                let pairs = user_pairs.get(*name);
-                hosts.iter().enumerate().all(|(i, a)| {
-                    hosts[i + 1..]
-                        .iter()
-                        .all(|b| pairs.is_some_and(|p| p.contains(&pair(a, b))))
-                })
+/// A mesh network's derived tunnels: one per pair of hosting nodes no user tunnel joins.
+fn mesh_tunnels<'a>(
+    n: &'a Network,
+    hosts: &[&'a str],
+    covered: Option<&BTreeSet<(&str, &str)>>,
+    tunnels: &mut Vec<TunnelWork<'a>>,
+    derived: &mut BTreeMap<String, Tunnel>,
+) {
+    let name = n.metadata.name.as_str();
+    for (i, a) in hosts.iter().enumerate() {
+        for b in &hosts[i + 1..] {
+            if covered.is_some_and(|p| p.contains(&pair(a, b))) {
+                continue;
             }
-        };
-        networks.insert(
-            name.to_string(),
-            NetworkPlan {
-                gre_key,
-                mtu,
-                full_mesh,
-            },
-        );
-        if n.spec.topology != Topology::Mesh {
-            continue;
-        }
-        let covered = user_pairs.get(*name);
-        for (i, a) in hosts.iter().enumerate() {
-            for b in &hosts[i + 1..] {
-                if covered.is_some_and(|p| p.contains(&pair(a, b))) {
-                    continue;
-                }
-                let tname = derived_tunnel_name(name, a, b);
-                let mut obj = Tunnel::new(
-                    Kind::Tunnel,
-                    tname.clone(),
-                    TunnelSpec {
-                        network: name.to_string(),
-                        nodes: vec![a.to_string(), b.to_string()],
-                        node: None,
-                        remote: None,
-                    },
-                );
-                obj.metadata = ObjectMeta::named(tname.clone());
-                obj.metadata
-                    .labels
-                    .insert(LABEL_DERIVED_FROM.to_string(), derived_from(name));
-                tunnels.push(TunnelWork {
-                    name: tname.clone(),
-                    network: n.metadata.name.as_str(),
-                    nodes: vec![a, b],
+            let tname = derived_tunnel_name(name, a, b);
+            let mut obj = Tunnel::new(
+                Kind::Tunnel,
+                tname.clone(),
+                TunnelSpec {
+                    network: name.to_string(),
+                    nodes: vec![a.to_string(), b.to_string()],
+                    node: None,
                     remote: None,
-                });
-                derived.insert(tname, obj);
-            }
+                },
+            );
+            obj.metadata = ObjectMeta::named(tname.clone());
+            obj.metadata
+                .labels
+                .insert(LABEL_DERIVED_FROM.to_string(), derived_from(name));
+            tunnels.push(TunnelWork {
+                name: tname.clone(),
+                network: name,
+                nodes: vec![a, b],
+                remote: None,
+            });
+            derived.insert(tname, obj);
         }
     }
-    (networks, tunnels, derived)
 }
 
 /// Hosting nodes are those with a block: IPAM gives one to every node with a container or a
