@@ -1,4 +1,9 @@
 //! `topoctl describe`: one object, kubectl-style.
+//!
+//! Pure, like [`crate::output`]: the events are passed in (or why they are unavailable).
+//! The text is built section by section (head, spec, status, conditions, events); spec and
+//! status are rendered generically from the object's YAML so new fields show up without
+//! code here.
 
 use std::fmt::Write;
 

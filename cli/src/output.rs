@@ -1,4 +1,8 @@
 //! How objects look on a terminal: kubectl-style tables, `-o name|json|yaml`.
+//!
+//! Pure (the time is a parameter) so tables are tested as text. A kind's columns are
+//! declared once in [`header`] and filled by one `*_cells` function per kind in the same
+//! order, so a column is added in two places that sit side by side.
 
 use chrono::{DateTime, Utc};
 use comfy_table::{ColumnConstraint, ContentArrangement, Width};

@@ -1,6 +1,10 @@
 //! A resumable watch of one kind: resumes from the last seen resourceVersion after a
 //! disconnect, and lists again (reporting what changed meanwhile) when told the revision is
 //! gone (`ERROR` 410 / `Expired`).
+//!
+//! [`Known`] (what was seen, pure and tested) is kept apart from `KindWatch` (the loop:
+//! follow a stream, resume, relist), so the replay and relist rules are tested without a
+//! server.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
