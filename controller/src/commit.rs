@@ -37,7 +37,7 @@ mod crash;
 
 #[cfg(any(test, feature = "testing"))]
 pub use self::crash::CrashPoint;
-use self::crash::{CrashHook, Stage};
+use self::crash::{CrashHook, Crashed, Stage};
 
 /// etcd's default `--max-txn-ops`.
 pub const DEFAULT_MAX_TXN_OPS: usize = 128;
@@ -93,6 +93,20 @@ pub fn encode<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<String, Enc
         key: key.to_string(),
         source,
     })
+}
+
+/// A crash test stopped the commit (test builds), or never (release builds: `Crashed` is
+/// `Infallible`).
+impl From<Crashed> for CommitError {
+    #[cfg(any(test, feature = "testing"))]
+    fn from(point: Crashed) -> Self {
+        CommitError::InjectedCrash(point)
+    }
+
+    #[cfg(not(any(test, feature = "testing")))]
+    fn from(never: Crashed) -> Self {
+        match never {}
+    }
 }
 
 fn etcd(what: &'static str) -> impl FnOnce(etcd_client::Error) -> CommitError {

@@ -3,11 +3,10 @@
 //! change forward (or drops it) whole.
 //!
 //! Only test builds carry it: with neither `cfg(test)` nor the `testing` feature,
-//! [`CrashHook`] is an empty type whose check always passes, so release binaries hold no
-//! crash point and no branch for one. The tests under `controller/tests` enable the feature
-//! through the crate's own dev-dependency.
-
-use super::CommitError;
+//! [`CrashHook`] is an empty type whose check always passes (its error type is
+//! `Infallible`), so release binaries hold no crash point and no branch for one. The tests
+//! under `controller/tests` enable the feature through the crate's own dev-dependency.
+//! It imports nothing of the committer: the committer turns a crash into its error.
 
 /// How far an intent commit got; a crash point stops it there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,13 +17,16 @@ pub(super) enum Stage {
     BatchesApplied(usize),
 }
 
-pub(super) use self::injected::CrashHook;
 #[cfg(any(test, feature = "testing"))]
 pub use self::injected::CrashPoint;
+pub(super) use self::injected::{CrashHook, Crashed};
 
 #[cfg(any(test, feature = "testing"))]
 mod injected {
-    use super::{CommitError, Stage};
+    use super::Stage;
+
+    /// What a stopped commit fails with: where it stopped.
+    pub type Crashed = CrashPoint;
 
     /// Where a test makes an intent commit stop, as if the process died there.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +54,7 @@ mod injected {
         }
 
         /// Fails as the crash would when the commit reached the crash point.
-        pub fn check(self, stage: Stage) -> Result<(), CommitError> {
+        pub fn check(self, stage: Stage) -> Result<(), Crashed> {
             let stop = match (self.0, stage) {
                 (Some(CrashPoint::AfterChunks), Stage::ChunksWritten) => true,
                 (Some(CrashPoint::AfterDecide), Stage::BatchesApplied(0)) => true,
@@ -61,13 +63,9 @@ mod injected {
             };
             match stage {
                 _ if !stop => Ok(()),
-                Stage::ChunksWritten => Err(CommitError::InjectedCrash(CrashPoint::AfterChunks)),
-                Stage::BatchesApplied(0) => {
-                    Err(CommitError::InjectedCrash(CrashPoint::AfterDecide))
-                }
-                Stage::BatchesApplied(n) => {
-                    Err(CommitError::InjectedCrash(CrashPoint::AfterBatches(n)))
-                }
+                Stage::ChunksWritten => Err(CrashPoint::AfterChunks),
+                Stage::BatchesApplied(0) => Err(CrashPoint::AfterDecide),
+                Stage::BatchesApplied(n) => Err(CrashPoint::AfterBatches(n)),
             }
         }
     }
@@ -75,7 +73,10 @@ mod injected {
 
 #[cfg(not(any(test, feature = "testing")))]
 mod injected {
-    use super::{CommitError, Stage};
+    use super::Stage;
+
+    /// Release builds never stop a commit.
+    pub type Crashed = std::convert::Infallible;
 
     /// Release builds: no crash point, nothing to check.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +88,7 @@ mod injected {
         }
 
         #[inline(always)]
-        pub fn check(self, _stage: Stage) -> Result<(), CommitError> {
+        pub fn check(self, _stage: Stage) -> Result<(), Crashed> {
             Ok(())
         }
     }

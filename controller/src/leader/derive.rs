@@ -26,9 +26,9 @@ use crate::commit::{ChangeSet, CommitError, Committer, EncodeError};
 use crate::ipam::{self, Assignment};
 use crate::planner::{self, Desired, Plan};
 
+use super::config::{EVENT_SOURCE, LeaderConfig, LeaderError};
 use super::election::Term;
 use super::status::fold_statuses;
-use super::{EVENT_SOURCE, LeaderConfig, LeaderError};
 
 /// Bytes of values per slice or status transaction (etcd refuses requests over 1.5 MiB).
 const MAX_TXN_BYTES: usize = 1024 * 1024;

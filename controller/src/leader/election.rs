@@ -11,7 +11,7 @@ use etcd_client::{Client, Compare, CompareOp, EventType, Txn, TxnOp, WatchOption
 use tokio_util::sync::CancellationToken;
 use topo_schema::keys;
 
-use super::{LeaderConfig, LeaderError};
+use super::config::{LeaderConfig, LeaderError};
 
 /// One term of leadership: the leader key as we created it.
 #[derive(Debug, Clone)]

@@ -21,7 +21,7 @@ use crate::commit::{EncodeError, encode};
 use crate::ipam::Assignment;
 use crate::planner::{Desired, Plan};
 
-use super::EVENT_SOURCE;
+use super::config::EVENT_SOURCE;
 
 /// Status writes and events of one pass.
 #[derive(Debug, Default)]
