@@ -2,11 +2,13 @@
 //! prints through [`crate::output`]; exit statuses and errors are [`CliError`]'s.
 //!
 //! The verbs with several phases (`get`, `delete`, `events`) live in modules of their own
-//! under `cmd/`; this file holds the dispatch, the helpers they share and the short verbs.
+//! under `cmd/`; this file holds what they share and the short verbs. The dispatch is the
+//! crate's [`crate::run`], above both, so the verb modules use this one and not the other
+//! way round.
 
-mod delete;
-mod events;
-mod get;
+pub(crate) mod delete;
+pub(crate) mod events;
+pub(crate) mod get;
 
 pub use self::events::{event_header, event_rows};
 
@@ -18,7 +20,7 @@ use clap::CommandFactory;
 use topo_schema::api::{ApiError, ApplyAction, ApplyRequest, LabelSelector};
 use topo_schema::{Kind, ObjectRef, Resource};
 
-use crate::args::{self, Cli, Command, DryRun};
+use crate::args::{self, Cli, DryRun};
 use crate::client::{Client, ClientError, format_api_error};
 use crate::config::{ConfigError, Env, resolve_server};
 use crate::describe::{EventsSection, describe};
@@ -90,7 +92,7 @@ impl CliError {
 }
 
 /// Writes to stdout without panicking on a closed pipe.
-fn emit(s: &str) -> Result<(), CliError> {
+pub(crate) fn emit(s: &str) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     out.write_all(s.as_bytes())
         .and_then(|_| out.flush())
@@ -108,30 +110,9 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn client(&self) -> Result<Client, CliError> {
+    pub(crate) fn client(&self) -> Result<Client, CliError> {
         let server = resolve_server(self.server_flag.as_deref(), &self.env)?;
         Ok(Client::new(&server, Some(self.request_timeout))?)
-    }
-}
-
-/// Runs one command; the exit status on success (diff's 1 means "changes").
-pub async fn run(cli: Cli, env: Env) -> Result<i32, CliError> {
-    let ctx = Ctx {
-        server_flag: cli.server,
-        env,
-        request_timeout: cli.request_timeout,
-    };
-    match cli.command {
-        Command::Apply(a) => apply(&ctx, a).await,
-        Command::Get(a) => get::get(&ctx, a).await,
-        Command::Describe(a) => describe_cmd(&ctx, a).await,
-        Command::Delete(a) => delete::delete(&ctx, a).await,
-        Command::Diff(a) => diff(&ctx, a).await,
-        Command::Wait(a) => wait(&ctx, a).await,
-        Command::Events(a) => events::events(&ctx, a).await,
-        Command::Schema(a) => schema(a),
-        Command::Completion(a) => completion(a),
-        Command::Version(a) => version(&ctx, a).await,
     }
 }
 
@@ -252,7 +233,7 @@ fn progress_for_terminal(total: usize) -> Box<dyn Progress> {
     }
 }
 
-async fn apply(ctx: &Ctx, a: args::ApplyArgs) -> Result<i32, CliError> {
+pub(crate) async fn apply(ctx: &Ctx, a: args::ApplyArgs) -> Result<i32, CliError> {
     let sources = read_sources(&a.files)?;
     let client = ctx.client()?;
     let objects = match crate::manifests::parse(&sources) {
@@ -328,7 +309,7 @@ fn output_format(o: Option<&str>) -> Format {
     o.and_then(Format::parse).unwrap_or(Format::Table)
 }
 
-async fn describe_cmd(ctx: &Ctx, a: args::DescribeArgs) -> Result<i32, CliError> {
+pub(crate) async fn describe_cmd(ctx: &Ctx, a: args::DescribeArgs) -> Result<i32, CliError> {
     let kind = parse_kind(&a.kind)?;
     if !a.names.is_empty() && a.selector.is_some() {
         return Err(CliError::Usage(
@@ -379,7 +360,7 @@ async fn describe_cmd(ctx: &Ctx, a: args::DescribeArgs) -> Result<i32, CliError>
     Ok(0)
 }
 
-async fn diff(ctx: &Ctx, a: args::DiffArgs) -> Result<i32, CliError> {
+pub(crate) async fn diff(ctx: &Ctx, a: args::DiffArgs) -> Result<i32, CliError> {
     let (sources, _) = read_manifests(&a.files)?;
     let client = ctx.client()?;
     let resp = client
@@ -408,7 +389,7 @@ async fn diff(ctx: &Ctx, a: args::DiffArgs) -> Result<i32, CliError> {
     Ok(crate::diff::exit_code(&diffs))
 }
 
-async fn wait(ctx: &Ctx, a: args::WaitArgs) -> Result<i32, CliError> {
+pub(crate) async fn wait(ctx: &Ctx, a: args::WaitArgs) -> Result<i32, CliError> {
     let targets = parse_refs(&a.objects)?;
     let goal = Goal::parse(&a.for_).map_err(CliError::Usage)?;
     let client = ctx.client()?;
@@ -431,14 +412,14 @@ async fn wait(ctx: &Ctx, a: args::WaitArgs) -> Result<i32, CliError> {
     }
 }
 
-fn schema(a: args::SchemaArgs) -> Result<i32, CliError> {
+pub(crate) fn schema(a: args::SchemaArgs) -> Result<i32, CliError> {
     let kind = a.kind.as_deref().map(parse_kind).transpose()?;
     let v = topo_schema::jsonschema::schema_for(kind);
     emit(&output::document(&v, Format::Json)?)?;
     Ok(0)
 }
 
-fn completion(a: args::CompletionArgs) -> Result<i32, CliError> {
+pub(crate) fn completion(a: args::CompletionArgs) -> Result<i32, CliError> {
     let shell = match a.shell {
         args::Shell::Bash => clap_complete::Shell::Bash,
         args::Shell::Zsh => clap_complete::Shell::Zsh,
@@ -453,7 +434,7 @@ fn completion(a: args::CompletionArgs) -> Result<i32, CliError> {
     Ok(0)
 }
 
-async fn version(ctx: &Ctx, a: args::VersionArgs) -> Result<i32, CliError> {
+pub(crate) async fn version(ctx: &Ctx, a: args::VersionArgs) -> Result<i32, CliError> {
     emit(&format!("topoctl version {}\n", env!("CARGO_PKG_VERSION")))?;
     if a.client {
         return Ok(0);

@@ -18,7 +18,7 @@ use crate::args::{self, DryRun};
 use crate::client::{Client, ClientError};
 use crate::waiter::{self, Goal, Outcome};
 
-pub(super) async fn delete(ctx: &Ctx, a: args::DeleteArgs) -> Result<i32, CliError> {
+pub(crate) async fn delete(ctx: &Ctx, a: args::DeleteArgs) -> Result<i32, CliError> {
     let targets = targets_of(&a)?;
     let client = ctx.client()?;
     let targets = match (&a.selector, targets.is_empty(), a.kind.as_deref()) {

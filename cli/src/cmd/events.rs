@@ -45,7 +45,7 @@ pub fn event_header() -> Vec<String> {
         .to_vec()
 }
 
-pub(super) async fn events(ctx: &Ctx, a: args::EventsArgs) -> Result<i32, CliError> {
+pub(crate) async fn events(ctx: &Ctx, a: args::EventsArgs) -> Result<i32, CliError> {
     let object = a.for_.as_deref().map(parse_ref).transpose()?;
     let client = ctx.client()?;
     let list = client.events(object.as_ref()).await?;

@@ -30,7 +30,7 @@ struct Fetched {
     failures: Vec<CliError>,
 }
 
-pub(super) async fn get(ctx: &Ctx, a: args::GetArgs) -> Result<i32, CliError> {
+pub(crate) async fn get(ctx: &Ctx, a: args::GetArgs) -> Result<i32, CliError> {
     let format = output_format(a.output.as_deref());
     let all = a.kind.eq_ignore_ascii_case("all");
     let kinds = kinds_of(&a, all)?;
