@@ -26,8 +26,8 @@
 //! only), `derive` (one term's passes: plan, diff, fenced writes) and [`status`] (a pure
 //! fold from a snapshot and a plan to status writes, tested as tables); what they share, the
 //! configuration and the error type, sits below them in `config`. This file holds the
-//! campaign → lead → step down loop, so the modules' dependencies point one way (here →
-//! derive → election, status → config).
+//! campaign → lead → step down loop, so the modules' dependencies point one way: this file
+//! uses `derive` and `election`, `derive` uses `election` and `status`, all use `config`.
 
 mod config;
 mod derive;
