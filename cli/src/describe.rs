@@ -1,4 +1,9 @@
 //! `topoctl describe`: one object, kubectl-style.
+//!
+//! Pure, like [`crate::output`]: the events are passed in (or why they are unavailable).
+//! The text is built section by section (head, spec, status, conditions, events); spec and
+//! status are rendered generically from the object's YAML so new fields show up without
+//! code here.
 
 use std::fmt::Write;
 
@@ -120,13 +125,23 @@ fn indent_block(s: &str, by: usize) -> String {
 }
 
 pub fn describe(r: &Resource, events: EventsSection<'_>, now: DateTime<Utc>) -> String {
-    let meta = r.metadata();
     // Through YAML's ordered maps, so fields keep their declared order.
     let whole = serde_yaml::to_value(r).unwrap_or(Value::Null);
     let spec = whole.get("spec").cloned().unwrap_or(Value::Null);
     let status = whole.get("status").cloned().unwrap_or(Value::Null);
-    let observed = status.get("observedGeneration").and_then(Value::as_i64);
+    let mut out = head_section(r, &status, now);
+    out.push_str("Spec:\n");
+    render_value(&mut out, 2, &spec);
+    status_section(&mut out, status);
+    conditions_section(&mut out, r, now);
+    events_section(&mut out, events, now);
+    out
+}
 
+/// Name, kind, labels, annotations, times and generations, labels aligned.
+fn head_section(r: &Resource, status: &Value, now: DateTime<Utc>) -> String {
+    let meta = r.metadata();
+    let observed = status.get("observedGeneration").and_then(Value::as_i64);
     let mut head: Vec<(&str, Vec<String>)> = vec![
         ("Name", vec![meta.name.clone()]),
         ("Kind", vec![r.kind().to_string()]),
@@ -164,11 +179,11 @@ pub fn describe(r: &Resource, events: EventsSection<'_>, now: DateTime<Utc>) -> 
             let _ = writeln!(out, "{label:<width$}{v}", width = width + 1);
         }
     }
+    out
+}
 
-    out.push_str("Spec:\n");
-    render_value(&mut out, 2, &spec);
-
-    let mut rest = status.clone();
+/// The status without what other sections show (conditions, observedGeneration).
+fn status_section(out: &mut String, mut rest: Value) {
     if let Value::Mapping(m) = &mut rest {
         m.shift_remove("conditions");
         m.shift_remove("observedGeneration");
@@ -176,62 +191,69 @@ pub fn describe(r: &Resource, events: EventsSection<'_>, now: DateTime<Utc>) -> 
     match &rest {
         Value::Mapping(m) if !m.is_empty() => {
             out.push_str("Status:\n");
-            render_value(&mut out, 2, &rest);
+            render_value(out, 2, &rest);
         }
         _ => out.push_str("Status:  <none>\n"),
     }
+}
 
+fn conditions_section(out: &mut String, r: &Resource, now: DateTime<Utc>) {
     let conditions = r.conditions();
     if conditions.is_empty() {
         out.push_str("Conditions:  <none>\n");
-    } else {
-        out.push_str("Conditions:\n");
-        let header: Vec<String> = ["TYPE", "STATUS", "REASON", "MESSAGE", "LAST-TRANSITION"]
-            .map(String::from)
-            .to_vec();
-        let rows: Vec<Vec<String>> = conditions
-            .iter()
-            .map(|c| {
-                vec![
-                    c.type_.clone(),
-                    c.status.to_string(),
-                    c.reason.clone(),
-                    c.message.clone(),
-                    human_duration(now - c.last_transition_time),
-                ]
-            })
-            .collect();
-        out.push_str(&indent_block(&render_table(&header, &rows, true, &[]), 2));
+        return;
     }
+    out.push_str("Conditions:\n");
+    let header: Vec<String> = ["TYPE", "STATUS", "REASON", "MESSAGE", "LAST-TRANSITION"]
+        .map(String::from)
+        .to_vec();
+    let rows: Vec<Vec<String>> = conditions
+        .iter()
+        .map(|c| {
+            vec![
+                c.type_.clone(),
+                c.status.to_string(),
+                c.reason.clone(),
+                c.message.clone(),
+                human_duration(now - c.last_transition_time),
+            ]
+        })
+        .collect();
+    out.push_str(&indent_block(&render_table(&header, &rows, true, &[]), 2));
+}
 
-    match events {
+/// The object's events, oldest first.
+fn events_section(out: &mut String, events: EventsSection<'_>, now: DateTime<Utc>) {
+    let events = match events {
         EventsSection::Unavailable(why) => {
             let _ = writeln!(out, "Events:  <unavailable: {why}>");
+            return;
         }
-        EventsSection::Known([]) => out.push_str("Events:  <none>\n"),
-        EventsSection::Known(events) => {
-            out.push_str("Events:\n");
-            let mut sorted: Vec<&Event> = events.iter().collect();
-            sorted.sort_by_key(|e| e.last_timestamp);
-            let header: Vec<String> = ["TYPE", "REASON", "AGE", "FROM", "MESSAGE"]
-                .map(String::from)
-                .to_vec();
-            let rows: Vec<Vec<String>> = sorted
-                .iter()
-                .map(|e| {
-                    vec![
-                        format!("{:?}", e.type_),
-                        e.reason.clone(),
-                        event_age(e, now),
-                        e.source.clone(),
-                        e.message.clone(),
-                    ]
-                })
-                .collect();
-            out.push_str(&indent_block(&render_table(&header, &rows, true, &[]), 2));
+        EventsSection::Known([]) => {
+            out.push_str("Events:  <none>\n");
+            return;
         }
-    }
-    out
+        EventsSection::Known(events) => events,
+    };
+    out.push_str("Events:\n");
+    let mut sorted: Vec<&Event> = events.iter().collect();
+    sorted.sort_by_key(|e| e.last_timestamp);
+    let header: Vec<String> = ["TYPE", "REASON", "AGE", "FROM", "MESSAGE"]
+        .map(String::from)
+        .to_vec();
+    let rows: Vec<Vec<String>> = sorted
+        .iter()
+        .map(|e| {
+            vec![
+                format!("{:?}", e.type_),
+                e.reason.clone(),
+                event_age(e, now),
+                e.source.clone(),
+                e.message.clone(),
+            ]
+        })
+        .collect();
+    out.push_str(&indent_block(&render_table(&header, &rows, true, &[]), 2));
 }
 
 #[cfg(test)]

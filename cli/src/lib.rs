@@ -2,7 +2,8 @@
 //!
 //! Rendering is kept apart from I/O so it can be tested: [`output`] (tables, `-o`),
 //! [`describe`], [`diff`], [`timefmt`]; [`client`] speaks the controller's HTTP API and
-//! [`watch`] keeps a watch going across disconnects and compactions.
+//! [`watch`] keeps a watch going across disconnects and compactions. [`run`] dispatches a
+//! parsed command line to the verbs of [`cmd`].
 
 pub mod args;
 pub mod client;
@@ -16,3 +17,28 @@ pub mod output;
 pub mod timefmt;
 pub mod waiter;
 pub mod watch;
+
+use crate::args::{Cli, Command};
+use crate::cmd::{CliError, Ctx, delete, events, get};
+use crate::config::Env;
+
+/// Runs one command; the exit status on success (diff's 1 means "changes").
+pub async fn run(cli: Cli, env: Env) -> Result<i32, CliError> {
+    let ctx = Ctx {
+        server_flag: cli.server,
+        env,
+        request_timeout: cli.request_timeout,
+    };
+    match cli.command {
+        Command::Apply(a) => cmd::apply(&ctx, a).await,
+        Command::Get(a) => get::get(&ctx, a).await,
+        Command::Describe(a) => cmd::describe_cmd(&ctx, a).await,
+        Command::Delete(a) => delete::delete(&ctx, a).await,
+        Command::Diff(a) => cmd::diff(&ctx, a).await,
+        Command::Wait(a) => cmd::wait(&ctx, a).await,
+        Command::Events(a) => events::events(&ctx, a).await,
+        Command::Schema(a) => cmd::schema(a),
+        Command::Completion(a) => cmd::completion(a),
+        Command::Version(a) => cmd::version(&ctx, a).await,
+    }
+}

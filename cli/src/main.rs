@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use topoctl::args::{Cli, Command};
-use topoctl::cmd::{self, CliError};
+use topoctl::cmd::CliError;
 use topoctl::config::Env;
 
 fn main() -> ExitCode {
@@ -19,7 +19,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(cmd::run(cli, Env::from_process()));
+    let result = runtime.block_on(topoctl::run(cli, Env::from_process()));
     // Watches spawned tasks that may still wait on the network.
     runtime.shutdown_background();
     match result {

@@ -1,10 +1,15 @@
 //! How objects look on a terminal: kubectl-style tables, `-o name|json|yaml`.
+//!
+//! Pure (the time is a parameter) so tables are tested as text. A kind's columns are
+//! declared once in [`header`] and filled by one `*_cells` function per kind in the same
+//! order, so a column is added in two places that sit side by side.
 
 use chrono::{DateTime, Utc};
 use comfy_table::{ColumnConstraint, ContentArrangement, Width};
 use topo_schema::api::List;
 use topo_schema::{
-    CONDITION_READY, ConditionStatus, Kind, LABEL_DERIVED_FROM, Resource, find_condition,
+    CONDITION_READY, ConditionStatus, Container, Kind, LABEL_DERIVED_FROM, Link, Network, Node,
+    Resource, Tunnel, find_condition,
 };
 
 use crate::timefmt::age;
@@ -153,111 +158,128 @@ pub fn row(r: &Resource, wide: bool, qualified: bool, now: DateTime<Utc>) -> Vec
         status_text(r),
         age(r.metadata().creation_timestamp, now),
     ];
-    match r {
-        Resource::Node(n) => {
-            cells.push(n.spec.address.to_string());
-            cells.push(n.spec.datapath.ovs_type().to_string());
-            if wide {
-                let st = n.status.clone().unwrap_or_default();
-                cells.push(or_none(
-                    st.blocks
-                        .iter()
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                ));
-                cells.push(opt(st.agent_version));
-            }
+    // The kind's own columns, in the order of [`header`].
+    cells.extend(match r {
+        Resource::Node(n) => node_cells(n, wide),
+        Resource::Network(n) => network_cells(n, wide),
+        Resource::Container(c) => container_cells(c, wide),
+        Resource::Link(l) => link_cells(l, wide),
+        Resource::Tunnel(t) => tunnel_cells(t, wide),
+    });
+    cells
+}
+
+/// `k=v,k=v`, or `<none>`.
+fn pairs<K: std::fmt::Display, V: std::fmt::Display>(
+    m: impl IntoIterator<Item = (K, V)>,
+) -> String {
+    or_none(
+        m.into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+}
+
+fn node_cells(n: &Node, wide: bool) -> Vec<String> {
+    let mut cells = vec![
+        n.spec.address.to_string(),
+        n.spec.datapath.ovs_type().to_string(),
+    ];
+    if wide {
+        let st = n.status.clone().unwrap_or_default();
+        cells.push(pairs(&st.blocks));
+        cells.push(opt(st.agent_version));
+    }
+    cells
+}
+
+fn network_cells(n: &Network, wide: bool) -> Vec<String> {
+    let st = n.status.clone().unwrap_or_default();
+    let mut cells = vec![
+        n.spec.cidr.to_string(),
+        format!("/{}", n.spec.block_size),
+        st.mtu
+            .or(n.spec.mtu)
+            .map(|m| m.to_string())
+            .unwrap_or_else(|| "<auto>".into()),
+        st.gre_key
+            .or(n.spec.gre_key)
+            .map(|k| k.to_string())
+            .unwrap_or_else(|| "<auto>".into()),
+        match n.spec.topology {
+            topo_schema::Topology::Mesh => "mesh",
+            topo_schema::Topology::Explicit => "explicit",
         }
-        Resource::Network(n) => {
-            let st = n.status.clone().unwrap_or_default();
-            cells.push(n.spec.cidr.to_string());
-            cells.push(format!("/{}", n.spec.block_size));
-            cells.push(
-                st.mtu
-                    .or(n.spec.mtu)
-                    .map(|m| m.to_string())
-                    .unwrap_or_else(|| "<auto>".into()),
-            );
-            cells.push(
-                st.gre_key
-                    .or(n.spec.gre_key)
-                    .map(|k| k.to_string())
-                    .unwrap_or_else(|| "<auto>".into()),
-            );
-            cells.push(
-                match n.spec.topology {
-                    topo_schema::Topology::Mesh => "mesh",
-                    topo_schema::Topology::Explicit => "explicit",
-                }
-                .into(),
-            );
-            if wide {
-                cells.push(or_none(
-                    st.blocks.keys().cloned().collect::<Vec<_>>().join(","),
-                ));
-            }
-        }
-        Resource::Container(c) => {
-            let st = c.status.clone().unwrap_or_default();
-            cells.push(c.spec.node.clone());
-            cells.push(c.spec.image.clone());
-            cells.push(or_none(
-                st.addresses
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ));
-            if wide {
-                cells.push(opt(st
-                    .container_id
-                    .as_deref()
-                    .map(|id| id.chars().take(12).collect::<String>())));
-                cells.push(st.restart_count.to_string());
-                let ports: Vec<String> = c
-                    .spec
-                    .ports
-                    .iter()
-                    .map(|p| match p.host_port {
-                        Some(h) => format!("{h}:{}/{}", p.container_port, p.protocol),
-                        None => format!("{}/{}", p.container_port, p.protocol),
-                    })
-                    .collect();
-                cells.push(or_none(ports.join(",")));
-            }
-        }
-        Resource::Link(l) => {
-            let to = match (&l.spec.to.container, l.spec.to.address) {
-                (Some(c), _) => format!("{c}:{}", l.spec.to.port),
-                (None, Some(a)) => format!("{a}:{}", l.spec.to.port),
-                (None, None) => format!(":{}", l.spec.to.port),
-            };
-            let listen = l
-                .spec
-                .listen_addr()
-                .map(|a| a.to_string())
-                .or_else(|| l.spec.listen.clone())
-                .unwrap_or_else(|| "<none>".into());
-            cells.push(l.spec.from.clone());
-            cells.push(to);
-            cells.push(listen);
-            cells.push(opt(l.status.as_ref().and_then(|s| s.endpoint.clone())));
-            if wide {
-                cells.push(l.spec.protocol.to_string());
-                cells.push(opt(l.spec.alias.clone()));
-            }
-        }
-        Resource::Tunnel(t) => {
-            let mut ends: Vec<String> = t.spec.nodes.clone();
-            ends.extend(t.spec.node.clone());
-            ends.extend(t.spec.remote.map(|a| a.to_string()));
-            cells.push(t.spec.network.clone());
-            cells.push(or_none(ends.join(",")));
-            if wide {
-                cells.push(opt(t.metadata.labels.get(LABEL_DERIVED_FROM).cloned()));
-            }
-        }
+        .into(),
+    ];
+    if wide {
+        cells.push(or_none(
+            st.blocks.keys().cloned().collect::<Vec<_>>().join(","),
+        ));
+    }
+    cells
+}
+
+fn container_cells(c: &Container, wide: bool) -> Vec<String> {
+    let st = c.status.clone().unwrap_or_default();
+    let mut cells = vec![
+        c.spec.node.clone(),
+        c.spec.image.clone(),
+        pairs(&st.addresses),
+    ];
+    if wide {
+        cells.push(opt(st
+            .container_id
+            .as_deref()
+            .map(|id| id.chars().take(12).collect::<String>())));
+        cells.push(st.restart_count.to_string());
+        let ports: Vec<String> = c
+            .spec
+            .ports
+            .iter()
+            .map(|p| match p.host_port {
+                Some(h) => format!("{h}:{}/{}", p.container_port, p.protocol),
+                None => format!("{}/{}", p.container_port, p.protocol),
+            })
+            .collect();
+        cells.push(or_none(ports.join(",")));
+    }
+    cells
+}
+
+fn link_cells(l: &Link, wide: bool) -> Vec<String> {
+    let to = match (&l.spec.to.container, l.spec.to.address) {
+        (Some(c), _) => format!("{c}:{}", l.spec.to.port),
+        (None, Some(a)) => format!("{a}:{}", l.spec.to.port),
+        (None, None) => format!(":{}", l.spec.to.port),
+    };
+    let listen = l
+        .spec
+        .listen_addr()
+        .map(|a| a.to_string())
+        .or_else(|| l.spec.listen.clone())
+        .unwrap_or_else(|| "<none>".into());
+    let mut cells = vec![
+        l.spec.from.clone(),
+        to,
+        listen,
+        opt(l.status.as_ref().and_then(|s| s.endpoint.clone())),
+    ];
+    if wide {
+        cells.push(l.spec.protocol.to_string());
+        cells.push(opt(l.spec.alias.clone()));
+    }
+    cells
+}
+
+fn tunnel_cells(t: &Tunnel, wide: bool) -> Vec<String> {
+    let mut ends: Vec<String> = t.spec.nodes.clone();
+    ends.extend(t.spec.node.clone());
+    ends.extend(t.spec.remote.map(|a| a.to_string()));
+    let mut cells = vec![t.spec.network.clone(), or_none(ends.join(","))];
+    if wide {
+        cells.push(opt(t.metadata.labels.get(LABEL_DERIVED_FROM).cloned()));
     }
     cells
 }

@@ -1,12 +1,16 @@
 //! A resumable watch of one kind: resumes from the last seen resourceVersion after a
 //! disconnect, and lists again (reporting what changed meanwhile) when told the revision is
 //! gone (`ERROR` 410 / `Expired`).
+//!
+//! [`Known`] (what was seen, pure and tested) is kept apart from `KindWatch` (the loop:
+//! follow a stream, resume, relist), so the replay and relist rules are tested without a
+//! server.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use topo_schema::api::{ErrorReason, List, WatchEventType};
+use topo_schema::api::{ErrorReason, List, WatchEvent, WatchEventType};
 use topo_schema::{Kind, Resource};
 
 use crate::client::{Client, ClientError};
@@ -107,112 +111,166 @@ pub fn spawn(
         .as_ref()
         .map(|m| m.resource_version.clone())
         .unwrap_or_default();
-    let known = Known::from_list(&list.items);
-    tokio::spawn(run(client, kind, selector, rv, known, sink));
+    let w = KindWatch {
+        client,
+        kind,
+        selector,
+        rv,
+        known: Known::from_list(&list.items),
+        sink,
+        failures: 0,
+    };
+    tokio::spawn(w.run());
 }
 
-async fn run(
+/// One resumable watch of a kind.
+struct KindWatch {
     client: Client,
     kind: Kind,
     selector: Option<String>,
-    mut rv: String,
-    mut known: Known,
+    /// The last resourceVersion seen: where a resumed watch starts.
+    rv: String,
+    known: Known,
     sink: Sink,
-) {
-    let mut failures = 0u32;
-    loop {
-        if sink.is_closed() {
-            return;
-        }
-        let mut relist = false;
-        match client.watch(kind, selector.as_deref(), &rv).await {
-            Ok(mut stream) => loop {
-                match stream.next_event().await {
-                    Ok(Some(ev)) => {
-                        failures = 0;
-                        let change = match ev.type_ {
-                            WatchEventType::Added => Change::Added,
-                            WatchEventType::Modified => Change::Modified,
-                            WatchEventType::Deleted => Change::Deleted,
-                            WatchEventType::Bookmark => {
-                                rv = ev.resource_version;
-                                continue;
-                            }
-                            WatchEventType::Error => {
-                                let err = ev.error.unwrap_or_else(|| {
-                                    topo_schema::api::ApiError::new(
-                                        ErrorReason::InternalError,
-                                        "watch failed",
-                                    )
-                                });
-                                if err.reason == ErrorReason::Expired || err.code == 410 {
-                                    relist = true;
-                                    break;
-                                }
-                                let _ = sink.send(Err(ClientError::Api(err))).await;
-                                return;
-                            }
-                        };
-                        if !ev.resource_version.is_empty() {
-                            rv = ev.resource_version;
-                        }
-                        let Some(object) = ev.object else { continue };
-                        if let Some(u) = known.observe(change, object)
-                            && sink.send(Ok(u)).await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                    // The server ended the stream, or it broke: resume from the last rv.
-                    Ok(None) | Err(_) => {
-                        failures += 1;
-                        break;
-                    }
-                }
-            },
-            Err(e) if e.reason() == Some(ErrorReason::Expired) => relist = true,
-            Err(e) if e.is_unreachable() || e.reason() == Some(ErrorReason::ServiceUnavailable) => {
-                failures += 1;
+    /// Consecutive failed reconnects.
+    failures: u32,
+}
+
+/// What to do after a watch stream.
+enum Next {
+    /// Watch again from the last resourceVersion.
+    Resume,
+    /// The resourceVersion is gone: list again first.
+    Relist,
+    /// The receiver went away, or an error was sent that ends the watch.
+    Stop,
+}
+
+impl KindWatch {
+    async fn run(mut self) {
+        loop {
+            if self.sink.is_closed() {
+                return;
             }
-            Err(e) => {
-                let _ = sink.send(Err(e)).await;
+            let relist = match self.follow().await {
+                Next::Stop => return,
+                Next::Relist => true,
+                Next::Resume => false,
+            };
+            if self.failures > MAX_RECONNECTS {
+                let err = topo_schema::api::ApiError::new(
+                    ErrorReason::ServiceUnavailable,
+                    format!(
+                        "lost the watch of {} at {} and could not resume it",
+                        self.kind.plural(),
+                        self.client.server()
+                    ),
+                );
+                let _ = self.sink.send(Err(ClientError::Api(err))).await;
+                return;
+            }
+            if self.failures > 0 {
+                let backoff =
+                    Duration::from_millis(200u64.saturating_mul(1 << self.failures.min(6)));
+                tokio::time::sleep(backoff).await;
+            }
+            if relist && !self.relist().await {
                 return;
             }
         }
-        if failures > MAX_RECONNECTS {
-            let err = topo_schema::api::ApiError::new(
-                ErrorReason::ServiceUnavailable,
-                format!(
-                    "lost the watch of {} at {} and could not resume it",
-                    kind.plural(),
-                    client.server()
-                ),
-            );
-            let _ = sink.send(Err(ClientError::Api(err))).await;
-            return;
-        }
-        if failures > 0 {
-            let backoff = Duration::from_millis(200u64.saturating_mul(1 << failures.min(6)));
-            tokio::time::sleep(backoff).await;
-        }
-        if relist {
-            match client.list(kind, selector.as_deref()).await {
-                Ok(list) => {
-                    rv = list
-                        .metadata
-                        .map(|m| m.resource_version)
-                        .unwrap_or_default();
-                    for u in known.relist(list.items) {
-                        if sink.send(Ok(u)).await.is_err() {
-                            return;
-                        }
+    }
+
+    /// One watch stream from the last resourceVersion, forwarded until it ends.
+    async fn follow(&mut self) -> Next {
+        let mut stream = match self
+            .client
+            .watch(self.kind, self.selector.as_deref(), &self.rv)
+            .await
+        {
+            Ok(stream) => stream,
+            Err(e) if e.reason() == Some(ErrorReason::Expired) => return Next::Relist,
+            Err(e) if e.is_unreachable() || e.reason() == Some(ErrorReason::ServiceUnavailable) => {
+                self.failures += 1;
+                return Next::Resume;
+            }
+            Err(e) => {
+                let _ = self.sink.send(Err(e)).await;
+                return Next::Stop;
+            }
+        };
+        loop {
+            match stream.next_event().await {
+                Ok(Some(ev)) => {
+                    self.failures = 0;
+                    if let Some(next) = self.on_event(ev).await {
+                        return next;
                     }
                 }
-                Err(e) if e.is_unreachable() => failures += 1,
-                Err(e) => {
-                    let _ = sink.send(Err(e)).await;
-                    return;
+                // The server ended the stream, or it broke: resume from the last rv.
+                Ok(None) | Err(_) => {
+                    self.failures += 1;
+                    return Next::Resume;
                 }
+            }
+        }
+    }
+
+    /// One watch event: a change sent on, or a new resourceVersion; Some when the stream
+    /// must end.
+    async fn on_event(&mut self, ev: WatchEvent<Resource>) -> Option<Next> {
+        let change = match ev.type_ {
+            WatchEventType::Added => Change::Added,
+            WatchEventType::Modified => Change::Modified,
+            WatchEventType::Deleted => Change::Deleted,
+            WatchEventType::Bookmark => {
+                self.rv = ev.resource_version;
+                return None;
+            }
+            WatchEventType::Error => {
+                let err = ev.error.unwrap_or_else(|| {
+                    topo_schema::api::ApiError::new(ErrorReason::InternalError, "watch failed")
+                });
+                if err.reason == ErrorReason::Expired || err.code == 410 {
+                    return Some(Next::Relist);
+                }
+                let _ = self.sink.send(Err(ClientError::Api(err))).await;
+                return Some(Next::Stop);
+            }
+        };
+        if !ev.resource_version.is_empty() {
+            self.rv = ev.resource_version;
+        }
+        let object = ev.object?;
+        if let Some(u) = self.known.observe(change, object)
+            && self.sink.send(Ok(u)).await.is_err()
+        {
+            return Some(Next::Stop);
+        }
+        None
+    }
+
+    /// Lists again and sends what changed meanwhile; false when the watch must stop.
+    async fn relist(&mut self) -> bool {
+        match self.client.list(self.kind, self.selector.as_deref()).await {
+            Ok(list) => {
+                self.rv = list
+                    .metadata
+                    .map(|m| m.resource_version)
+                    .unwrap_or_default();
+                for u in self.known.relist(list.items) {
+                    if self.sink.send(Ok(u)).await.is_err() {
+                        return false;
+                    }
+                }
+                true
+            }
+            Err(e) if e.is_unreachable() => {
+                self.failures += 1;
+                true
+            }
+            Err(e) => {
+                let _ = self.sink.send(Err(e)).await;
+                false
             }
         }
     }

@@ -33,6 +33,12 @@ use topo_schema::keys::{self, Fence};
 
 use crate::cache::{Cache, MAX_MESSAGE_BYTES, Snapshot};
 
+mod crash;
+
+#[cfg(any(test, feature = "testing"))]
+pub use self::crash::CrashPoint;
+use self::crash::{CrashHook, Crashed, Stage};
+
 /// etcd's default `--max-txn-ops`.
 pub const DEFAULT_MAX_TXN_OPS: usize = 128;
 /// Bytes of values per transaction and per intent chunk (etcd's request limit is 1.5 MiB).
@@ -62,10 +68,45 @@ pub enum CommitError {
     #[error("failed to decode intent {id}: {message}")]
     CorruptIntent { id: String, message: String },
     /// A test asked the committer to stop mid-way, as a crash would.
+    #[cfg(any(test, feature = "testing"))]
     #[error("failed to commit: stopped at {0:?} (injected crash)")]
     InjectedCrash(CrashPoint),
     #[error("failed to commit: the cache did not reach revision {0} in time")]
     CacheLagging(i64),
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+}
+
+/// A value that could not be encoded as JSON for etcd. The write it belongs to fails rather
+/// than storing an empty value.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to encode the value of {key}")]
+pub struct EncodeError {
+    pub key: String,
+    #[source]
+    pub source: serde_json::Error,
+}
+
+/// `value` as the JSON stored under `key`.
+pub fn encode<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<String, EncodeError> {
+    serde_json::to_string(value).map_err(|source| EncodeError {
+        key: key.to_string(),
+        source,
+    })
+}
+
+/// A crash test stopped the commit (test builds), or never (release builds: `Crashed` is
+/// `Infallible`).
+impl From<Crashed> for CommitError {
+    #[cfg(any(test, feature = "testing"))]
+    fn from(point: Crashed) -> Self {
+        CommitError::InjectedCrash(point)
+    }
+
+    #[cfg(not(any(test, feature = "testing")))]
+    fn from(never: Crashed) -> Self {
+        match never {}
+    }
 }
 
 fn etcd(what: &'static str) -> impl FnOnce(etcd_client::Error) -> CommitError {
@@ -86,11 +127,28 @@ impl ChangeSet {
         self.puts.push((key.into(), value.into()));
     }
 
-    /// Puts `value` as JSON.
-    pub fn put_json<T: Serialize>(&mut self, key: impl Into<String>, value: &T) {
-        // Serializing our own plain data structs cannot fail.
-        let v = serde_json::to_string(value).unwrap_or_default();
-        self.puts.push((key.into(), v));
+    /// Puts `value` as JSON; a value that does not encode fails here, before anything is
+    /// written.
+    pub fn put_json<T: Serialize + ?Sized>(
+        &mut self,
+        key: impl Into<String>,
+        value: &T,
+    ) -> Result<(), EncodeError> {
+        let key = key.into();
+        let value = encode(&key, value)?;
+        self.puts.push((key, value));
+        Ok(())
+    }
+
+    /// Puts every `(key, value)` as JSON (see [`ChangeSet::put_json`]).
+    pub fn put_all_json<'a, T: Serialize + 'a>(
+        &mut self,
+        puts: impl IntoIterator<Item = &'a (String, T)>,
+    ) -> Result<(), EncodeError> {
+        for (key, value) in puts {
+            self.put_json(key.as_str(), value)?;
+        }
+        Ok(())
     }
 
     pub fn delete(&mut self, key: impl Into<String>) {
@@ -163,11 +221,13 @@ struct IntentCommitted {
     chunks: usize,
 }
 
-fn fence_value(pending: Option<&str>) -> String {
-    serde_json::to_string(&Fence {
-        pending_intent: pending.map(str::to_string),
-    })
-    .unwrap_or_default()
+fn fence_value(pending: Option<&str>) -> Result<String, EncodeError> {
+    encode(
+        &keys::fence(),
+        &Fence {
+            pending_intent: pending.map(str::to_string),
+        },
+    )
 }
 
 /// Splits `ops` into groups of at most `max_ops` operations and about `max_bytes` bytes.
@@ -190,24 +250,13 @@ fn batches(ops: &[Op], max_ops: usize, max_bytes: usize) -> Vec<&[Op]> {
     out
 }
 
-/// Where a test makes an intent commit stop, as if the process died there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CrashPoint {
-    /// Chunks written, intent not committed: the change must vanish.
-    AfterChunks,
-    /// Intent committed, nothing applied: the change must be rolled forward.
-    AfterDecide,
-    /// Intent committed, this many batches applied: the change must be rolled forward.
-    AfterBatches(usize),
-}
-
 /// Commits change sets against the fence. Cheap to clone.
 #[derive(Clone)]
 pub struct Committer {
     client: Client,
     cache: Cache,
     max_txn_ops: usize,
-    crash: Option<CrashPoint>,
+    crash: CrashHook,
 }
 
 impl Committer {
@@ -216,14 +265,14 @@ impl Committer {
             client,
             cache,
             max_txn_ops: max_txn_ops.max(4),
-            crash: None,
+            crash: CrashHook::none(),
         }
     }
 
     /// For crash tests only: stop intent commits at `point`.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "testing"))]
     pub fn with_crash(mut self, point: CrashPoint) -> Self {
-        self.crash = Some(point);
+        self.crash = CrashHook::at(point);
         self
     }
 
@@ -333,7 +382,7 @@ impl Committer {
         );
         compares.extend(extra);
         let mut then: Vec<TxnOp> = ops.iter().map(Op::txn_op).collect();
-        then.push(TxnOp::put(fence.as_str(), fence_value(None), None));
+        then.push(TxnOp::put(fence.as_str(), fence_value(None)?, None));
         let txn = Txn::new()
             .when(compares)
             .and_then(then)
@@ -366,20 +415,30 @@ impl Committer {
             .client
             .kv_client()
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
-        // 1. Chunks.
         let chunks = batches(&ops, usize::MAX, MAX_CHUNK_BYTES);
+        let committed = encode(
+            &keys::intent_committed(&id),
+            &IntentCommitted {
+                chunks: chunks.len(),
+            },
+        )?;
+        let pending_fence = fence_value(Some(&id))?;
+        // 1. Chunks, encoded one at a time (a whole large change escaped at once would double
+        // its memory). One that does not encode leaves the chunks before it undecided, like a
+        // failed put: recovery discards them.
         for (n, chunk) in chunks.iter().enumerate() {
-            let v = serde_json::to_string(&IntentChunk {
-                ops: chunk.to_vec(),
-            })
-            .unwrap_or_default();
-            kv.put(keys::intent_chunk(&id, n), v, None)
+            let key = keys::intent_chunk(&id, n);
+            let value = encode(
+                &key,
+                &IntentChunk {
+                    ops: chunk.to_vec(),
+                },
+            )?;
+            kv.put(key, value, None)
                 .await
                 .map_err(etcd("write an intent chunk"))?;
         }
-        if self.crash == Some(CrashPoint::AfterChunks) {
-            return Err(CommitError::InjectedCrash(CrashPoint::AfterChunks));
-        }
+        self.crash.check(Stage::ChunksWritten)?;
         // 2. Decide.
         let fence = keys::fence();
         let mut compares = vec![Compare::mod_revision(
@@ -401,15 +460,11 @@ impl Committer {
                     .map(|(k, r)| Compare::mod_revision(k.as_str(), CompareOp::Equal, *r)),
             );
         }
-        let committed = serde_json::to_string(&IntentCommitted {
-            chunks: chunks.len(),
-        })
-        .unwrap_or_default();
         let txn = Txn::new()
             .when(compares)
             .and_then(vec![
                 TxnOp::put(keys::intent_committed(&id), committed, None),
-                TxnOp::put(fence.as_str(), fence_value(Some(&id)), None),
+                TxnOp::put(fence.as_str(), pending_fence, None),
             ])
             .or_else(vec![TxnOp::get(fence.as_str(), None)]);
         let resp = kv.txn(txn).await.map_err(etcd("commit an intent"))?;
@@ -439,12 +494,7 @@ impl Committer {
         }
         tracing::info!(chunks = chunks.len(), "intent committed, applying");
         // 3 and 4, from memory (the chunks in etcd are for whoever must take over).
-        let stop_after = match self.crash {
-            Some(CrashPoint::AfterDecide) => Some(0),
-            Some(CrashPoint::AfterBatches(n)) => Some(n),
-            _ => None,
-        };
-        apply_intent(&self.client, &id, &ops, self.max_txn_ops, stop_after).await
+        apply_intent(&self.client, &id, &ops, self.max_txn_ops, self.crash).await
     }
 }
 
@@ -491,23 +541,18 @@ async fn apply_intent(
     id: &str,
     ops: &[Op],
     max_txn_ops: usize,
-    stop_after: Option<usize>,
+    crash: CrashHook,
 ) -> Result<i64, CommitError> {
     let fence = keys::fence();
     let mut kv = client.kv_client();
-    let pending_value = fence_value(Some(id));
+    let pending_value = fence_value(Some(id))?;
+    let clear_value = fence_value(None)?;
     let mut batch_iter = batches(ops, max_txn_ops - 1, MAX_TXN_BYTES)
         .into_iter()
         .peekable();
     let mut applied = 0;
     loop {
-        if stop_after == Some(applied) {
-            return Err(CommitError::InjectedCrash(if applied == 0 {
-                CrashPoint::AfterDecide
-            } else {
-                CrashPoint::AfterBatches(applied)
-            }));
-        }
+        crash.check(Stage::BatchesApplied(applied))?;
         let (fence_rev, pending) = read_fence(client).await?;
         if pending.as_deref() != Some(id) {
             // Someone else finished it.
@@ -526,7 +571,7 @@ async fn apply_intent(
                         keys::intent_prefix(id),
                         Some(DeleteOptions::new().with_prefix()),
                     ),
-                    TxnOp::put(fence.as_str(), fence_value(None), None),
+                    TxnOp::put(fence.as_str(), clear_value.as_str(), None),
                 ]);
             let resp = kv.txn(txn).await.map_err(etcd("finish an intent"))?;
             if resp.succeeded() {
@@ -592,7 +637,7 @@ pub async fn roll_forward(
         ops.extend(chunk.ops);
     }
     tracing::warn!(%id, ops = ops.len(), "rolling forward a committed intent");
-    apply_intent(client, id, &ops, max_txn_ops, None).await
+    apply_intent(client, id, &ops, max_txn_ops, CrashHook::none()).await
 }
 
 /// Run on start: rolls forward the intent the fence names, and discards intents that were
@@ -701,6 +746,19 @@ mod tests {
                 Op::Put("/b".into(), "1".into())
             ]
         );
+    }
+
+    #[test]
+    fn a_value_that_does_not_encode_fails_instead_of_writing_nothing() {
+        let mut cs = ChangeSet::default();
+        // JSON object keys must be strings: serde_json refuses a map keyed by pairs.
+        let bad: BTreeMap<(u8, u8), u8> = BTreeMap::from([((1, 2), 3)]);
+        let err = cs.put_json("/topo/v1/k", &bad).unwrap_err();
+        assert_eq!(err.key, "/topo/v1/k");
+        assert_eq!(err.to_string(), "failed to encode the value of /topo/v1/k");
+        assert!(cs.is_empty());
+        cs.put_json("/topo/v1/k", &Fence::default()).unwrap();
+        assert_eq!(cs.puts, vec![("/topo/v1/k".to_string(), "{}".to_string())]);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use topo_schema::keys;
 use topo_schema::{Kind, ObjectRef};
 
 use crate::cache::MAX_MESSAGE_BYTES;
+use crate::commit::{EncodeError, encode};
 
 pub const MAX_PER_OBJECT: usize = 20;
 pub const MAX_TOTAL: usize = 1000;
@@ -28,6 +29,8 @@ pub enum EventsError {
     },
     #[error("failed to record an event of {0}: too many concurrent updates")]
     Contended(ObjectRef),
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
 }
 
 fn etcd(what: &'static str) -> impl FnOnce(etcd_client::Error) -> EventsError {
@@ -93,7 +96,7 @@ pub async fn record(client: &Client, ev: Event) -> Result<(), EventsError> {
                 Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
             ),
         };
-        let v = serde_json::to_string(&value).unwrap_or_default();
+        let v = encode(&key, &value)?;
         let txn = Txn::new()
             .when(vec![compare])
             .and_then(vec![TxnOp::put(key.as_str(), v, None)]);

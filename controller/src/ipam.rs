@@ -17,6 +17,10 @@
 //! * an allocated address comes from the container's node's block, lowest free first, never
 //!   the block's first address or its gateway; a container keeps it across unrelated changes
 //!   and gets a new one only when its node (and so its block) changes.
+//!
+//! Each network is planned on its own, as a `NetworkPass` whose phases run in the order of
+//! these rules (cidr immutability, blocks, static claims, kept addresses, new allocations,
+//! the difference to the stored keys); each phase is short enough to check against its rule.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -84,11 +88,36 @@ impl Assignment {
     }
 }
 
+/// The value of an IPAM key. Kept typed here and encoded where the change is committed, so
+/// IPAM stays pure and an encoding failure fails the write.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
+pub enum IpamValue {
+    /// `{"node":..}`: the node that leases a block.
+    Block(BlockValue),
+    /// `{"holder":..}`: the container that holds an address.
+    Addr(AddrValue),
+}
+
+impl IpamValue {
+    pub fn block(node: &str) -> Self {
+        IpamValue::Block(BlockValue {
+            node: node.to_string(),
+        })
+    }
+
+    pub fn addr(holder: &str) -> Self {
+        IpamValue::Addr(AddrValue {
+            holder: holder.to_string(),
+        })
+    }
+}
+
 /// The IPAM keys a change implies, and what they amount to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IpamChanges {
-    /// `(key, JSON value)`: `{"node":..}` for blocks, `{"holder":..}` for addresses.
-    pub puts: Vec<(String, String)>,
+    /// `(key, value)` to put.
+    pub puts: Vec<(String, IpamValue)>,
     pub deletes: Vec<String>,
     /// The keys among `puts` that do not exist yet. A writer that wants flannel's per-key
     /// compare-and-swap on top of the global fence can require them absent.
@@ -187,6 +216,42 @@ fn compute<'a>(
     cur_blocks: &BlockMap,
     cur_addrs: &AddrMap,
 ) -> (IpamChanges, Errors) {
+    let mut errors = Errors::new();
+    let networks = gather(desired, &mut errors);
+    let mut out = IpamChanges::default();
+    for (name, work) in &networks {
+        plan_network(
+            name,
+            work,
+            is_changed,
+            cur_blocks.get(*name),
+            cur_addrs.get(*name),
+            &mut out,
+            &mut errors,
+        );
+    }
+    // A deleted network releases everything it held.
+    for (network, leased) in cur_blocks {
+        if !networks.contains_key(network.as_str()) {
+            out.deletes
+                .extend(leased.keys().map(|b| keys::ipam_block(network, *b)));
+        }
+    }
+    for (network, held) in cur_addrs {
+        if !networks.contains_key(network.as_str()) {
+            out.deletes
+                .extend(held.keys().map(|ip| keys::ipam_addr(network, *ip)));
+        }
+    }
+    (out, errors)
+}
+
+/// Per network, the attachments of containers (in name order, a network attached twice
+/// refused) and the nodes that host it.
+fn gather<'a>(
+    desired: impl IntoIterator<Item = &'a Resource>,
+    errors: &mut Errors,
+) -> BTreeMap<&'a str, NetworkWork<'a>> {
     let mut networks: BTreeMap<&'a str, NetworkWork<'a>> = BTreeMap::new();
     let mut containers = Vec::new();
     let mut tunnels = Vec::new();
@@ -209,8 +274,6 @@ fn compute<'a>(
             _ => {}
         }
     }
-
-    let mut errors = Errors::new();
     containers.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     for c in containers {
         let mut seen = BTreeSet::new();
@@ -252,33 +315,7 @@ fn compute<'a>(
                 .push(ObjectRef::new(Kind::Tunnel, &t.metadata.name));
         }
     }
-
-    let mut out = IpamChanges::default();
-    for (name, work) in &networks {
-        plan_network(
-            name,
-            work,
-            is_changed,
-            cur_blocks.get(*name),
-            cur_addrs.get(*name),
-            &mut out,
-            &mut errors,
-        );
-    }
-    // A deleted network releases everything it held.
-    for (network, leased) in cur_blocks {
-        if !networks.contains_key(network.as_str()) {
-            out.deletes
-                .extend(leased.keys().map(|b| keys::ipam_block(network, *b)));
-        }
-    }
-    for (network, held) in cur_addrs {
-        if !networks.contains_key(network.as_str()) {
-            out.deletes
-                .extend(held.keys().map(|ip| keys::ipam_addr(network, *ip)));
-        }
-    }
-    (out, errors)
+    networks
 }
 
 /// The block's address range may hand `ip` out (not its first address, not its gateway, not
@@ -304,6 +341,23 @@ fn blame(objects: &[ObjectRef], is_changed: &dyn Fn(&ObjectRef) -> bool) -> Vec<
     }
 }
 
+/// One network's IPAM pass, in the order its phases run: the immutability check, blocks,
+/// static claims, kept addresses, new allocations, then the difference to the stored keys.
+struct NetworkPass<'a, 'p> {
+    name: &'p str,
+    work: &'p NetworkWork<'a>,
+    spec: &'a NetworkSpec,
+    is_changed: &'p dyn Fn(&ObjectRef) -> bool,
+    cur_blocks: &'p imbl::OrdMap<Ipv4Net, String>,
+    cur_addrs: &'p imbl::OrdMap<Ipv4Addr, String>,
+    /// The containers attached to the network.
+    attached: BTreeSet<&'a str>,
+    errors: &'p mut Errors,
+}
+
+/// Addresses of one network once every claim is settled: address → container.
+type Addresses<'a> = BTreeMap<Ipv4Addr, &'a str>;
+
 fn plan_network<'a>(
     name: &str,
     work: &NetworkWork<'a>,
@@ -313,314 +367,366 @@ fn plan_network<'a>(
     out: &mut IpamChanges,
     errors: &mut Errors,
 ) {
-    let spec = work.spec;
-    let cidr = spec.cidr;
-    let Some(block_count) = net::block_count(cidr, spec.block_size) else {
+    let Some(block_count) = net::block_count(work.spec.cidr, work.spec.block_size) else {
         // An invalid spec is validation's to report; its stored keys are left alone.
         return;
     };
     let empty_blocks = imbl::OrdMap::new();
     let empty_addrs = imbl::OrdMap::new();
-    let cur_blocks = cur_blocks.unwrap_or(&empty_blocks);
-    let cur_addrs = cur_addrs.unwrap_or(&empty_addrs);
-    let attached: BTreeSet<&str> = work.attaches.iter().map(|a| a.container).collect();
+    let mut pass = NetworkPass {
+        name,
+        work,
+        spec: work.spec,
+        is_changed,
+        cur_blocks: cur_blocks.unwrap_or(&empty_blocks),
+        cur_addrs: cur_addrs.unwrap_or(&empty_addrs),
+        attached: work.attaches.iter().map(|a| a.container).collect(),
+        errors,
+    };
+    if !pass.cidr_change_allowed() {
+        return;
+    }
+    let node_block = pass.lease_blocks(block_count);
+    let mut statics = pass.static_claims();
+    let kept = pass.kept_addresses(&node_block, &mut statics);
+    let addresses = pass.allocate(&node_block, &statics, &kept);
+    pass.record(&node_block, &addresses, out);
+}
 
-    // cidr and blockSize are immutable while anyone still holds an address under them.
-    let network_ref = ObjectRef::new(Kind::Network, name);
-    if is_changed(&network_ref) {
-        let stale_block = cur_blocks.keys().any(|b| !block_fits(spec, *b));
-        let stale_addr = cur_addrs.keys().any(|ip| !cidr.contains(ip));
-        let holders: BTreeSet<&str> = cur_addrs
+impl<'a, 'p> NetworkPass<'a, 'p> {
+    /// cidr and blockSize are immutable while anyone still holds an address under them.
+    fn cidr_change_allowed(&mut self) -> bool {
+        let (name, spec, cidr) = (self.name, self.spec, self.spec.cidr);
+        let network_ref = ObjectRef::new(Kind::Network, name);
+        if !(self.is_changed)(&network_ref) {
+            return true;
+        }
+        let stale_block = self.cur_blocks.keys().any(|b| !block_fits(spec, *b));
+        let stale_addr = self.cur_addrs.keys().any(|ip| !cidr.contains(ip));
+        let holders: BTreeSet<&str> = self
+            .cur_addrs
             .values()
             .map(String::as_str)
-            .filter(|h| attached.contains(h))
+            .filter(|h| self.attached.contains(h))
             .collect();
-        if (stale_block || stale_addr) && !holders.is_empty() {
-            let listed: Vec<String> = holders
-                .iter()
-                .take(5)
-                .map(|h| format!("container/{h}"))
-                .collect();
-            let more = holders.len().saturating_sub(listed.len());
-            let more = if more > 0 {
-                format!(" and {more} more")
-            } else {
-                String::new()
+        if !(stale_block || stale_addr) || holders.is_empty() {
+            return true;
+        }
+        let listed: Vec<String> = holders
+            .iter()
+            .take(5)
+            .map(|h| format!("container/{h}"))
+            .collect();
+        let more = holders.len().saturating_sub(listed.len());
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        self.errors.push((
+            network_ref,
+            FieldError {
+                field: if stale_addr {
+                    "spec.cidr"
+                } else {
+                    "spec.blockSize"
+                }
+                .to_string(),
+                message: format!(
+                    "cannot change the cidr or blockSize of network {name} while addresses \
+                     are allocated (held by {}{more})",
+                    listed.join(", ")
+                ),
+            },
+        ));
+        false
+    }
+
+    /// Blocks: hosting nodes keep theirs, newcomers take the lowest free one.
+    fn lease_blocks(&mut self, block_count: u64) -> BTreeMap<&'a str, Ipv4Net> {
+        let (spec, cidr) = (self.spec, self.spec.cidr);
+        let mut node_block: BTreeMap<&'a str, Ipv4Net> = BTreeMap::new();
+        let mut leased: BTreeSet<Ipv4Net> = BTreeSet::new();
+        let work = self.work;
+        for (block, node) in self.cur_blocks {
+            if let Some((node, _)) = work.hosting.get_key_value(node.as_str())
+                && !node_block.contains_key(node)
+                && block_fits(spec, *block)
+            {
+                node_block.insert(*node, *block);
+                leased.insert(*block);
+            }
+        }
+        let mut next_block = 0u64;
+        for (node, objects) in &work.hosting {
+            if node_block.contains_key(node) {
+                continue;
+            }
+            let mut found = None;
+            while next_block < block_count {
+                let candidate = net::block_at(cidr, spec.block_size, next_block);
+                next_block += 1;
+                if let Some(b) = candidate
+                    && !leased.contains(&b)
+                {
+                    found = Some(b);
+                    break;
+                }
+            }
+            match found {
+                Some(b) => {
+                    node_block.insert(*node, b);
+                    leased.insert(b);
+                }
+                None => self.no_block_left(node, objects, block_count),
+            }
+        }
+        node_block
+    }
+
+    fn no_block_left(&mut self, node: &str, objects: &[ObjectRef], block_count: u64) {
+        let (name, cidr) = (self.name, self.spec.cidr);
+        for o in blame(objects, self.is_changed) {
+            let field = match o.kind {
+                Kind::Container => self
+                    .work
+                    .attaches
+                    .iter()
+                    .find(|a| a.container == o.name)
+                    .map(|a| format!("spec.networks[{}].network", a.index))
+                    .unwrap_or_else(|| "spec.networks".to_string()),
+                _ => "spec.network".to_string(),
             };
-            errors.push((
-                network_ref,
+            self.errors.push((
+                o,
                 FieldError {
-                    field: if stale_addr {
-                        "spec.cidr"
-                    } else {
-                        "spec.blockSize"
-                    }
-                    .to_string(),
+                    field,
                     message: format!(
-                        "cannot change the cidr or blockSize of network {name} while addresses \
-                         are allocated (held by {}{more})",
-                        listed.join(", ")
+                        "network {name} ({cidr}) has no free /{} block left for node \
+                         {node}: all {block_count} blocks are leased",
+                        self.spec.block_size
                     ),
                 },
             ));
-            return;
         }
     }
 
-    // Blocks: hosting nodes keep theirs, newcomers take the lowest free one.
-    let mut node_block: BTreeMap<&str, Ipv4Net> = BTreeMap::new();
-    let mut leased: BTreeSet<Ipv4Net> = BTreeSet::new();
-    for (block, node) in cur_blocks {
-        if let Some((node, _)) = work.hosting.get_key_value(node.as_str())
-            && !node_block.contains_key(node)
-            && block_fits(spec, *block)
-        {
-            node_block.insert(node, *block);
-            leased.insert(*block);
+    /// Static claims: unique in the network, never a reserved address. An unchanged
+    /// claimant wins, then the current holder, then the first.
+    fn static_claims(&mut self) -> BTreeMap<Ipv4Addr, &'p Attach<'a>> {
+        let (name, cidr) = (self.name, self.spec.cidr);
+        let mut claims: BTreeMap<Ipv4Addr, Vec<&'p Attach<'a>>> = BTreeMap::new();
+        let work = self.work;
+        for a in &work.attaches {
+            let Some(ip) = a.ip else { continue };
+            if let Some(reason) = net::reserved_reason(cidr, self.spec.block_size, ip) {
+                self.errors.push(a.error("ip", format!("{ip} {reason}")));
+                continue;
+            }
+            claims.entry(ip).or_default().push(a);
         }
+        let mut statics = BTreeMap::new();
+        for (ip, claimants) in claims {
+            let winner = claimants
+                .iter()
+                .find(|a| !(self.is_changed)(&a.object()))
+                .or_else(|| {
+                    claimants
+                        .iter()
+                        .find(|a| self.cur_addrs.get(&ip).map(String::as_str) == Some(a.container))
+                })
+                .or(claimants.first())
+                .copied();
+            let Some(winner) = winner else { continue };
+            for a in claimants.iter().filter(|a| a.container != winner.container) {
+                self.errors.push(a.error(
+                    "ip",
+                    format!(
+                        "{ip} is already held by container/{} in network {name}",
+                        winner.container
+                    ),
+                ));
+            }
+            statics.insert(ip, winner);
+        }
+        statics
     }
-    let mut next_block = 0u64;
-    for (node, objects) in &work.hosting {
-        if node_block.contains_key(node) {
-            continue;
-        }
-        let mut found = None;
-        while next_block < block_count {
-            let candidate = net::block_at(cidr, spec.block_size, next_block);
-            next_block += 1;
-            if let Some(b) = candidate
-                && !leased.contains(&b)
-            {
-                found = Some(b);
-                break;
+
+    /// Allocated addresses a container may keep (one it holds inside its node's block), as
+    /// address → container. A static claim on a kept address: an untouched holder keeps it
+    /// (the claim is refused, naming it and dropped from `statics`); a changed holder gives
+    /// it up and gets another.
+    fn kept_addresses(
+        &mut self,
+        node_block: &BTreeMap<&'a str, Ipv4Net>,
+        statics: &mut BTreeMap<Ipv4Addr, &'p Attach<'a>>,
+    ) -> Addresses<'a> {
+        let cidr = self.spec.cidr;
+        let mut held_by: BTreeMap<&str, Vec<Ipv4Addr>> = BTreeMap::new();
+        for (ip, holder) in self.cur_addrs {
+            if self.attached.contains(holder.as_str()) {
+                held_by.entry(holder.as_str()).or_default().push(*ip);
             }
         }
-        match found {
-            Some(b) => {
-                node_block.insert(node, b);
-                leased.insert(b);
+        let mut kept_ips: Addresses<'a> = BTreeMap::new();
+        for a in self.work.attaches.iter().filter(|a| a.ip.is_none()) {
+            let Some(block) = node_block.get(a.node) else {
+                continue;
+            };
+            let keep = held_by
+                .get(a.container)
+                .and_then(|ips| ips.iter().find(|ip| allocatable_in(cidr, *block, **ip)));
+            if let Some(ip) = keep {
+                kept_ips.insert(*ip, a.container);
             }
-            None => {
-                for o in blame(objects, is_changed) {
-                    let field = match o.kind {
-                        Kind::Container => work
-                            .attaches
-                            .iter()
-                            .find(|a| a.container == o.name)
-                            .map(|a| format!("spec.networks[{}].network", a.index))
-                            .unwrap_or_else(|| "spec.networks".to_string()),
-                        _ => "spec.network".to_string(),
-                    };
-                    errors.push((
-                        o,
-                        FieldError {
-                            field,
-                            message: format!(
-                                "network {name} ({cidr}) has no free /{} block left for node \
-                                 {node}: all {block_count} blocks are leased",
-                                spec.block_size
-                            ),
-                        },
-                    ));
+        }
+        let mut refused: Vec<Ipv4Addr> = vec![];
+        for (ip, claimant) in statics.iter() {
+            let Some(holder) = kept_ips.get(ip).copied() else {
+                continue;
+            };
+            if holder == claimant.container {
+                continue;
+            }
+            if (self.is_changed)(&ObjectRef::new(Kind::Container, holder)) {
+                kept_ips.remove(ip);
+            } else {
+                self.errors.push(claimant.error(
+                    "ip",
+                    format!(
+                        "{ip} is already held by container/{holder} in network {}",
+                        self.name
+                    ),
+                ));
+                refused.push(*ip);
+            }
+        }
+        for ip in refused {
+            statics.remove(&ip);
+        }
+        kept_ips
+    }
+
+    /// Every address of the network: the static ones, the kept ones, and new allocations,
+    /// lowest free first. Nothing is freed during the pass, so a cursor per block never has
+    /// to look back.
+    fn allocate(
+        &mut self,
+        node_block: &BTreeMap<&'a str, Ipv4Net>,
+        statics: &BTreeMap<Ipv4Addr, &'p Attach<'a>>,
+        kept_ips: &Addresses<'a>,
+    ) -> Addresses<'a> {
+        let kept: BTreeSet<&str> = kept_ips.values().copied().collect();
+        let mut taken: BTreeSet<Ipv4Addr> = statics.keys().copied().collect();
+        taken.extend(kept_ips.keys().copied());
+        let mut addresses: Addresses<'a> = kept_ips.clone();
+        for (ip, a) in statics {
+            addresses.insert(*ip, a.container);
+        }
+        let mut cursors: BTreeMap<Ipv4Net, u32> = BTreeMap::new();
+        for a in self.work.attaches.iter().filter(|a| a.ip.is_none()) {
+            if kept.contains(a.container) {
+                continue;
+            }
+            let Some(block) = node_block.get(a.node).copied() else {
+                continue;
+            };
+            let cursor = cursors
+                .entry(block)
+                .or_insert_with(|| u32::from(block.network()).saturating_add(2));
+            match self.next_free(block, cursor, &taken) {
+                Some(ip) => {
+                    taken.insert(ip);
+                    addresses.insert(ip, a.container);
                 }
+                None => self.errors.push(a.error(
+                    "network",
+                    format!(
+                        "no free address left in block {block} of network {} on node {}",
+                        self.name, a.node
+                    ),
+                )),
             }
         }
+        addresses
     }
 
-    // Static claims: unique in the network, never a reserved address.
-    let mut claims: BTreeMap<Ipv4Addr, Vec<&Attach<'a>>> = BTreeMap::new();
-    for a in &work.attaches {
-        let Some(ip) = a.ip else { continue };
-        if let Some(reason) = net::reserved_reason(cidr, spec.block_size, ip) {
-            errors.push(a.error("ip", format!("{ip} {reason}")));
-            continue;
-        }
-        claims.entry(ip).or_default().push(a);
-    }
-    let mut statics: BTreeMap<Ipv4Addr, &Attach<'a>> = BTreeMap::new();
-    for (ip, claimants) in claims {
-        let winner = claimants
-            .iter()
-            .find(|a| !is_changed(&a.object()))
-            .or_else(|| {
-                claimants
-                    .iter()
-                    .find(|a| cur_addrs.get(&ip).map(String::as_str) == Some(a.container))
-            })
-            .or(claimants.first())
-            .copied();
-        let Some(winner) = winner else { continue };
-        for a in claimants.iter().filter(|a| a.container != winner.container) {
-            errors.push(a.error(
-                "ip",
-                format!(
-                    "{ip} is already held by container/{} in network {name}",
-                    winner.container
-                ),
-            ));
-        }
-        statics.insert(ip, winner);
-    }
-
-    // Allocated addresses a container may keep: one it holds inside its node's block.
-    let mut held_by: BTreeMap<&str, Vec<Ipv4Addr>> = BTreeMap::new();
-    for (ip, holder) in cur_addrs {
-        if attached.contains(holder.as_str()) {
-            held_by.entry(holder.as_str()).or_default().push(*ip);
-        }
-    }
-    let mut kept: BTreeMap<&str, Ipv4Addr> = BTreeMap::new();
-    let mut kept_ips: BTreeMap<Ipv4Addr, &str> = BTreeMap::new();
-    for a in work.attaches.iter().filter(|a| a.ip.is_none()) {
-        let Some(block) = node_block.get(a.node) else {
-            continue;
-        };
-        let keep = held_by
-            .get(a.container)
-            .and_then(|ips| ips.iter().find(|ip| allocatable_in(cidr, *block, **ip)));
-        if let Some(ip) = keep {
-            kept.insert(a.container, *ip);
-            kept_ips.insert(*ip, a.container);
-        }
-    }
-    // A static claim on an address someone keeps: an untouched holder keeps it (the claim
-    // is refused, naming it); a changed holder gives it up and gets another.
-    let mut refused: Vec<Ipv4Addr> = vec![];
-    for (ip, claimant) in &statics {
-        let Some(holder) = kept_ips.get(ip).copied() else {
-            continue;
-        };
-        if holder == claimant.container {
-            continue;
-        }
-        if is_changed(&ObjectRef::new(Kind::Container, holder)) {
-            kept.remove(holder);
-            kept_ips.remove(ip);
-        } else {
-            errors.push(claimant.error(
-                "ip",
-                format!("{ip} is already held by container/{holder} in network {name}"),
-            ));
-            refused.push(*ip);
-        }
-    }
-    for ip in refused {
-        statics.remove(&ip);
-    }
-
-    let mut taken: BTreeSet<Ipv4Addr> = statics.keys().copied().collect();
-    taken.extend(kept_ips.keys().copied());
-    let mut addresses: BTreeMap<Ipv4Addr, &str> = BTreeMap::new();
-    for (ip, a) in &statics {
-        addresses.insert(*ip, a.container);
-    }
-    for (ip, c) in &kept_ips {
-        addresses.insert(*ip, c);
-    }
-    // New allocations, lowest free first. Nothing is freed during the pass, so a cursor per
-    // block never has to look back.
-    let mut cursors: BTreeMap<Ipv4Net, u32> = BTreeMap::new();
-    for a in work.attaches.iter().filter(|a| a.ip.is_none()) {
-        if kept.contains_key(a.container) {
-            continue;
-        }
-        let Some(block) = node_block.get(a.node).copied() else {
-            continue;
-        };
-        let cursor = cursors
-            .entry(block)
-            .or_insert_with(|| u32::from(block.network()).saturating_add(2));
+    /// The lowest address of `block` from `cursor` on that is not taken (nor the cidr's
+    /// broadcast address); moves the cursor past it.
+    fn next_free(
+        &self,
+        block: Ipv4Net,
+        cursor: &mut u32,
+        taken: &BTreeSet<Ipv4Addr>,
+    ) -> Option<Ipv4Addr> {
         let last = u32::from(block.broadcast());
-        let mut found = None;
         while *cursor <= last {
             let ip = Ipv4Addr::from(*cursor);
             *cursor = cursor.saturating_add(1);
-            if ip != cidr.broadcast() && !taken.contains(&ip) {
-                found = Some(ip);
-                break;
+            if ip != self.spec.cidr.broadcast() && !taken.contains(&ip) {
+                return Some(ip);
             }
             if *cursor == u32::MAX {
                 break;
             }
         }
-        match found {
-            Some(ip) => {
-                taken.insert(ip);
-                addresses.insert(ip, a.container);
+        None
+    }
+
+    /// The assignment, and the difference to the stored keys.
+    fn record(
+        &self,
+        node_block: &BTreeMap<&'a str, Ipv4Net>,
+        addresses: &Addresses<'a>,
+        out: &mut IpamChanges,
+    ) {
+        let name = self.name;
+        for (ip, c) in addresses {
+            out.assignment
+                .addresses
+                .entry(c.to_string())
+                .or_default()
+                .insert(name.to_string(), *ip);
+        }
+        if !node_block.is_empty() {
+            let nb = out.assignment.blocks.entry(name.to_string()).or_default();
+            for (node, block) in node_block {
+                nb.insert(node.to_string(), *block);
             }
-            None => errors.push(a.error(
-                "network",
-                format!(
-                    "no free address left in block {block} of network {name} on node {}",
-                    a.node
-                ),
-            )),
         }
-    }
-
-    // The assignment, and the difference to the stored keys.
-    for (ip, c) in &addresses {
-        out.assignment
-            .addresses
-            .entry(c.to_string())
-            .or_default()
-            .insert(name.to_string(), *ip);
-    }
-    if !node_block.is_empty() {
-        let nb = out.assignment.blocks.entry(name.to_string()).or_default();
-        for (node, block) in &node_block {
-            nb.insert(node.to_string(), *block);
-        }
-    }
-
-    let desired_blocks: BTreeMap<Ipv4Net, &str> =
-        node_block.iter().map(|(n, b)| (*b, *n)).collect();
-    for block in cur_blocks.keys() {
-        if !desired_blocks.contains_key(block) {
-            out.deletes.push(keys::ipam_block(name, *block));
-        }
-    }
-    for (block, node) in &desired_blocks {
-        let current = cur_blocks.get(block);
-        if current.map(String::as_str) != Some(*node) {
-            let key = keys::ipam_block(name, *block);
-            if current.is_none() {
-                out.created.push(key.clone());
+        let desired_blocks: BTreeMap<Ipv4Net, &str> =
+            node_block.iter().map(|(n, b)| (*b, *n)).collect();
+        for block in self.cur_blocks.keys() {
+            if !desired_blocks.contains_key(block) {
+                out.deletes.push(keys::ipam_block(name, *block));
             }
-            out.puts.push((key, block_value(node)));
         }
-    }
-    for ip in cur_addrs.keys() {
-        if !addresses.contains_key(ip) {
-            out.deletes.push(keys::ipam_addr(name, *ip));
-        }
-    }
-    for (ip, holder) in &addresses {
-        let current = cur_addrs.get(ip);
-        if current.map(String::as_str) != Some(*holder) {
-            let key = keys::ipam_addr(name, *ip);
-            if current.is_none() {
-                out.created.push(key.clone());
+        for (block, node) in &desired_blocks {
+            let current = self.cur_blocks.get(block);
+            if current.map(String::as_str) != Some(*node) {
+                let key = keys::ipam_block(name, *block);
+                if current.is_none() {
+                    out.created.push(key.clone());
+                }
+                out.puts.push((key, IpamValue::block(node)));
             }
-            out.puts.push((key, addr_value(holder)));
+        }
+        for ip in self.cur_addrs.keys() {
+            if !addresses.contains_key(ip) {
+                out.deletes.push(keys::ipam_addr(name, *ip));
+            }
+        }
+        for (ip, holder) in addresses {
+            let current = self.cur_addrs.get(ip);
+            if current.map(String::as_str) != Some(*holder) {
+                let key = keys::ipam_addr(name, *ip);
+                if current.is_none() {
+                    out.created.push(key.clone());
+                }
+                out.puts.push((key, IpamValue::addr(holder)));
+            }
         }
     }
-}
-
-/// The JSON value of a block key.
-pub fn block_value(node: &str) -> String {
-    serde_json::to_string(&BlockValue {
-        node: node.to_string(),
-    })
-    .unwrap_or_default()
-}
-
-/// The JSON value of an address key.
-pub fn addr_value(holder: &str) -> String {
-    serde_json::to_string(&AddrValue {
-        holder: holder.to_string(),
-    })
-    .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -709,16 +815,18 @@ mod tests {
                 }
             }
             for (k, v) in &ch.puts {
+                // Through the wire form, as etcd and the cache would see it.
+                let v = serde_json::to_string(v).unwrap();
                 match keys::parse_ipam_key(k).unwrap() {
                     keys::IpamKey::Block { network, block } => {
-                        let v: BlockValue = serde_json::from_str(v).unwrap();
+                        let v: BlockValue = serde_json::from_str(&v).unwrap();
                         self.blocks
                             .entry(network.to_string())
                             .or_default()
                             .insert(block, v.node);
                     }
                     keys::IpamKey::Addr { network, ip } => {
-                        let v: AddrValue = serde_json::from_str(v).unwrap();
+                        let v: AddrValue = serde_json::from_str(&v).unwrap();
                         self.addrs
                             .entry(network.to_string())
                             .or_default()
@@ -778,11 +886,18 @@ mod tests {
         assert_eq!(a.address("c", "ov"), Some(ip("10.2.1.2")));
         assert_eq!(ch.created.len(), 5);
         assert_eq!(st.assignment(), ch.assignment);
-        assert!(ch.puts.iter().any(|(k, v)| k == "/topo/v1/ipam/ov/blocks/10.2.1.0-24" && v == r#"{"node":"n2"}"#));
+        let json = |v: &IpamValue| serde_json::to_string(v).unwrap();
         assert!(
             ch.puts
                 .iter()
-                .any(|(k, v)| k == "/topo/v1/ipam/ov/addrs/10.2.0.3" && v == r#"{"holder":"b"}"#)
+                .any(|(k, v)| k == "/topo/v1/ipam/ov/blocks/10.2.1.0-24"
+                    && json(v) == r#"{"node":"n2"}"#)
+        );
+        assert!(
+            ch.puts
+                .iter()
+                .any(|(k, v)| k == "/topo/v1/ipam/ov/addrs/10.2.0.3"
+                    && json(v) == r#"{"holder":"b"}"#)
         );
     }
 

@@ -251,6 +251,9 @@ struct TunnelWork<'a> {
     remote: Option<Ipv4Addr>,
 }
 
+/// Node pairs per network that user tunnels already join.
+type UserPairs<'a> = BTreeMap<&'a str, BTreeSet<(&'a str, &'a str)>>;
+
 /// The network plans, every tunnel to lay out and the derived Tunnel objects.
 fn derive<'a>(
     desired: &Desired<'a>,
@@ -263,10 +266,38 @@ fn derive<'a>(
     let gre = gre_keys(&desired.networks);
     let mut networks = BTreeMap::new();
     let mut derived = BTreeMap::new();
-
     // Tunnels: the user's, then the mesh pairs they do not already cover.
+    let (mut tunnels, user_pairs) = user_tunnels(desired);
+    for (name, n) in &desired.networks {
+        let hosts = hosting(assignment, name);
+        let pairs = user_pairs.get(*name);
+        let full_mesh = match n.spec.topology {
+            Topology::Mesh => true,
+            Topology::Explicit => hosts.iter().enumerate().all(|(i, a)| {
+                hosts[i + 1..]
+                    .iter()
+                    .all(|b| pairs.is_some_and(|p| p.contains(&pair(a, b))))
+            }),
+        };
+        networks.insert(
+            name.to_string(),
+            NetworkPlan {
+                gre_key: gre.get(*name).copied().unwrap_or(1),
+                mtu: net::effective_mtu(n.spec.mtu),
+                full_mesh,
+            },
+        );
+        if n.spec.topology == Topology::Mesh {
+            mesh_tunnels(n, &hosts, pairs, &mut tunnels, &mut derived);
+        }
+    }
+    (networks, tunnels, derived)
+}
+
+/// The tunnels users wrote, and the node pairs they join per network.
+fn user_tunnels<'a>(desired: &Desired<'a>) -> (Vec<TunnelWork<'a>>, UserPairs<'a>) {
     let mut tunnels: Vec<TunnelWork<'a>> = Vec::new();
-    let mut user_pairs: BTreeMap<&str, BTreeSet<(&str, &str)>> = BTreeMap::new();
+    let mut user_pairs: UserPairs<'a> = BTreeMap::new();
     for (name, t) in &desired.tunnels {
         let nodes: Vec<&str> = match (&t.spec.node, t.spec.remote) {
             (Some(n), Some(_)) => vec![n.as_str()],
@@ -289,65 +320,47 @@ fn derive<'a>(
             },
         });
     }
+    (tunnels, user_pairs)
+}
 
-    for (name, n) in &desired.networks {
-        let hosts = hosting(assignment, name);
-        let gre_key = gre.get(*name).copied().unwrap_or(1);
-        let mtu = net::effective_mtu(n.spec.mtu);
-        let full_mesh = match n.spec.topology {
-            Topology::Mesh => true,
-            Topology::Explicit => {
-                let pairs = user_pairs.get(*name);
-                hosts.iter().enumerate().all(|(i, a)| {
-                    hosts[i + 1..]
-                        .iter()
-                        .all(|b| pairs.is_some_and(|p| p.contains(&pair(a, b))))
-                })
+/// A mesh network's derived tunnels: one per pair of hosting nodes no user tunnel joins.
+fn mesh_tunnels<'a>(
+    n: &'a Network,
+    hosts: &[&'a str],
+    covered: Option<&BTreeSet<(&str, &str)>>,
+    tunnels: &mut Vec<TunnelWork<'a>>,
+    derived: &mut BTreeMap<String, Tunnel>,
+) {
+    let name = n.metadata.name.as_str();
+    for (i, a) in hosts.iter().enumerate() {
+        for b in &hosts[i + 1..] {
+            if covered.is_some_and(|p| p.contains(&pair(a, b))) {
+                continue;
             }
-        };
-        networks.insert(
-            name.to_string(),
-            NetworkPlan {
-                gre_key,
-                mtu,
-                full_mesh,
-            },
-        );
-        if n.spec.topology != Topology::Mesh {
-            continue;
-        }
-        let covered = user_pairs.get(*name);
-        for (i, a) in hosts.iter().enumerate() {
-            for b in &hosts[i + 1..] {
-                if covered.is_some_and(|p| p.contains(&pair(a, b))) {
-                    continue;
-                }
-                let tname = derived_tunnel_name(name, a, b);
-                let mut obj = Tunnel::new(
-                    Kind::Tunnel,
-                    tname.clone(),
-                    TunnelSpec {
-                        network: name.to_string(),
-                        nodes: vec![a.to_string(), b.to_string()],
-                        node: None,
-                        remote: None,
-                    },
-                );
-                obj.metadata = ObjectMeta::named(tname.clone());
-                obj.metadata
-                    .labels
-                    .insert(LABEL_DERIVED_FROM.to_string(), derived_from(name));
-                tunnels.push(TunnelWork {
-                    name: tname.clone(),
-                    network: n.metadata.name.as_str(),
-                    nodes: vec![a, b],
+            let tname = derived_tunnel_name(name, a, b);
+            let mut obj = Tunnel::new(
+                Kind::Tunnel,
+                tname.clone(),
+                TunnelSpec {
+                    network: name.to_string(),
+                    nodes: vec![a.to_string(), b.to_string()],
+                    node: None,
                     remote: None,
-                });
-                derived.insert(tname, obj);
-            }
+                },
+            );
+            obj.metadata = ObjectMeta::named(tname.clone());
+            obj.metadata
+                .labels
+                .insert(LABEL_DERIVED_FROM.to_string(), derived_from(name));
+            tunnels.push(TunnelWork {
+                name: tname.clone(),
+                network: name,
+                nodes: vec![a, b],
+                remote: None,
+            });
+            derived.insert(tname, obj);
         }
     }
-    (networks, tunnels, derived)
 }
 
 /// Hosting nodes are those with a block: IPAM gives one to every node with a container or a
@@ -370,8 +383,31 @@ pub fn plan(desired: &Desired<'_>, assignment: &Assignment) -> Plan {
     let (networks, tunnels, derived) = derive(desired, assignment);
     out.networks = networks;
     out.derived_tunnels = derived;
+    node_and_bridge_entries(&mut out, desired, assignment);
+    for t in tunnels {
+        let tp = gre_port_entries(&mut out, &t, desired, assignment);
+        out.tunnels.insert(t.name, tp);
+    }
+    // Links, indexed by consumer.
+    let mut links_from: BTreeMap<&str, Vec<(&str, &Link)>> = BTreeMap::new();
+    for (name, l) in &desired.links {
+        links_from
+            .entry(l.spec.from.as_str())
+            .or_default()
+            .push((name, l));
+        out.links
+            .insert(name.to_string(), resolve_link(l, desired, assignment));
+    }
+    for (name, c) in &desired.containers {
+        let links = links_from.get(name).map(Vec::as_slice).unwrap_or(&[]);
+        let cp = place_container(&mut out, name, c, links, desired, assignment);
+        out.containers.insert(name.to_string(), cp);
+    }
+    out
+}
 
-    // Node and bridge entries.
+/// Every node's node entry, and a bridge entry on each node that hosts a network.
+fn node_and_bridge_entries(out: &mut Plan, desired: &Desired<'_>, assignment: &Assignment) {
     for (node_name, node) in &desired.nodes {
         let mut entries = BTreeMap::new();
         let e = SliceEntry::Node(NodeEntry {
@@ -399,134 +435,132 @@ pub fn plan(desired: &Desired<'_>, assignment: &Assignment) -> Plan {
             }
         }
     }
+}
 
-    // GRE ports.
-    for t in tunnels {
-        let ends: Vec<String> = t.nodes.iter().map(|s| s.to_string()).collect();
-        let mut tp = TunnelPlan {
-            network: t.network.to_string(),
-            ends,
-            programmed_on: vec![],
-            problem: None,
-        };
-        let Some(np) = out.networks.get(t.network).cloned() else {
-            tp.problem = Some(Reason::new(
-                "NetworkNotFound",
-                format!("network {} does not exist", t.network),
+/// One GRE port a tunnel needs: (this end, peer name for the port, remote address, peer
+/// node).
+type PortEnd<'a> = (&'a str, String, Ipv4Addr, Option<&'a str>);
+
+/// The GRE port entries of one tunnel on the slices of its ends, and its plan (with why
+/// it is not fully programmed).
+fn gre_port_entries(
+    out: &mut Plan,
+    t: &TunnelWork<'_>,
+    desired: &Desired<'_>,
+    assignment: &Assignment,
+) -> TunnelPlan {
+    let mut tp = TunnelPlan {
+        network: t.network.to_string(),
+        ends: t.nodes.iter().map(|s| s.to_string()).collect(),
+        programmed_on: vec![],
+        problem: None,
+    };
+    let Some(np) = out.networks.get(t.network).cloned() else {
+        tp.problem = Some(Reason::new(
+            "NetworkNotFound",
+            format!("network {} does not exist", t.network),
+        ));
+        return tp;
+    };
+    let (ports, mut problems) = port_ends(t, desired);
+    for (local, peer_label, remote_ip, peer) in ports {
+        if !desired.nodes.contains_key(local) {
+            problems.push(format!("node {local} is not registered"));
+            continue;
+        }
+        if assignment.block(t.network, local).is_none() {
+            problems.push(format!(
+                "node {local} has no block in network {}",
+                t.network
             ));
-            out.tunnels.insert(t.name, tp);
+            continue;
+        }
+        let e = SliceEntry::Tunnel(TunnelEntry {
+            tunnel: t.name.clone(),
+            network: t.network.to_string(),
+            bridge: names::bridge_name(t.network),
+            port: names::gre_port_name(t.network, &peer_label),
+            peer: peer.map(str::to_string),
+            remote_ip,
+            key: np.gre_key,
+            split_horizon: np.full_mesh,
+        });
+        let key = e.key();
+        let Some(entries) = out.slices.get_mut(local) else {
             continue;
         };
-        let mut problems = vec![];
-        // (this end, peer name for the port, remote address, peer node)
-        let mut ports: Vec<(&str, String, Ipv4Addr, Option<&str>)> = vec![];
-        match (t.nodes.as_slice(), t.remote) {
-            ([local], Some(remote)) => ports.push((local, remote.to_string(), remote, None)),
-            ([a, b], None) => {
-                for (local, peer) in [(*a, *b), (*b, *a)] {
-                    match desired.nodes.get(peer) {
-                        Some(p) => {
-                            ports.push((local, peer.to_string(), p.spec.address, Some(peer)))
-                        }
-                        None => problems.push(format!("node {peer} is not registered")),
-                    }
+        if let Some(SliceEntry::Tunnel(other)) = entries.get(&key).map(|e| &e.entry) {
+            problems.push(format!(
+                "node {local} already has GRE port {} for tunnel {}",
+                other.port, other.tunnel
+            ));
+            continue;
+        }
+        entries.insert(key, SliceEnvelope::new(e));
+        tp.programmed_on.push(local.to_string());
+    }
+    if !problems.is_empty() {
+        let reason = if problems.iter().any(|p| p.contains("not registered")) {
+            "NodeNotFound"
+        } else {
+            "NotPlanned"
+        };
+        tp.problem = Some(Reason::new(reason, problems.join("; ")));
+    }
+    tp
+}
+
+/// The ports a tunnel needs: one towards a remote address, or one on each of two nodes
+/// towards the other; and the problems that leave ports out.
+fn port_ends<'a>(t: &TunnelWork<'a>, desired: &Desired<'_>) -> (Vec<PortEnd<'a>>, Vec<String>) {
+    let mut problems = vec![];
+    let mut ports: Vec<PortEnd<'a>> = vec![];
+    match (t.nodes.as_slice(), t.remote) {
+        ([local], Some(remote)) => ports.push((local, remote.to_string(), remote, None)),
+        ([a, b], None) => {
+            for (local, peer) in [(*a, *b), (*b, *a)] {
+                match desired.nodes.get(peer) {
+                    Some(p) => ports.push((local, peer.to_string(), p.spec.address, Some(peer))),
+                    None => problems.push(format!("node {peer} is not registered")),
                 }
             }
-            _ => problems.push("a tunnel joins two nodes, or one node and a remote address".into()),
         }
-        for (local, peer_label, remote_ip, peer) in ports {
-            if !desired.nodes.contains_key(local) {
-                problems.push(format!("node {local} is not registered"));
-                continue;
-            }
-            if assignment.block(t.network, local).is_none() {
-                problems.push(format!(
-                    "node {local} has no block in network {}",
-                    t.network
-                ));
-                continue;
-            }
-            let port = names::gre_port_name(t.network, &peer_label);
-            let e = SliceEntry::Tunnel(TunnelEntry {
-                tunnel: t.name.clone(),
-                network: t.network.to_string(),
-                bridge: names::bridge_name(t.network),
-                port,
-                peer: peer.map(str::to_string),
-                remote_ip,
-                key: np.gre_key,
-                split_horizon: np.full_mesh,
-            });
-            let key = e.key();
-            let Some(entries) = out.slices.get_mut(local) else {
-                continue;
-            };
-            if let Some(SliceEntry::Tunnel(other)) = entries.get(&key).map(|e| &e.entry) {
-                problems.push(format!(
-                    "node {local} already has GRE port {} for tunnel {}",
-                    other.port, other.tunnel
-                ));
-                continue;
-            }
-            entries.insert(key, SliceEnvelope::new(e));
-            tp.programmed_on.push(local.to_string());
-        }
-        if !problems.is_empty() {
-            let reason = if problems.iter().any(|p| p.contains("not registered")) {
-                "NodeNotFound"
-            } else {
-                "NotPlanned"
-            };
-            tp.problem = Some(Reason::new(reason, problems.join("; ")));
-        }
-        out.tunnels.insert(t.name, tp);
+        _ => problems.push("a tunnel joins two nodes, or one node and a remote address".into()),
     }
+    (ports, problems)
+}
 
-    // Links, indexed by consumer.
-    let mut links_from: BTreeMap<&str, Vec<(&str, &Link)>> = BTreeMap::new();
-    for (name, l) in &desired.links {
-        links_from
-            .entry(l.spec.from.as_str())
-            .or_default()
-            .push((name, l));
-        out.links
-            .insert(name.to_string(), resolve_link(l, desired, assignment));
-    }
-
-    // Containers.
-    for (name, c) in &desired.containers {
-        let node_name = c.spec.node.as_str();
-        let mut cp = ContainerPlan {
-            node: node_name.to_string(),
-            pending: None,
-        };
-        let entry = match desired.nodes.get(node_name) {
-            None => Err(Reason::new(
-                "NodeNotFound",
-                format!("node {node_name} is not registered (no Node object)"),
-            )),
-            Some(node) => container_entry(
-                name,
-                c,
-                node,
-                links_from.get(name).map(Vec::as_slice).unwrap_or(&[]),
-                &out,
-                desired,
-                assignment,
-            ),
-        };
-        match entry {
-            Ok(e) => {
-                let e = SliceEntry::Container(e);
-                if let Some(entries) = out.slices.get_mut(node_name) {
-                    entries.insert(e.key(), SliceEnvelope::new(e));
-                }
+/// A container's entry on its node's slice, or why it stays Pending.
+fn place_container(
+    out: &mut Plan,
+    name: &str,
+    c: &Container,
+    links: &[(&str, &Link)],
+    desired: &Desired<'_>,
+    assignment: &Assignment,
+) -> ContainerPlan {
+    let node_name = c.spec.node.as_str();
+    let mut cp = ContainerPlan {
+        node: node_name.to_string(),
+        pending: None,
+    };
+    let entry = match desired.nodes.get(node_name) {
+        None => Err(Reason::new(
+            "NodeNotFound",
+            format!("node {node_name} is not registered (no Node object)"),
+        )),
+        Some(node) => container_entry(name, c, node, links, out, desired, assignment),
+    };
+    match entry {
+        Ok(e) => {
+            let e = SliceEntry::Container(e);
+            if let Some(entries) = out.slices.get_mut(node_name) {
+                entries.insert(e.key(), SliceEnvelope::new(e));
             }
-            Err(r) => cp.pending = Some(r),
         }
-        out.containers.insert(name.to_string(), cp);
+        Err(r) => cp.pending = Some(r),
     }
-    out
+    cp
 }
 
 fn bridge_entry(
@@ -628,6 +662,43 @@ fn container_entry(
     desired: &Desired<'_>,
     assignment: &Assignment,
 ) -> Result<ContainerEntry, Reason> {
+    let attachments = attachments(name, c, node, out, desired, assignment)?;
+    let ports = match attachments.first() {
+        Some(first) => published_ports(c, first.address.addr()),
+        None => vec![],
+    };
+    let (mut env, hosts) = link_environment(links);
+    // The user's own environment wins over generated link variables.
+    env.extend(c.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    Ok(ContainerEntry {
+        name: name.to_string(),
+        uid: c.metadata.uid.clone().unwrap_or_default(),
+        generation: c.metadata.generation.unwrap_or(0),
+        docker_name: format!("topo-{name}"),
+        image: c.spec.image.clone(),
+        command: c.spec.command.clone(),
+        env,
+        pull_policy: c.spec.image_pull_policy,
+        hosts: hosts
+            .into_iter()
+            .map(|(name, ip)| HostEntry { name, ip })
+            .collect(),
+        attachments,
+        ports,
+        links: link_rules(links, out),
+    })
+}
+
+/// One attachment per network of the container, with its address, block gateway and MTU;
+/// Pending while a network or an address is missing.
+fn attachments(
+    name: &str,
+    c: &Container,
+    node: &Node,
+    out: &Plan,
+    desired: &Desired<'_>,
+    assignment: &Assignment,
+) -> Result<Vec<AttachmentEntry>, Reason> {
     let node_name = c.spec.node.as_str();
     let mut attachments = Vec::with_capacity(c.spec.networks.len());
     for (i, a) in c.spec.networks.iter().enumerate() {
@@ -663,29 +734,33 @@ fn container_entry(
             tx_checksum_off: node.spec.datapath == Datapath::Netdev,
         });
     }
+    Ok(attachments)
+}
 
-    let first_ip = attachments.first().map(|a| a.address.addr());
-    let ports = match first_ip {
-        Some(container_ip) => c
-            .spec
-            .ports
-            .iter()
-            .filter_map(|p| {
-                Some(PublishedPort {
-                    host_port: u16::try_from(p.host_port?).ok()?,
-                    container_port: u16::try_from(p.container_port).ok()?,
-                    protocol: p.protocol,
-                    container_ip,
-                })
+/// The host ports the container publishes, towards its first address.
+fn published_ports(c: &Container, container_ip: Ipv4Addr) -> Vec<PublishedPort> {
+    c.spec
+        .ports
+        .iter()
+        .filter_map(|p| {
+            Some(PublishedPort {
+                host_port: u16::try_from(p.host_port?).ok()?,
+                container_port: u16::try_from(p.container_port).ok()?,
+                protocol: p.protocol,
+                container_ip,
             })
-            .collect(),
-        None => vec![],
-    };
+        })
+        .collect()
+}
 
+/// The Docker-link environment and hosts entries of the container's aliased links. Several
+/// links may share an alias (MongoDB's 27017 and 27018 as `db`): like Docker, `DB_PORT` and
+/// the hosts entry go to the lowest port, whatever the links are named.
+fn link_environment(
+    links: &[(&str, &Link)],
+) -> (BTreeMap<String, String>, BTreeMap<String, Ipv4Addr>) {
     let mut env = BTreeMap::new();
     let mut hosts: BTreeMap<String, Ipv4Addr> = BTreeMap::new();
-    // Several links may share an alias (MongoDB's 27017 and 27018 as `db`): like Docker,
-    // `DB_PORT` and the hosts entry go to the lowest port, whatever the links are named.
     let mut aliased: Vec<(&Link, SocketAddrV4)> = links
         .iter()
         .filter(|(_, l)| l.spec.alias.is_some())
@@ -699,6 +774,12 @@ fn container_entry(
         }
         hosts.entry(alias.clone()).or_insert(*listen.ip());
     }
+    (env, hosts)
+}
+
+/// One rule per link the container consumes: where it listens and where it forwards (or
+/// why it cannot yet).
+fn link_rules(links: &[(&str, &Link)], out: &Plan) -> Vec<LinkRule> {
     let mut rules = Vec::with_capacity(links.len());
     for (link_name, l) in links {
         let Some(listen) = l.spec.listen_addr() else {
@@ -723,26 +804,7 @@ fn container_entry(
             message,
         });
     }
-    // The user's own environment wins over generated link variables.
-    env.extend(c.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-
-    Ok(ContainerEntry {
-        name: name.to_string(),
-        uid: c.metadata.uid.clone().unwrap_or_default(),
-        generation: c.metadata.generation.unwrap_or(0),
-        docker_name: format!("topo-{name}"),
-        image: c.spec.image.clone(),
-        command: c.spec.command.clone(),
-        env,
-        pull_policy: c.spec.image_pull_policy,
-        hosts: hosts
-            .into_iter()
-            .map(|(name, ip)| HostEntry { name, ip })
-            .collect(),
-        attachments,
-        ports,
-        links: rules,
-    })
+    rules
 }
 
 #[cfg(test)]

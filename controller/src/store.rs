@@ -20,7 +20,7 @@ use topo_schema::validate::FieldError;
 use topo_schema::{Kind, LABEL_DERIVED_FROM, ObjectRef, Resource};
 
 use crate::cache::{Snapshot, StoredObject};
-use crate::commit::{ChangeSet, CommitError, Committer};
+use crate::commit::{ChangeSet, CommitError, Committer, EncodeError, encode};
 
 /// Largest stored object: etcd refuses requests over 1.5 MiB, and an intent chunk escapes it.
 pub const MAX_OBJECT_BYTES: usize = 512 * 1024;
@@ -35,6 +35,8 @@ pub enum StoreError {
     Rejected(ApiError),
     #[error(transparent)]
     Commit(#[from] CommitError),
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
 }
 
 impl From<ApiError> for StoreError {
@@ -54,27 +56,35 @@ impl From<StoreError> for ApiError {
             StoreError::Commit(e @ CommitError::TooManyAttempts(_)) => {
                 ApiError::new(ErrorReason::Conflict, e.to_string())
             }
+            StoreError::Commit(CommitError::Encode(e)) | StoreError::Encode(e) => {
+                ApiError::new(ErrorReason::InternalError, with_sources(&e))
+            }
             StoreError::Commit(e) => {
-                let mut msg = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    msg.push_str(": ");
-                    msg.push_str(&s.to_string());
-                    src = s.source();
-                }
-                ApiError::new(ErrorReason::ServiceUnavailable, msg)
+                ApiError::new(ErrorReason::ServiceUnavailable, with_sources(&e))
             }
         }
     }
 }
 
+/// The error's message followed by those of its sources.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
 /// The stored form of an object: no status, no resourceVersion (that is the key's
 /// mod_revision). The leader writes derived tunnels with this too.
-pub fn encode_object(r: &Resource) -> String {
+pub fn encode_object(r: &Resource) -> Result<String, EncodeError> {
     let mut r = r.clone();
     r.clear_status();
     r.metadata_mut().resource_version = None;
-    serde_json::to_string(&r).unwrap_or_default()
+    encode(&keys::object(r.kind(), r.name()), &r)
 }
 
 fn not_found(r: &ObjectRef) -> ApiError {
@@ -400,19 +410,68 @@ fn plan_write(
     deletes: &[ObjectRef],
     mode: WriteMode,
 ) -> Result<(ChangeSet, Planned), StoreError> {
-    let mut cs = ChangeSet::default();
-    let mut results = Vec::new();
-    let mut causes = Vec::new();
-    let mut changed: Vec<ObjectRef> = Vec::new();
-    let mut docs: BTreeMap<ObjectRef, Option<&ParsedDoc>> = BTreeMap::new();
-    let mut new_objects: BTreeMap<ObjectRef, Resource> = BTreeMap::new();
-    // (object, its stored version) for objects the write changes.
-    let mut updates: Vec<(ObjectRef, &Resource)> = Vec::new();
-
+    let mut w = WritePlan::default();
     for d in desired {
+        w.write_object(snap, d, mode)?;
+    }
+    for r in deletes {
+        w.delete_object(snap, r, mode)?;
+    }
+    if !w.causes.is_empty() {
+        return Err(ApiError::invalid(w.causes).into());
+    }
+    if w.changed.is_empty() {
+        return Ok((w.cs, Planned { results: w.results }));
+    }
+    let all = w.objects_after(snap, deletes);
+    let update_errors = w.update_errors(snap, &all);
+    if !update_errors.is_empty() {
+        return Err(ApiError::invalid(w.locate(update_errors)).into());
+    }
+    let errs = topo_schema::validate::validate_consistency(&all, &w.changed);
+    if !errs.is_empty() {
+        return Err(ApiError::invalid(w.locate(errs)).into());
+    }
+    match crate::ipam::plan(all.iter().copied(), &w.changed, &snap.blocks, &snap.addrs) {
+        Ok(ipam) => {
+            for k in &ipam.created {
+                w.cs.compare(k.clone(), 0);
+            }
+            w.cs.put_all_json(&ipam.puts)?;
+            w.cs.deletes.extend(ipam.deletes);
+        }
+        Err(errs) => return Err(ApiError::invalid(w.locate(errs)).into()),
+    }
+    Ok((w.cs, Planned { results: w.results }))
+}
+
+/// What a write amounts to while it is computed.
+#[derive(Default)]
+struct WritePlan<'a> {
+    cs: ChangeSet,
+    results: Vec<(ObjectRef, ApplyAction, Resource)>,
+    /// Per-object refusals, all reported together.
+    causes: Vec<Cause>,
+    /// Objects the write creates, updates or deletes.
+    changed: Vec<ObjectRef>,
+    docs: BTreeMap<ObjectRef, Option<&'a ParsedDoc>>,
+    new_objects: BTreeMap<ObjectRef, Resource>,
+    /// (object, its stored version) for objects the write changes.
+    updates: Vec<(ObjectRef, &'a Resource)>,
+}
+
+impl<'a> WritePlan<'a> {
+    /// One object to create or update: refused outright (exists, missing, derived, stale
+    /// resourceVersion), a located cause, or its put and compare.
+    fn write_object(
+        &mut self,
+        snap: &'a Snapshot,
+        d: &Desired<'a>,
+        mode: WriteMode,
+    ) -> Result<(), StoreError> {
         let r = d.resource.object_ref();
         let old = snap.get(&r).map(|o| &**o);
-        docs.insert(r.clone(), d.doc);
+        self.docs.insert(r.clone(), d.doc);
         match (mode, old) {
             (WriteMode::Create, Some(_)) => {
                 return Err(ApiError::new(
@@ -434,7 +493,7 @@ fn plan_write(
             .labels
             .contains_key(LABEL_DERIVED_FROM)
         {
-            causes.push(cause_for(
+            self.causes.push(cause_for(
                 &r,
                 FieldError {
                     field: format!("metadata.labels.{LABEL_DERIVED_FROM}"),
@@ -442,7 +501,7 @@ fn plan_write(
                 },
                 d.doc,
             ));
-            continue;
+            return Ok(());
         }
         if let Some(rv) = d.resource.metadata().resource_version.as_deref()
             && old.map(|o| o.mod_revision.to_string()).as_deref() != Some(rv)
@@ -450,38 +509,59 @@ fn plan_write(
             return Err(conflict(&r, rv, old.map(|o| o.mod_revision)).into());
         }
         let (resource, action) = prepare(old, d.resource.clone());
-        if let Some(o) = old
-            && action != ApplyAction::Unchanged
-        {
-            updates.push((r.clone(), &o.resource));
-        }
         if action != ApplyAction::Unchanged {
-            let encoded = encode_object(&resource);
-            if encoded.len() > MAX_OBJECT_BYTES {
-                causes.push(cause_for(
-                    &r,
-                    FieldError {
-                        field: String::new(),
-                        message: format!(
-                            "the object is {} bytes stored; at most {MAX_OBJECT_BYTES} fit in one etcd value",
-                            encoded.len()
-                        ),
-                    },
-                    d.doc,
-                ));
-                continue;
+            if let Some(o) = old {
+                self.updates.push((r.clone(), &o.resource));
             }
-            cs.put(keys::object(r.kind, &r.name), encoded);
-            cs.compare(
-                keys::object(r.kind, &r.name),
-                old.map(|o| o.mod_revision).unwrap_or(0),
-            );
-            changed.push(r.clone());
-            new_objects.insert(r.clone(), resource.clone());
+            if !self.put_object(&r, &resource, old, d.doc)? {
+                return Ok(());
+            }
         }
-        results.push((r, action, resource));
+        self.results.push((r, action, resource));
+        Ok(())
     }
-    for r in deletes {
+
+    /// Puts a changed object with its compare; false (and a cause) when it is too large to
+    /// store.
+    fn put_object(
+        &mut self,
+        r: &ObjectRef,
+        resource: &Resource,
+        old: Option<&StoredObject>,
+        doc: Option<&ParsedDoc>,
+    ) -> Result<bool, StoreError> {
+        let encoded = encode_object(resource)?;
+        if encoded.len() > MAX_OBJECT_BYTES {
+            self.causes.push(cause_for(
+                r,
+                FieldError {
+                    field: String::new(),
+                    message: format!(
+                        "the object is {} bytes stored; at most {MAX_OBJECT_BYTES} fit in one etcd value",
+                        encoded.len()
+                    ),
+                },
+                doc,
+            ));
+            return Ok(false);
+        }
+        self.cs.put(keys::object(r.kind, &r.name), encoded);
+        self.cs.compare(
+            keys::object(r.kind, &r.name),
+            old.map(|o| o.mod_revision).unwrap_or(0),
+        );
+        self.changed.push(r.clone());
+        self.new_objects.insert(r.clone(), resource.clone());
+        Ok(true)
+    }
+
+    /// One object to delete, with its status.
+    fn delete_object(
+        &mut self,
+        snap: &Snapshot,
+        r: &ObjectRef,
+        mode: WriteMode,
+    ) -> Result<(), StoreError> {
         let Some(o) = snap.get(r) else {
             return Err(not_found(r).into());
         };
@@ -493,78 +573,66 @@ fn plan_write(
         {
             return Err(conflict(r, &rv.to_string(), Some(o.mod_revision)).into());
         }
-        cs.delete(keys::object(r.kind, &r.name));
-        cs.delete(keys::status(r.kind, &r.name));
-        cs.compare(keys::object(r.kind, &r.name), o.mod_revision);
-        changed.push(r.clone());
-        results.push((r.clone(), ApplyAction::Deleted, o.resource.clone()));
-    }
-    if !causes.is_empty() {
-        return Err(ApiError::invalid(causes).into());
-    }
-    if changed.is_empty() {
-        return Ok((cs, Planned { results }));
+        self.cs.delete(keys::object(r.kind, &r.name));
+        self.cs.delete(keys::status(r.kind, &r.name));
+        self.cs
+            .compare(keys::object(r.kind, &r.name), o.mod_revision);
+        self.changed.push(r.clone());
+        self.results
+            .push((r.clone(), ApplyAction::Deleted, o.resource.clone()));
+        Ok(())
     }
 
-    // The user objects that exist after the change.
-    let mut all: BTreeMap<&ObjectRef, &Resource> = snap
-        .objects
-        .iter()
-        .filter(|(_, o)| !o.is_derived())
-        .map(|(r, o)| (r, &o.resource))
-        .collect();
-    for (r, res) in &new_objects {
-        all.insert(r, res);
+    /// The user objects that exist after the change.
+    fn objects_after<'s>(&'s self, snap: &'s Snapshot, deletes: &[ObjectRef]) -> Vec<&'s Resource> {
+        let mut all: BTreeMap<&ObjectRef, &Resource> = snap
+            .objects
+            .iter()
+            .filter(|(_, o)| !o.is_derived())
+            .map(|(r, o)| (r, &o.resource))
+            .collect();
+        for (r, res) in &self.new_objects {
+            all.insert(r, res);
+        }
+        for r in deletes {
+            all.remove(r);
+        }
+        all.into_values().collect()
     }
-    for r in deletes {
-        all.remove(r);
+
+    /// What the updates may not change (a network's cidr while it is used, a kind).
+    fn update_errors(&self, snap: &Snapshot, all: &[&Resource]) -> Vec<(ObjectRef, FieldError)> {
+        let mut errors = Vec::new();
+        for (r, old) in &self.updates {
+            let Some(new) = self.new_objects.get(r) else {
+                continue;
+            };
+            let errs = match new {
+                Resource::Network(_) => {
+                    let users = topo_schema::validate::network_users(all, &r.name);
+                    let allocated = snap.addrs.get(&r.name).is_some_and(|a| !a.is_empty());
+                    if users.is_empty() && allocated {
+                        topo_schema::validate::check_update(old, new, true)
+                    } else {
+                        topo_schema::validate::check_update_with_users(old, new, &users)
+                    }
+                }
+                _ => topo_schema::validate::check_update(old, new, false),
+            };
+            errors.extend(errs.into_iter().map(|e| (r.clone(), e)));
+        }
+        errors
     }
-    let all: Vec<&Resource> = all.into_values().collect();
-    let locate = |errs: Vec<(ObjectRef, FieldError)>| -> Vec<Cause> {
+
+    /// Field errors as causes located in the documents they came from.
+    fn locate(&self, errs: Vec<(ObjectRef, FieldError)>) -> Vec<Cause> {
         errs.into_iter()
             .map(|(r, e)| {
-                let doc = docs.get(&r).copied().flatten();
+                let doc = self.docs.get(&r).copied().flatten();
                 cause_for(&r, e, doc)
             })
             .collect()
-    };
-    let mut update_causes = Vec::new();
-    for (r, old) in &updates {
-        let Some(new) = new_objects.get(r) else {
-            continue;
-        };
-        let errs = match new {
-            Resource::Network(_) => {
-                let users = topo_schema::validate::network_users(&all, &r.name);
-                let allocated = snap.addrs.get(&r.name).is_some_and(|a| !a.is_empty());
-                if users.is_empty() && allocated {
-                    topo_schema::validate::check_update(old, new, true)
-                } else {
-                    topo_schema::validate::check_update_with_users(old, new, &users)
-                }
-            }
-            _ => topo_schema::validate::check_update(old, new, false),
-        };
-        update_causes.extend(errs.into_iter().map(|e| (r.clone(), e)));
     }
-    if !update_causes.is_empty() {
-        return Err(ApiError::invalid(locate(update_causes)).into());
-    }
-    let errs = topo_schema::validate::validate_consistency(&all, &changed);
-    if !errs.is_empty() {
-        return Err(ApiError::invalid(locate(errs)).into());
-    }
-    match crate::ipam::plan(all.iter().copied(), &changed, &snap.blocks, &snap.addrs) {
-        Ok(ipam) => {
-            for k in &ipam.created {
-                cs.compare(k.clone(), 0);
-            }
-            cs.puts.extend(ipam.puts);
-            cs.deletes.extend(ipam.deletes);
-        }
-        Err(errs) => return Err(ApiError::invalid(locate(errs)).into()),
-    }
-    Ok((cs, Planned { results }))
 }
 
 #[cfg(test)]
@@ -618,7 +686,7 @@ mod tests {
         let mut n = node("192.168.1.1");
         n.metadata_mut().resource_version = Some("9".into());
         n.set_status_value(serde_json::json!({"conditions": []}));
-        let v: serde_json::Value = serde_json::from_str(&encode_object(&n)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&encode_object(&n).unwrap()).unwrap();
         assert!(v.get("status").is_none());
         assert!(v["metadata"].get("resourceVersion").is_none());
     }

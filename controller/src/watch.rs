@@ -34,10 +34,11 @@ pub struct ObjectWatch {
     pub resource_version: Option<i64>,
 }
 
-fn line<T: Serialize>(ev: &WatchEvent<T>) -> Bytes {
-    let mut v = serde_json::to_vec(ev).unwrap_or_default();
+/// One NDJSON line.
+fn line<T: Serialize>(ev: &WatchEvent<T>) -> Result<Bytes, serde_json::Error> {
+    let mut v = serde_json::to_vec(ev)?;
     v.push(b'\n');
-    Bytes::from(v)
+    Ok(Bytes::from(v))
 }
 
 fn event<T>(type_: WatchEventType, object: T, rev: i64) -> WatchEvent<T> {
@@ -84,8 +85,17 @@ fn is_compacted(e: &etcd_client::Error) -> bool {
 struct Sink(mpsc::Sender<Result<Bytes, Infallible>>);
 
 impl Sink {
+    /// Sends one event. An event that does not encode ends the stream (logged) rather than
+    /// reaching the client as an empty line; the client resumes from the last
+    /// resourceVersion it saw.
     async fn send<T: Serialize>(&self, ev: &WatchEvent<T>) -> bool {
-        self.0.send(Ok(line(ev))).await.is_ok()
+        match line(ev) {
+            Ok(l) => self.0.send(Ok(l)).await.is_ok(),
+            Err(e) => {
+                tracing::error!(error = %e, resource_version = %ev.resource_version, "failed to encode a watch event, ending the stream");
+                false
+            }
+        }
     }
 }
 
@@ -111,8 +121,11 @@ struct ObjectWatchState<'a> {
     client: &'a Client,
     cache: &'a Cache,
     w: &'a ObjectWatch,
+    /// An intent is being rolled forward: events are held until it is applied.
     pending: bool,
     held: Vec<WatchEvent<Resource>>,
+    /// The last revision sent (or known to hold nothing this watch covers).
+    last: i64,
 }
 
 impl ObjectWatchState<'_> {
@@ -237,6 +250,20 @@ async fn pending_at(client: &Client, rev: i64) -> Result<bool, ApiError> {
     }
 }
 
+/// How one etcd watch stream under a client's watch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamEnd {
+    /// The client's stream is over: it went away, shutdown, or its revision was compacted.
+    Done,
+    /// The etcd watch was lost: watch again from the last revision sent.
+    Lost,
+}
+
+type EtcdWatch = (
+    etcd_client::WatchRequestSender,
+    etcd_client::WatchResponseStream,
+);
+
 async fn run_object_watch(
     client: &Client,
     cache: &Cache,
@@ -250,47 +277,27 @@ async fn run_object_watch(
         w,
         pending: false,
         held: Vec::new(),
+        last: 0,
     };
-    let mut last = match w.resource_version {
-        Some(rv) => {
-            st.pending = pending_at(client, rv).await?;
-            rv
-        }
-        None => {
-            // Published snapshots are never mid-intent.
-            let snap = cache.current();
-            let objs: Vec<_> = match w.kind {
-                Some(k) => snap.of_kind(k).cloned().collect(),
-                None => snap.objects.values().cloned().collect(),
-            };
-            for o in objs {
-                if st.matches(&o.resource)
-                    && !sink
-                        .send(&event(
-                            WatchEventType::Added,
-                            o.resource.clone(),
-                            o.mod_revision,
-                        ))
-                        .await
-                {
-                    return Ok(());
-                }
-            }
-            snap.revision
-        }
-    };
+    match st.start(sink).await? {
+        Some(last) => st.last = last,
+        None => return Ok(()),
+    }
     let mut failures = 0;
     loop {
-        let opts = WatchOptions::new()
-            .with_range(keys::CACHE_RANGE_END)
-            .with_start_revision(last + 1)
-            .with_prev_key()
-            .with_progress_notify();
-        let mut wc = client
-            .watch_client()
-            .max_decoding_message_size(MAX_MESSAGE_BYTES);
-        let (mut sender, mut stream) = match wc.watch(keys::CACHE_RANGE_START, Some(opts)).await {
-            Ok(s) => s.split(),
+        match st.open().await {
+            Ok(watch) => {
+                if st.pump(watch, sink, shutdown, &mut failures).await == StreamEnd::Done {
+                    return Ok(());
+                }
+                failures += 1;
+                if failures > 5 {
+                    return Err(ApiError::new(
+                        ErrorReason::ServiceUnavailable,
+                        "lost the etcd watch",
+                    ));
+                }
+            }
             Err(e) => {
                 failures += 1;
                 if failures > 5 {
@@ -299,16 +306,70 @@ async fn run_object_watch(
                         format!("failed to watch etcd: {e}"),
                     ));
                 }
-                tokio::time::sleep(Duration::from_millis(200 * failures)).await;
-                continue;
             }
+        }
+        tokio::time::sleep(Duration::from_millis(200 * failures)).await;
+    }
+}
+
+impl ObjectWatchState<'_> {
+    /// The revision the etcd watch starts after: the client's, or, without one, the cache's
+    /// after an ADDED for every current object. None when the client went away.
+    async fn start(&mut self, sink: &Sink) -> Result<Option<i64>, ApiError> {
+        if let Some(rv) = self.w.resource_version {
+            self.pending = pending_at(self.client, rv).await?;
+            return Ok(Some(rv));
+        }
+        // Published snapshots are never mid-intent.
+        let snap = self.cache.current();
+        let objs: Vec<_> = match self.w.kind {
+            Some(k) => snap.of_kind(k).cloned().collect(),
+            None => snap.objects.values().cloned().collect(),
         };
+        for o in objs {
+            if self.matches(&o.resource)
+                && !sink
+                    .send(&event(
+                        WatchEventType::Added,
+                        o.resource.clone(),
+                        o.mod_revision,
+                    ))
+                    .await
+            {
+                return Ok(None);
+            }
+        }
+        Ok(Some(snap.revision))
+    }
+
+    /// Watches the cached range after the last revision sent.
+    async fn open(&self) -> Result<EtcdWatch, etcd_client::Error> {
+        let opts = WatchOptions::new()
+            .with_range(keys::CACHE_RANGE_END)
+            .with_start_revision(self.last + 1)
+            .with_prev_key()
+            .with_progress_notify();
+        let mut wc = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(wc.watch(keys::CACHE_RANGE_START, Some(opts)).await?.split())
+    }
+
+    /// Forwards one etcd watch stream to the client until it ends.
+    async fn pump(
+        &mut self,
+        (mut sender, mut stream): EtcdWatch,
+        sink: &Sink,
+        shutdown: &CancellationToken,
+        failures: &mut u64,
+    ) -> StreamEnd {
         let mut ticker = tokio::time::interval(BOOKMARK_INTERVAL);
         ticker.tick().await;
         loop {
             let msg = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = sink.0.closed() => return Ok(()),
+                _ = shutdown.cancelled() => return StreamEnd::Done,
+                _ = sink.0.closed() => return StreamEnd::Done,
                 _ = ticker.tick() => {
                     let _ = sender.request_progress().await;
                     continue;
@@ -317,68 +378,74 @@ async fn run_object_watch(
             };
             let resp = match msg {
                 Ok(Some(r)) => r,
-                Ok(None) | Err(_) => break,
+                Ok(None) | Err(_) => return StreamEnd::Lost,
             };
             if resp.compact_revision() > 0 {
                 let _ = sink
                     .send(&error_event::<Resource>(
-                        expired(last),
+                        expired(self.last),
                         resp.compact_revision(),
                     ))
                     .await;
-                return Ok(());
+                return StreamEnd::Done;
             }
             if resp.canceled() {
-                break;
+                return StreamEnd::Lost;
             }
-            failures = 0;
-            if resp.events().is_empty() {
-                let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-                if resp.created() || st.pending {
-                    continue;
-                }
-                if rev > last
-                    && unchanged_between(
-                        client,
-                        keys::CACHE_RANGE_START,
-                        keys::CACHE_RANGE_END.as_bytes(),
-                        last,
-                        rev,
-                    )
-                    .await
-                {
-                    last = rev;
-                }
-                // Also when idle: the bookmark keeps the connection alive.
-                if !sink.send(&bookmark::<Resource>(last)).await {
-                    return Ok(());
-                }
-                continue;
+            *failures = 0;
+            let sent = if resp.events().is_empty() {
+                self.progress(&resp, sink).await
+            } else {
+                self.forward(resp.events(), sink).await
+            };
+            if !sent {
+                return StreamEnd::Done;
             }
-            for ev in resp.events() {
-                if let Some(kv) = ev.kv() {
-                    last = last.max(kv.mod_revision());
-                }
-                if let Some(we) = st.translate(ev).await {
-                    st.held.push(we);
-                }
-                if !st.pending {
-                    for we in std::mem::take(&mut st.held) {
-                        if !sink.send(&we).await {
-                            return Ok(());
-                        }
+        }
+    }
+
+    /// A progress notification: a BOOKMARK, at the notified revision when nothing this
+    /// watch covers changed up to it (also when idle: it keeps the connection alive).
+    /// False when the client went away.
+    async fn progress(&mut self, resp: &etcd_client::WatchResponse, sink: &Sink) -> bool {
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        if resp.created() || self.pending {
+            return true;
+        }
+        if rev > self.last
+            && unchanged_between(
+                self.client,
+                keys::CACHE_RANGE_START,
+                keys::CACHE_RANGE_END.as_bytes(),
+                self.last,
+                rev,
+            )
+            .await
+        {
+            self.last = rev;
+        }
+        sink.send(&bookmark::<Resource>(self.last)).await
+    }
+
+    /// Translates and sends etcd events, holding them back while an intent is pending.
+    /// False when the client went away.
+    async fn forward(&mut self, events: &[etcd_client::Event], sink: &Sink) -> bool {
+        for ev in events {
+            if let Some(kv) = ev.kv() {
+                self.last = self.last.max(kv.mod_revision());
+            }
+            if let Some(we) = self.translate(ev).await {
+                self.held.push(we);
+            }
+            if !self.pending {
+                for we in std::mem::take(&mut self.held) {
+                    if !sink.send(&we).await {
+                        return false;
                     }
                 }
             }
         }
-        failures += 1;
-        if failures > 5 {
-            return Err(ApiError::new(
-                ErrorReason::ServiceUnavailable,
-                "lost the etcd watch",
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(200 * failures)).await;
+        true
     }
 }
 
@@ -405,6 +472,47 @@ fn decode_event(kv: &KeyValue) -> Option<Event> {
     serde_json::from_slice(kv.value()).ok()
 }
 
+/// The etcd event behind one event watch event, if it is one.
+fn event_watch_event(ev: &etcd_client::Event) -> Option<WatchEvent<Event>> {
+    let kv = ev.kv()?;
+    match ev.event_type() {
+        EventType::Put => decode_event(kv).map(|e| {
+            let t = if kv.version() == 1 {
+                WatchEventType::Added
+            } else {
+                WatchEventType::Modified
+            };
+            event(t, e, kv.mod_revision())
+        }),
+        EventType::Delete => ev
+            .prev_kv()
+            .and_then(decode_event)
+            .map(|e| event(WatchEventType::Deleted, e, kv.mod_revision())),
+    }
+}
+
+/// The revision an event watch starts after: the client's, or, without one, that of a
+/// list sent as ADDED events. None when the client went away.
+async fn start_events(
+    client: &Client,
+    object: Option<&ObjectRef>,
+    resource_version: Option<i64>,
+    sink: &Sink,
+) -> Result<Option<i64>, ApiError> {
+    if let Some(rv) = resource_version {
+        return Ok(Some(rv));
+    }
+    let (evs, rev) = crate::events::list(client, object)
+        .await
+        .map_err(|e| ApiError::new(ErrorReason::ServiceUnavailable, e.to_string()))?;
+    for e in evs {
+        if !sink.send(&event(WatchEventType::Added, e, rev)).await {
+            return Ok(None);
+        }
+    }
+    Ok(Some(rev))
+}
+
 async fn run_event_watch(
     client: &Client,
     object: Option<&ObjectRef>,
@@ -416,19 +524,8 @@ async fn run_event_watch(
         Some(o) => keys::object_events_prefix(o.kind, &o.name),
         None => keys::events_prefix(),
     };
-    let mut last = match resource_version {
-        Some(rv) => rv,
-        None => {
-            let (evs, rev) = crate::events::list(client, object)
-                .await
-                .map_err(|e| ApiError::new(ErrorReason::ServiceUnavailable, e.to_string()))?;
-            for e in evs {
-                if !sink.send(&event(WatchEventType::Added, e, rev)).await {
-                    return Ok(());
-                }
-            }
-            rev
-        }
+    let Some(mut last) = start_events(client, object, resource_version, sink).await? else {
+        return Ok(());
     };
     let opts = WatchOptions::new()
         .with_prefix()
@@ -500,21 +597,7 @@ async fn run_event_watch(
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
             last = last.max(kv.mod_revision());
-            let we = match ev.event_type() {
-                EventType::Put => decode_event(kv).map(|e| {
-                    let t = if kv.version() == 1 {
-                        WatchEventType::Added
-                    } else {
-                        WatchEventType::Modified
-                    };
-                    event(t, e, kv.mod_revision())
-                }),
-                EventType::Delete => ev
-                    .prev_kv()
-                    .and_then(decode_event)
-                    .map(|e| event(WatchEventType::Deleted, e, kv.mod_revision())),
-            };
-            if let Some(we) = we
+            if let Some(we) = event_watch_event(ev)
                 && !sink.send(&we).await
             {
                 return Ok(());

@@ -6,6 +6,12 @@
 //! Each document is deserialized straight from its own text with serde_yaml, so serde's
 //! errors carry positions; a locator built from yaml-rust2's events maps field paths back to
 //! the line and column of their key, for the errors validation finds later.
+//!
+//! A document goes through named steps: its header (apiVersion, kind, name) is read first so
+//! a wrong kind is reported before its fields are, then the typed parse, then the static
+//! validation. serde's messages are reworded for operators by `SerdeError`, one method per
+//! kind of message, and the locator is built by `LocatorBuilder`, a stack of the open
+//! mappings and sequences.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -21,6 +27,7 @@ use yaml_rust2::parser::{Event, Parser};
 use crate::API_VERSION;
 use crate::api::{Cause, SourceFile};
 use crate::kinds::{Kind, ObjectRef, Resource};
+use crate::names::closest;
 use crate::validate::{self, FieldError, field_index, field_key};
 
 const KINDS: &str = "Node, Network, Container, Link, Tunnel";
@@ -496,7 +503,60 @@ fn parse_doc(out: &mut Output, text: DocText, index: usize, format: Format) {
     if format == Format::Yaml && is_blank(text.text()) {
         return;
     }
-    let header = match format {
+    let header = match read_header(&text, format) {
+        Ok(Some(h)) => h,
+        Ok(None) => return,
+        Err((msg, loc)) => {
+            let cause = header_cause(out.file, &text, msg, loc, format);
+            out.errors.push(cause);
+            return;
+        }
+    };
+    let line = text
+        .abs(Pos {
+            line: first_content_line(text.text()),
+            column: 1,
+        })
+        .line;
+    match check_header(out, &text, &header) {
+        Some(DocKind::Object(kind)) => {
+            let object = header.object(kind);
+            let parsed = match format {
+                Format::Yaml => typed_from_yaml_str(kind, text.text()),
+                Format::Json => typed_from_json_str(kind, text.text()),
+            };
+            finish(out, text, index, line, object, parsed);
+        }
+        Some(DocKind::List) if format == Format::Json => nested_list(out, &text),
+        Some(DocKind::List) => {
+            let Some(serde_yaml::Value::Sequence(items)) = header.items else {
+                let p = text.locate("items");
+                out.errors.push(cause_at(
+                    out.file,
+                    p,
+                    None,
+                    Some("items"),
+                    "a List needs items, a list of objects",
+                ));
+                return;
+            };
+            for (i, item) in items.into_iter().enumerate() {
+                let mut text = text.clone();
+                text.base = field_index("items", i);
+                parse_list_item(out, text, index, line, item);
+            }
+        }
+        None => {}
+    }
+}
+
+/// The document's header (apiVersion, kind, metadata.name and a List's items); None for an
+/// empty YAML document; the parser's message and position when it is not a mapping.
+fn read_header(
+    text: &DocText,
+    format: Format,
+) -> Result<Option<Header<serde_yaml::Value>>, (String, Option<Pos>)> {
+    match format {
         Format::Yaml => serde_yaml::from_str::<Option<Header<serde_yaml::Value>>>(text.text())
             .map_err(|e| {
                 let loc = e.location().map(|l| Pos {
@@ -521,97 +581,55 @@ fn parse_doc(out: &mut Output, text: DocText, index: usize, format: Format) {
                 };
                 (e.to_string(), Some(loc))
             }),
-    };
-    let header = match header {
-        Ok(Some(h)) => h,
-        Ok(None) => return,
-        Err((msg, loc)) => {
-            let cause = header_cause(out.file, &text, msg, loc, format);
-            out.errors.push(cause);
-            return;
-        }
-    };
-    let line = text
-        .abs(Pos {
-            line: first_content_line(text.text()),
-            column: 1,
-        })
-        .line;
-    match check_header(out, &text, &header) {
-        Some(DocKind::Object(kind)) => {
-            let object = header.object(kind);
-            let parsed = match format {
-                Format::Yaml => typed_from_yaml_str(kind, text.text()),
-                Format::Json => typed_from_json_str(kind, text.text()),
-            };
-            finish(out, text, index, line, object, parsed);
-        }
-        Some(DocKind::List) if format == Format::Json => {
-            let p = text.locate("kind");
+    }
+}
+
+fn nested_list(out: &mut Output, text: &DocText) {
+    let p = text.locate("kind");
+    out.errors.push(cause_at(
+        out.file,
+        p,
+        None,
+        Some("kind"),
+        "a List cannot hold another List",
+    ));
+}
+
+/// One item of a YAML List, whose text is its List's (`text.base` is `items[i]`).
+fn parse_list_item(
+    out: &mut Output,
+    text: DocText,
+    index: usize,
+    line: usize,
+    item: serde_yaml::Value,
+) {
+    let h = match serde_yaml::from_value::<Header<IgnoredAny>>(item.clone()) {
+        Ok(h) => h,
+        Err(_) => {
+            let p = text.locate("");
             out.errors.push(cause_at(
                 out.file,
                 p,
                 None,
-                Some("kind"),
-                "a List cannot hold another List",
+                None,
+                "a List item must be a mapping with apiVersion, kind, metadata and spec",
             ));
+            return;
         }
-        Some(DocKind::List) => {
-            let Some(serde_yaml::Value::Sequence(items)) = header.items else {
-                let p = text.locate("items");
-                out.errors.push(cause_at(
-                    out.file,
-                    p,
-                    None,
-                    Some("items"),
-                    "a List needs items, a list of objects",
-                ));
-                return;
-            };
-            for (i, item) in items.into_iter().enumerate() {
-                let mut text = text.clone();
-                text.base = field_index("items", i);
-                let h = match serde_yaml::from_value::<Header<IgnoredAny>>(item.clone()) {
-                    Ok(h) => h,
-                    Err(_) => {
-                        let p = text.locate("");
-                        out.errors.push(cause_at(
-                            out.file,
-                            p,
-                            None,
-                            None,
-                            "a List item must be a mapping with apiVersion, kind, metadata and spec",
-                        ));
-                        continue;
-                    }
-                };
-                let h: Header<IgnoredAny> = Header {
-                    api_version: h.api_version,
-                    kind: h.kind,
-                    metadata: h.metadata,
-                    items: None,
-                };
-                match check_header(out, &text, &h) {
-                    Some(DocKind::Object(kind)) => {
-                        let object = h.object(kind);
-                        let parsed =
-                            typed_from_yaml_value(kind, item).map_err(|e| (e.to_string(), None));
-                        finish(out, text, index, line, object, parsed);
-                    }
-                    Some(DocKind::List) => {
-                        let p = text.locate("kind");
-                        out.errors.push(cause_at(
-                            out.file,
-                            p,
-                            None,
-                            Some("kind"),
-                            "a List cannot hold another List",
-                        ));
-                    }
-                    None => {}
-                }
-            }
+    };
+    let h: Header<IgnoredAny> = Header {
+        api_version: h.api_version,
+        kind: h.kind,
+        metadata: h.metadata,
+        items: None,
+    };
+    match check_header(out, &text, &h) {
+        Some(DocKind::Object(kind)) => {
+            let object = h.object(kind);
+            let parsed = typed_from_yaml_value(kind, item).map_err(|e| (e.to_string(), None));
+            finish(out, text, index, line, object, parsed);
         }
+        Some(DocKind::List) => nested_list(out, &text),
         None => {}
     }
 }
@@ -1014,23 +1032,6 @@ fn backticked(s: &str) -> Vec<&str> {
     s.split('`').skip(1).step_by(2).collect()
 }
 
-/// The closest of `candidates` to `word`, if close enough to be a likely typo.
-pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let w = word.to_ascii_lowercase();
-    let limit = match w.chars().count() {
-        0..=3 => 1,
-        4..=8 => 2,
-        _ => 3,
-    };
-    candidates
-        .into_iter()
-        .filter(|c| *c != word)
-        .map(|c| (strsim::damerau_levenshtein(&w, &c.to_ascii_lowercase()), c))
-        .filter(|(d, _)| *d <= limit)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
-}
-
 fn suggestion(word: &str, expected: &[&str]) -> String {
     match closest(word, expected.iter().copied()) {
         Some(s) => format!(" (did you mean {s:?}?)"),
@@ -1076,80 +1077,177 @@ fn serde_cause(
     let msg = absolute_positions(&strip_location(raw, loc), text);
     let (path, rest) = split_path(&msg);
     let path = path.filter(|p| *p != ".").unwrap_or("");
-    let at_loc = || loc.map(|l| text.abs(l));
-    let cause = |pos: Option<Pos>, field: &str, message: String| Cause {
-        file: Some(file.to_string()),
-        line: pos.map(|p| p.line),
-        column: pos.map(|p| p.column),
-        object: object.map(Into::into),
-        field: (!field.is_empty()).then(|| field.to_string()),
-        message,
+    let at = SerdeError {
+        file,
+        text,
+        object,
+        loc,
+        path,
+        rest,
     };
-
     if let Some(r) = rest.strip_prefix("unknown field `") {
-        let names = backticked(rest);
-        let name = names.first().copied().unwrap_or("");
-        let expected: Vec<&str> = r
-            .split_once("expected")
-            .map(|(_, e)| backticked(e))
-            .unwrap_or_default();
-        let message = format!("unknown field {name:?}{}", suggestion(name, &expected));
-        let pos = at_loc().or_else(|| Some(text.locate(&field_key(path, name))));
-        return cause(pos, path, message);
+        return at.unknown_field(r);
     }
     if let Some(r) = rest.strip_prefix("unknown variant `") {
-        let names = backticked(rest);
-        let name = names.first().copied().unwrap_or("");
-        let expected: Vec<&str> = r
+        return at.unknown_variant(r);
+    }
+    if rest.starts_with("missing field `") {
+        return at.missing_field();
+    }
+    if rest.starts_with("duplicate field `") {
+        return at.duplicate_field();
+    }
+    at.bad_value()
+}
+
+/// One serde error of a document: its message split into the field path serde gives and
+/// the rest, and where the parser put it.
+struct SerdeError<'a> {
+    file: &'a str,
+    text: &'a DocText,
+    object: Option<&'a str>,
+    loc: Option<Pos>,
+    path: &'a str,
+    rest: &'a str,
+}
+
+/// chrono's parse errors, which name neither the value nor the format.
+const TIME_ERRORS: [&str; 6] = [
+    "input contains invalid characters",
+    "premature end of input",
+    "input is out of range",
+    "input is not enough for unique date and time",
+    "trailing input",
+    "no possible date and time matching input",
+];
+
+impl SerdeError<'_> {
+    fn cause(&self, pos: Option<Pos>, field: &str, message: String) -> Cause {
+        Cause {
+            file: Some(self.file.to_string()),
+            line: pos.map(|p| p.line),
+            column: pos.map(|p| p.column),
+            object: self.object.map(Into::into),
+            field: (!field.is_empty()).then(|| field.to_string()),
+            message,
+        }
+    }
+
+    /// The parser's own position, made absolute in the file.
+    fn at_loc(&self) -> Option<Pos> {
+        self.loc.map(|l| self.text.abs(l))
+    }
+
+    /// The first backticked name of the message (`unknown field `x``).
+    fn name(&self) -> &str {
+        backticked(self.rest).first().copied().unwrap_or("")
+    }
+
+    /// The names after "expected" in `after_prefix`.
+    fn expected(after_prefix: &str) -> Vec<&str> {
+        after_prefix
             .split_once("expected")
             .map(|(_, e)| backticked(e))
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    fn unknown_field(&self, after_prefix: &str) -> Cause {
+        let name = self.name();
+        let expected = Self::expected(after_prefix);
+        let message = format!("unknown field {name:?}{}", suggestion(name, &expected));
+        let pos = self
+            .at_loc()
+            .or_else(|| Some(self.text.locate(&field_key(self.path, name))));
+        self.cause(pos, self.path, message)
+    }
+
+    fn unknown_variant(&self, after_prefix: &str) -> Cause {
+        let name = self.name();
+        let expected = Self::expected(after_prefix);
         let hint = match closest(name, expected.iter().copied()) {
             Some(s) => format!(" (did you mean {s:?}?)"),
             None => format!(" (expected one of: {})", expected.join(", ")),
         };
-        let field = text
-            .locator()
-            .path_at(loc, path)
-            .unwrap_or_else(|| path.to_string());
-        let pos = at_loc().or_else(|| Some(text.locate(&field)));
-        return cause(pos, &field, format!("unknown value {name:?}{hint}"));
+        let field = self.field_at_loc();
+        let pos = self.at_loc().or_else(|| Some(self.text.locate(&field)));
+        self.cause(pos, &field, format!("unknown value {name:?}{hint}"))
     }
-    if rest.starts_with("missing field `") {
-        let name = backticked(rest).first().copied().unwrap_or("").to_string();
-        let field = field_key(path, &name);
+
+    fn missing_field(&self) -> Cause {
+        let name = self.name();
+        let field = field_key(self.path, name);
         let mut message = format!("missing required field {name:?}");
-        match name.as_str() {
+        match name {
             "apiVersion" => message.push_str(&format!(" (expected {API_VERSION})")),
             "metadata" => message.push_str(" (expected at least metadata.name)"),
             _ => {}
         }
-        return cause(Some(text.locate(path)), &field, message);
+        self.cause(Some(self.text.locate(self.path)), &field, message)
     }
-    if rest.starts_with("duplicate field `") {
-        let name = backticked(rest).first().copied().unwrap_or("").to_string();
-        let field = field_key(path, &name);
-        let pos = text
+
+    fn duplicate_field(&self) -> Cause {
+        let name = self.name();
+        let field = field_key(self.path, name);
+        let pos = self
+            .text
             .locator()
-            .duplicate(&text.full_path(&field))
-            .map(|p| text.abs(p))
-            .or_else(at_loc);
-        return cause(pos, &field, format!("field {name:?} is given twice"));
+            .duplicate(&self.text.full_path(&field))
+            .map(|p| self.text.abs(p))
+            .or_else(|| self.at_loc());
+        self.cause(pos, &field, format!("field {name:?} is given twice"))
     }
-    let (field, pos) = if rest.starts_with("invalid ") {
-        let field = text
+
+    /// The located field whose key the parser's position is on, under serde's path.
+    fn field_at_loc(&self) -> String {
+        self.text
             .locator()
-            .path_at(loc, path)
-            .unwrap_or_else(|| path.to_string());
-        (
-            field.clone(),
-            at_loc().or_else(|| Some(text.locate(&field))),
-        )
-    } else {
+            .path_at(self.loc, self.path)
+            .unwrap_or_else(|| self.path.to_string())
+    }
+
+    /// A value of the wrong type or out of range, or a deserializer's own message.
+    fn bad_value(&self) -> Cause {
+        let (field, pos) = self.value_field();
+        let rest = self.rest;
+        if let Some(r) = rest.strip_prefix("invalid type: ")
+            && let Some((found, exp)) = r.rsplit_once(", expected ")
+        {
+            let message = format!(
+                "expected {}, found {}",
+                expected_words(exp),
+                found_words(found)
+            );
+            return self.cause(pos, &field, message);
+        }
+        if let Some(r) = rest.strip_prefix("invalid value: ")
+            && let Some((found, exp)) = r.rsplit_once(", expected ")
+        {
+            let value = backticked(found)
+                .first()
+                .map_or_else(|| found.to_string(), |v| v.to_string());
+            let message = format!("{value} is out of range (expected {})", expected_words(exp));
+            return self.cause(pos, &field, message);
+        }
+        if TIME_ERRORS.contains(&rest) {
+            let message =
+                format!("{rest} (expected an RFC 3339 time such as 2024-01-31T12:00:00Z)");
+            return self.cause(pos, &field, message);
+        }
+        self.cause(pos, &field, rest.to_string())
+    }
+
+    /// The field a value error is about, and where it is.
+    fn value_field(&self) -> (String, Option<Pos>) {
+        let text = self.text;
+        if self.rest.starts_with("invalid ") {
+            let field = self.field_at_loc();
+            let pos = self.at_loc().or_else(|| Some(text.locate(&field)));
+            return (field, pos);
+        }
         // A deserializer's own message (an address, a cidr): serde places it on the
         // enclosing mapping, the value it quotes tells the field.
-        let full = text.full_path(path);
-        match text.locator().child_quoted_in(&full, rest) {
+        let full = text.full_path(self.path);
+        match text.locator().child_quoted_in(&full, self.rest) {
             Some(child) => {
                 let field = child
                     .strip_prefix(&text.base)
@@ -1160,42 +1258,9 @@ fn serde_cause(
                     Some(text.abs(text.locator().nearest(&child))),
                 )
             }
-            None => (path.to_string(), Some(text.locate(path))),
+            None => (self.path.to_string(), Some(text.locate(self.path))),
         }
-    };
-    if let Some(r) = rest.strip_prefix("invalid type: ")
-        && let Some((found, exp)) = r.rsplit_once(", expected ")
-    {
-        let message = format!(
-            "expected {}, found {}",
-            expected_words(exp),
-            found_words(found)
-        );
-        return cause(pos, &field, message);
     }
-    if let Some(r) = rest.strip_prefix("invalid value: ")
-        && let Some((found, exp)) = r.rsplit_once(", expected ")
-    {
-        let value = backticked(found)
-            .first()
-            .map_or_else(|| found.to_string(), |v| v.to_string());
-        let message = format!("{value} is out of range (expected {})", expected_words(exp));
-        return cause(pos, &field, message);
-    }
-    // chrono's parse errors name neither the value nor the format.
-    const TIME_ERRORS: [&str; 6] = [
-        "input contains invalid characters",
-        "premature end of input",
-        "input is out of range",
-        "input is not enough for unique date and time",
-        "trailing input",
-        "no possible date and time matching input",
-    ];
-    if TIME_ERRORS.contains(&rest) {
-        let message = format!("{rest} (expected an RFC 3339 time such as 2024-01-31T12:00:00Z)");
-        return cause(pos, &field, message);
-    }
-    cause(pos, &field, rest.to_string())
 }
 
 /// The header could not be read: a syntax error, or a document that is not a mapping.
@@ -1279,12 +1344,150 @@ enum NodeStart {
 /// otherwise cost memory quadratic in its size.
 const MAX_PATH: usize = 1024;
 
+/// Builds a [`Locator`] from yaml-rust2's events: a stack of the open mappings and
+/// sequences, each knowing its path.
+struct LocatorBuilder {
+    loc: Locator,
+    stack: Vec<Frame>,
+    /// Depth inside a complex (non-scalar) mapping key, which has no path.
+    skip: usize,
+    /// The document is a flow mapping (`{...}`), whose start the parser places right.
+    root_is_flow: bool,
+}
+
+impl LocatorBuilder {
+    /// A mapping or a sequence ends.
+    fn end(&mut self) {
+        if self.skip > 0 {
+            self.skip -= 1;
+        } else {
+            self.stack.pop();
+        }
+    }
+
+    /// A node starts at `pos`: locate its path and, for a mapping or a sequence, enter it.
+    fn node(&mut self, start: NodeStart, pos: Pos) {
+        if self.skip > 0 {
+            if matches!(start, NodeStart::Map | NodeStart::Seq) {
+                self.skip += 1;
+            }
+            return;
+        }
+        let Some(child) = self.value_path(&start, pos) else {
+            return;
+        };
+        let parent_is_map = matches!(self.stack.last(), Some(Frame::Map { .. }));
+        let root_is_flow = self.stack.is_empty() && self.root_is_flow;
+        match start {
+            NodeStart::Map => self.stack.push(Frame::Map {
+                first_key_of: (!parent_is_map && !root_is_flow).then(|| child.clone()),
+                path: child,
+                key: None,
+            }),
+            NodeStart::Seq => self.stack.push(Frame::Seq {
+                path: child,
+                next: 0,
+            }),
+            NodeStart::Scalar(v) => {
+                self.loc.scalars.insert(child, v);
+            }
+            NodeStart::Alias => {}
+        }
+    }
+
+    /// The path of a node that is a value (the root, a sequence item, a mapping's value),
+    /// located at `pos`. None when the node is a mapping key (its path waits for the value)
+    /// or goes unlocated.
+    fn value_path(&mut self, start: &NodeStart, pos: Pos) -> Option<String> {
+        let loc = &mut self.loc;
+        match self.stack.last_mut() {
+            None => {
+                loc.entries.entry(String::new()).or_insert((pos, pos));
+                Some(String::new())
+            }
+            Some(Frame::Seq { path, next }) => {
+                let p = field_index(path, *next);
+                *next += 1;
+                loc.entries.entry(p.clone()).or_insert((pos, pos));
+                Some(p)
+            }
+            Some(Frame::Map {
+                path,
+                key,
+                first_key_of,
+            }) => match key.take() {
+                // A path too long to keep: its value and everything below it go unlocated.
+                Some((p, _)) if p.is_empty() => {
+                    if matches!(start, NodeStart::Map | NodeStart::Seq) {
+                        self.skip = 1;
+                    }
+                    None
+                }
+                Some((p, dup)) => {
+                    if !dup && let Some(e) = loc.entries.get_mut(&p) {
+                        e.1 = pos;
+                    }
+                    Some(p)
+                }
+                None => {
+                    if let Some(item) = first_key_of.take()
+                        && let Some(e) = loc.entries.get_mut(&item)
+                    {
+                        *e = (pos, pos);
+                    }
+                    *key = Some(read_key(loc, path, start, pos, &mut self.skip));
+                    None
+                }
+            },
+        }
+    }
+}
+
+/// A mapping key at `pos`: its path (empty when too long to keep) and whether it repeats a
+/// key of the same mapping. A complex key has no path: what it holds is skipped.
+fn read_key(
+    loc: &mut Locator,
+    parent: &str,
+    start: &NodeStart,
+    pos: Pos,
+    skip: &mut usize,
+) -> (String, bool) {
+    let p = match start {
+        NodeStart::Scalar(s) => field_key(parent, s),
+        NodeStart::Alias => format!("{parent}.*"),
+        NodeStart::Map | NodeStart::Seq => {
+            *skip = 1;
+            format!("{parent}.?")
+        }
+    };
+    if p.len() > MAX_PATH {
+        return (String::new(), true);
+    }
+    let dup = match loc.entries.entry(p.clone()) {
+        Entry::Occupied(_) => {
+            loc.duplicates.push((p.clone(), pos));
+            true
+        }
+        Entry::Vacant(v) => {
+            v.insert((pos, pos));
+            false
+        }
+    };
+    (p, dup)
+}
+
 impl Locator {
     fn build(text: &str) -> Locator {
-        let mut loc = Locator::default();
-        let mut stack: Vec<Frame> = Vec::new();
-        // Depth inside a complex (non-scalar) mapping key, which has no path.
-        let mut skip = 0usize;
+        let mut b = LocatorBuilder {
+            loc: Locator::default(),
+            stack: Vec::new(),
+            skip: 0,
+            root_is_flow: text
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty() && !l.starts_with('#'))
+                .is_some_and(|l| l.starts_with('{')),
+        };
         let mut parser = Parser::new_from_str(text);
         while let Ok((ev, mark)) = parser.next_token() {
             let pos = Pos {
@@ -1298,107 +1501,14 @@ impl Locator {
                 Event::MappingStart(..) => NodeStart::Map,
                 Event::SequenceStart(..) => NodeStart::Seq,
                 Event::MappingEnd | Event::SequenceEnd => {
-                    if skip > 0 {
-                        skip -= 1;
-                    } else {
-                        stack.pop();
-                    }
+                    b.end();
                     continue;
                 }
                 _ => continue,
             };
-            if skip > 0 {
-                if matches!(start, NodeStart::Map | NodeStart::Seq) {
-                    skip += 1;
-                }
-                continue;
-            }
-            let child = match stack.last_mut() {
-                None => {
-                    loc.entries.entry(String::new()).or_insert((pos, pos));
-                    String::new()
-                }
-                Some(Frame::Seq { path, next }) => {
-                    let p = field_index(path, *next);
-                    *next += 1;
-                    loc.entries.entry(p.clone()).or_insert((pos, pos));
-                    p
-                }
-                Some(Frame::Map {
-                    path,
-                    key,
-                    first_key_of,
-                }) => match key.take() {
-                    // A path too long to keep: its value and everything below it go unlocated.
-                    Some((p, _)) if p.is_empty() => {
-                        if matches!(start, NodeStart::Map | NodeStart::Seq) {
-                            skip = 1;
-                        }
-                        continue;
-                    }
-                    Some((p, dup)) => {
-                        if !dup && let Some(e) = loc.entries.get_mut(&p) {
-                            e.1 = pos;
-                        }
-                        p
-                    }
-                    None => {
-                        if let Some(item) = first_key_of.take()
-                            && let Some(e) = loc.entries.get_mut(&item)
-                        {
-                            *e = (pos, pos);
-                        }
-                        let p = match &start {
-                            NodeStart::Scalar(s) => field_key(path, s),
-                            NodeStart::Alias => format!("{path}.*"),
-                            NodeStart::Map | NodeStart::Seq => {
-                                skip = 1;
-                                format!("{path}.?")
-                            }
-                        };
-                        if p.len() > MAX_PATH {
-                            *key = Some((String::new(), true));
-                            continue;
-                        }
-                        let dup = match loc.entries.entry(p.clone()) {
-                            Entry::Occupied(_) => {
-                                loc.duplicates.push((p.clone(), pos));
-                                true
-                            }
-                            Entry::Vacant(v) => {
-                                v.insert((pos, pos));
-                                false
-                            }
-                        };
-                        *key = Some((p, dup));
-                        continue;
-                    }
-                },
-            };
-            let parent_is_map = matches!(stack.last(), Some(Frame::Map { .. }));
-            let root_is_flow = stack.is_empty()
-                && text
-                    .lines()
-                    .map(str::trim)
-                    .find(|l| !l.is_empty() && !l.starts_with('#'))
-                    .is_some_and(|l| l.starts_with('{'));
-            match start {
-                NodeStart::Map => stack.push(Frame::Map {
-                    first_key_of: (!parent_is_map && !root_is_flow).then(|| child.clone()),
-                    path: child,
-                    key: None,
-                }),
-                NodeStart::Seq => stack.push(Frame::Seq {
-                    path: child,
-                    next: 0,
-                }),
-                NodeStart::Scalar(v) => {
-                    loc.scalars.insert(child, v);
-                }
-                NodeStart::Alias => {}
-            }
+            b.node(start, pos);
         }
-        loc
+        b.loc
     }
 
     /// The position of `path`, or of its nearest located ancestor, or the start.
@@ -1793,23 +1903,6 @@ mod tests {
             vec![
                 "b.yaml:5:3: node/node1: metadata.name: node/node1 is defined twice: at a.yaml:4:3 and at b.yaml:5:3 (names are unique per kind)"
             ]
-        );
-    }
-
-    #[test]
-    fn closest_names() {
-        assert_eq!(
-            closest("Contianer", Kind::ALL.map(Kind::as_str)),
-            Some("Container")
-        );
-        assert_eq!(
-            closest("container", Kind::ALL.map(Kind::as_str)),
-            Some("Container")
-        );
-        assert_eq!(closest("Pod", Kind::ALL.map(Kind::as_str)), None);
-        assert_eq!(
-            closest("imagee", ["node", "image", "command"]),
-            Some("image")
         );
     }
 }

@@ -1,4 +1,8 @@
-//! Names: DNS-1123 object names and the Linux interface names topo derives from them.
+//! Names: DNS-1123 object names, the Linux interface names topo derives from them, and the
+//! "did you mean" among names that both manifest parsing and validation offer.
+//!
+//! It sits below [`crate::manifest`] and [`crate::validate`] and imports neither, so the
+//! dependencies between schema's modules point one way (manifest → validate → names).
 
 use sha2::{Digest, Sha256};
 
@@ -99,9 +103,27 @@ pub fn veth_host_name(container: &str, interface: &str) -> String {
 /// Prefix of every interface topo creates: nothing else is ever removed by the agent.
 pub const IFACE_PREFIXES: [&str; 3] = ["tb-", "tg-", "tv-"];
 
+/// The closest of `candidates` to `word`, if close enough to be a likely typo.
+pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let w = word.to_ascii_lowercase();
+    let limit = match w.chars().count() {
+        0..=3 => 1,
+        4..=8 => 2,
+        _ => 3,
+    };
+    candidates
+        .into_iter()
+        .filter(|c| *c != word)
+        .map(|c| (strsim::damerau_levenshtein(&w, &c.to_ascii_lowercase()), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kinds::Kind;
 
     #[test]
     fn dns1123() {
@@ -124,5 +146,22 @@ mod tests {
         assert_eq!(bridge_name("overlay"), "tb-overlay");
         assert!(gre_port_name("overlay", "node2").starts_with("tg-node2"));
         assert_ne!(gre_port_name("a", "node2"), gre_port_name("b", "node2"));
+    }
+
+    #[test]
+    fn closest_names() {
+        assert_eq!(
+            closest("Contianer", Kind::ALL.map(Kind::as_str)),
+            Some("Container")
+        );
+        assert_eq!(
+            closest("container", Kind::ALL.map(Kind::as_str)),
+            Some("Container")
+        );
+        assert_eq!(closest("Pod", Kind::ALL.map(Kind::as_str)), None);
+        assert_eq!(
+            closest("imagee", ["node", "image", "command"]),
+            Some("image")
+        );
     }
 }

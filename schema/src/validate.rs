@@ -4,6 +4,11 @@
 //! Every problem is a [`FieldError`] carrying the field path (`spec.networks[0].ip`) and a
 //! message that says the value, what is wrong with it and what is expected, so that
 //! [`crate::manifest`] can put a file, line and column in front of it.
+//!
+//! The cross-object checks index the desired state once (networks, nodes, and every
+//! exclusive claim: static addresses, host ports, listen addresses, GRE keys) and then run
+//! one short check per rule on each changed object, so a rule and its message sit together
+//! and an unchanged object is never blamed for a conflict a change created.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -12,7 +17,8 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::kinds::{
-    ContainerSpec, Kind, LinkSpec, NetworkSpec, NodeSpec, ObjectRef, Resource, Topology, TunnelSpec,
+    Container, ContainerSpec, Kind, Link, LinkSpec, Network, NetworkSpec, Node, NodeSpec,
+    ObjectRef, Protocol, Resource, Topology, Tunnel, TunnelSpec,
 };
 use crate::{API_VERSION, LABEL_DERIVED_FROM, names, net};
 
@@ -570,7 +576,7 @@ fn list_refs(refs: &[ObjectRef]) -> String {
 }
 
 fn suggest_among<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> String {
-    match crate::manifest::closest(name, candidates) {
+    match names::closest(name, candidates) {
         Some(c) => format!(" (did you mean {c:?}?)"),
         None => String::new(),
     }
@@ -604,301 +610,366 @@ pub fn validate_consistency(
     all: &[&Resource],
     changed: &[ObjectRef],
 ) -> Vec<(ObjectRef, FieldError)> {
-    let changed_set: HashSet<(Kind, &str)> =
-        changed.iter().map(|r| (r.kind, r.name.as_str())).collect();
-    let is_changed = |r: &Resource| changed_set.contains(&(r.kind(), r.name()));
-    let present: HashSet<(Kind, &str)> = all.iter().map(|r| (r.kind(), r.name())).collect();
-
-    let mut networks: HashMap<&str, (usize, &crate::kinds::Network)> = HashMap::new();
-    let mut network_list: Vec<(usize, &crate::kinds::Network)> = Vec::new();
-    let mut nodes: HashMap<&str, &crate::kinds::Node> = HashMap::new();
+    let state = Consistency::index(all, changed);
+    let mut out: Vec<(ObjectRef, FieldError)> = Vec::new();
     for (pos, r) in all.iter().enumerate() {
+        if !state.is_changed(r) {
+            continue;
+        }
+        let mut push = |field: String, message: String| {
+            out.push((r.object_ref(), FieldError { field, message }));
+        };
         match r {
+            Resource::Container(c) => {
+                state.container_networks(c, &mut push);
+                state.container_ports(c, &mut push);
+            }
+            Resource::Link(l) => state.link_listen(l, &mut push),
             Resource::Network(n) => {
-                networks.entry(n.metadata.name.as_str()).or_insert((pos, n));
-                network_list.push((pos, n));
+                state.network_claims(pos, n, &mut push);
+                state.mesh_without_tunnels(n, &mut push);
             }
-            Resource::Node(n) => {
-                nodes.entry(n.metadata.name.as_str()).or_insert(n);
-            }
+            Resource::Tunnel(t) if !is_derived(r) => state.tunnel_ends(t, &mut push),
             _ => {}
         }
     }
+    out.extend(state.deleted_networks_in_use(changed));
+    out
+}
 
-    let mut out: Vec<(ObjectRef, FieldError)> = Vec::new();
-    let mut push = |r: &Resource, field: String, message: String| {
-        out.push((r.object_ref(), FieldError { field, message }));
-    };
+/// Exclusive claims, gathered over everything, judged for the changed claimants.
+#[derive(Default)]
+struct Claims<'a> {
+    static_ips: HashMap<(&'a str, Ipv4Addr), Vec<Claim<'a>>>,
+    host_ports: HashMap<(&'a str, u32, Protocol), Vec<Claim<'a>>>,
+    listens: HashMap<(&'a str, SocketAddrV4, Protocol), Vec<Claim<'a>>>,
+    gre_keys: HashMap<u32, Vec<Claim<'a>>>,
+}
 
-    // Exclusive claims, gathered over everything, judged for the changed claimants.
-    let mut static_ips: HashMap<(&str, Ipv4Addr), Vec<Claim>> = HashMap::new();
-    let mut host_ports: HashMap<(&str, u32, crate::kinds::Protocol), Vec<Claim>> = HashMap::new();
-    let mut listens: HashMap<(&str, SocketAddrV4, crate::kinds::Protocol), Vec<Claim>> =
-        HashMap::new();
-    let mut gre_keys: HashMap<u32, Vec<Claim>> = HashMap::new();
-    for (pos, r) in all.iter().enumerate() {
-        let changed = is_changed(r);
-        let claim = || Claim {
+/// The desired state indexed once for the cross-object checks.
+struct Consistency<'a> {
+    all: &'a [&'a Resource],
+    changed: HashSet<(Kind, &'a str)>,
+    present: HashSet<(Kind, &'a str)>,
+    /// name → (position in `all`, network); the first of a name wins.
+    networks: HashMap<&'a str, (usize, &'a Network)>,
+    network_list: Vec<(usize, &'a Network)>,
+    nodes: HashMap<&'a str, &'a Node>,
+    claims: Claims<'a>,
+}
+
+/// Where a changed object's errors go: `(field, message)`.
+type Push<'p> = dyn FnMut(String, String) + 'p;
+
+/// The listen address a link claims in its consumer.
+fn link_listen_addr(l: &Link) -> Option<SocketAddrV4> {
+    match &l.spec.listen {
+        Some(s) => parse_listen(s).ok(),
+        None => l.spec.listen_addr(),
+    }
+}
+
+impl<'a> Consistency<'a> {
+    fn index(all: &'a [&'a Resource], changed: &'a [ObjectRef]) -> Self {
+        let mut state = Consistency {
+            all,
+            changed: changed.iter().map(|r| (r.kind, r.name.as_str())).collect(),
+            present: all.iter().map(|r| (r.kind(), r.name())).collect(),
+            networks: HashMap::new(),
+            network_list: Vec::new(),
+            nodes: HashMap::new(),
+            claims: Claims::default(),
+        };
+        for (pos, r) in all.iter().enumerate() {
+            match r {
+                Resource::Network(n) => {
+                    state
+                        .networks
+                        .entry(n.metadata.name.as_str())
+                        .or_insert((pos, n));
+                    state.network_list.push((pos, n));
+                }
+                Resource::Node(n) => {
+                    state.nodes.entry(n.metadata.name.as_str()).or_insert(n);
+                }
+                _ => {}
+            }
+            state.gather_claims(pos, r);
+        }
+        state
+    }
+
+    fn is_changed(&self, r: &Resource) -> bool {
+        self.changed.contains(&(r.kind(), r.name()))
+    }
+
+    fn gather_claims(&mut self, pos: usize, r: &'a Resource) {
+        let claim = Claim {
             pos,
             name: r.name(),
-            changed,
+            changed: self.is_changed(r),
         };
+        let claims = &mut self.claims;
         match r {
             Resource::Container(c) => {
                 for a in &c.spec.networks {
                     if let Some(ip) = a.ip {
-                        static_ips
+                        claims
+                            .static_ips
                             .entry((&a.network, ip))
                             .or_default()
-                            .push(claim());
+                            .push(claim);
                     }
                 }
                 for p in &c.spec.ports {
                     if let Some(hp) = p.host_port {
-                        host_ports
+                        claims
+                            .host_ports
                             .entry((&c.spec.node, hp, p.protocol))
                             .or_default()
-                            .push(claim());
+                            .push(claim);
                     }
                 }
             }
             Resource::Link(l) => {
-                let listen = match &l.spec.listen {
-                    Some(s) => parse_listen(s).ok(),
-                    None => l.spec.listen_addr(),
-                };
-                if let Some(addr) = listen {
-                    listens
+                if let Some(addr) = link_listen_addr(l) {
+                    claims
+                        .listens
                         .entry((&l.spec.from, addr, l.spec.protocol))
                         .or_default()
-                        .push(claim());
+                        .push(claim);
                 }
             }
             Resource::Network(n) => {
                 let key = n.spec.gre_key.or(n.status.as_ref().and_then(|s| s.gre_key));
                 if let Some(k) = key {
-                    gre_keys.entry(k).or_default().push(claim());
+                    claims.gre_keys.entry(k).or_default().push(claim);
                 }
             }
             _ => {}
         }
     }
 
-    for (pos, r) in all.iter().enumerate() {
-        if !is_changed(r) {
-            continue;
-        }
-        match r {
-            Resource::Container(c) => {
-                for (i, a) in c.spec.networks.iter().enumerate() {
-                    let at = field_index("spec.networks", i);
-                    let Some((_, network)) = networks.get(a.network.as_str()) else {
-                        push(
-                            r,
-                            format!("{at}.network"),
-                            format!(
-                                "network {:?} does not exist{}",
-                                a.network,
-                                suggest_among(&a.network, networks.keys().copied())
-                            ),
-                        );
-                        continue;
-                    };
-                    let Some(ip) = a.ip else { continue };
-                    let cidr = network.spec.cidr;
-                    if !cidr.contains(&ip) {
-                        push(
-                            r,
-                            format!("{at}.ip"),
-                            format!("{ip} is outside network {} ({cidr})", a.network),
-                        );
-                        continue;
-                    }
-                    if let Some(why) = net::reserved_reason(cidr, network.spec.block_size, ip) {
-                        let hint = if why.contains("gateway") {
-                            " (reserved for the gateway of the node that leases that block; choose another address)"
-                        } else {
-                            " (reserved; choose another address)"
-                        };
-                        push(r, format!("{at}.ip"), format!("{ip} {why}{hint}"));
-                        continue;
-                    }
-                    if let Some(claims) = static_ips.get(&(a.network.as_str(), ip))
-                        && let Some(h) = other_holder(claims, r.name())
-                    {
-                        push(
-                            r,
-                            format!("{at}.ip"),
-                            format!(
-                                "{ip} is already held by container/{} in network {}",
-                                h.name, a.network
-                            ),
-                        );
-                    }
-                }
-                for (i, p) in c.spec.ports.iter().enumerate() {
-                    let Some(hp) = p.host_port else { continue };
-                    if let Some(claims) = host_ports.get(&(c.spec.node.as_str(), hp, p.protocol))
-                        && let Some(h) = other_holder(claims, r.name())
-                    {
-                        push(
-                            r,
-                            format!("{}.hostPort", field_index("spec.ports", i)),
-                            format!(
-                                "host port {hp}/{} on node {} is already published by container/{}",
-                                p.protocol, c.spec.node, h.name
-                            ),
-                        );
-                    }
-                }
-            }
-            Resource::Link(l) => {
-                let listen = match &l.spec.listen {
-                    Some(s) => parse_listen(s).ok(),
-                    None => l.spec.listen_addr(),
-                };
-                if let Some(addr) = listen
-                    && let Some(claims) =
-                        listens.get(&(l.spec.from.as_str(), addr, l.spec.protocol))
-                    && let Some(h) = other_holder(claims, r.name())
-                {
-                    push(
-                        r,
-                        "spec.listen".into(),
-                        format!(
-                            "{addr}/{} in container {} is already used by link/{}",
-                            l.spec.protocol, l.spec.from, h.name
-                        ),
-                    );
-                }
-            }
-            Resource::Network(n) => {
-                if let Some(k) = n.spec.gre_key
-                    && let Some(claims) = gre_keys.get(&k)
-                    && let Some(h) = other_holder(claims, r.name())
-                {
-                    push(
-                        r,
-                        "spec.greKey".into(),
-                        format!("greKey {k} is already used by network/{}", h.name),
-                    );
-                }
-                for (other_pos, other) in &network_list {
-                    if other.metadata.name == n.metadata.name
-                        || !overlaps(n.spec.cidr, other.spec.cidr)
-                    {
-                        continue;
-                    }
-                    // Of two changed networks that overlap, the later one is told.
-                    if changed_set.contains(&(Kind::Network, other.metadata.name.as_str()))
-                        && *other_pos > pos
-                    {
-                        continue;
-                    }
-                    push(
-                        r,
-                        "spec.cidr".into(),
-                        format!(
-                            "cidr {} overlaps network/{} ({}); networks must not share addresses",
-                            n.spec.cidr, other.metadata.name, other.spec.cidr
-                        ),
-                    );
-                }
-                if n.spec.topology == Topology::Mesh {
-                    let tunnels: Vec<ObjectRef> = all
-                        .iter()
-                        .filter(|t| {
-                            matches!(t, Resource::Tunnel(t) if t.spec.network == n.metadata.name)
-                                && !is_derived(t)
-                        })
-                        .map(|t| t.object_ref())
-                        .collect();
-                    if !tunnels.is_empty() {
-                        push(
-                            r,
-                            "spec.topology".into(),
-                            format!(
-                                "network {} has hand-written tunnels ({}), which need topology: explicit; keep it explicit or delete them first",
-                                n.metadata.name,
-                                list_refs(&tunnels)
-                            ),
-                        );
-                    }
-                }
-            }
-            Resource::Tunnel(t) if !is_derived(r) => {
-                match networks.get(t.spec.network.as_str()) {
-                    None => push(
-                        r,
-                        "spec.network".into(),
-                        format!(
-                            "network {:?} does not exist{}",
-                            t.spec.network,
-                            suggest_among(&t.spec.network, networks.keys().copied())
-                        ),
-                    ),
-                    Some((_, n)) if n.spec.topology != Topology::Explicit => push(
-                        r,
-                        "spec.network".into(),
-                        format!(
-                            "network {} has topology mesh, whose tunnels the controller derives (set topology: explicit on the network to write tunnels by hand)",
-                            t.spec.network
-                        ),
-                    ),
-                    Some(_) => {}
-                }
-                if let [a, b] = t.spec.nodes.as_slice()
-                    && a != b
-                    && let (Some(na), Some(nb)) = (nodes.get(a.as_str()), nodes.get(b.as_str()))
-                    && na.spec.address == nb.spec.address
-                {
-                    push(
-                        r,
-                        "spec.nodes".into(),
-                        format!(
-                            "nodes {a} and {b} have the same address {} (a tunnel joins two different hosts)",
-                            na.spec.address
-                        ),
-                    );
-                }
-                if let (Some(node), Some(remote)) = (&t.spec.node, t.spec.remote)
-                    && let Some(n) = nodes.get(node.as_str())
-                    && n.spec.address == remote
-                {
-                    push(
-                        r,
-                        "spec.remote".into(),
-                        format!(
-                            "{remote} is the address of node {node} itself (a tunnel joins two different hosts)"
-                        ),
-                    );
-                }
-            }
-            _ => {}
-        }
-    }
-
-    // Deletions: what still refers to a deleted object.
-    for gone in changed {
-        if present.contains(&(gone.kind, gone.name.as_str())) || gone.kind != Kind::Network {
-            continue;
-        }
-        let users = network_users(all, &gone.name);
-        if !users.is_empty() {
-            out.push((
-                gone.clone(),
-                FieldError::new(
-                    "",
+    /// Each attachment names an existing network, and its static address lies in the cidr,
+    /// is not reserved and is held by no one else.
+    fn container_networks(&self, c: &Container, push: &mut Push<'_>) {
+        let me = c.metadata.name.as_str();
+        for (i, a) in c.spec.networks.iter().enumerate() {
+            let at = field_index("spec.networks", i);
+            let Some((_, network)) = self.networks.get(a.network.as_str()) else {
+                push(
+                    format!("{at}.network"),
                     format!(
-                        "network {} is still used by {}; delete them or detach them from it first",
-                        gone.name,
-                        list_refs(&users)
+                        "network {:?} does not exist{}",
+                        a.network,
+                        suggest_among(&a.network, self.networks.keys().copied())
                     ),
-                ),
-            ));
+                );
+                continue;
+            };
+            let Some(ip) = a.ip else { continue };
+            let cidr = network.spec.cidr;
+            if !cidr.contains(&ip) {
+                push(
+                    format!("{at}.ip"),
+                    format!("{ip} is outside network {} ({cidr})", a.network),
+                );
+                continue;
+            }
+            if let Some(why) = net::reserved_reason(cidr, network.spec.block_size, ip) {
+                let hint = if why.contains("gateway") {
+                    " (reserved for the gateway of the node that leases that block; choose another address)"
+                } else {
+                    " (reserved; choose another address)"
+                };
+                push(format!("{at}.ip"), format!("{ip} {why}{hint}"));
+                continue;
+            }
+            if let Some(claims) = self.claims.static_ips.get(&(a.network.as_str(), ip))
+                && let Some(h) = other_holder(claims, me)
+            {
+                push(
+                    format!("{at}.ip"),
+                    format!(
+                        "{ip} is already held by container/{} in network {}",
+                        h.name, a.network
+                    ),
+                );
+            }
         }
     }
-    out
+
+    /// A host port is published by one container per node and protocol.
+    fn container_ports(&self, c: &Container, push: &mut Push<'_>) {
+        for (i, p) in c.spec.ports.iter().enumerate() {
+            let Some(hp) = p.host_port else { continue };
+            if let Some(claims) =
+                self.claims
+                    .host_ports
+                    .get(&(c.spec.node.as_str(), hp, p.protocol))
+                && let Some(h) = other_holder(claims, &c.metadata.name)
+            {
+                push(
+                    format!("{}.hostPort", field_index("spec.ports", i)),
+                    format!(
+                        "host port {hp}/{} on node {} is already published by container/{}",
+                        p.protocol, c.spec.node, h.name
+                    ),
+                );
+            }
+        }
+    }
+
+    /// A listen address is used by one link per consumer and protocol.
+    fn link_listen(&self, l: &Link, push: &mut Push<'_>) {
+        if let Some(addr) = link_listen_addr(l)
+            && let Some(claims) =
+                self.claims
+                    .listens
+                    .get(&(l.spec.from.as_str(), addr, l.spec.protocol))
+            && let Some(h) = other_holder(claims, &l.metadata.name)
+        {
+            push(
+                "spec.listen".into(),
+                format!(
+                    "{addr}/{} in container {} is already used by link/{}",
+                    l.spec.protocol, l.spec.from, h.name
+                ),
+            );
+        }
+    }
+
+    /// A GRE key belongs to one network, and networks do not overlap. Of two changed
+    /// networks that overlap, the later one is told.
+    fn network_claims(&self, pos: usize, n: &Network, push: &mut Push<'_>) {
+        if let Some(k) = n.spec.gre_key
+            && let Some(claims) = self.claims.gre_keys.get(&k)
+            && let Some(h) = other_holder(claims, &n.metadata.name)
+        {
+            push(
+                "spec.greKey".into(),
+                format!("greKey {k} is already used by network/{}", h.name),
+            );
+        }
+        for (other_pos, other) in &self.network_list {
+            if other.metadata.name == n.metadata.name || !overlaps(n.spec.cidr, other.spec.cidr) {
+                continue;
+            }
+            if self
+                .changed
+                .contains(&(Kind::Network, other.metadata.name.as_str()))
+                && *other_pos > pos
+            {
+                continue;
+            }
+            push(
+                "spec.cidr".into(),
+                format!(
+                    "cidr {} overlaps network/{} ({}); networks must not share addresses",
+                    n.spec.cidr, other.metadata.name, other.spec.cidr
+                ),
+            );
+        }
+    }
+
+    /// A mesh network's tunnels are derived: it may not keep hand-written ones.
+    fn mesh_without_tunnels(&self, n: &Network, push: &mut Push<'_>) {
+        if n.spec.topology != Topology::Mesh {
+            return;
+        }
+        let tunnels: Vec<ObjectRef> = self
+            .all
+            .iter()
+            .filter(|t| {
+                matches!(t, Resource::Tunnel(t) if t.spec.network == n.metadata.name)
+                    && !is_derived(t)
+            })
+            .map(|t| t.object_ref())
+            .collect();
+        if !tunnels.is_empty() {
+            push(
+                "spec.topology".into(),
+                format!(
+                    "network {} has hand-written tunnels ({}), which need topology: explicit; keep it explicit or delete them first",
+                    n.metadata.name,
+                    list_refs(&tunnels)
+                ),
+            );
+        }
+    }
+
+    /// A hand-written tunnel is on an existing explicit network and joins two different
+    /// hosts.
+    fn tunnel_ends(&self, t: &Tunnel, push: &mut Push<'_>) {
+        match self.networks.get(t.spec.network.as_str()) {
+            None => push(
+                "spec.network".into(),
+                format!(
+                    "network {:?} does not exist{}",
+                    t.spec.network,
+                    suggest_among(&t.spec.network, self.networks.keys().copied())
+                ),
+            ),
+            Some((_, n)) if n.spec.topology != Topology::Explicit => push(
+                "spec.network".into(),
+                format!(
+                    "network {} has topology mesh, whose tunnels the controller derives (set topology: explicit on the network to write tunnels by hand)",
+                    t.spec.network
+                ),
+            ),
+            Some(_) => {}
+        }
+        if let [a, b] = t.spec.nodes.as_slice()
+            && a != b
+            && let (Some(na), Some(nb)) = (self.nodes.get(a.as_str()), self.nodes.get(b.as_str()))
+            && na.spec.address == nb.spec.address
+        {
+            push(
+                "spec.nodes".into(),
+                format!(
+                    "nodes {a} and {b} have the same address {} (a tunnel joins two different hosts)",
+                    na.spec.address
+                ),
+            );
+        }
+        if let (Some(node), Some(remote)) = (&t.spec.node, t.spec.remote)
+            && let Some(n) = self.nodes.get(node.as_str())
+            && n.spec.address == remote
+        {
+            push(
+                "spec.remote".into(),
+                format!(
+                    "{remote} is the address of node {node} itself (a tunnel joins two different hosts)"
+                ),
+            );
+        }
+    }
+
+    /// Deletions: what still refers to a deleted network.
+    fn deleted_networks_in_use(&self, changed: &[ObjectRef]) -> Vec<(ObjectRef, FieldError)> {
+        let mut out = Vec::new();
+        for gone in changed {
+            if self.present.contains(&(gone.kind, gone.name.as_str())) || gone.kind != Kind::Network
+            {
+                continue;
+            }
+            let users = network_users(self.all, &gone.name);
+            if !users.is_empty() {
+                out.push((
+                    gone.clone(),
+                    FieldError::new(
+                        "",
+                        format!(
+                            "network {} is still used by {}; delete them or detach them from it first",
+                            gone.name,
+                            list_refs(&users)
+                        ),
+                    ),
+                ));
+            }
+        }
+        out
+    }
 }
 
 // ------------------------------------------------------------------ updates
