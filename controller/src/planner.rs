@@ -379,7 +379,7 @@ pub fn plan(desired: &Desired<'_>, assignment: &Assignment) -> Plan {
             address: node.spec.address,
             datapath: node.spec.datapath,
         });
-        entries.insert(e.key(), SliceEnvelope::new(e));
+        entries.insert(e.key().to_string(), SliceEnvelope::new(e));
         out.slices.insert(node_name.to_string(), entries);
     }
     for (net_name, n) in &desired.networks {
@@ -395,7 +395,7 @@ pub fn plan(desired: &Desired<'_>, assignment: &Assignment) -> Plan {
             };
             let e = SliceEntry::Bridge(bridge_entry(net_name, n, node, block, &np));
             if let Some(entries) = out.slices.get_mut(node_name) {
-                entries.insert(e.key(), SliceEnvelope::new(e));
+                entries.insert(e.key().to_string(), SliceEnvelope::new(e));
             }
         }
     }
@@ -457,7 +457,7 @@ pub fn plan(desired: &Desired<'_>, assignment: &Assignment) -> Plan {
                 key: np.gre_key,
                 split_horizon: np.full_mesh,
             });
-            let key = e.key();
+            let key = e.key().to_string();
             let Some(entries) = out.slices.get_mut(local) else {
                 continue;
             };
@@ -519,7 +519,7 @@ pub fn plan(desired: &Desired<'_>, assignment: &Assignment) -> Plan {
             Ok(e) => {
                 let e = SliceEntry::Container(e);
                 if let Some(entries) = out.slices.get_mut(node_name) {
-                    entries.insert(e.key(), SliceEnvelope::new(e));
+                    entries.insert(e.key().to_string(), SliceEnvelope::new(e));
                 }
             }
             Err(r) => cp.pending = Some(r),
