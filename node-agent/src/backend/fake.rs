@@ -1,4 +1,6 @@
-//! Recording fakes of the four backends, for the runtime's unit tests.
+//! Recording fakes of the four backends, for the runtime's tests: compiled only for the
+//! crate's own tests and for the `testing` feature the integration tests under `tests/`
+//! enable, never into the agent a node runs.
 //!
 //! Each fake holds an in-memory "host" (reach it with `host()` to arrange or tamper), records
 //! every call in `calls()` and every mutation in `writes()` (so a test can assert that a
