@@ -6,6 +6,10 @@
 //! Snapshots are persistent maps (`imbl`): publishing one after a 10,000-object apply shares
 //! almost all of its structure with the previous one.
 //!
+//! Listing, watching, resuming and relisting after compaction are `topo_watcher`'s state
+//! machine, shared with the agents; this module keeps what is the cache's own: decoding keys
+//! into the snapshot and publishing snapshots.
+//!
 //! While the fence names a pending intent (a change set too large for one transaction being
 //! rolled forward, see `commit.rs`), the cache keeps applying events but publishes nothing,
 //! so readers see a large apply entirely or not at all.
@@ -15,15 +19,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use backoff::backoff::Backoff;
-use etcd_client::{Client, EventType, GetOptions, KeyValue, SortOrder, SortTarget, WatchOptions};
+use etcd_client::Client;
 use imbl::OrdMap;
 use ipnet::Ipv4Net;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use topo_schema::api::{Heartbeat, ObservedReport};
 use topo_schema::keys::{self, AddrValue, BlockValue, Fence, IpamKey};
 use topo_schema::{Kind, ObjectRef, Resource};
+use topo_watcher::{EtcdSource, Kv, KvEvent, Listing, Step, Watcher};
 
 /// Watch and list responses can be large (a whole apply's worth of objects).
 pub const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
@@ -31,12 +35,6 @@ const LIST_PAGE: i64 = 2000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("failed to list {prefix} from etcd")]
-    List {
-        prefix: String,
-        #[source]
-        source: etcd_client::Error,
-    },
     #[error("failed to start the cache: shut down before the first list completed")]
     ShutDown,
 }
@@ -100,12 +98,6 @@ impl Snapshot {
 
     /// Applies a put of `key` seen at `mod_revision`. Values that do not decode are logged
     /// and treated as absent: one corrupt key must not stop the controller.
-    pub fn apply_put(&mut self, kv: &KeyValue) {
-        if let Ok(key) = kv.key_str() {
-            self.apply_put_raw(key, kv.value(), kv.mod_revision(), kv.create_revision());
-        }
-    }
-
     pub fn apply_put_raw(
         &mut self,
         key: &str,
@@ -258,17 +250,6 @@ pub fn decode_object(kind: Kind, name: &str, value: &[u8]) -> Option<Resource> {
     }
 }
 
-/// States of the informer loop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WatchState {
-    /// First list: nothing published yet.
-    Listing,
-    /// Watching from `revision + 1`; everything up to `revision` is applied.
-    Watching { revision: i64 },
-    /// The watched revision was compacted: list again and replace the state.
-    Relisting,
-}
-
 /// A pending intent as the cache last saw it: (intent id, fence mod_revision).
 pub type PendingIntent = Option<(String, i64)>;
 
@@ -277,7 +258,8 @@ pub struct Cache {
     relists: Arc<AtomicU64>,
     rx: watch::Receiver<Arc<Snapshot>>,
     pending_rx: watch::Receiver<PendingIntent>,
-    progress_tx: mpsc::Sender<()>,
+    /// Asks the watch for a progress notification (see [`Cache::wait_for_revision`]).
+    progress: Arc<Notify>,
 }
 
 impl Cache {
@@ -286,20 +268,24 @@ impl Cache {
     pub async fn start(client: Client, shutdown: CancellationToken) -> Result<Cache, CacheError> {
         let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
         let (pending_tx, pending_rx) = watch::channel(None);
-        let (progress_tx, progress_rx) = mpsc::channel(1);
         let (ready_tx, ready_rx) = oneshot::channel();
         let relists = Arc::new(AtomicU64::new(0));
+        let progress = Arc::new(Notify::new());
+        let source = EtcdSource::range(client, keys::CACHE_RANGE_START, keys::CACHE_RANGE_END)
+            .with_page_size(LIST_PAGE)
+            .with_max_message_bytes(MAX_MESSAGE_BYTES)
+            .with_verified_progress()
+            .with_progress_requests(progress.clone());
         let informer = Informer {
             relists: relists.clone(),
-            client,
+            watcher: Watcher::new("cache", source, new_backoff()),
             tx,
             pending_tx,
-            progress_rx,
             state: Snapshot::default(),
             shutdown: shutdown.clone(),
             ready: Some(ready_tx),
         };
-        tokio::spawn(informer.run(WatchState::Listing));
+        tokio::spawn(informer.run());
         tokio::select! {
             r = ready_rx => r.map_err(|_| CacheError::ShutDown)?,
             _ = shutdown.cancelled() => return Err(CacheError::ShutDown),
@@ -308,7 +294,7 @@ impl Cache {
             relists,
             rx,
             pending_rx,
-            progress_tx,
+            progress,
         })
     }
 
@@ -340,7 +326,7 @@ impl Cache {
             if cur.revision >= rev {
                 return cur;
             }
-            let _ = self.progress_tx.try_send(());
+            self.progress.notify_one();
             match tokio::time::timeout(Duration::from_millis(200), rx.changed()).await {
                 Ok(Ok(())) | Err(_) => {}
                 // The informer is gone (shutdown): nothing newer will come.
@@ -350,269 +336,105 @@ impl Cache {
     }
 }
 
+/// The controller's retry schedule for etcd (the cache, the leader's election).
 pub(crate) fn new_backoff() -> backoff::ExponentialBackoff {
-    backoff::ExponentialBackoffBuilder::new()
-        .with_initial_interval(Duration::from_millis(100))
-        .with_max_interval(Duration::from_secs(5))
-        .with_randomization_factor(0.5)
-        .with_max_elapsed_time(None)
-        .build()
+    topo_watcher::jittered_backoff(Duration::from_millis(100), Duration::from_secs(5))
 }
 
-/// Whether no key in [`start`, `end`) has a mod_revision in (`after`, `at`], as etcd sees it
-/// at `at`. Used to trust a watch progress notification: etcd 3.4 answers progress requests
-/// with its current revision even when events up to it are still on their way (3.5 fixed
-/// that). Deleted keys are not seen this way; their events still arrive and are applied.
-pub(crate) async fn unchanged_between(
-    client: &Client,
-    start: &str,
-    end: &[u8],
-    after: i64,
-    at: i64,
-) -> bool {
-    let opts = GetOptions::new()
-        .with_range(end.to_vec())
-        .with_revision(at)
-        .with_sort(SortTarget::Mod, SortOrder::Descend)
-        .with_limit(1)
-        .with_keys_only();
-    match client.kv_client().get(start, Some(opts)).await {
-        Ok(resp) => resp
-            .kvs()
-            .first()
-            .is_none_or(|kv| kv.mod_revision() <= after),
-        Err(_) => false,
-    }
-}
+/// Used to trust a watch progress notification (see `topo_watcher::etcd`).
+pub(crate) use topo_watcher::unchanged_between;
 
-/// Lists the cached range at one revision, page by page.
-async fn list(client: &Client) -> Result<Snapshot, CacheError> {
-    let mut kv = client
-        .kv_client()
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+/// The snapshot a listing describes. Statuses must be merged into objects whichever arrives
+/// first, so objects are applied after everything else.
+fn snapshot_of(listing: &Listing) -> Snapshot {
     let mut snap = Snapshot::default();
-    let mut start = keys::CACHE_RANGE_START.as_bytes().to_vec();
-    let mut revision = 0;
-    // Statuses must be merged into objects whichever arrives first; collect objects, then
-    // apply them after everything else.
-    let mut objects = Vec::new();
-    loop {
-        let mut opts = GetOptions::new()
-            .with_range(keys::CACHE_RANGE_END)
-            .with_limit(LIST_PAGE);
-        if revision > 0 {
-            opts = opts.with_revision(revision);
-        }
-        let resp = kv
-            .get(start.clone(), Some(opts))
-            .await
-            .map_err(|source| CacheError::List {
-                prefix: keys::CACHE_RANGE_START.to_string(),
-                source,
-            })?;
-        if revision == 0 {
-            revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        }
-        let kvs = resp.kvs();
-        for kv in kvs {
-            if kv
-                .key_str()
-                .is_ok_and(|k| keys::parse_object_key(k).is_some())
-            {
-                objects.push(kv.clone());
-            } else {
-                snap.apply_put(kv);
-            }
-        }
-        match (resp.more(), kvs.last()) {
-            (true, Some(last)) => {
-                start = last.key().to_vec();
-                start.push(0);
-            }
-            _ => break,
-        }
+    let (objects, rest): (Vec<&Kv>, Vec<&Kv>) = listing
+        .kvs
+        .iter()
+        .partition(|kv| keys::parse_object_key(&kv.key).is_some());
+    for kv in rest.into_iter().chain(objects) {
+        snap.apply_put_raw(&kv.key, &kv.value, kv.mod_revision, kv.create_revision);
     }
-    for kv in &objects {
-        snap.apply_put(kv);
-    }
-    snap.revision = revision;
-    Ok(snap)
+    snap.revision = listing.revision;
+    snap
 }
 
+/// The informer: the shared list/watch machine, with the cache's own part — applying what
+/// it brings to the snapshot and publishing snapshots (held back while an intent is pending).
 struct Informer {
     relists: Arc<AtomicU64>,
-    client: Client,
+    watcher: Watcher<EtcdSource>,
     tx: watch::Sender<Arc<Snapshot>>,
     pending_tx: watch::Sender<PendingIntent>,
-    progress_rx: mpsc::Receiver<()>,
     state: Snapshot,
     shutdown: CancellationToken,
     /// Told once the first list is published.
     ready: Option<oneshot::Sender<()>>,
 }
 
-enum WatchEnd {
-    Compacted,
-    Disconnected(String),
-    Shutdown,
-}
-
 impl Informer {
-    async fn run(mut self, mut state: WatchState) {
-        let mut backoff = new_backoff();
+    async fn run(mut self) {
         loop {
-            if self.shutdown.is_cancelled() {
-                return;
-            }
-            state = match state {
-                WatchState::Listing | WatchState::Relisting => match list(&self.client).await {
-                    Ok(s) => {
-                        tracing::info!(
-                            revision = s.revision,
-                            objects = s.objects.len(),
-                            "cache: listed"
-                        );
-                        self.state = s;
-                        match self.ready.take() {
-                            // The first snapshot is published even mid-intent: there must be
-                            // one, and writers roll the intent forward when they see it.
-                            Some(ready) => {
-                                self.publish_always();
-                                let _ = ready.send(());
-                            }
-                            None => self.publish(),
-                        }
-                        WatchState::Watching {
-                            revision: self.state.revision,
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "cache: list failed");
-                        if !self.sleep(&mut backoff).await {
-                            return;
-                        }
-                        state
-                    }
-                },
-                WatchState::Watching { revision } => {
-                    match self.watch_from(revision, &mut backoff).await {
-                        WatchEnd::Shutdown => return,
-                        WatchEnd::Compacted => {
-                            self.relists.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(
-                                revision,
-                                "cache: watched revision was compacted, relisting"
-                            );
-                            WatchState::Relisting
-                        }
-                        WatchEnd::Disconnected(why) => {
-                            tracing::warn!(revision = self.state.revision, %why, "cache: watch lost, re-watching");
-                            if !self.sleep(&mut backoff).await {
-                                return;
-                            }
-                            WatchState::Watching {
-                                revision: self.state.revision,
-                            }
-                        }
-                    }
-                }
+            let step = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                s = self.watcher.step() => s,
             };
-        }
-    }
-
-    /// Sleeps one backoff step; false when shut down meanwhile.
-    async fn sleep(&self, backoff: &mut backoff::ExponentialBackoff) -> bool {
-        let wait = backoff.next_backoff().unwrap_or(Duration::from_secs(5));
-        tokio::select! {
-            _ = self.shutdown.cancelled() => false,
-            _ = tokio::time::sleep(wait) => true,
-        }
-    }
-
-    async fn watch_from(
-        &mut self,
-        revision: i64,
-        backoff: &mut backoff::ExponentialBackoff,
-    ) -> WatchEnd {
-        let opts = WatchOptions::new()
-            .with_range(keys::CACHE_RANGE_END)
-            .with_start_revision(revision + 1)
-            .with_progress_notify();
-        let mut wc = self
-            .client
-            .watch_client()
-            .max_decoding_message_size(MAX_MESSAGE_BYTES);
-        let stream = tokio::select! {
-            _ = self.shutdown.cancelled() => return WatchEnd::Shutdown,
-            s = wc.watch(keys::CACHE_RANGE_START, Some(opts)) => s,
-        };
-        let (mut sender, mut stream) = match stream {
-            Ok(s) => s.split(),
-            Err(e) => return WatchEnd::Disconnected(e.to_string()),
-        };
-        loop {
-            let msg = tokio::select! {
-                _ = self.shutdown.cancelled() => return WatchEnd::Shutdown,
-                Some(()) = self.progress_rx.recv() => {
-                    if let Err(e) = sender.request_progress().await {
-                        return WatchEnd::Disconnected(e.to_string());
+            match step {
+                Step::Listed { listing, relist } => self.listed(&listing, relist),
+                Step::Events { events, revision } => {
+                    for ev in &events {
+                        match ev {
+                            KvEvent::Put(kv) => self.state.apply_put_raw(
+                                &kv.key,
+                                &kv.value,
+                                kv.mod_revision,
+                                kv.create_revision,
+                            ),
+                            KvEvent::Delete { key, .. } => self.state.apply_delete(key),
+                        }
                     }
-                    continue;
-                }
-                m = stream.message() => m,
-            };
-            let resp = match msg {
-                Ok(Some(r)) => r,
-                Ok(None) => return WatchEnd::Disconnected("watch stream ended".into()),
-                Err(e) => return WatchEnd::Disconnected(e.to_string()),
-            };
-            if resp.compact_revision() > 0 {
-                return WatchEnd::Compacted;
-            }
-            if resp.canceled() {
-                return WatchEnd::Disconnected(format!("watch canceled: {}", resp.cancel_reason()));
-            }
-            if resp.created() {
-                backoff.reset();
-            }
-            let events = resp.events();
-            if events.is_empty() {
-                // A progress notification. etcd 3.4 answers progress requests with its
-                // current revision even when events up to it are still on their way (3.5
-                // fixed that), so the revision is only taken once etcd confirms nothing in
-                // the range was written after what the cache has.
-                let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-                if rev > self.state.revision && !resp.created() && self.unchanged_since(rev).await {
-                    self.state.revision = rev;
+                    self.state.revision = self.state.revision.max(revision);
                     self.publish();
                 }
-                continue;
-            }
-            for ev in events {
-                let Some(kv) = ev.kv() else { continue };
-                self.state.revision = self.state.revision.max(kv.mod_revision());
-                match ev.event_type() {
-                    EventType::Put => self.state.apply_put(kv),
-                    EventType::Delete => {
-                        if let Ok(k) = kv.key_str() {
-                            self.state.apply_delete(k);
-                        }
+                Step::Progress { revision } => {
+                    if revision > self.state.revision {
+                        self.state.revision = revision;
+                        self.publish();
+                    }
+                }
+                Step::Idle => {}
+                Step::Retry { error, delay } => {
+                    tracing::warn!(error = %error, source = ?std::error::Error::source(&error),
+                        state = ?self.watcher.state(), ?delay, "cache: etcd failed; retrying");
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
                     }
                 }
             }
-            self.publish();
         }
     }
 
-    async fn unchanged_since(&self, rev: i64) -> bool {
-        unchanged_between(
-            &self.client,
-            keys::CACHE_RANGE_START,
-            keys::CACHE_RANGE_END.as_bytes(),
-            self.state.revision,
-            rev,
-        )
-        .await
+    fn listed(&mut self, listing: &Listing, relist: bool) {
+        self.state = snapshot_of(listing);
+        tracing::info!(
+            revision = self.state.revision,
+            objects = self.state.objects.len(),
+            relist,
+            "cache: listed"
+        );
+        if relist {
+            self.relists.fetch_add(1, Ordering::Relaxed);
+        }
+        match self.ready.take() {
+            // The first snapshot is published even mid-intent: there must be one, and
+            // writers roll the intent forward when they see it.
+            Some(ready) => {
+                self.publish_always();
+                let _ = ready.send(());
+            }
+            None => self.publish(),
+        }
     }
 
     fn publish_always(&self) {

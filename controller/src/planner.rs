@@ -415,7 +415,7 @@ fn node_and_bridge_entries(out: &mut Plan, desired: &Desired<'_>, assignment: &A
             address: node.spec.address,
             datapath: node.spec.datapath,
         });
-        entries.insert(e.key(), SliceEnvelope::new(e));
+        entries.insert(e.key().to_string(), SliceEnvelope::new(e));
         out.slices.insert(node_name.to_string(), entries);
     }
     for (net_name, n) in &desired.networks {
@@ -431,7 +431,7 @@ fn node_and_bridge_entries(out: &mut Plan, desired: &Desired<'_>, assignment: &A
             };
             let e = SliceEntry::Bridge(bridge_entry(net_name, n, node, block, &np));
             if let Some(entries) = out.slices.get_mut(node_name) {
-                entries.insert(e.key(), SliceEnvelope::new(e));
+                entries.insert(e.key().to_string(), SliceEnvelope::new(e));
             }
         }
     }
@@ -485,7 +485,7 @@ fn gre_port_entries(
             key: np.gre_key,
             split_horizon: np.full_mesh,
         });
-        let key = e.key();
+        let key = e.key().to_string();
         let Some(entries) = out.slices.get_mut(local) else {
             continue;
         };
@@ -555,7 +555,7 @@ fn place_container(
         Ok(e) => {
             let e = SliceEntry::Container(e);
             if let Some(entries) = out.slices.get_mut(node_name) {
-                entries.insert(e.key(), SliceEnvelope::new(e));
+                entries.insert(e.key().to_string(), SliceEnvelope::new(e));
             }
         }
         Err(r) => cp.pending = Some(r),

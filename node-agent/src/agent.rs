@@ -1,5 +1,5 @@
-//! The agent's runtime: registration, heartbeat, slice watch, workers, drift and resync,
-//! and an orderly shutdown.
+//! The agent's runtime: registration, heartbeat, slice watch, workers, host events and
+//! resync, and an orderly shutdown.
 //!
 //! Shutdown (SIGTERM/SIGINT): the watch, drift and resync tasks stop, the queue stops handing
 //! out keys, in-flight reconciles get [`AgentConfig::shutdown_grace`] to finish, and the
@@ -18,10 +18,10 @@ use topo_schema::kinds::Datapath;
 
 use crate::events::{EtcdEvents, Recorder};
 use crate::heartbeat::{HeartbeatConfig, register_node, run_heartbeat};
-use crate::queue::{GC_KEY, NAT_KEY, WorkQueue};
+use crate::queue::WorkQueue;
 use crate::reconcile::{Backends, Context, Runner};
 use crate::report::{EtcdReports, Reporter};
-use crate::watch::{EtcdSliceSource, SliceStore, SliceWatcher, Step};
+use crate::watch::{SliceStore, SliceWatcher, slice_source};
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -58,25 +58,13 @@ pub async fn run(
 ) {
     let node = cfg.node.clone();
     // 1. Registration: retried until etcd answers (the agent may start before etcd).
-    let mut backoff =
-        crate::watch::watch_backoff(Duration::from_millis(200), Duration::from_secs(5));
-    loop {
-        let mut c = client.clone();
-        match register_node(&mut c, &node, cfg.address, cfg.datapath).await {
-            Ok(r) => {
-                tracing::info!(node = %node, registration = ?r, "node registration checked");
-                break;
-            }
-            Err(e) => {
-                let delay = backoff.next_backoff().unwrap_or(Duration::from_secs(5));
-                tracing::warn!(node = %node, error = %crate::reconcile::error_chain(&e), ?delay, "failed to register the node; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.changed() => return,
-                }
-            }
-        }
-    }
+    let registered = until_ok("register the node", &mut shutdown, || {
+        let (mut c, node) = (client.clone(), node.clone());
+        async move { register_node(&mut c, &node, cfg.address, cfg.datapath).await }
+    })
+    .await;
+    let Some(r) = registered else { return };
+    tracing::info!(node = %node, registration = ?r, "node registration checked");
 
     // 2. Heartbeat.
     let (lease_tx, lease_rx) = watch::channel(0i64);
@@ -93,27 +81,11 @@ pub async fn run(
 
     // 3. Reports as stored (restart counts, and no rewrite of what is still true).
     let reporter = Reporter::new(Arc::new(EtcdReports::new(client.clone())), &node);
-    let mut backoff =
-        crate::watch::watch_backoff(Duration::from_millis(200), Duration::from_secs(5));
-    loop {
-        match reporter.load().await {
-            Ok(n) => {
-                tracing::debug!(reports = n, "loaded stored reports");
-                break;
-            }
-            Err(e) => {
-                let delay = backoff.next_backoff().unwrap_or(Duration::from_secs(5));
-                tracing::warn!(error = %crate::reconcile::error_chain(&e), ?delay, "failed to load reports; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.changed() => {
-                        let _ = heartbeat.await;
-                        return;
-                    }
-                }
-            }
-        }
-    }
+    let Some(n) = until_ok("load reports", &mut shutdown, || reporter.load()).await else {
+        let _ = heartbeat.await;
+        return;
+    };
+    tracing::debug!(reports = n, "loaded stored reports");
 
     let store = SliceStore::new();
     let queue = WorkQueue::new();
@@ -139,55 +111,20 @@ pub async fn run(
 
     let mut tasks = JoinSet::new();
     // 4. The slice watch.
-    {
-        let ctx = ctx.clone();
-        let mut shutdown = shutdown.clone();
-        let source = EtcdSliceSource::new(client.clone(), &node);
-        tasks.spawn(async move {
-            let mut watcher = SliceWatcher::new(source, ctx.store.clone());
-            loop {
-                let step = tokio::select! {
-                    s = watcher.step() => s,
-                    _ = shutdown.changed() => return,
-                };
-                match step {
-                    Step::Synced { changed, relist } => {
-                        let stats = watcher.stats();
-                        if !ctx.is_synced() {
-                            ctx.mark_synced();
-                            tracing::info!(entries = ctx.store.keys().len(), "slice listed; adopting and reconciling");
-                            ctx.queue.add_all(ctx.all_keys());
-                            let _ = synced_tx.send(true);
-                        } else {
-                            tracing::info!(relist, changed = changed.len(), relists = stats.relists, "slice relisted");
-                            ctx.queue.add_all(changed);
-                            ctx.queue.add(NAT_KEY);
-                            ctx.queue.add(GC_KEY);
-                        }
-                    }
-                    Step::Changed(keys) => {
-                        tracing::debug!(?keys, "slice changed");
-                        ctx.queue.add_all(keys);
-                    }
-                    Step::Idle => {}
-                    Step::Retry { error, delay } => {
-                        tracing::warn!(%error, ?delay, state = ?watcher.state(), "slice watch interrupted; retrying");
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = shutdown.changed() => return,
-                        }
-                    }
-                }
-            }
-        });
-    }
-    // 5. Drift and the periodic resync.
-    tasks.spawn(crate::drift::run_drift(
+    let watcher = SliceWatcher::new(slice_source(client.clone(), &node), store.clone());
+    tasks.spawn(crate::slice_sync::run(
+        watcher,
+        ctx.clone(),
+        synced_tx,
+        shutdown.clone(),
+    ));
+    // 5. Host events and the periodic resync.
+    tasks.spawn(crate::host_events::run_host_events(
         ctx.clone(),
         backends,
         shutdown.clone(),
     ));
-    tasks.spawn(crate::drift::run_resync(
+    tasks.spawn(crate::host_events::run_resync(
         queue.clone(),
         ctx.clone(),
         cfg.resync,
@@ -203,14 +140,46 @@ pub async fn run(
     tracing::info!(node = %node, "shutting down: finishing in-flight reconciles");
     queue.shutdown();
     tasks.abort_all();
-    let drained = tokio::time::timeout(cfg.shutdown_grace, async {
+    drain(workers, cfg.shutdown_grace).await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), heartbeat).await;
+    tracing::info!(node = %node, "stopped; containers keep running");
+}
+
+/// Tries `attempt` until it succeeds, backing off between failures; None when `shutdown`
+/// comes first.
+async fn until_ok<T, E: std::error::Error, F: Future<Output = Result<T, E>>>(
+    what: &str,
+    shutdown: &mut watch::Receiver<bool>,
+    mut attempt: impl FnMut() -> F,
+) -> Option<T> {
+    let mut backoff =
+        crate::watch::watch_backoff(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        match attempt().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                let delay = backoff.next_backoff().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(error = %crate::error_chain::error_chain(&e), ?delay, "failed to {what}; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => return None,
+                }
+            }
+        }
+    }
+}
+
+/// Lets in-flight reconciles finish within `grace`, then abandons them.
+async fn drain(mut workers: JoinSet<()>, grace: Duration) {
+    let drained = tokio::time::timeout(grace, async {
         while workers.join_next().await.is_some() {}
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(grace = ?cfg.shutdown_grace, "reconciles still running at the end of the grace period; abandoning them");
+        tracing::warn!(
+            ?grace,
+            "reconciles still running at the end of the grace period; abandoning them"
+        );
         workers.abort_all();
     }
-    let _ = tokio::time::timeout(Duration::from_secs(3), heartbeat).await;
-    tracing::info!(node = %node, "stopped; containers keep running");
 }

@@ -1,4 +1,5 @@
-//! The agent's command line. Every flag also reads an environment variable.
+//! The agent's command line (clap), turned into an [`AgentConfig`]. Every flag also reads an
+//! environment variable, so the lab and a systemd unit can configure the agent either way.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;

@@ -5,7 +5,7 @@
 //! `lastTimestamp` of the existing record instead of adding one. At most
 //! [`MAX_EVENTS_PER_OBJECT`] records are kept per object; the oldest go first.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -200,57 +200,67 @@ impl EventSink for EtcdEvents {
     }
 }
 
-/// Events kept in memory with the same folding, for tests.
-#[derive(Default)]
-pub struct MemoryEvents {
-    events: Mutex<Vec<Event>>,
-}
+/// The in-memory sink for tests (the `testing` feature).
+#[cfg(any(test, feature = "testing"))]
+mod memory {
+    use super::*;
+    use std::sync::Mutex;
 
-impl MemoryEvents {
-    pub fn new() -> Arc<Self> {
-        Arc::new(MemoryEvents::default())
+    /// Events kept in memory with the same folding, for tests.
+    #[derive(Default)]
+    pub struct MemoryEvents {
+        events: Mutex<Vec<Event>>,
     }
 
-    pub fn all(&self) -> Vec<Event> {
-        self.events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    pub fn with_reason(&self, reason: &str) -> Vec<Event> {
-        self.all()
-            .into_iter()
-            .filter(|e| e.reason == reason)
-            .collect()
-    }
-
-    pub fn clear(&self) {
-        self.events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-    }
-}
-
-#[async_trait]
-impl EventSink for MemoryEvents {
-    async fn publish(&self, event: Event) -> Result<(), EventError> {
-        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
-        let id = event.dedup_id();
-        match events
-            .iter_mut()
-            .find(|e| e.object == event.object && e.dedup_id() == id)
-        {
-            Some(old) => {
-                old.count += 1;
-                old.last_timestamp = event.last_timestamp;
-            }
-            None => events.push(event),
+    impl MemoryEvents {
+        pub fn new() -> Arc<Self> {
+            Arc::new(MemoryEvents::default())
         }
-        Ok(())
+
+        pub fn all(&self) -> Vec<Event> {
+            self.events
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        }
+
+        pub fn with_reason(&self, reason: &str) -> Vec<Event> {
+            self.all()
+                .into_iter()
+                .filter(|e| e.reason == reason)
+                .collect()
+        }
+
+        pub fn clear(&self) {
+            self.events
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+        }
+    }
+
+    #[async_trait]
+    impl EventSink for MemoryEvents {
+        async fn publish(&self, event: Event) -> Result<(), EventError> {
+            let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+            let id = event.dedup_id();
+            match events
+                .iter_mut()
+                .find(|e| e.object == event.object && e.dedup_id() == id)
+            {
+                Some(old) => {
+                    old.count += 1;
+                    old.last_timestamp = event.last_timestamp;
+                }
+                None => events.push(event),
+            }
+            Ok(())
+        }
     }
 }
+
+#[cfg(any(test, feature = "testing"))]
+pub use memory::MemoryEvents;
 
 #[cfg(test)]
 mod tests {

@@ -1,10 +1,17 @@
 //! topo's node agent: watches its node's slice in etcd and keeps the host (Docker containers,
 //! veth pairs and addresses, Open vSwitch bridges and GRE ports, nftables NAT) equal to it.
 //!
-//! * [`watch`]: the slice list/watch state machine and the in-memory desired state.
-//! * [`reconcile`]: per-key reconciles against the [`backend`] traits, the error policy and
-//!   the worker runner; [`queue`] is their work queue.
-//! * [`drift`]: backend event streams → keys to reconcile; the periodic resync.
+//! The way of a slice entry to the host, one module each:
+//!
+//! * [`watch`]: the slice in etcd → the in-memory desired state ([`watch::SliceStore`]), by
+//!   the list/watch machine shared with the controller (`topo-watcher`); keys are typed
+//!   ([`key::Key`]) from here on.
+//! * [`queue`]: the work queue of keys, in work order; [`host_events`]: backend event
+//!   streams → keys (so changes made by hand are repaired), and the periodic resync.
+//! * [`reconcile`]: one module per resource (bridge, tunnel, container, node NAT, garbage
+//!   collection), each observe → plan → apply through one executor; the error policy and the
+//!   runner that drives them from the queue.
+//! * [`backend`]: the host, one trait per thing it holds (Docker, netlink, OVSDB, nftables).
 //! * [`report`], [`events`]: observed reports and events for the controller.
 //! * [`heartbeat`]: Node registration and the heartbeat lease.
 //! * [`agent`]: wires it all and shuts down in order; [`config`]: the command line.
@@ -12,10 +19,13 @@
 pub mod agent;
 pub mod backend;
 pub mod config;
-pub mod drift;
+pub mod error_chain;
 pub mod events;
 pub mod heartbeat;
+pub mod host_events;
+pub mod key;
 pub mod queue;
 pub mod reconcile;
 pub mod report;
+pub mod slice_sync;
 pub mod watch;

@@ -1,3 +1,6 @@
+//! `topo-agent`: parses the command line, connects the four host backends and etcd, and
+//! runs the agent (`agent.rs`) until SIGTERM or SIGINT.
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,10 +1,10 @@
-//! The reconcile work queue, keyed by slice entry key (plus the node-wide keys [`NAT_KEY`] and
-//! [`GC_KEY`]).
+//! The reconcile work queue of [`Key`]s.
 //!
 //! Like client-go's workqueue: a key is queued at most once; a key being processed is never
 //! handed to a second worker — adding it meanwhile marks it dirty and it is queued again when
-//! the first worker is done. Keys pop in dependency order (node, bridges, tunnels, containers,
-//! NAT, GC) so a fresh start builds bridges before it plumbs containers into them.
+//! the first worker is done. Keys pop in the work order of [`Key`]'s `Ord` (node, bridges,
+//! tunnels, containers, NAT, GC), first come first served within a kind, so a fresh start
+//! builds bridges before it plumbs containers into them.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -12,45 +12,24 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-/// The node's own NAT table (masquerade + published ports): derived from the whole slice.
-pub const NAT_KEY: &str = "~nat";
-/// Garbage collection of owned host objects that no slice entry wants.
-pub const GC_KEY: &str = "~gc";
-
-/// Pop order of a key: lower first.
-pub fn priority(key: &str) -> u8 {
-    if key == "node" {
-        0
-    } else if key.starts_with("bridges/") {
-        1
-    } else if key.starts_with("tunnels/") {
-        2
-    } else if key.starts_with("containers/") {
-        3
-    } else if key == NAT_KEY {
-        4
-    } else if key == GC_KEY {
-        5
-    } else {
-        6
-    }
-}
+use crate::key::Key;
 
 #[derive(Default)]
 struct State {
-    ready: BTreeMap<(u8, u64), String>,
-    queued: HashSet<String>,
-    processing: HashSet<String>,
-    dirty: HashSet<String>,
+    /// (the key's class, arrival) → key.
+    ready: BTreeMap<(Key, u64), Key>,
+    queued: HashSet<Key>,
+    processing: HashSet<Key>,
+    dirty: HashSet<Key>,
     seq: u64,
     shutdown: bool,
 }
 
 impl State {
-    fn push(&mut self, key: String) {
+    fn push(&mut self, key: Key) {
         self.seq += 1;
         self.queued.insert(key.clone());
-        self.ready.insert((priority(&key), self.seq), key);
+        self.ready.insert((key.class(), self.seq), key);
     }
 }
 
@@ -70,8 +49,7 @@ impl WorkQueue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn add(&self, key: impl Into<String>) {
-        let key = key.into();
+    pub fn add(&self, key: Key) {
         let mut s = self.lock();
         if s.shutdown || s.queued.contains(&key) {
             return;
@@ -85,14 +63,14 @@ impl WorkQueue {
         self.notify.notify_one();
     }
 
-    pub fn add_all<I: IntoIterator<Item = String>>(&self, keys: I) {
+    pub fn add_all<I: IntoIterator<Item = Key>>(&self, keys: I) {
         for k in keys {
             self.add(k);
         }
     }
 
     /// Adds `key` after `delay` (a requeue with backoff).
-    pub fn add_after(self: &Arc<Self>, key: String, delay: Duration) {
+    pub fn add_after(self: &Arc<Self>, key: Key, delay: Duration) {
         let q = Arc::clone(self);
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -102,7 +80,7 @@ impl WorkQueue {
 
     /// The next key to process, or None once the queue is shut down. The caller must call
     /// [`WorkQueue::done`] with it.
-    pub async fn pop(&self) -> Option<String> {
+    pub async fn pop(&self) -> Option<Key> {
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
@@ -129,11 +107,11 @@ impl WorkQueue {
         }
     }
 
-    pub fn done(&self, key: &str) {
+    pub fn done(&self, key: &Key) {
         let mut s = self.lock();
         s.processing.remove(key);
         if s.dirty.remove(key) && !s.shutdown {
-            s.push(key.to_string());
+            s.push(key.clone());
             drop(s);
             self.notify.notify_one();
         }
@@ -167,13 +145,14 @@ mod tests {
     #[tokio::test]
     async fn dedups_and_orders_by_dependency() {
         let q = WorkQueue::new();
-        q.add(GC_KEY);
-        q.add("containers/a");
-        q.add("containers/a");
-        q.add("tunnels/tg-x");
-        q.add("bridges/n");
-        q.add("node");
-        assert_eq!(q.len(), 5);
+        q.add(Key::Gc);
+        q.add(Key::Container("b".into()));
+        q.add(Key::Container("a".into()));
+        q.add(Key::Container("b".into()));
+        q.add(Key::Tunnel("tg-x".into()));
+        q.add(Key::Bridge("n".into()));
+        q.add(Key::Node);
+        assert_eq!(q.len(), 6);
         let mut order = vec![];
         while !q.is_empty() {
             let k = q.pop().await.unwrap();
@@ -182,16 +161,24 @@ mod tests {
         }
         assert_eq!(
             order,
-            vec!["node", "bridges/n", "tunnels/tg-x", "containers/a", GC_KEY]
+            vec![
+                Key::Node,
+                Key::Bridge("n".into()),
+                Key::Tunnel("tg-x".into()),
+                // Within a kind, first come first served.
+                Key::Container("b".into()),
+                Key::Container("a".into()),
+                Key::Gc
+            ]
         );
     }
 
     #[tokio::test]
     async fn one_in_flight_per_key_and_dirty_requeue() {
         let q = WorkQueue::new();
-        q.add("containers/a");
+        q.add(Key::Container("a".into()));
         let k = q.pop().await.unwrap();
-        q.add("containers/a");
+        q.add(Key::Container("a".into()));
         assert!(q.is_empty(), "a key in flight is not handed out twice");
         q.done(&k);
         assert_eq!(q.len(), 1, "added while in flight: queued again when done");
@@ -216,7 +203,7 @@ mod tests {
         let q2 = Arc::clone(&q);
         let h = tokio::spawn(async move { q2.pop().await });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        q.add("node");
-        assert_eq!(h.await.unwrap().as_deref(), Some("node"));
+        q.add(Key::Node);
+        assert_eq!(h.await.unwrap(), Some(Key::Node));
     }
 }

@@ -7,8 +7,8 @@
 //! when an entry stops producing one (or goes), the report is deleted. Reports that no key
 //! owns after a restart are removed by [`Reporter::retain`] during garbage collection.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,6 +16,8 @@ use etcd_client::{Client, GetOptions};
 use topo_schema::api::ObservedReport;
 use topo_schema::keys;
 use topo_schema::kinds::ObjectRef;
+
+use crate::key::Key;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -116,67 +118,78 @@ impl ReportSink for EtcdReports {
     }
 }
 
-/// Reports kept in memory, for tests; counts writes so tests can assert "no write".
-#[derive(Default)]
-pub struct MemoryReports {
-    inner: Mutex<MemoryReportsInner>,
+/// The in-memory sink for tests (the `testing` feature).
+#[cfg(any(test, feature = "testing"))]
+mod memory {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    /// Reports kept in memory, for tests; counts writes so tests can assert "no write".
+    #[derive(Default)]
+    pub struct MemoryReports {
+        inner: Mutex<MemoryReportsInner>,
+    }
+
+    #[derive(Default)]
+    struct MemoryReportsInner {
+        reports: BTreeMap<ObjectRef, ObservedReport>,
+        puts: usize,
+        deletes: usize,
+    }
+
+    impl MemoryReports {
+        pub fn new() -> Arc<Self> {
+            Arc::new(MemoryReports::default())
+        }
+
+        fn lock(&self) -> std::sync::MutexGuard<'_, MemoryReportsInner> {
+            self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        }
+
+        pub fn get(&self, object: &ObjectRef) -> Option<ObservedReport> {
+            self.lock().reports.get(object).cloned()
+        }
+
+        pub fn all(&self) -> BTreeMap<ObjectRef, ObservedReport> {
+            self.lock().reports.clone()
+        }
+
+        /// (puts, deletes) so far.
+        pub fn writes(&self) -> (usize, usize) {
+            let i = self.lock();
+            (i.puts, i.deletes)
+        }
+
+        pub fn insert(&self, report: ObservedReport) {
+            self.lock().reports.insert(report.object.clone(), report);
+        }
+    }
+
+    #[async_trait]
+    impl ReportSink for MemoryReports {
+        async fn put(&self, _node: &str, report: &ObservedReport) -> Result<(), ReportError> {
+            let mut i = self.lock();
+            i.puts += 1;
+            i.reports.insert(report.object.clone(), report.clone());
+            Ok(())
+        }
+
+        async fn delete(&self, _node: &str, object: &ObjectRef) -> Result<(), ReportError> {
+            let mut i = self.lock();
+            i.deletes += 1;
+            i.reports.remove(object);
+            Ok(())
+        }
+
+        async fn list(&self, _node: &str) -> Result<Vec<ObservedReport>, ReportError> {
+            Ok(self.lock().reports.values().cloned().collect())
+        }
+    }
 }
 
-#[derive(Default)]
-struct MemoryReportsInner {
-    reports: BTreeMap<ObjectRef, ObservedReport>,
-    puts: usize,
-    deletes: usize,
-}
-
-impl MemoryReports {
-    pub fn new() -> Arc<Self> {
-        Arc::new(MemoryReports::default())
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryReportsInner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn get(&self, object: &ObjectRef) -> Option<ObservedReport> {
-        self.lock().reports.get(object).cloned()
-    }
-
-    pub fn all(&self) -> BTreeMap<ObjectRef, ObservedReport> {
-        self.lock().reports.clone()
-    }
-
-    /// (puts, deletes) so far.
-    pub fn writes(&self) -> (usize, usize) {
-        let i = self.lock();
-        (i.puts, i.deletes)
-    }
-
-    pub fn insert(&self, report: ObservedReport) {
-        self.lock().reports.insert(report.object.clone(), report);
-    }
-}
-
-#[async_trait]
-impl ReportSink for MemoryReports {
-    async fn put(&self, _node: &str, report: &ObservedReport) -> Result<(), ReportError> {
-        let mut i = self.lock();
-        i.puts += 1;
-        i.reports.insert(report.object.clone(), report.clone());
-        Ok(())
-    }
-
-    async fn delete(&self, _node: &str, object: &ObjectRef) -> Result<(), ReportError> {
-        let mut i = self.lock();
-        i.deletes += 1;
-        i.reports.remove(object);
-        Ok(())
-    }
-
-    async fn list(&self, _node: &str) -> Result<Vec<ObservedReport>, ReportError> {
-        Ok(self.lock().reports.values().cloned().collect())
-    }
-}
+#[cfg(any(test, feature = "testing"))]
+pub use memory::MemoryReports;
 
 /// Same content, ignoring `time`.
 pub fn same_content(a: &ObservedReport, b: &ObservedReport) -> bool {
@@ -212,11 +225,11 @@ pub struct Reporter {
 #[derive(Default)]
 struct ReporterState {
     stored: HashMap<ObjectRef, ObservedReport>,
-    owners: HashMap<String, BTreeSet<ObjectRef>>,
+    owners: HashMap<Key, BTreeSet<ObjectRef>>,
 }
 
 impl ReporterState {
-    fn claimed_elsewhere(&self, key: &str, object: &ObjectRef) -> bool {
+    fn claimed_elsewhere(&self, key: &Key, object: &ObjectRef) -> bool {
         self.owners
             .iter()
             .any(|(k, objs)| k != key && objs.contains(object))
@@ -254,7 +267,7 @@ impl Reporter {
     /// many writes it made.
     pub async fn sync(
         &self,
-        key: &str,
+        key: &Key,
         reports: Vec<ObservedReport>,
     ) -> Result<usize, ReportError> {
         let mut st = self.state.lock().await;
@@ -280,7 +293,7 @@ impl Reporter {
         if now.is_empty() {
             st.owners.remove(key);
         } else {
-            st.owners.insert(key.to_string(), now);
+            st.owners.insert(key.clone(), now);
         }
         Ok(writes)
     }
@@ -334,7 +347,7 @@ mod tests {
     async fn writes_only_changes_and_deletes_dropped() {
         let mem = MemoryReports::new();
         let r = Reporter::new(mem.clone(), "node1");
-        let key = "containers/app";
+        let key = &Key::Container("app".into());
         assert_eq!(
             r.sync(
                 key,
@@ -380,13 +393,14 @@ mod tests {
     async fn a_link_moving_between_consumers_keeps_its_report() {
         let mem = MemoryReports::new();
         let r = Reporter::new(mem.clone(), "node1");
-        r.sync("containers/a", vec![report(Kind::Link, "l", true)])
+        let (a, b) = (Key::Container("a".into()), Key::Container("b".into()));
+        r.sync(&a, vec![report(Kind::Link, "l", true)])
             .await
             .unwrap();
-        r.sync("containers/b", vec![report(Kind::Link, "l", false)])
+        r.sync(&b, vec![report(Kind::Link, "l", false)])
             .await
             .unwrap();
-        r.sync("containers/a", vec![]).await.unwrap();
+        r.sync(&a, vec![]).await.unwrap();
         assert!(!mem.get(&ObjectRef::new(Kind::Link, "l")).unwrap().ready);
     }
 
@@ -399,9 +413,12 @@ mod tests {
         assert_eq!(r.load().await.unwrap(), 2);
         // Adopted state equal to what is stored: no write.
         assert_eq!(
-            r.sync("containers/app", vec![report(Kind::Container, "app", true)])
-                .await
-                .unwrap(),
+            r.sync(
+                &Key::Container("app".into()),
+                vec![report(Kind::Container, "app", true)]
+            )
+            .await
+            .unwrap(),
             0
         );
         let expected = BTreeSet::from([ObjectRef::new(Kind::Container, "app")]);

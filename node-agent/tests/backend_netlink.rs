@@ -158,11 +158,14 @@ fn backend_netlink_veth_into_container_namespace() {
             .await
             .unwrap()
             .differences(&att);
-        assert!(diffs.iter().any(|d| d.contains("no address")), "{diffs:?}");
+        assert!(
+            diffs.iter().any(|d| d.to_string().contains("no address")),
+            "{diffs:?}"
+        );
         let cap = arp_capture(&veth);
         let changed = ifs.ensure_attachment(pid1, &att).await.unwrap();
         assert!(
-            changed.iter().any(|d| d.contains("no address")),
+            changed.iter().any(|d| d.to_string().contains("no address")),
             "{changed:?}"
         );
         assert!(
@@ -288,7 +291,7 @@ fn backend_netlink_gateway_on_bridge_interface() {
         assert!(
             changed
                 .iter()
-                .any(|c| c.contains("stray address 10.99.9.9/24")),
+                .any(|c| c.to_string().contains("stray address 10.99.9.9/24")),
             "{changed:?}"
         );
         let g = ifs.observe_gateway(&b).await.unwrap();

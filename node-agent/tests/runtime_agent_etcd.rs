@@ -27,7 +27,7 @@ async fn get_json<T: serde::de::DeserializeOwned>(c: &mut Client, key: &str) -> 
 
 async fn put_entry(c: &mut Client, e: &SliceEntry) {
     c.put(
-        keys::slice_entry(NODE, &e.key()),
+        keys::slice_entry(NODE, e.key()),
         serde_json::to_vec(&SliceEnvelope::new(e.clone())).unwrap(),
         None,
     )

@@ -213,7 +213,7 @@ async fn a_config_change_recreates_the_container() {
     agent.start().await;
     let old = f.docker.container("web").unwrap().id;
 
-    let mut web = match agent.store.get("containers/web") {
+    let mut web = match agent.store.get(&key("containers/web")) {
         Some(SliceValue::Entry(SliceEntry::Container(c))) => c,
         other => panic!("{other:?}"),
     };
@@ -244,7 +244,7 @@ async fn a_link_rewire_reprograms_without_recreating() {
     let before = f.docker.container("app").unwrap();
     f.clear_logs();
 
-    let mut app = match agent.store.get("containers/app") {
+    let mut app = match agent.store.get(&key("containers/app")) {
         Some(SliceValue::Entry(SliceEntry::Container(c))) => c,
         other => panic!("{other:?}"),
     };
@@ -274,7 +274,7 @@ async fn a_link_rewire_reprograms_without_recreating() {
     );
 
     // A target that cannot be resolved: the rule goes, the link reports why.
-    let mut app = match agent.store.get("containers/app") {
+    let mut app = match agent.store.get(&key("containers/app")) {
         Some(SliceValue::Entry(SliceEntry::Container(c))) => c,
         other => panic!("{other:?}"),
     };
@@ -289,7 +289,7 @@ async fn a_link_rewire_reprograms_without_recreating() {
 }
 
 fn app_entry(agent: &Agent) -> topo_schema::slice::ContainerEntry {
-    match agent.store.get("containers/app") {
+    match agent.store.get(&key("containers/app")) {
         Some(SliceValue::Entry(SliceEntry::Container(c))) => c,
         other => panic!("{other:?}"),
     }
@@ -465,7 +465,7 @@ async fn unsupported_entries_are_left_alone() {
 
     let second = Agent::new(&f, slice());
     second.store.insert(
-        "containers/future".into(),
+        key("containers/future"),
         SliceValue::Unsupported { version: 2 },
     );
     second.start().await;
@@ -619,7 +619,7 @@ async fn a_never_applied_container_is_cleaned_before_its_report_goes() {
     agent.runner.run_until_idle().await;
     assert!(f.docker.container("late").is_some());
     assert!(f.report(Kind::Container, "late").is_some());
-    agent.queue.add("containers/late".to_string());
+    agent.requeue("containers/late");
     agent.runner.run_until_idle().await;
     assert!(f.docker.container("late").is_none());
     assert!(f.report(Kind::Container, "late").is_none());

@@ -11,10 +11,18 @@ use etcd_client::{Client, CompactionOptions};
 use runtime_etcd::Etcd;
 use topo_agent::watch::{
     EtcdSliceSource, EtcdSliceWatch, Listing, SliceSource, SliceStore, SliceValue, SliceWatch,
-    SliceWatcher, SourceError, Step, WatchMessage, WatchState, watch_backoff,
+    SliceWatcher, SourceError, Step, WatchMessage, WatchState, slice_source, watch_backoff,
 };
 use topo_schema::keys;
-use topo_schema::slice::{SliceEntry, SliceEnvelope};
+use topo_schema::slice::{SliceEntry, SliceEnvelope, SliceKey};
+
+fn key(text: &str) -> SliceKey {
+    text.parse().expect("slice key")
+}
+
+fn texts(keys: &[SliceKey]) -> Vec<String> {
+    keys.iter().map(ToString::to_string).collect()
+}
 
 const NODE: &str = "node1";
 
@@ -107,7 +115,7 @@ async fn lists_watches_resumes_and_relists() {
 
     let cut = Arc::new(AtomicBool::new(false));
     let source = Cuttable {
-        inner: EtcdSliceSource::new(etcd.client().await, NODE),
+        inner: slice_source(etcd.client().await, NODE),
         cut: cut.clone(),
     };
     let store = SliceStore::new();
@@ -123,15 +131,18 @@ async fn lists_watches_resumes_and_relists() {
             changed,
             relist: false,
         } => {
-            assert_eq!(changed, vec!["bridges/a", "bridges/b", "bridges/future"]);
+            assert_eq!(
+                texts(&changed),
+                vec!["bridges/a", "bridges/b", "bridges/future"]
+            );
         }
         other => panic!("{other:?}"),
     }
     assert_eq!(
-        store.get("bridges/future"),
+        store.get(&key("bridges/future")),
         Some(SliceValue::Unsupported { version: 9 })
     );
-    assert!(store.get("bridges/z").is_none());
+    assert!(store.get(&key("bridges/z")).is_none());
     let WatchState::Watching { revision: listed } = w.state() else {
         panic!("{:?}", w.state())
     };
@@ -140,7 +151,7 @@ async fn lists_watches_resumes_and_relists() {
     let rev = put(&mut c, "bridges/c", bridge("c")).await;
     assert_eq!(
         next_delivery(&mut w).await,
-        Step::Changed(vec!["bridges/c".into()])
+        Step::Changed(vec![key("bridges/c")])
     );
     assert_eq!(w.state(), WatchState::Watching { revision: rev });
     assert!(rev > listed);
@@ -149,9 +160,9 @@ async fn lists_watches_resumes_and_relists() {
         .unwrap();
     assert_eq!(
         next_delivery(&mut w).await,
-        Step::Changed(vec!["bridges/a".into()])
+        Step::Changed(vec![key("bridges/a")])
     );
-    assert!(store.get("bridges/a").is_none());
+    assert!(store.get(&key("bridges/a")).is_none());
 
     // etcd restarts: the watch resumes from its revision, without a relist, and sees what
     // happened while it was away.
@@ -166,7 +177,7 @@ async fn lists_watches_resumes_and_relists() {
     put(&mut c, "bridges/d", bridge("d")).await;
     assert_eq!(
         next_delivery(&mut w).await,
-        Step::Changed(vec!["bridges/d".into()])
+        Step::Changed(vec![key("bridges/d")])
     );
     assert_eq!(w.stats().lists, 1, "a disconnect must not relist");
     assert!(w.stats().rewatches > rewatches);
@@ -194,7 +205,7 @@ async fn lists_watches_resumes_and_relists() {
             relist: true,
         } => {
             assert_eq!(
-                changed,
+                texts(&changed),
                 vec!["bridges/b", "bridges/c", "bridges/e", "bridges/f"]
             );
         }
@@ -202,7 +213,7 @@ async fn lists_watches_resumes_and_relists() {
     }
     assert_eq!(w.stats().relists, 1);
     assert_eq!(w.state(), WatchState::Watching { revision: rev });
-    let mut keys = store.keys();
+    let mut keys = texts(&store.keys());
     keys.sort();
     assert_eq!(
         keys,
@@ -219,7 +230,7 @@ async fn lists_watches_resumes_and_relists() {
     put(&mut c, "bridges/g", bridge("g")).await;
     assert_eq!(
         next_delivery(&mut w).await,
-        Step::Changed(vec!["bridges/g".into()])
+        Step::Changed(vec![key("bridges/g")])
     );
 }
 
@@ -235,9 +246,9 @@ async fn a_large_slice_lists_in_pages_at_one_revision() {
         )
         .await;
     }
-    let mut source = EtcdSliceSource::new(etcd.client().await, NODE);
+    let mut source = slice_source(etcd.client().await, NODE);
     let listing = source.list().await.unwrap();
     assert_eq!(listing.kvs.len(), 1234);
-    assert_eq!(listing.kvs[0].0, "bridges/n0000");
-    assert_eq!(listing.kvs[1233].0, "bridges/n1233");
+    assert_eq!(listing.kvs[0].key, "bridges/n0000");
+    assert_eq!(listing.kvs[1233].key, "bridges/n1233");
 }

@@ -72,7 +72,8 @@ pub fn slices_prefix() -> String {
 pub fn slice_prefix(node: &str) -> String {
     format!("{ROOT}slices/{node}/")
 }
-pub fn slice_entry(node: &str, entry_key: &str) -> String {
+/// `entry_key` is a [`SliceKey`](crate::slice::SliceKey) (or its text form).
+pub fn slice_entry(node: &str, entry_key: impl std::fmt::Display) -> String {
     format!("{}{entry_key}", slice_prefix(node))
 }
 pub fn reports_prefix() -> String {

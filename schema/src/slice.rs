@@ -60,12 +60,72 @@ pub enum SliceEntry {
 
 impl SliceEntry {
     /// The entry's key below the node's slice prefix.
-    pub fn key(&self) -> String {
+    pub fn key(&self) -> SliceKey {
         match self {
-            SliceEntry::Node(_) => "node".to_string(),
-            SliceEntry::Bridge(b) => format!("bridges/{}", b.network),
-            SliceEntry::Tunnel(t) => format!("tunnels/{}", t.port),
-            SliceEntry::Container(c) => format!("containers/{}", c.name),
+            SliceEntry::Node(_) => SliceKey::Node,
+            SliceEntry::Bridge(b) => SliceKey::Bridge(b.network.clone()),
+            SliceEntry::Tunnel(t) => SliceKey::Tunnel(t.port.clone()),
+            SliceEntry::Container(c) => SliceKey::Container(c.name.clone()),
+        }
+    }
+}
+
+/// Where an entry lives below the node's slice prefix: `node`, `bridges/<network>`,
+/// `tunnels/<port>`, `containers/<name>`. Both sides hold keys typed; the text form exists
+/// only at the etcd boundary ([`Display`](std::fmt::Display) to write, [`FromStr`] to read).
+///
+/// The variant order is the order a node is built in (its settings, then bridges, then the
+/// GRE ports and containers that go on them), so sorting keys sorts work.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SliceKey {
+    Node,
+    /// A bridge, by network name.
+    Bridge(String),
+    /// A GRE port, by port name.
+    Tunnel(String),
+    /// A container, by Container object name.
+    Container(String),
+}
+
+impl std::fmt::Display for SliceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SliceKey::Node => f.write_str("node"),
+            SliceKey::Bridge(network) => write!(f, "bridges/{network}"),
+            SliceKey::Tunnel(port) => write!(f, "tunnels/{port}"),
+            SliceKey::Container(name) => write!(f, "containers/{name}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "failed to parse slice key {key:?}: expected node, bridges/<network>, tunnels/<port> or containers/<name>"
+)]
+pub struct SliceKeyError {
+    pub key: String,
+}
+
+impl std::str::FromStr for SliceKey {
+    type Err = SliceKeyError;
+
+    fn from_str(key: &str) -> Result<Self, Self::Err> {
+        let err = || SliceKeyError {
+            key: key.to_string(),
+        };
+        if key == "node" {
+            return Ok(SliceKey::Node);
+        }
+        let (kind, name) = key.split_once('/').ok_or_else(err)?;
+        if name.is_empty() || name.contains('/') {
+            return Err(err());
+        }
+        let name = name.to_string();
+        match kind {
+            "bridges" => Ok(SliceKey::Bridge(name)),
+            "tunnels" => Ok(SliceKey::Tunnel(name)),
+            "containers" => Ok(SliceKey::Container(name)),
+            _ => Err(err()),
         }
     }
 }
@@ -275,6 +335,36 @@ mod tests {
         let s = serde_json::to_string(&e).unwrap();
         assert!(s.contains("\"type\":\"container\""));
         assert_eq!(serde_json::from_str::<SliceEnvelope>(&s).unwrap(), e);
-        assert_eq!(e.entry.key(), "containers/app");
+        assert_eq!(e.entry.key(), SliceKey::Container("app".into()));
+        assert_eq!(e.entry.key().to_string(), "containers/app");
+    }
+
+    #[test]
+    fn slice_keys_round_trip_and_sort_in_work_order() {
+        let keys = [
+            ("node", SliceKey::Node),
+            ("bridges/overlay", SliceKey::Bridge("overlay".into())),
+            ("tunnels/tg-x", SliceKey::Tunnel("tg-x".into())),
+            ("containers/web", SliceKey::Container("web".into())),
+        ];
+        for (text, key) in &keys {
+            assert_eq!(text.parse::<SliceKey>().as_ref(), Ok(key));
+            assert_eq!(key.to_string(), *text);
+        }
+        let mut shuffled: Vec<SliceKey> = keys.iter().rev().map(|(_, k)| k.clone()).collect();
+        shuffled.sort();
+        assert_eq!(shuffled, keys.map(|(_, k)| k).to_vec());
+        for bad in [
+            "",
+            "nodes",
+            "bridges/",
+            "containers/a/b",
+            "widgets/x",
+            "other",
+        ] {
+            let err = bad.parse::<SliceKey>().unwrap_err();
+            assert_eq!(err.key, bad);
+            assert!(err.to_string().contains("expected node, bridges/"), "{err}");
+        }
     }
 }

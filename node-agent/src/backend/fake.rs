@@ -1,4 +1,6 @@
-//! Recording fakes of the four backends, for the runtime's unit tests.
+//! Recording fakes of the four backends, for the runtime's tests: compiled only for the
+//! crate's own tests and for the `testing` feature the integration tests under `tests/`
+//! enable, never into the agent a node runs.
 //!
 //! Each fake holds an in-memory "host" (reach it with `host()` to arrange or tamper), records
 //! every call in `calls()` and every mutation in `writes()` (so a test can assert that a
@@ -21,10 +23,11 @@ use topo_schema::slice::{AttachmentEntry, ContainerEntry, owner};
 
 use super::ovs::{check_changes, effective_changes};
 use super::{
-    ContainerError, ContainerEvent, Containers, HostInterface, InterfaceError, Interfaces,
-    LinkChangeKind, LinkEvent, Nat, NatError, NatRules, NetNs, ObservedAttachment, ObservedBridge,
-    ObservedContainer, ObservedGateway, ObservedInterface, ObservedNat, ObservedPeer, ObservedPort,
-    Ovs, OvsChange, OvsError, OvsEvent, OvsState, OvsTable, PortKind, RowChange,
+    AttachmentDrift, ContainerError, ContainerEvent, Containers, GatewayDrift, HostInterface,
+    InterfaceError, Interfaces, LinkChangeKind, LinkEvent, Nat, NatError, NatRules, NetNs,
+    ObservedAttachment, ObservedBridge, ObservedContainer, ObservedGateway, ObservedInterface,
+    ObservedNat, ObservedPeer, ObservedPort, Ovs, OvsChange, OvsError, OvsEvent, OvsState,
+    OvsTable, PortKind, RowChange,
 };
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -539,7 +542,7 @@ impl Interfaces for FakeInterfaces {
         &self,
         pid: u32,
         att: &AttachmentEntry,
-    ) -> Result<Vec<String>, InterfaceError> {
+    ) -> Result<Vec<AttachmentDrift>, InterfaceError> {
         lock(&self.log).call("ensure_attachment", &att.host_veth)?;
         let diffs = self.observe(pid, att)?.differences(att);
         if !diffs.is_empty() {
@@ -628,7 +631,7 @@ impl Interfaces for FakeInterfaces {
         bridge: &str,
         gateway: Ipv4Net,
         mtu: u32,
-    ) -> Result<Vec<String>, InterfaceError> {
+    ) -> Result<Vec<GatewayDrift>, InterfaceError> {
         lock(&self.log).call("ensure_gateway", bridge)?;
         let mut h = self.host();
         if h.missing_bridges.contains(bridge) {
@@ -1161,7 +1164,7 @@ mod tests {
         let att = attachment("web", "net", "10.2.1.5/16");
         let changed = f.ensure_attachment(100, &att).await.unwrap();
         assert_eq!(
-            changed,
+            changed.iter().map(ToString::to_string).collect::<Vec<_>>(),
             vec![format!("host veth {} is missing", att.host_veth)]
         );
         assert!(

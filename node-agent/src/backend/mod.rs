@@ -1,6 +1,6 @@
 //! The agent's host backends: one small trait per thing a node holds (Docker containers,
 //! interfaces, Open vSwitch, nftables NAT), a real implementation of each, and a recording
-//! fake of each for the runtime's unit tests (`fake`).
+//! fake of each for tests (`fake`, compiled only for tests and the `testing` feature).
 //!
 //! Every trait keeps *observing* apart from *changing*: a reconcile with nothing to do calls
 //! only the observe functions and so makes no write. Every change function is idempotent
@@ -24,6 +24,7 @@ use topo_schema::kinds::{Datapath, Protocol, PullPolicy};
 use topo_schema::slice::{AttachmentEntry, ContainerEntry, PublishedPort};
 
 pub mod docker;
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod nat;
 pub mod netlink;
@@ -144,71 +145,175 @@ impl ObservedAttachment {
                 .is_some_and(|p| p.is_veth && p.paired_with_host)
     }
 
-    /// What differs from `want`, one phrase each ("eth0 has no address 10.2.1.5/16"); empty
-    /// when the attachment is as desired.
-    pub fn differences(&self, want: &AttachmentEntry) -> Vec<String> {
-        let mut d = Vec::new();
+    /// What differs from `want`; empty when the attachment is as desired. When the pair
+    /// itself is wrong, that is the only difference named.
+    pub fn differences(&self, want: &AttachmentEntry) -> Vec<AttachmentDrift> {
+        use AttachmentDrift as D;
+        let veth = || want.host_veth.clone();
+        let interface = || want.interface.clone();
         if !self.host_exists {
-            d.push(format!("host veth {} is missing", want.host_veth));
-            return d;
+            return vec![D::HostVethMissing { veth: veth() }];
         }
         if !self.host_is_veth {
-            d.push(format!("host interface {} is not a veth", want.host_veth));
-            return d;
+            return vec![D::HostNotVeth { veth: veth() }];
         }
         let Some(p) = &self.peer else {
-            d.push(format!("{} is missing in the container", want.interface));
-            return d;
+            return vec![D::PeerMissing {
+                interface: interface(),
+            }];
         };
         if !p.is_veth || !p.paired_with_host {
-            d.push(format!(
-                "{} in the container is not the peer of {}",
-                want.interface, want.host_veth
-            ));
-            return d;
+            return vec![D::NotPaired {
+                interface: interface(),
+                veth: veth(),
+            }];
         }
+        let mut d = Vec::new();
         if self.host_mtu != want.mtu {
-            d.push(format!(
-                "host veth {} has MTU {} (want {})",
-                want.host_veth, self.host_mtu, want.mtu
-            ));
+            d.push(D::HostVethMtu {
+                veth: veth(),
+                mtu: self.host_mtu,
+                want: want.mtu,
+            });
         }
         if !self.host_up {
-            d.push(format!("host veth {} is down", want.host_veth));
+            d.push(D::HostVethDown { veth: veth() });
         }
         if p.mtu != want.mtu {
-            d.push(format!(
-                "{} has MTU {} (want {})",
-                want.interface, p.mtu, want.mtu
-            ));
+            d.push(D::PeerMtu {
+                interface: interface(),
+                mtu: p.mtu,
+                want: want.mtu,
+            });
         }
         if !p.up {
-            d.push(format!("{} is down", want.interface));
+            d.push(D::PeerDown {
+                interface: interface(),
+            });
         }
         if !p.addresses.contains(&want.address) {
-            d.push(format!(
-                "{} has no address {}",
-                want.interface, want.address
-            ));
+            d.push(D::AddressMissing {
+                interface: interface(),
+                address: want.address,
+            });
         }
-        for a in &p.addresses {
-            if *a != want.address {
-                d.push(format!("{} has a stray address {}", want.interface, a));
-            }
-        }
+        d.extend(
+            p.addresses
+                .iter()
+                .filter(|a| **a != want.address)
+                .map(|a| D::StrayAddress {
+                    interface: interface(),
+                    address: *a,
+                }),
+        );
         if p.default_gateway != want.default_gateway {
-            match want.default_gateway {
-                Some(g) => d.push(format!("{} has no default route via {}", want.interface, g)),
-                None => d.push(format!(
-                    "{} has a default route it should not have",
-                    want.interface
-                )),
-            }
+            d.push(match want.default_gateway {
+                Some(gateway) => D::DefaultRouteMissing {
+                    interface: interface(),
+                    gateway,
+                },
+                None => D::UnwantedDefaultRoute {
+                    interface: interface(),
+                },
+            });
         }
         if want.tx_checksum_off && p.tx_checksum == Some(true) {
-            d.push(format!("{} has TX checksum offload on", want.interface));
+            d.push(D::TxChecksumOn {
+                interface: interface(),
+            });
         }
         d
+    }
+}
+
+/// One way an attachment differs from its entry (see [`ObservedAttachment::differences`]).
+/// Displayed as users read it in events ("eth0 has no address 10.2.1.5/16").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachmentDrift {
+    HostVethMissing {
+        veth: String,
+    },
+    HostNotVeth {
+        veth: String,
+    },
+    PeerMissing {
+        interface: String,
+    },
+    /// The interface in the container is not the peer of the host veth.
+    NotPaired {
+        interface: String,
+        veth: String,
+    },
+    HostVethMtu {
+        veth: String,
+        mtu: u32,
+        want: u32,
+    },
+    HostVethDown {
+        veth: String,
+    },
+    PeerMtu {
+        interface: String,
+        mtu: u32,
+        want: u32,
+    },
+    PeerDown {
+        interface: String,
+    },
+    AddressMissing {
+        interface: String,
+        address: Ipv4Net,
+    },
+    StrayAddress {
+        interface: String,
+        address: Ipv4Net,
+    },
+    DefaultRouteMissing {
+        interface: String,
+        gateway: Ipv4Addr,
+    },
+    UnwantedDefaultRoute {
+        interface: String,
+    },
+    TxChecksumOn {
+        interface: String,
+    },
+}
+
+impl std::fmt::Display for AttachmentDrift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use AttachmentDrift as D;
+        match self {
+            D::HostVethMissing { veth } => write!(f, "host veth {veth} is missing"),
+            D::HostNotVeth { veth } => write!(f, "host interface {veth} is not a veth"),
+            D::PeerMissing { interface } => write!(f, "{interface} is missing in the container"),
+            D::NotPaired { interface, veth } => {
+                write!(f, "{interface} in the container is not the peer of {veth}")
+            }
+            D::HostVethMtu { veth, mtu, want } => {
+                write!(f, "host veth {veth} has MTU {mtu} (want {want})")
+            }
+            D::HostVethDown { veth } => write!(f, "host veth {veth} is down"),
+            D::PeerMtu {
+                interface,
+                mtu,
+                want,
+            } => write!(f, "{interface} has MTU {mtu} (want {want})"),
+            D::PeerDown { interface } => write!(f, "{interface} is down"),
+            D::AddressMissing { interface, address } => {
+                write!(f, "{interface} has no address {address}")
+            }
+            D::StrayAddress { interface, address } => {
+                write!(f, "{interface} has a stray address {address}")
+            }
+            D::DefaultRouteMissing { interface, gateway } => {
+                write!(f, "{interface} has no default route via {gateway}")
+            }
+            D::UnwantedDefaultRoute { interface } => {
+                write!(f, "{interface} has a default route it should not have")
+            }
+            D::TxChecksumOn { interface } => write!(f, "{interface} has TX checksum offload on"),
+        }
     }
 }
 
@@ -224,30 +329,60 @@ pub struct ObservedGateway {
 }
 
 impl ObservedGateway {
-    pub fn differences(&self, gateway: Ipv4Net, mtu: u32) -> Vec<String> {
-        let mut d = Vec::new();
+    /// What differs from the bridge's wanted gateway address and MTU; empty when none.
+    pub fn differences(&self, gateway: Ipv4Net, mtu: u32) -> Vec<GatewayDrift> {
         if !self.exists {
-            d.push("bridge interface is missing".to_string());
-            return d;
+            return vec![GatewayDrift::Missing];
         }
+        let mut d = Vec::new();
         if self.mtu != mtu {
-            d.push(format!("MTU is {} (want {mtu})", self.mtu));
+            d.push(GatewayDrift::Mtu {
+                mtu: self.mtu,
+                want: mtu,
+            });
         }
         if !self.up {
-            d.push("it is down".to_string());
+            d.push(GatewayDrift::Down);
         }
         if !self.addresses.contains(&gateway) {
-            d.push(format!("gateway address {gateway} is missing"));
+            d.push(GatewayDrift::AddressMissing { address: gateway });
         }
-        for a in &self.addresses {
-            if *a != gateway {
-                d.push(format!("stray address {a}"));
-            }
-        }
+        d.extend(
+            self.addresses
+                .iter()
+                .filter(|a| **a != gateway)
+                .map(|a| GatewayDrift::StrayAddress { address: *a }),
+        );
         if self.tx_checksum == Some(true) {
-            d.push("TX checksum offload is on".to_string());
+            d.push(GatewayDrift::TxChecksumOn);
         }
         d
+    }
+}
+
+/// One way a bridge's internal interface differs from what its bridge entry wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayDrift {
+    Missing,
+    Mtu { mtu: u32, want: u32 },
+    Down,
+    AddressMissing { address: Ipv4Net },
+    StrayAddress { address: Ipv4Net },
+    TxChecksumOn,
+}
+
+impl std::fmt::Display for GatewayDrift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GatewayDrift::Missing => f.write_str("bridge interface is missing"),
+            GatewayDrift::Mtu { mtu, want } => write!(f, "MTU is {mtu} (want {want})"),
+            GatewayDrift::Down => f.write_str("it is down"),
+            GatewayDrift::AddressMissing { address } => {
+                write!(f, "gateway address {address} is missing")
+            }
+            GatewayDrift::StrayAddress { address } => write!(f, "stray address {address}"),
+            GatewayDrift::TxChecksumOn => f.write_str("TX checksum offload is on"),
+        }
     }
 }
 
@@ -288,14 +423,14 @@ pub trait Interfaces: Send + Sync {
         att: &AttachmentEntry,
     ) -> Result<ObservedAttachment, InterfaceError>;
     /// Makes the attachment as desired, changing only what differs (a healthy one costs no
-    /// write); returns what it changed, one phrase each. Recreates the pair when the host veth
+    /// write); returns what it changed. Recreates the pair when the host veth
     /// is missing or its peer is not in this container (e.g. after the container restarted).
     /// Sends a gratuitous ARP when it created or re-addressed the interface.
     async fn ensure_attachment(
         &self,
         pid: u32,
         att: &AttachmentEntry,
-    ) -> Result<Vec<String>, InterfaceError>;
+    ) -> Result<Vec<AttachmentDrift>, InterfaceError>;
     /// Broadcasts a gratuitous ARP (an RFC 5227 announcement) for the attachment's address
     /// from its interface in the container, so peers replace the MAC they cached for that
     /// address (after a move or a restart the address keeps its name but gets a new MAC).
@@ -316,7 +451,7 @@ pub trait Interfaces: Send + Sync {
         bridge: &str,
         gateway: Ipv4Net,
         mtu: u32,
-    ) -> Result<Vec<String>, InterfaceError>;
+    ) -> Result<Vec<GatewayDrift>, InterfaceError>;
     /// Link and IPv4 address notifications for topo-owned names in the node's namespace.
     fn watch(&self) -> BoxStream<'static, LinkEvent>;
 }
@@ -906,7 +1041,13 @@ mod tests {
         o.host_exists = false;
         assert_eq!(
             o.differences(&att),
-            vec!["host veth tv-web is missing".to_string()]
+            vec![AttachmentDrift::HostVethMissing {
+                veth: "tv-web".into()
+            }]
+        );
+        assert_eq!(
+            o.differences(&att)[0].to_string(),
+            "host veth tv-web is missing"
         );
     }
 

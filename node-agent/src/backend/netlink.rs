@@ -36,8 +36,8 @@ use tracing::{debug, warn};
 
 use super::netns::{open_netns, run_in_netns};
 use super::{
-    HostInterface, Interfaces, LinkChangeKind, LinkEvent, ObservedAttachment, ObservedGateway,
-    ObservedPeer,
+    AttachmentDrift, GatewayDrift, HostInterface, Interfaces, LinkChangeKind, LinkEvent,
+    ObservedAttachment, ObservedGateway, ObservedPeer,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -480,7 +480,7 @@ impl NetlinkInterfaces {
         pid: u32,
         ns: &NsSockets,
         att: &AttachmentEntry,
-    ) -> Result<Vec<String>, InterfaceError> {
+    ) -> Result<Vec<AttachmentDrift>, InterfaceError> {
         let mut f = self.find(ns, att).await?;
         let diffs = f.obs.differences(att);
         if diffs.is_empty() {
@@ -493,27 +493,7 @@ impl NetlinkInterfaces {
             .is_some_and(|p| p.is_veth && p.paired_with_host);
         let mut announce = false;
         if !paired {
-            // Whatever half-pair exists is stale (an old container's, or a leftover):
-            // remove both ends we own and start over.
-            if let Some(h) = &f.host {
-                self.handle
-                    .link()
-                    .del(h.index)
-                    .execute()
-                    .await
-                    .or_else(ignore_enodev)
-                    .map_err(nl(format!("delete stale {}", h.name)))?;
-            }
-            if let Some(p) = &f.peer {
-                ns.handle
-                    .link()
-                    .del(p.index)
-                    .execute()
-                    .await
-                    .or_else(ignore_enodev)
-                    .map_err(nl(format!("delete stale {} in the container", p.name)))?;
-            }
-            self.create_pair(pid, att).await?;
+            self.replace_pair(pid, ns, att, &f).await?;
             f = self.find(ns, att).await?;
             announce = true;
         }
@@ -522,80 +502,10 @@ impl NetlinkInterfaces {
                 name: format!("{} / {}", att.host_veth, att.interface),
             });
         };
-        if host.mtu != att.mtu || !host.up {
-            let m = LinkUnspec::new_with_index(host.index)
-                .mtu(att.mtu)
-                .up()
-                .build();
-            self.handle
-                .link()
-                .set(m)
-                .execute()
-                .await
-                .map_err(nl(format!("set mtu/up on {}", host.name)))?;
-        }
-        if peer.mtu != att.mtu || !peer.up {
-            let m = LinkUnspec::new_with_index(peer.index)
-                .mtu(att.mtu)
-                .up()
-                .build();
-            ns.handle
-                .link()
-                .set(m)
-                .execute()
-                .await
-                .map_err(nl(format!("set mtu/up on {}", peer.name)))?;
-        }
-        for (a, m) in &f.peer_addrs {
-            if *a != att.address {
-                ns.handle
-                    .address()
-                    .del(m.clone())
-                    .execute()
-                    .await
-                    .or_else(ignore_enoent)
-                    .map_err(nl(format!("delete address {a} of {}", peer.name)))?;
-            }
-        }
-        if !f.peer_addrs.iter().any(|(a, _)| *a == att.address) {
-            ns.handle
-                .address()
-                .add(
-                    peer.index,
-                    IpAddr::V4(att.address.addr()),
-                    att.address.prefix_len(),
-                )
-                .execute()
-                .await
-                .map_err(nl(format!("add address {} to {}", att.address, peer.name)))?;
-            announce = true;
-        }
-        let current_gw: BTreeSet<Ipv4Addr> = f.peer_routes.iter().map(|(g, _)| *g).collect();
-        let want_gw: BTreeSet<Ipv4Addr> = att.default_gateway.into_iter().collect();
-        if current_gw != want_gw {
-            for (_, r) in &f.peer_routes {
-                ns.handle
-                    .route()
-                    .del(r.clone())
-                    .execute()
-                    .await
-                    .or_else(ignore_esrch)
-                    .map_err(nl(format!("delete default route of {}", peer.name)))?;
-            }
-            if let Some(g) = att.default_gateway {
-                let r = RouteMessageBuilder::<Ipv4Addr>::new()
-                    .gateway(g)
-                    .output_interface(peer.index)
-                    .build();
-                ns.handle
-                    .route()
-                    .add(r)
-                    .replace()
-                    .execute()
-                    .await
-                    .map_err(nl(format!("add default route via {g} on {}", peer.name)))?;
-            }
-        }
+        set_mtu_up(&self.handle, &host, att.mtu).await?;
+        set_mtu_up(&ns.handle, &peer, att.mtu).await?;
+        announce |= ensure_address(&ns.handle, &peer, att.address, &f.peer_addrs).await?;
+        ensure_default_route(&ns.handle, &peer, att.default_gateway, &f.peer_routes).await?;
         if att.tx_checksum_off && tx_checksum(&ns.inet, &peer.name).unwrap_or(true) {
             set_tx_checksum_off(&ns.inet, &peer.name).map_err(|source| {
                 InterfaceError::Ethtool {
@@ -611,6 +521,36 @@ impl NetlinkInterfaces {
             })?;
         }
         Ok(diffs)
+    }
+
+    /// Whatever half-pair exists is stale (an old container's, or a leftover): removes both
+    /// ends we own and makes the pair anew.
+    async fn replace_pair(
+        &self,
+        pid: u32,
+        ns: &NsSockets,
+        att: &AttachmentEntry,
+        f: &Found,
+    ) -> Result<(), InterfaceError> {
+        if let Some(h) = &f.host {
+            self.handle
+                .link()
+                .del(h.index)
+                .execute()
+                .await
+                .or_else(ignore_enodev)
+                .map_err(nl(format!("delete stale {}", h.name)))?;
+        }
+        if let Some(p) = &f.peer {
+            ns.handle
+                .link()
+                .del(p.index)
+                .execute()
+                .await
+                .or_else(ignore_enodev)
+                .map_err(nl(format!("delete stale {} in the container", p.name)))?;
+        }
+        self.create_pair(pid, att).await
     }
 
     async fn gateway_link(
@@ -667,7 +607,7 @@ impl Interfaces for NetlinkInterfaces {
         &self,
         pid: u32,
         att: &AttachmentEntry,
-    ) -> Result<Vec<String>, InterfaceError> {
+    ) -> Result<Vec<AttachmentDrift>, InterfaceError> {
         if !att.host_veth.starts_with("tv-") {
             return Err(InterfaceError::NotOwned {
                 name: att.host_veth.clone(),
@@ -752,7 +692,7 @@ impl Interfaces for NetlinkInterfaces {
         bridge: &str,
         gateway: Ipv4Net,
         mtu: u32,
-    ) -> Result<Vec<String>, InterfaceError> {
+    ) -> Result<Vec<GatewayDrift>, InterfaceError> {
         if !bridge.starts_with("tb-") {
             return Err(InterfaceError::NotOwned {
                 name: bridge.to_string(),
@@ -888,6 +828,87 @@ pub fn link_event(m: &RouteNetlinkMessage) -> Option<LinkEvent> {
         _ => return None,
     };
     owned_name(&name).then_some(LinkEvent::Changed { name, kind })
+}
+
+/// MTU and link up on one end of a pair, if either differs.
+async fn set_mtu_up(handle: &Handle, link: &Link, mtu: u32) -> Result<(), InterfaceError> {
+    if link.mtu == mtu && link.up {
+        return Ok(());
+    }
+    let m = LinkUnspec::new_with_index(link.index).mtu(mtu).up().build();
+    handle
+        .link()
+        .set(m)
+        .execute()
+        .await
+        .map_err(nl(format!("set mtu/up on {}", link.name)))
+}
+
+/// `address` as the peer's only address; true when it had to be added (peers must hear of it).
+async fn ensure_address(
+    handle: &Handle,
+    peer: &Link,
+    address: Ipv4Net,
+    current: &[(Ipv4Net, AddressMessage)],
+) -> Result<bool, InterfaceError> {
+    for (a, m) in current {
+        if *a != address {
+            handle
+                .address()
+                .del(m.clone())
+                .execute()
+                .await
+                .or_else(ignore_enoent)
+                .map_err(nl(format!("delete address {a} of {}", peer.name)))?;
+        }
+    }
+    if current.iter().any(|(a, _)| *a == address) {
+        return Ok(false);
+    }
+    handle
+        .address()
+        .add(peer.index, IpAddr::V4(address.addr()), address.prefix_len())
+        .execute()
+        .await
+        .map_err(nl(format!("add address {address} to {}", peer.name)))?;
+    Ok(true)
+}
+
+/// The peer's default route via `gateway` (or none), replacing whatever it had.
+async fn ensure_default_route(
+    handle: &Handle,
+    peer: &Link,
+    gateway: Option<Ipv4Addr>,
+    current: &[(Ipv4Addr, RouteMessage)],
+) -> Result<(), InterfaceError> {
+    let have: BTreeSet<Ipv4Addr> = current.iter().map(|(g, _)| *g).collect();
+    let want: BTreeSet<Ipv4Addr> = gateway.into_iter().collect();
+    if have == want {
+        return Ok(());
+    }
+    for (_, r) in current {
+        handle
+            .route()
+            .del(r.clone())
+            .execute()
+            .await
+            .or_else(ignore_esrch)
+            .map_err(nl(format!("delete default route of {}", peer.name)))?;
+    }
+    if let Some(g) = gateway {
+        let r = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(g)
+            .output_interface(peer.index)
+            .build();
+        handle
+            .route()
+            .add(r)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl(format!("add default route via {g} on {}", peer.name)))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

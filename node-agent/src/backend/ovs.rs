@@ -1,4 +1,11 @@
 //! Open vSwitch through the OVSDB protocol (RFC 7047) on the local unix socket.
+//!
+//! Ownership is by `external_ids` (`topo.dev/managed`, `topo.dev/node`, `topo.dev/object`):
+//! [`check_changes`] refuses to delete or update any row without them before a transaction
+//! is sent. Every [`Ovs::apply`] is ONE OVSDB transaction built from the changes
+//! ([`transaction_ops`]), so the switch never holds half a change; the monitor feeds the
+//! drift stream. The connection itself (framing, echo, request ids) is `ovsdb_rpc.rs`,
+//! which knows nothing of the switch.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -12,7 +19,7 @@ use serde_json::{Value, json};
 use topo_schema::slice::owner;
 use tracing::{debug, info, warn};
 
-use super::ovsdb_rpc::{Notification, RpcClient};
+use super::ovsdb_rpc::{Notification, RpcClient, RpcError};
 use super::{
     ObservedBridge, ObservedInterface, ObservedPort, Ovs, OvsEvent, OvsTable, PortKind, RowChange,
 };
@@ -55,6 +62,17 @@ pub enum OvsError {
 }
 
 use super::{OvsChange, OvsState};
+
+impl From<RpcError> for OvsError {
+    fn from(e: RpcError) -> Self {
+        match e {
+            RpcError::Connect { path, source } => OvsError::Connect { path, source },
+            RpcError::Disconnected => OvsError::Disconnected,
+            RpcError::Timeout { method } => OvsError::Timeout { method },
+            RpcError::Rpc { method, error } => OvsError::Rpc { method, error },
+        }
+    }
+}
 
 const DB: &str = "Open_vSwitch";
 
@@ -423,69 +441,96 @@ pub fn transaction_ops(
     snap: &Snapshot,
     changes: &[OvsChange],
 ) -> Result<Value, OvsError> {
-    let mut ops = vec![
-        json!(DB),
-        json!({"op": "comment", "comment": format!("topo-agent {node}")}),
-    ];
-    // Ports of bridges added in this transaction join the bridge's insert.
-    let mut new_bridge_ports: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
-    let mut root_adds = Vec::new();
-    let mut root_dels = Vec::new();
-    let mut bridge_port_adds: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
-    let mut bridge_port_dels: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
-    let added: Vec<&str> = changes
-        .iter()
-        .filter_map(|c| match c {
-            OvsChange::AddBridge { name, .. } => Some(name.as_str()),
-            _ => None,
-        })
-        .collect();
+    let mut txn = Txn::new(node, snap, changes);
+    for (i, c) in changes.iter().enumerate() {
+        txn.change(i, c)?;
+    }
+    txn.insert_bridges(changes);
+    Ok(txn.finish())
+}
 
-    let insert_port = |ops: &mut Vec<Value>,
-                       i: usize,
-                       name: &str,
-                       kind: &PortKind,
-                       protected: bool,
-                       object: &str,
-                       mtu: Option<u32>| {
+/// A transaction being built: the operations so far and the references to add to or remove
+/// from rows at the end (a bridge's `ports`, the root's `bridges`).
+struct Txn<'a> {
+    node: &'a str,
+    snap: &'a Snapshot,
+    ops: Vec<Value>,
+    /// Ports of bridges added in this transaction join the bridge's insert.
+    new_bridge_ports: BTreeMap<&'a str, Vec<Value>>,
+    root_adds: Vec<Value>,
+    root_dels: Vec<Value>,
+    bridge_port_adds: BTreeMap<&'a str, Vec<Value>>,
+    bridge_port_dels: BTreeMap<&'a str, Vec<Value>>,
+    /// Bridges added in this transaction.
+    added: Vec<&'a str>,
+}
+
+impl<'a> Txn<'a> {
+    fn new(node: &'a str, snap: &'a Snapshot, changes: &'a [OvsChange]) -> Self {
+        Txn {
+            node,
+            snap,
+            ops: vec![
+                json!(DB),
+                json!({"op": "comment", "comment": format!("topo-agent {node}")}),
+            ],
+            new_bridge_ports: BTreeMap::new(),
+            root_adds: Vec::new(),
+            root_dels: Vec::new(),
+            bridge_port_adds: BTreeMap::new(),
+            bridge_port_dels: BTreeMap::new(),
+            added: changes
+                .iter()
+                .filter_map(|c| match c {
+                    OvsChange::AddBridge { name, .. } => Some(name.as_str()),
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
+
+    /// Inserts a port with its one interface; returns the port's reference.
+    fn insert_port(&mut self, i: usize, port: NewPort<'_>) -> Value {
         let iface = named("iface", i);
-        let port = named("port", i);
+        let port_ref = named("port", i);
         let mut row = json!({
-            "name": name,
-            "type": kind.ovs_type(),
-            "options": map_value(&kind.options()),
-            "external_ids": ids_value(node, object),
+            "name": port.name,
+            "type": port.kind.ovs_type(),
+            "options": map_value(&port.kind.options()),
+            "external_ids": ids_value(self.node, port.object),
         });
-        if let Some(m) = mtu {
+        if let Some(m) = port.mtu {
             row["mtu_request"] = json!(m);
         }
-        ops.push(json!({"op": "insert", "table": "Interface", "uuid-name": iface, "row": row}));
-        ops.push(
-            json!({"op": "insert", "table": "Port", "uuid-name": port, "row": {
-                "name": name,
+        self.ops
+            .push(json!({"op": "insert", "table": "Interface", "uuid-name": iface, "row": row}));
+        self.ops.push(
+            json!({"op": "insert", "table": "Port", "uuid-name": port_ref, "row": {
+                "name": port.name,
                 "interfaces": ["named-uuid", iface],
-                "protected": protected,
-                "external_ids": ids_value(node, object),
+                "protected": port.protected,
+                "external_ids": ids_value(self.node, port.object),
             }}),
         );
-        json!(["named-uuid", port])
-    };
+        json!(["named-uuid", port_ref])
+    }
 
-    for (i, c) in changes.iter().enumerate() {
+    fn change(&mut self, i: usize, c: &'a OvsChange) -> Result<(), OvsError> {
         match c {
             OvsChange::AddBridge {
                 name, mtu, object, ..
             } => {
-                let p = insert_port(
-                    &mut ops,
+                let p = self.insert_port(
                     i,
-                    name,
-                    &PortKind::Internal,
-                    false,
-                    object,
-                    Some(*mtu),
+                    NewPort {
+                        name,
+                        kind: &PortKind::Internal,
+                        protected: false,
+                        object,
+                        mtu: Some(*mtu),
+                    },
                 );
-                new_bridge_ports.entry(name).or_default().push(p);
+                self.new_bridge_ports.entry(name).or_default().push(p);
             }
             OvsChange::AddPort {
                 bridge,
@@ -494,11 +539,20 @@ pub fn transaction_ops(
                 protected,
                 object,
             } => {
-                let p = insert_port(&mut ops, i, name, kind, *protected, object, None);
-                if added.contains(&bridge.as_str()) {
-                    new_bridge_ports.entry(bridge).or_default().push(p);
+                let p = self.insert_port(
+                    i,
+                    NewPort {
+                        name,
+                        kind,
+                        protected: *protected,
+                        object,
+                        mtu: None,
+                    },
+                );
+                if self.added.contains(&bridge.as_str()) {
+                    self.new_bridge_ports.entry(bridge).or_default().push(p);
                 } else {
-                    bridge_port_adds.entry(bridge).or_default().push(p);
+                    self.bridge_port_adds.entry(bridge).or_default().push(p);
                 }
             }
             OvsChange::UpdateBridge {
@@ -507,11 +561,11 @@ pub fn transaction_ops(
                 rstp,
                 mtu,
             } => {
-                ops.push(
+                self.ops.push(
                     json!({"op": "update", "table": "Bridge", "where": where_name(name),
                     "row": {"datapath_type": datapath.ovs_type(), "rstp_enable": rstp}}),
                 );
-                ops.push(
+                self.ops.push(
                     json!({"op": "update", "table": "Interface", "where": where_name(name),
                     "row": {"mtu_request": mtu}}),
                 );
@@ -522,82 +576,108 @@ pub fn transaction_ops(
                 protected,
                 ..
             } => {
-                ops.push(
+                self.ops.push(
                     json!({"op": "update", "table": "Port", "where": where_name(name),
                     "row": {"protected": protected}}),
                 );
-                ops.push(
+                self.ops.push(
                     json!({"op": "update", "table": "Interface", "where": where_name(name),
                     "row": {"type": kind.ovs_type(), "options": map_value(&kind.options())}}),
                 );
             }
             OvsChange::DeletePort { bridge, name } => {
-                let u = snap
+                let u = self
+                    .snap
                     .port_uuid
                     .get(&(bridge.clone(), name.clone()))
                     .ok_or_else(|| OvsError::NotFound {
                         what: format!("port {name} on bridge {bridge}"),
                     })?;
-                bridge_port_dels
+                self.bridge_port_dels
                     .entry(bridge)
                     .or_default()
                     .push(json!(["uuid", u]));
             }
             OvsChange::DeleteBridge { name } => {
-                let u = snap
+                let u = self
+                    .snap
                     .bridge_uuid
                     .get(name)
                     .ok_or_else(|| OvsError::NotFound {
                         what: format!("bridge {name}"),
                     })?;
-                root_dels.push(json!(["uuid", u]));
+                self.root_dels.push(json!(["uuid", u]));
+            }
+        }
+        Ok(())
+    }
+
+    /// The bridges added in this transaction, each with the ports inserted for it.
+    fn insert_bridges(&mut self, changes: &[OvsChange]) {
+        for (i, c) in changes.iter().enumerate() {
+            if let OvsChange::AddBridge {
+                name,
+                datapath,
+                rstp,
+                object,
+                ..
+            } = c
+            {
+                let b = named("bridge", i);
+                let ports = self
+                    .new_bridge_ports
+                    .remove(name.as_str())
+                    .unwrap_or_default();
+                self.ops.push(
+                    json!({"op": "insert", "table": "Bridge", "uuid-name": b, "row": {
+                        "name": name,
+                        "datapath_type": datapath.ovs_type(),
+                        "rstp_enable": rstp,
+                        "ports": ["set", ports],
+                        "external_ids": ids_value(self.node, object),
+                    }}),
+                );
+                self.root_adds.push(json!(["named-uuid", b]));
             }
         }
     }
-    for (i, c) in changes.iter().enumerate() {
-        if let OvsChange::AddBridge {
-            name,
-            datapath,
-            rstp,
-            object,
-            ..
-        } = c
-        {
-            let b = named("bridge", i);
-            let ports = new_bridge_ports.remove(name.as_str()).unwrap_or_default();
-            ops.push(
-                json!({"op": "insert", "table": "Bridge", "uuid-name": b, "row": {
-                    "name": name,
-                    "datapath_type": datapath.ovs_type(),
-                    "rstp_enable": rstp,
-                    "ports": ["set", ports],
-                    "external_ids": ids_value(node, object),
-                }}),
+
+    /// The operations, with the row references mutated in at the end.
+    fn finish(mut self) -> Value {
+        for (bridge, del) in self.bridge_port_dels {
+            self.ops.push(
+                json!({"op": "mutate", "table": "Bridge", "where": where_name(bridge),
+                "mutations": [["ports", "delete", ["set", del]]]}),
             );
-            root_adds.push(json!(["named-uuid", b]));
         }
+        for (bridge, add) in self.bridge_port_adds {
+            self.ops.push(
+                json!({"op": "mutate", "table": "Bridge", "where": where_name(bridge),
+                "mutations": [["ports", "insert", ["set", add]]]}),
+            );
+        }
+        if !self.root_dels.is_empty() {
+            self.ops
+                .push(json!({"op": "mutate", "table": DB, "where": [],
+                "mutations": [["bridges", "delete", ["set", self.root_dels]]]}));
+        }
+        if !self.root_adds.is_empty() {
+            self.ops
+                .push(json!({"op": "mutate", "table": DB, "where": [],
+                "mutations": [["bridges", "insert", ["set", self.root_adds]]]}));
+        }
+        Value::Array(self.ops)
     }
-    for (bridge, del) in bridge_port_dels {
-        ops.push(
-            json!({"op": "mutate", "table": "Bridge", "where": where_name(bridge),
-            "mutations": [["ports", "delete", ["set", del]]]}),
-        );
-    }
-    for (bridge, add) in bridge_port_adds {
-        ops.push(
-            json!({"op": "mutate", "table": "Bridge", "where": where_name(bridge),
-            "mutations": [["ports", "insert", ["set", add]]]}),
-        );
-    }
-    if !root_dels.is_empty() {
-        ops.push(json!({"op": "mutate", "table": DB, "where": [],
-            "mutations": [["bridges", "delete", ["set", root_dels]]]}));
-    }
-    if !root_adds.is_empty() {
-        ops.push(json!({"op": "mutate", "table": DB, "where": [],
-            "mutations": [["bridges", "insert", ["set", root_adds]]]}));
-    }
-    Ok(Value::Array(ops))
+}
+
+/// A port (with its one interface) a transaction inserts.
+struct NewPort<'p> {
+    name: &'p str,
+    kind: &'p PortKind,
+    protected: bool,
+    object: &'p str,
+    /// `mtu_request` of the interface (a bridge's internal port).
+    mtu: Option<u32>,
 }
 
 /// The first failed operation of a transact result, if any (RFC 7047 5.2: an error object in
@@ -774,8 +854,8 @@ impl OvsdbSwitch {
                 }
             };
             match client.call(method, params.clone()).await {
-                Err(OvsError::Disconnected) if read_only && !retried => retried = true,
-                r => return r,
+                Err(RpcError::Disconnected) if read_only && !retried => retried = true,
+                r => return r.map_err(OvsError::from),
             }
         }
     }

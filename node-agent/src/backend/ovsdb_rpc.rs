@@ -2,7 +2,8 @@
 //!
 //! Written here rather than taken from the `ovsdb` crate: its 0.0.6 client panics
 //! (an unfinished `todo` macro) on any message the server starts (monitor `update`, `echo`) and on decode
-//! errors. This one answers `echo`, routes notifications to a channel, matches responses to
+//! errors, and its protocol types know neither `monitor` nor `update` (the agent's drift
+//! stream), so they would not serve either; the crate is not a dependency. This one answers `echo`, routes notifications to a channel, matches responses to
 //! requests by id, and turns every failure into an error (the connection then reports itself
 //! closed and the owner reconnects).
 //!
@@ -22,7 +23,22 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use super::ovs::OvsError;
+/// What can go wrong on the connection; `ovs.rs` maps it into its `RpcError`.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("failed to connect to ovsdb-server at {path}")]
+    Connect {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to talk to ovsdb-server: the connection is closed")]
+    Disconnected,
+    #[error("failed to get an answer from ovsdb-server to {method} in time")]
+    Timeout { method: String },
+    #[error("failed to run {method}: {error}")]
+    Rpc { method: String, error: String },
+}
 
 /// How long a request may wait for its answer.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -69,7 +85,7 @@ pub struct Notification {
     pub params: Value,
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, OvsError>>>>>;
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, RpcError>>>>>;
 
 /// One connection. Cloning shares it. Dropping the last clone closes it.
 #[derive(Clone)]
@@ -88,10 +104,10 @@ impl RpcClient {
     /// Connects to the unix socket at `path`; notifications arrive on the returned receiver.
     pub async fn connect(
         path: &Path,
-    ) -> Result<(RpcClient, mpsc::UnboundedReceiver<Notification>), OvsError> {
+    ) -> Result<(RpcClient, mpsc::UnboundedReceiver<Notification>), RpcError> {
         let stream = UnixStream::connect(path)
             .await
-            .map_err(|source| OvsError::Connect {
+            .map_err(|source| RpcError::Connect {
                 path: path.display().to_string(),
                 source,
             })?;
@@ -166,7 +182,7 @@ impl RpcClient {
             closed_r.send_replace(true);
             // Everyone still waiting learns the connection is gone.
             for (_, tx) in lock(&pending_r).drain() {
-                let _ = tx.send(Err(OvsError::Disconnected));
+                let _ = tx.send(Err(RpcError::Disconnected));
             }
         });
 
@@ -191,9 +207,9 @@ impl RpcClient {
     }
 
     /// Sends a request and waits for its result.
-    pub async fn call(&self, method: &str, params: Value) -> Result<Value, OvsError> {
+    pub async fn call(&self, method: &str, params: Value) -> Result<Value, RpcError> {
         if self.is_closed() {
-            return Err(OvsError::Disconnected);
+            return Err(RpcError::Disconnected);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -204,20 +220,20 @@ impl RpcClient {
             .is_err()
         {
             lock(&self.pending).remove(&id);
-            return Err(OvsError::Disconnected);
+            return Err(RpcError::Disconnected);
         }
         match tokio::time::timeout(CALL_TIMEOUT, rx).await {
             Ok(Ok(r)) => r.map_err(|e| match e {
-                OvsError::Rpc { error, .. } => OvsError::Rpc {
+                RpcError::Rpc { error, .. } => RpcError::Rpc {
                     method: method.to_string(),
                     error,
                 },
                 other => other,
             }),
-            Ok(Err(_)) => Err(OvsError::Disconnected),
+            Ok(Err(_)) => Err(RpcError::Disconnected),
             Err(_) => {
                 lock(&self.pending).remove(&id);
-                Err(OvsError::Timeout {
+                Err(RpcError::Timeout {
                     method: method.to_string(),
                 })
             }
@@ -274,7 +290,7 @@ fn route(
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        Err(OvsError::Rpc {
+        Err(RpcError::Rpc {
             method: String::new(),
             error: text,
         })
@@ -358,7 +374,7 @@ mod tests {
         let err = json!({"id":req["id"],"result":null,"error":"not allowed"}).to_string();
         swr.write_all(err.as_bytes()).await.unwrap();
         assert!(
-            matches!(call.await.unwrap(), Err(OvsError::Rpc { error, .. }) if error == "not allowed")
+            matches!(call.await.unwrap(), Err(RpcError::Rpc { error, .. }) if error == "not allowed")
         );
         let call = tokio::spawn({
             let c = client.clone();
@@ -367,7 +383,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         drop(swr);
         drop(srd);
-        assert!(matches!(call.await.unwrap(), Err(OvsError::Disconnected)));
+        assert!(matches!(call.await.unwrap(), Err(RpcError::Disconnected)));
         assert!(client.is_closed());
     }
 }

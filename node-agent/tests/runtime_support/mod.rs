@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use topo_agent::backend::fake::{FakeContainers, FakeInterfaces, FakeNat, FakeOvs};
 use topo_agent::events::{MemoryEvents, Recorder};
+use topo_agent::key::Key;
 use topo_agent::queue::WorkQueue;
 use topo_agent::reconcile::{Backends, Context, Runner};
 use topo_agent::report::{MemoryReports, Reporter};
@@ -19,8 +20,14 @@ use topo_schema::kinds::{Datapath, Kind, ObjectRef, Protocol, PullPolicy};
 use topo_schema::names;
 use topo_schema::slice::{
     AttachmentEntry, BridgeEntry, ContainerEntry, LinkRule, NodeEntry, PublishedPort, SliceEntry,
-    TunnelEntry,
+    SliceKey, TunnelEntry,
 };
+
+/// A slice key from its stored form (`containers/web`).
+pub fn key(text: &str) -> SliceKey {
+    text.parse()
+        .unwrap_or_else(|e| panic!("test slice key {text:?}: {e}"))
+}
 
 pub const NODE: &str = "node1";
 pub const IMAGE: &str = "topo/busybox:latest";
@@ -249,7 +256,7 @@ impl Agent {
 
     /// Subscribes to the fakes' event streams, like the real agent.
     pub fn watch_drift(&self, f: &Fakes) {
-        tokio::spawn(topo_agent::drift::run_drift(
+        tokio::spawn(topo_agent::host_events::run_host_events(
             self.ctx.clone(),
             f.backends(),
             self.shutdown.subscribe(),
@@ -257,7 +264,7 @@ impl Agent {
     }
 
     /// Lets queued events arrive and runs reconciles until nothing more is queued.
-    pub async fn settle(&self) -> Vec<(String, Result<topo_agent::reconcile::Action, String>)> {
+    pub async fn settle(&self) -> Vec<(Key, Result<topo_agent::reconcile::Action, String>)> {
         let mut out = Vec::new();
         for _ in 0..50 {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -269,7 +276,7 @@ impl Agent {
         out
     }
 
-    pub async fn resync(&self) -> Vec<(String, Result<topo_agent::reconcile::Action, String>)> {
+    pub async fn resync(&self) -> Vec<(Key, Result<topo_agent::reconcile::Action, String>)> {
         self.queue.add_all(self.ctx.all_keys());
         self.runner.run_until_idle().await
     }
@@ -278,12 +285,19 @@ impl Agent {
     pub fn put(&self, entry: SliceEntry) {
         let key = entry.key();
         self.store.insert(key.clone(), SliceValue::Entry(entry));
-        self.queue.add(key);
+        self.queue.add(Key::from(key));
     }
 
-    pub fn delete(&self, key: &str) {
-        self.store.remove(key);
-        self.queue.add(key.to_string());
+    /// Removes `key` (`containers/web`) from the slice (as a watch event would) and queues it.
+    pub fn delete(&self, text: &str) {
+        let key = key(text);
+        self.store.remove(&key);
+        self.queue.add(Key::from(key));
+    }
+
+    /// Queues `key` (`containers/web`) again.
+    pub fn requeue(&self, text: &str) {
+        self.queue.add(Key::from(key(text)));
     }
 }
 

@@ -1,7 +1,8 @@
-//! Drift: changes made to the host outside topo, noticed through the backends' event streams
-//! (Docker events, netlink link/address notifications, OVSDB monitor updates) rather than by
-//! polling. Each event is mapped to the slice entry keys it touches and those are queued; the
-//! reconcile that follows repairs the difference and records `DriftRepaired`. Events caused
+//! Host events: changes made to the host (by topo or outside it), noticed through the
+//! backends' event streams (Docker events, netlink link/address notifications, OVSDB monitor
+//! updates) rather than by polling. Each event is mapped to the keys whose entries own what
+//! it touches and those are queued; the reconcile that follows repairs the difference and
+//! records `DriftRepaired`. Events caused
 //! by the agent's own changes map to keys whose reconcile then finds nothing to do.
 //!
 //! A `Resync` item (a stream reconnected, notifications may be lost) queues every key.
@@ -11,15 +12,16 @@ use std::sync::Arc;
 use futures::StreamExt;
 use tokio::sync::watch;
 use topo_schema::kinds::Kind;
-use topo_schema::slice::SliceEntry;
+use topo_schema::slice::{SliceEntry, SliceKey};
 
 use crate::backend::{ContainerEvent, LinkEvent, OvsEvent};
-use crate::queue::{GC_KEY, WorkQueue};
+use crate::key::Key;
+use crate::queue::WorkQueue;
 use crate::reconcile::{Backends, Context};
 use crate::watch::SliceStore;
 
 /// The keys whose entries own a host interface or OVS row named `name`.
-pub fn keys_for_name(store: &SliceStore, name: &str) -> Vec<String> {
+pub fn keys_for_name(store: &SliceStore, name: &str) -> Vec<Key> {
     store
         .entries()
         .into_iter()
@@ -29,13 +31,13 @@ pub fn keys_for_name(store: &SliceStore, name: &str) -> Vec<String> {
             SliceEntry::Container(c) => c.attachments.iter().any(|a| a.host_veth == name),
             SliceEntry::Node(_) => false,
         })
-        .map(|e| e.key())
+        .map(|e| Key::from(e.key()))
         .collect()
 }
 
 /// The keys of the object an OVSDB row's `topo.dev/object` names (`container/web`,
 /// `tunnel/overlay-node1-node2`, `network/overlay`).
-pub fn keys_for_object(store: &SliceStore, object: &str) -> Vec<String> {
+pub fn keys_for_object(store: &SliceStore, object: &str) -> Vec<Key> {
     let Some((kind, name)) = object.split_once('/') else {
         return vec![];
     };
@@ -52,36 +54,36 @@ pub fn keys_for_object(store: &SliceStore, object: &str) -> Vec<String> {
             (SliceEntry::Container(c), Kind::Container) => c.name == name,
             _ => false,
         })
-        .map(|e| e.key())
+        .map(|e| Key::from(e.key()))
         .collect()
 }
 
 /// What to queue for one event; `None` means "everything" (a resync).
-pub fn keys_for_container_event(store: &SliceStore, ev: &ContainerEvent) -> Option<Vec<String>> {
+pub fn keys_for_container_event(store: &SliceStore, ev: &ContainerEvent) -> Option<Vec<Key>> {
     match ev {
         ContainerEvent::Resync => None,
         // `docker exec` into a container changes nothing topo manages.
         ContainerEvent::Changed { action, .. } if action.starts_with("exec_") => Some(vec![]),
         ContainerEvent::Changed { name, .. } => {
-            let key = format!("containers/{name}");
+            let key = SliceKey::Container(name.clone());
             // A container of ours that no entry wants: garbage collection removes it.
             Some(if store.get(&key).is_some() {
-                vec![key]
+                vec![Key::from(key)]
             } else {
-                vec![GC_KEY.to_string()]
+                vec![Key::Gc]
             })
         }
     }
 }
 
-pub fn keys_for_link_event(store: &SliceStore, ev: &LinkEvent) -> Option<Vec<String>> {
+pub fn keys_for_link_event(store: &SliceStore, ev: &LinkEvent) -> Option<Vec<Key>> {
     match ev {
         LinkEvent::Resync => None,
         LinkEvent::Changed { name, .. } => Some(keys_for_name(store, name)),
     }
 }
 
-pub fn keys_for_ovs_event(store: &SliceStore, ev: &OvsEvent) -> Option<Vec<String>> {
+pub fn keys_for_ovs_event(store: &SliceStore, ev: &OvsEvent) -> Option<Vec<Key>> {
     match ev {
         OvsEvent::Resync => None,
         OvsEvent::Changed { name, object, .. } => {
@@ -97,7 +99,7 @@ pub fn keys_for_ovs_event(store: &SliceStore, ev: &OvsEvent) -> Option<Vec<Strin
     }
 }
 
-fn enqueue(ctx: &Context, source: &str, keys: Option<Vec<String>>, what: &dyn std::fmt::Debug) {
+fn enqueue(ctx: &Context, source: &str, keys: Option<Vec<Key>>, what: &dyn std::fmt::Debug) {
     match keys {
         None => {
             tracing::info!(source, "event stream resynced; reconciling everything");
@@ -114,7 +116,11 @@ fn enqueue(ctx: &Context, source: &str, keys: Option<Vec<String>>, what: &dyn st
 }
 
 /// Forwards the three event streams into the queue until `shutdown`.
-pub async fn run_drift(ctx: Arc<Context>, backends: Backends, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_host_events(
+    ctx: Arc<Context>,
+    backends: Backends,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut docker = backends.containers.watch();
     let mut links = backends.interfaces.watch();
     let mut ovs = backends.ovs.watch();

@@ -1,0 +1,400 @@
+//! A running container's plumbing: one veth pair per attachment (address, MTU, route,
+//! offload) and the host end's port on its network's bridge.
+//!
+//! Two plans, applied in this order: the veths ([`plan_veths`]), then the ports
+//! ([`plan_ports`]). A veth pair made anew needs its port re-added in a transaction of its
+//! own: ovs-vswitchd's userspace datapath keeps its handle on the deleted device of that
+//! name, so the port must leave the datapath before it comes back.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use topo_schema::kinds::{Kind, ObjectRef};
+use topo_schema::slice::{AttachmentEntry, ContainerEntry, owner};
+use tracing::Instrument;
+
+use super::super::bridge;
+use super::super::context::Context;
+use super::super::drift::Drift;
+use super::super::error::ReconcileError;
+use super::super::executor::Change;
+use crate::backend::{Interfaces, ObservedAttachment, OvsChange, OvsState, PortKind};
+use crate::error_chain::error_chain;
+
+#[derive(Debug, Default, PartialEq)]
+pub struct VethPlan {
+    /// Attachments to make as wanted, then host veths of attachments the entry dropped.
+    pub changes: Vec<Change>,
+    /// Host veths whose pair is made anew (their port must be re-added).
+    pub new_pairs: Vec<String>,
+    /// Host veths whose interface changes: announced once their port is on the bridge.
+    pub replumbed: BTreeSet<String>,
+    pub drift: Vec<Drift>,
+}
+
+/// `observed[i]` is what the host holds of `c.attachments[i]`.
+pub fn plan_veths(
+    c: &ContainerEntry,
+    previous: Option<&ContainerEntry>,
+    pid: u32,
+    observed: &[ObservedAttachment],
+) -> VethPlan {
+    let mut plan = VethPlan::default();
+    for (att, o) in c.attachments.iter().zip(observed) {
+        let diffs = o.differences(att);
+        if diffs.is_empty() {
+            continue;
+        }
+        plan.replumbed.insert(att.host_veth.clone());
+        if o.needs_new_pair() {
+            plan.new_pairs.push(att.host_veth.clone());
+        }
+        plan.changes.push(Change::Attachment {
+            container: c.name.clone(),
+            pid,
+            attachment: att.clone(),
+        });
+        plan.drift.extend(diffs.into_iter().map(Drift::Attachment));
+    }
+    if let Some(p) = previous {
+        plan.changes.extend(
+            p.attachments
+                .iter()
+                .filter(|o| !c.attachments.iter().any(|a| a.host_veth == o.host_veth))
+                .map(|o| Change::RemoveVeth {
+                    name: o.host_veth.clone(),
+                }),
+        );
+    }
+    plan
+}
+
+#[derive(Debug, Default, PartialEq)]
+pub struct PortsPlan {
+    /// Ports of recreated veths leaving the bridge, before `changes` adds them back.
+    pub readd: Vec<OvsChange>,
+    /// Everything else, in one transaction.
+    pub changes: Vec<OvsChange>,
+}
+
+fn system_port(att: &AttachmentEntry, object: &str) -> OvsChange {
+    OvsChange::AddPort {
+        bridge: att.bridge.clone(),
+        name: att.host_veth.clone(),
+        kind: PortKind::System,
+        protected: false,
+        object: object.to_string(),
+    }
+}
+
+/// The OVS changes that put each attachment's host veth on its bridge and take this
+/// container's ports off bridges it no longer attaches to; `recreated` veths' ports leave
+/// and come back.
+pub fn plan_ports(
+    state: &OvsState,
+    c: &ContainerEntry,
+    recreated: &HashSet<String>,
+) -> Result<PortsPlan, ReconcileError> {
+    let object = ObjectRef::new(Kind::Container, &c.name).to_string();
+    let mut plan = PortsPlan::default();
+    for (bname, b) in state.bridges.iter().filter(|(_, b)| b.owned) {
+        for (pname, p) in &b.ports {
+            if p.owned
+                && p.external_ids.get(owner::OBJECT) == Some(&object)
+                && !c
+                    .attachments
+                    .iter()
+                    .any(|a| a.bridge == *bname && a.host_veth == *pname)
+            {
+                plan.changes.push(OvsChange::DeletePort {
+                    bridge: bname.clone(),
+                    name: pname.clone(),
+                });
+            }
+        }
+    }
+    for att in &c.attachments {
+        let not_owned = |bridge: &str| ReconcileError::PortNotOwned {
+            bridge: bridge.to_string(),
+            port: att.host_veth.clone(),
+        };
+        match state
+            .bridges
+            .get(&att.bridge)
+            .and_then(|b| b.ports.get(&att.host_veth))
+        {
+            None => {
+                let leaving = plan.changes.iter().any(
+                    |ch| matches!(ch, OvsChange::DeletePort { name, .. } if *name == att.host_veth),
+                );
+                if let Some((other, _)) = state
+                    .bridges
+                    .iter()
+                    .find(|(n, b)| **n != att.bridge && b.ports.contains_key(&att.host_veth))
+                    && !leaving
+                {
+                    return Err(not_owned(other));
+                }
+                plan.changes.push(system_port(att, &object));
+            }
+            Some(p) if !p.owned => return Err(not_owned(&att.bridge)),
+            Some(_) if recreated.contains(&att.host_veth) => {
+                plan.readd.push(OvsChange::DeletePort {
+                    bridge: att.bridge.clone(),
+                    name: att.host_veth.clone(),
+                });
+                plan.changes.push(system_port(att, &object));
+            }
+            Some(p) if !p.matches(&PortKind::System, false) => {
+                plan.changes.push(OvsChange::UpdatePort {
+                    bridge: att.bridge.clone(),
+                    name: att.host_veth.clone(),
+                    kind: PortKind::System,
+                    protected: false,
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(plan)
+}
+
+/// What the port changes say about the host (a re-added port of a recreated veth says
+/// nothing: its veth's own drift does).
+pub fn port_drift(changes: &[OvsChange], recreated: &HashSet<String>) -> Vec<Drift> {
+    changes
+        .iter()
+        .filter_map(|ch| match ch {
+            OvsChange::AddPort { name, .. } if recreated.contains(name) => None,
+            OvsChange::AddPort { bridge, name, .. } => Some(Drift::PortMissing {
+                bridge: bridge.clone(),
+                port: name.clone(),
+            }),
+            OvsChange::UpdatePort { name, .. } => Some(Drift::PortChanged { port: name.clone() }),
+            OvsChange::DeletePort { bridge, name } => Some(Drift::PortLeft {
+                bridge: bridge.clone(),
+                port: name.clone(),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Observes, plans and applies the veths and then the ports of `c` in `pid`'s namespace.
+/// Returns what differed; announces the replumbed attachments once their ports are in place.
+pub async fn converge(
+    ctx: &Context,
+    c: &ContainerEntry,
+    previous: Option<&ContainerEntry>,
+    pid: u32,
+) -> Result<Vec<Drift>, ReconcileError> {
+    let exec = ctx.executor();
+    let state = exec.switch().await?;
+    for att in &c.attachments {
+        bridge::check_ready(&state, &att.bridge)?;
+    }
+    let mut observed = Vec::with_capacity(c.attachments.len());
+    for att in &c.attachments {
+        observed.push(exec.attachment(&c.name, pid, att).await?);
+    }
+    let veths = plan_veths(c, previous, pid, &observed);
+    ctx.mark_stale_ports(veths.new_pairs.iter().cloned());
+    exec.apply(veths.changes).await?;
+    let veth_names: Vec<&String> = c.attachments.iter().map(|a| &a.host_veth).collect();
+    let recreated = ctx.stale_ports(veth_names.iter().copied());
+    let ports = plan_ports(&state, c, &recreated)?;
+    tracing::debug!(?recreated, ?ports, "container ports");
+    let mut drift = veths.drift;
+    drift.extend(port_drift(&ports.changes, &recreated));
+    let mut replumbed = veths.replumbed;
+    replumbed.extend(ports.changes.iter().filter_map(|ch| match ch {
+        OvsChange::AddPort { name, .. } | OvsChange::UpdatePort { name, .. } => Some(name.clone()),
+        _ => None,
+    }));
+    exec.apply(vec![
+        Change::SwitchSettled {
+            what: format!("stale ports of container {}", c.name),
+            changes: ports.readd,
+        },
+        Change::Switch {
+            what: format!("ports of container {}", c.name),
+            changes: ports.changes,
+        },
+    ])
+    .await?;
+    ctx.clear_stale_ports(veth_names);
+    let announce: Vec<AttachmentEntry> = c
+        .attachments
+        .iter()
+        .filter(|a| replumbed.contains(&a.host_veth))
+        .cloned()
+        .collect();
+    if !announce.is_empty() {
+        spawn_announcements(ctx.backends.interfaces.clone(), &c.name, pid, announce);
+    }
+    Ok(drift)
+}
+
+/// When the gratuitous ARPs of a replumbed attachment go out, counted from the moment its
+/// port is on the bridge: peers that missed the first (a frame lost while the datapath
+/// settles) get another.
+const ANNOUNCE_AT: [Duration; 3] = [
+    Duration::ZERO,
+    Duration::from_millis(200),
+    Duration::from_secs(1),
+];
+
+/// Announces the attachments' addresses from the container (a moved or restarted container
+/// keeps its address but not its MAC: peers would keep the old one until their ARP entry
+/// expires). In the background: the reconcile does not wait for the later rounds.
+fn spawn_announcements(
+    interfaces: Arc<dyn Interfaces>,
+    container: &str,
+    pid: u32,
+    atts: Vec<AttachmentEntry>,
+) {
+    let span = tracing::debug_span!("announce", container = %container, pid);
+    tokio::spawn(
+        async move {
+            let start = tokio::time::Instant::now();
+            for at in ANNOUNCE_AT {
+                tokio::time::sleep_until(start + at).await;
+                for att in &atts {
+                    if let Err(e) = interfaces.announce(pid, att).await {
+                        // The container went away or was replumbed again: that reconcile
+                        // announces for itself.
+                        tracing::debug!(interface = %att.interface, error = %error_chain(&e), "gratuitous ARP not sent");
+                        return;
+                    }
+                }
+            }
+        }
+        .instrument(span),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::AttachmentDrift;
+    use crate::backend::fake::healthy_attachment;
+    use crate::reconcile::fixtures::{add_bridge, container as entry, switch};
+
+    #[test]
+    fn the_veth_plan_by_what_the_host_holds() {
+        let c = entry("web", &["ov"]);
+        let att = &c.attachments[0];
+        let healthy = healthy_attachment(att);
+        let mut no_address = healthy.clone();
+        if let Some(p) = no_address.peer.as_mut() {
+            p.addresses.clear();
+        }
+        let missing = ObservedAttachment::default();
+        let ensure = Change::Attachment {
+            container: "web".into(),
+            pid: 7,
+            attachment: att.clone(),
+        };
+        // observed → (changes, new pair, drift)
+        let table = [
+            (healthy.clone(), vec![], false, vec![]),
+            (
+                no_address,
+                vec![ensure.clone()],
+                false,
+                vec![Drift::Attachment(AttachmentDrift::AddressMissing {
+                    interface: "eth0".into(),
+                    address: att.address,
+                })],
+            ),
+            (
+                missing,
+                vec![ensure],
+                true,
+                vec![Drift::Attachment(AttachmentDrift::HostVethMissing {
+                    veth: att.host_veth.clone(),
+                })],
+            ),
+        ];
+        for (o, changes, new_pair, drift) in table {
+            let p = plan_veths(&c, None, 7, &[o]);
+            assert_eq!(p.changes, changes);
+            assert_eq!(p.new_pairs.len(), usize::from(new_pair));
+            assert_eq!(p.replumbed.len(), usize::from(!drift.is_empty()));
+            assert_eq!(p.drift, drift);
+        }
+        // An attachment the entry dropped: its host veth goes.
+        let before = entry("web", &["ov", "other"]);
+        let p = plan_veths(&c, Some(&before), 7, &[healthy]);
+        assert_eq!(
+            p.changes,
+            vec![Change::RemoveVeth {
+                name: before.attachments[1].host_veth.clone()
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_port_plan_by_what_the_switch_holds() {
+        let c = entry("web", &["ov"]);
+        let add = system_port(&c.attachments[0], "container/web");
+        let veth = c.attachments[0].host_veth.clone();
+        let empty = switch(&[add_bridge("ov")]).await;
+        let with_port = switch(&[add_bridge("ov"), add.clone()]).await;
+        let none = HashSet::new();
+        let recreated = HashSet::from([veth.clone()]);
+        let leave = OvsChange::DeletePort {
+            bridge: "tb-ov".into(),
+            name: veth.clone(),
+        };
+        // (switch, recreated) → plan
+        let table = [
+            (
+                &empty,
+                &none,
+                PortsPlan {
+                    readd: vec![],
+                    changes: vec![add.clone()],
+                },
+            ),
+            (&with_port, &none, PortsPlan::default()),
+            (
+                &with_port,
+                &recreated,
+                PortsPlan {
+                    readd: vec![leave.clone()],
+                    changes: vec![add.clone()],
+                },
+            ),
+        ];
+        for (state, recreated, want) in table {
+            assert_eq!(plan_ports(state, &c, recreated).unwrap(), want);
+        }
+        // Moved to another network: the old port leaves, the new one comes.
+        let moved = entry("web", &["other"]);
+        let both = switch(&[add_bridge("ov"), add_bridge("other"), add]).await;
+        let p = plan_ports(&both, &moved, &none).unwrap();
+        assert_eq!(
+            p.changes,
+            vec![leave, system_port(&moved.attachments[0], "container/web")]
+        );
+        assert_eq!(
+            port_drift(&p.changes, &none),
+            vec![
+                Drift::PortLeft {
+                    bridge: "tb-ov".into(),
+                    port: veth.clone()
+                },
+                Drift::PortMissing {
+                    bridge: "tb-other".into(),
+                    port: veth.clone()
+                }
+            ]
+        );
+        assert!(
+            port_drift(&p.changes[1..], &HashSet::from([veth])).is_empty(),
+            "a re-added port says nothing of its own"
+        );
+    }
+}

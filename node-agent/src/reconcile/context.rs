@@ -1,0 +1,201 @@
+//! What every reconcile shares: the backends, the slice, the report and event writers, the
+//! queue, and the agent's memory of what it did (the entry each key last applied, restart
+//! counts, the node NAT rules in force, veths whose OVS port must be re-added).
+//!
+//! The memory is only ever a hint for telling drift from configuration and for counting:
+//! a fresh process starts with it empty and adopts the host as it finds it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use topo_schema::kinds::{Kind, ObjectRef};
+use topo_schema::slice::{SliceEntry, SliceKey};
+
+use super::Backends;
+use super::executor::Executor;
+use crate::backend::NatRules;
+use crate::events::Recorder;
+use crate::key::Key;
+use crate::queue::WorkQueue;
+use crate::report::Reporter;
+use crate::watch::SliceStore;
+
+/// Restart bookkeeping of one container (the agent restarts containers, Docker does not).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestartState {
+    /// The Docker container the counts are about.
+    pub id: String,
+    pub count: u32,
+    /// Consecutive exits within `MIN_UPTIME` of their start.
+    pub quick_exits: u32,
+    /// `finished_at` of the last exit counted, so one exit is counted once.
+    pub last_exit: Option<chrono::DateTime<Utc>>,
+}
+
+#[derive(Default)]
+struct Memory {
+    /// The entry each key last reconciled successfully with.
+    applied: HashMap<SliceKey, SliceEntry>,
+    /// The store holds a complete list: removals and garbage collection may act.
+    synced: bool,
+    /// By container name.
+    restarts: HashMap<String, RestartState>,
+    /// The node NAT rules last put in force.
+    node_nat: Option<NatRules>,
+    /// Host veths made anew whose OVS port has not been re-added since: a reconcile that
+    /// failed in between must not leave the port on the old device when it retries.
+    stale_ports: HashSet<String>,
+}
+
+/// Everything a reconcile needs. Shared by the workers.
+pub struct Context {
+    pub node: String,
+    pub backends: Backends,
+    pub store: SliceStore,
+    pub reporter: Reporter,
+    pub recorder: Recorder,
+    pub queue: Arc<WorkQueue>,
+    memory: Mutex<Memory>,
+}
+
+impl Context {
+    pub fn new(
+        node: &str,
+        backends: Backends,
+        store: SliceStore,
+        reporter: Reporter,
+        recorder: Recorder,
+        queue: Arc<WorkQueue>,
+    ) -> Self {
+        Context {
+            node: node.to_string(),
+            backends,
+            store,
+            reporter,
+            recorder,
+            queue,
+            memory: Mutex::new(Memory::default()),
+        }
+    }
+
+    pub fn executor(&self) -> Executor<'_> {
+        Executor::new(&self.backends)
+    }
+
+    fn mem(&self) -> std::sync::MutexGuard<'_, Memory> {
+        // Never held across an await; every section leaves the memory consistent.
+        self.memory.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The store is complete (the first list arrived). Before that no key is reconciled,
+    /// so an empty store is never mistaken for "remove everything".
+    pub fn mark_synced(&self) {
+        self.mem().synced = true;
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.mem().synced
+    }
+
+    pub(crate) fn applied(&self, key: &SliceKey) -> Option<SliceEntry> {
+        self.mem().applied.get(key).cloned()
+    }
+
+    pub(crate) fn set_applied(&self, key: SliceKey, entry: SliceEntry) {
+        self.mem().applied.insert(key, entry);
+    }
+
+    pub(crate) fn forget(&self, key: &SliceKey) {
+        let mut m = self.mem();
+        m.applied.remove(key);
+        if let SliceKey::Container(name) = key {
+            m.restarts.remove(name);
+        }
+    }
+
+    /// Every key the queue should see on a full resync.
+    pub fn all_keys(&self) -> Vec<Key> {
+        let mut keys: Vec<Key> = self.store.keys().into_iter().map(Key::from).collect();
+        // Keys the agent applied and the store lost (removed while a worker was busy) too.
+        keys.extend(self.mem().applied.keys().map(Key::from));
+        keys.push(Key::Nat);
+        keys.push(Key::Gc);
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// The restart state of container `name` for Docker container `id`, seeded from the
+    /// stored report so counts survive an agent restart.
+    pub(crate) async fn restart_state(&self, name: &str, id: &str) -> RestartState {
+        if let Some(s) = self.mem().restarts.get(name).filter(|s| s.id == id) {
+            return s.clone();
+        }
+        let stored = self
+            .reporter
+            .stored(&ObjectRef::new(Kind::Container, name))
+            .await;
+        let count = stored
+            .filter(|r| r.container_id.as_deref() == Some(id))
+            .map(|r| r.restart_count)
+            .unwrap_or(0);
+        let s = RestartState {
+            id: id.to_string(),
+            count,
+            ..Default::default()
+        };
+        self.mem().restarts.insert(name.to_string(), s.clone());
+        s
+    }
+
+    /// The restart state as memory holds it (no report lookup): (container id, restarts).
+    pub(crate) fn restarts_known(&self, name: &str) -> (Option<String>, u32) {
+        self.mem()
+            .restarts
+            .get(name)
+            .map(|s| (Some(s.id.clone()), s.count))
+            .unwrap_or((None, 0))
+    }
+
+    pub(crate) fn save_restart_state(&self, name: &str, s: RestartState) {
+        self.mem().restarts.insert(name.to_string(), s);
+    }
+
+    pub(crate) fn forget_restarts(&self, name: &str) {
+        self.mem().restarts.remove(name);
+    }
+
+    pub(crate) fn node_nat(&self) -> Option<NatRules> {
+        self.mem().node_nat.clone()
+    }
+
+    pub(crate) fn set_node_nat(&self, rules: NatRules) {
+        self.mem().node_nat = Some(rules);
+    }
+
+    /// Marks host veths whose pair is being made anew.
+    pub(crate) fn mark_stale_ports(&self, veths: impl IntoIterator<Item = String>) {
+        self.mem().stale_ports.extend(veths);
+    }
+
+    /// Which of `veths` still wait for their OVS port to be re-added.
+    pub(crate) fn stale_ports<'v>(
+        &self,
+        veths: impl IntoIterator<Item = &'v String>,
+    ) -> HashSet<String> {
+        let m = self.mem();
+        veths
+            .into_iter()
+            .filter(|v| m.stale_ports.contains(*v))
+            .cloned()
+            .collect()
+    }
+
+    pub(crate) fn clear_stale_ports<'v>(&self, veths: impl IntoIterator<Item = &'v String>) {
+        let mut m = self.mem();
+        for v in veths {
+            m.stale_ports.remove(v);
+        }
+    }
+}
