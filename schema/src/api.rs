@@ -324,6 +324,19 @@ pub struct ObservedReport {
     pub time: DateTime<Utc>,
 }
 
+/// Value of `keys::registration(node)`: what an agent that starts says about its node. The
+/// controller creates the Node from it when none exists (agents may not write objects), then
+/// deletes the key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Registration {
+    pub node: String,
+    pub address: std::net::Ipv4Addr,
+    pub datapath: crate::kinds::Datapath,
+    pub agent_version: String,
+    pub time: DateTime<Utc>,
+}
+
 /// Heartbeat value, bound to the agent's lease.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
