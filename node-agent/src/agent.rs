@@ -63,10 +63,7 @@ pub async fn run(
     loop {
         let mut c = client.clone();
         match register_node(&mut c, &node, cfg.address, cfg.datapath).await {
-            Ok(r) => {
-                tracing::info!(node = %node, registration = ?r, "node registration checked");
-                break;
-            }
+            Ok(()) => break,
             Err(e) => {
                 let delay = backoff.next_backoff().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(node = %node, error = %crate::reconcile::error_chain(&e), ?delay, "failed to register the node; retrying");
@@ -117,7 +114,7 @@ pub async fn run(
 
     let store = SliceStore::new();
     let queue = WorkQueue::new();
-    let recorder = Recorder::new(Arc::new(EtcdEvents::new(client.clone())), &node);
+    let recorder = Recorder::new(Arc::new(EtcdEvents::new(client.clone(), &node)), &node);
     let ctx = Arc::new(Context::new(
         &node,
         backends.clone(),

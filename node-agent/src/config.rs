@@ -1,6 +1,7 @@
 //! The agent's command line. Every flag also reads an environment variable.
 
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -17,7 +18,7 @@ pub struct Cli {
     #[arg(long, env = "TOPO_NODE")]
     pub node: String,
 
-    /// etcd client URLs, comma-separated.
+    /// etcd client URLs (https://HOST:PORT), comma-separated.
     #[arg(
         long,
         env = "TOPO_ETCD_ENDPOINTS",
@@ -25,6 +26,18 @@ pub struct Cli {
         required = true
     )]
     pub etcd_endpoints: Vec<String>,
+
+    /// The cluster CA that signed etcd's certificate.
+    #[arg(long, env = "TOPO_ETCD_CA")]
+    pub etcd_ca: PathBuf,
+
+    /// This node's certificate (CN=node:<name>: its etcd user; `topo-pki node` makes it).
+    #[arg(long, env = "TOPO_ETCD_CERT")]
+    pub etcd_cert: PathBuf,
+
+    /// The key of --etcd-cert.
+    #[arg(long, env = "TOPO_ETCD_KEY")]
+    pub etcd_key: PathBuf,
 
     /// The node's underlay IPv4 address (registered as the Node's spec.address when the agent
     /// creates the Node; the remote_ip of every GRE port towards this node).
@@ -70,6 +83,10 @@ pub struct Cli {
 }
 
 impl Cli {
+    pub fn etcd_tls(&self) -> topo_pki::etcd::EtcdTls {
+        topo_pki::etcd::EtcdTls::new(&self.etcd_ca, &self.etcd_cert, &self.etcd_key)
+    }
+
     pub fn agent_config(&self) -> AgentConfig {
         AgentConfig {
             node: self.node.clone(),
@@ -141,7 +158,13 @@ mod tests {
             "--datapath",
             "netdev",
             "--etcd-endpoints",
-            "http://192.168.100.254:2379,http://127.0.0.1:2379",
+            "https://192.168.100.254:2379,https://127.0.0.1:2379",
+            "--etcd-ca",
+            "/lab/pki/ca.crt",
+            "--etcd-cert",
+            "/lab/pki/nodes/node1.crt",
+            "--etcd-key",
+            "/lab/pki/nodes/node1.key",
             "--ovsdb",
             "unix:/tmp/lab/node1/db.sock",
             "--docker",
@@ -175,6 +198,12 @@ mod tests {
                 "n",
                 "--etcd-endpoints",
                 "x",
+                "--etcd-ca",
+                "c",
+                "--etcd-cert",
+                "c",
+                "--etcd-key",
+                "k",
                 "--address",
                 "nope"
             ])

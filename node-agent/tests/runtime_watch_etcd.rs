@@ -107,7 +107,7 @@ async fn lists_watches_resumes_and_relists() {
 
     let cut = Arc::new(AtomicBool::new(false));
     let source = Cuttable {
-        inner: EtcdSliceSource::new(etcd.client().await, NODE),
+        inner: EtcdSliceSource::new(etcd.agent_client().await, NODE),
         cut: cut.clone(),
     };
     let store = SliceStore::new();
@@ -235,7 +235,7 @@ async fn a_large_slice_lists_in_pages_at_one_revision() {
         )
         .await;
     }
-    let mut source = EtcdSliceSource::new(etcd.client().await, NODE);
+    let mut source = EtcdSliceSource::new(etcd.agent_client().await, NODE);
     let listing = source.list().await.unwrap();
     assert_eq!(listing.kvs.len(), 1234);
     assert_eq!(listing.kvs[0].0, "bridges/n0000");

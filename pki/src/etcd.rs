@@ -82,13 +82,12 @@ impl EtcdTls {
             .identity(Identity::from_pem(read(&self.cert)?, read(&self.key)?)))
     }
 
-    /// Connect options with this identity, and the timeouts topo uses everywhere.
+    /// Connect options with this identity and a 3 s connect timeout; callers add their
+    /// keep-alive and request timeouts.
     pub fn connect_options(&self) -> Result<ConnectOptions, EtcdSetupError> {
         Ok(ConnectOptions::new()
             .with_tls(self.tls_options()?)
-            .with_connect_timeout(Duration::from_secs(3))
-            .with_timeout(Duration::from_secs(5))
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5)))
+            .with_connect_timeout(Duration::from_secs(3)))
     }
 }
 
