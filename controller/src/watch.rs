@@ -412,10 +412,9 @@ async fn run_event_watch(
     sink: &Sink,
     shutdown: &CancellationToken,
 ) -> Result<(), ApiError> {
-    let prefix = match object {
-        Some(o) => keys::object_events_prefix(o.kind, &o.name),
-        None => keys::events_prefix(),
-    };
+    // The whole prefix: an object's events are the controller's and every agent's.
+    let prefix = keys::events_prefix();
+    let wanted = |e: &Event| object.is_none_or(|o| &e.object == o);
     let mut last = match resource_version {
         Some(rv) => rv,
         None => {
@@ -501,7 +500,7 @@ async fn run_event_watch(
             let Some(kv) = ev.kv() else { continue };
             last = last.max(kv.mod_revision());
             let we = match ev.event_type() {
-                EventType::Put => decode_event(kv).map(|e| {
+                EventType::Put => decode_event(kv).filter(wanted).map(|e| {
                     let t = if kv.version() == 1 {
                         WatchEventType::Added
                     } else {
@@ -512,6 +511,7 @@ async fn run_event_watch(
                 EventType::Delete => ev
                     .prev_kv()
                     .and_then(decode_event)
+                    .filter(wanted)
                     .map(|e| event(WatchEventType::Deleted, e, kv.mod_revision())),
             };
             if let Some(we) = we
