@@ -14,5 +14,6 @@ pub mod inputs;
 pub mod manifests;
 pub mod output;
 pub mod timefmt;
+pub mod tls;
 pub mod waiter;
 pub mod watch;

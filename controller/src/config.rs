@@ -105,12 +105,14 @@ impl Limits {
 }
 
 /// Objects per kind a cluster may hold, unless the configuration says otherwise.
+/// Generous for a real cluster (the bench's 10,000 containers fit), small enough that a
+/// runaway script cannot fill etcd's 2 GiB.
 pub const DEFAULT_QUOTAS: [(Kind, usize); 5] = [
-    (Kind::Node, 1_000),
-    (Kind::Network, 1_000),
-    (Kind::Container, 20_000),
-    (Kind::Link, 20_000),
-    (Kind::Tunnel, 20_000),
+    (Kind::Node, 5_000),
+    (Kind::Network, 5_000),
+    (Kind::Container, 100_000),
+    (Kind::Link, 100_000),
+    (Kind::Tunnel, 100_000),
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -273,7 +275,7 @@ quotas: {Container: 5}
         assert_eq!(s.tls.cert_file, PathBuf::from("/etc/topo/c.crt"));
         assert_eq!(s.etcd.key_file, PathBuf::from("/etc/topo/e.key"));
         assert_eq!(s.quota(Kind::Container), 5);
-        assert_eq!(s.quota(Kind::Node), 1_000);
+        assert_eq!(s.quota(Kind::Node), 5_000);
         assert_eq!(s.limits.watches_per_user, 64);
     }
 

@@ -1,7 +1,10 @@
 //! A real etcd for integration tests, on the secure path topo runs in production: TLS,
 //! client certificates (`--client-cert-auth`), auth enabled, the controller's and the
 //! nodes' users and roles created by [`crate::etcd::setup`]. Free loopback ports, a
-//! temporary directory for data and PKI, killed on drop. A missing etcd fails the test.
+//! temporary data directory, killed on drop. A missing etcd fails the test.
+//!
+//! One PKI serves the whole test process ([`shared_pki`]), so a test's HTTP client trusts
+//! every controller any test of the binary starts.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -34,8 +37,45 @@ pub enum Who {
 pub struct SecureEtcd {
     child: Option<Child>,
     dir: tempfile::TempDir,
+    pki: PathBuf,
     pub client_port: u16,
     peer_port: u16,
+}
+
+static SHARED: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+static NODES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The PKI of this test process (made once; 127.0.0.1 and localhost in every SAN).
+pub fn shared_pki() -> PathBuf {
+    let dir = SHARED.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let o = InitOptions {
+            dir: dir.path().to_path_buf(),
+            cluster: "test".into(),
+            controller_sans: vec!["127.0.0.1".into(), "localhost".into()],
+            etcd_sans: vec!["127.0.0.1".into(), "localhost".into()],
+            nodes: vec![],
+            server: "https://127.0.0.1:8443".into(),
+            etcd_endpoints: vec!["https://127.0.0.1:2379".into()],
+            days: 30,
+            force: false,
+        };
+        if let Err(err) = init(&o) {
+            panic!("failed to make the test PKI: {err}");
+        }
+        dir
+    });
+    dir.path().to_path_buf()
+}
+
+/// Makes node `name`'s identity in the shared PKI (idempotent, safe across threads).
+pub fn ensure_test_node(name: &str) -> PathBuf {
+    let dir = shared_pki();
+    let _one = NODES.lock().unwrap_or_else(|p| p.into_inner());
+    let ca = crate::issue::Ca::load(&layout::ca(&dir)).unwrap_or_else(|e| panic!("test CA: {e}"));
+    crate::issue::ensure_node(&dir, &ca, name, "127.0.0.1".parse().ok(), 30, false)
+        .unwrap_or_else(|e| panic!("node identity {name}: {e}"));
+    dir
 }
 
 impl SecureEtcd {
@@ -46,29 +86,17 @@ impl SecureEtcd {
             "{ETCD_BIN} not found: install etcd-server (apt-get install etcd-server); these tests need a real etcd"
         );
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let pki = shared_pki();
+        for n in nodes {
+            ensure_test_node(n);
+        }
         let mut e = SecureEtcd {
             child: None,
             dir,
+            pki,
             client_port: free_port(),
             peer_port: free_port(),
         };
-        let o = InitOptions {
-            dir: e.pki_dir(),
-            cluster: "test".into(),
-            controller_sans: vec!["127.0.0.1".into(), "localhost".into()],
-            etcd_sans: vec!["127.0.0.1".into(), "localhost".into()],
-            nodes: nodes
-                .iter()
-                .map(|n| (n.to_string(), "127.0.0.1".parse().ok()))
-                .collect(),
-            server: "https://127.0.0.1:8443".into(),
-            etcd_endpoints: vec![e.endpoint()],
-            days: 30,
-            force: false,
-        };
-        if let Err(err) = init(&o) {
-            panic!("failed to make the test PKI: {err}");
-        }
         e.spawn().await;
         let mut root = e.client_as(&Who::Root).await;
         let names: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
@@ -79,7 +107,7 @@ impl SecureEtcd {
     }
 
     pub fn pki_dir(&self) -> PathBuf {
-        self.dir.path().join("pki")
+        self.pki.clone()
     }
 
     pub fn endpoint(&self) -> String {
