@@ -191,6 +191,9 @@ impl Client {
         if base.cannot_be_a_base() {
             return Err(ClientError::BadUrl(server.to_string()));
         }
+        // reqwest (rustls without a built-in provider) panics on build when no process-wide
+        // provider is installed, even where our own TLS configuration is used; install ring.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = builder
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("topoctl/", env!("CARGO_PKG_VERSION")))
