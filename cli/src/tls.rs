@@ -149,13 +149,14 @@ pub fn rustls_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a 
         if let Some(r) = s.downcast_ref::<rustls::Error>() {
             return Some(r);
         }
-        if let Some(io) = s.downcast_ref::<std::io::Error>()
-            && let Some(inner) = io.get_ref()
-            && let Some(r) = inner.downcast_ref::<rustls::Error>()
+        // An io::Error's `source()` skips the error it wraps (and they nest): go inside.
+        src = match s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
         {
-            return Some(r);
-        }
-        src = s.source();
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => s.source(),
+        };
     }
     None
 }
