@@ -1304,6 +1304,7 @@ mod tests {
             NodeSpec {
                 address: addr.parse().unwrap(),
                 datapath: Datapath::System,
+                reserved_ports: None,
             },
         ))
     }

@@ -42,6 +42,7 @@ pub fn node_from(reg: &Registration) -> Resource {
         NodeSpec {
             address: reg.address,
             datapath: reg.datapath,
+            reserved_ports: None,
         },
     ))
 }

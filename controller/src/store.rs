@@ -590,6 +590,7 @@ mod tests {
             NodeSpec {
                 address: addr.parse().unwrap(),
                 datapath: Default::default(),
+                reserved_ports: None,
             },
         ))
     }

@@ -92,6 +92,7 @@ pub fn validate_object(r: &Resource) -> Vec<FieldError> {
         Resource::Link(o) => check_link(&o.spec, &mut e),
         Resource::Tunnel(o) => check_tunnel(&o.spec, &mut e),
     }
+    e.0.extend(crate::limits::check(r));
     e.0
 }
 
@@ -898,6 +899,7 @@ pub fn validate_consistency(
             ));
         }
     }
+    out.extend(crate::hostports::check_reserved(all, changed));
     out
 }
 
@@ -989,6 +991,7 @@ mod tests {
             NodeSpec {
                 address: addr.parse().unwrap(),
                 datapath: Datapath::System,
+                reserved_ports: None,
             },
         ))
     }
