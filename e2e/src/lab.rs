@@ -604,7 +604,25 @@ impl Lab {
     /// Every event the controller keeps (the API's JSON, which `topoctl events` shows).
     pub fn events(&self) -> Result<Vec<Event>, String> {
         let url = format!("{}{}/events", self.server(), topo_schema::api::API_PREFIX);
-        let out = self.sh("curl", &["-sS", "--fail", "--max-time", "20", &url]);
+        let pki = self.pki_dir();
+        let file = |f: &str| pki.join(f).display().to_string();
+        let (ca, cert, key) = (file("ca.crt"), file("admin.crt"), file("admin.key"));
+        let out = self.sh(
+            "curl",
+            &[
+                "-sS",
+                "--fail",
+                "--max-time",
+                "20",
+                "--cacert",
+                &ca,
+                "--cert",
+                &cert,
+                "--key",
+                &key,
+                &url,
+            ],
+        );
         if !out.success() {
             return Err(out.describe_failure());
         }
