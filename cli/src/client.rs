@@ -135,7 +135,7 @@ fn transport_detail(e: &reqwest::Error) -> String {
     innermost
 }
 
-type Seen = std::sync::Arc<std::sync::Mutex<Option<crate::tls::ServerCertProblem>>>;
+type Seen = crate::tls::SeenSlot;
 
 #[derive(Clone)]
 pub struct Client {

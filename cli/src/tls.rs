@@ -94,10 +94,11 @@ impl ServerCertVerifier for RecordingVerifier {
     }
 }
 
+/// Where the verifier notes why it refused the server's certificate.
+pub type SeenSlot = Arc<Mutex<Option<ServerCertProblem>>>;
+
 /// A client configuration for `conn`, and the slot where the verifier notes a refusal.
-pub fn client_config(
-    conn: &Connection,
-) -> Result<(rustls::ClientConfig, Arc<Mutex<Option<ServerCertProblem>>>), TlsSetupError> {
+pub fn client_config(conn: &Connection) -> Result<(rustls::ClientConfig, SeenSlot), TlsSetupError> {
     if let Credentials::Certificate { cert, .. } = &conn.credentials {
         check_not_expired(cert)?;
     }

@@ -394,7 +394,8 @@ async fn cache_relists_when_its_revision_was_compacted() {
     let proxy = Proxy::start(&etcd.endpoint()).await;
     let sd = CancellationToken::new();
     init_tracing();
-    let mut config = topo_controller::test_config(&[proxy.endpoint.clone()], &etcd.pki_dir());
+    let mut config =
+        topo_controller::test_config(std::slice::from_ref(&proxy.endpoint), &etcd.pki_dir());
     config.lead = false;
     let c = topo_controller::start_controller(&config, &sd)
         .await
