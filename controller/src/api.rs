@@ -494,7 +494,14 @@ async fn delete_one(
         .await?)
 }
 
-async fn apply(State(st): State<AppState>, q: Params, headers: HeaderMap, body: Body) -> ApiResult {
+async fn apply(
+    State(st): State<AppState>,
+    who: Option<axum::Extension<crate::auth::Identity>>,
+    gate: Option<axum::Extension<std::sync::Arc<crate::guard::Guard>>>,
+    q: Params,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
     let q = params(q)?;
     let dry = dry_run(&q)?;
     let mut req: ApplyRequest = parse_json(
@@ -504,7 +511,21 @@ async fn apply(State(st): State<AppState>, q: Params, headers: HeaderMap, body: 
     req.dry_run |= dry;
     let names: Vec<&str> = req.files.iter().map(|f| f.name.as_str()).collect();
     let span = tracing::info_span!("apply", files = ?names, dry_run = req.dry_run);
-    ok(&st.store.apply(req).instrument(span).await?)
+    let resp = st.store.apply(req).instrument(span).await?;
+    if let (Some(who), Some(gate), false) = (who, gate, resp.dry_run) {
+        for r in &resp.results {
+            if r.action != api::ApplyAction::Unchanged {
+                let action = serde_json::to_value(r.action).unwrap_or_default();
+                gate.audit_line(
+                    &who,
+                    "apply",
+                    &r.object.to_string(),
+                    action.as_str().unwrap_or(""),
+                );
+            }
+        }
+    }
+    ok(&resp)
 }
 
 async fn events(State(st): State<AppState>, q: Params) -> ApiResult {

@@ -118,15 +118,25 @@ impl Guard {
     }
 
     fn audit(&self, id: &Identity, verb: Verb, target: &Target, code: u16) {
-        tracing::info!(target: "audit", user = %id.user, groups = ?id.groups, verb = verb.as_str(), object = %target, result = code, "audit");
+        self.audit_line(id, verb.as_str(), &target.to_string(), &code.to_string());
+    }
+
+    /// One audit line: on the tracing target `audit`, and in the audit file when configured.
+    /// An apply also gets one line per object it changed (`api.rs`), `result` its action.
+    pub fn audit_line(&self, id: &Identity, verb: &str, object: &str, result: &str) {
+        tracing::info!(target: "audit", user = %id.user, groups = ?id.groups, verb, object, result, "audit");
         if let Some(f) = &self.audit {
+            let result: serde_json::Value = result
+                .parse::<u16>()
+                .map(serde_json::Value::from)
+                .unwrap_or_else(|_| serde_json::Value::from(result));
             let line = serde_json::json!({
                 "time": chrono::Utc::now(),
                 "user": id.user,
                 "groups": id.groups,
-                "verb": verb.as_str(),
-                "object": target.to_string(),
-                "result": code,
+                "verb": verb,
+                "object": object,
+                "result": result,
             });
             let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
             if let Err(e) = writeln!(f, "{line}") {
@@ -263,6 +273,7 @@ pub async fn guard(State(g): State<Arc<Guard>>, mut req: Request, next: Next) ->
         None
     };
     req.extensions_mut().insert(id.clone());
+    req.extensions_mut().insert(g.clone());
     let resp = next.run(req).await;
     if verb.is_write() {
         g.audit(&id, verb, &target, resp.status().as_u16());
