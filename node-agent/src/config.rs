@@ -39,8 +39,8 @@ pub struct Cli {
     #[arg(long, env = "TOPO_ETCD_KEY")]
     pub etcd_key: PathBuf,
 
-    /// The node's underlay IPv4 address (registered as the Node's spec.address when the agent
-    /// creates the Node; the remote_ip of every GRE port towards this node).
+    /// The node's underlay IPv4 address (registered for the controller, which creates the
+    /// Node with it when none exists; the remote_ip of every GRE port towards this node).
     #[arg(long, env = "TOPO_ADDRESS")]
     pub address: Ipv4Addr,
 
