@@ -117,10 +117,40 @@ done < <("$TOPOCTL" get links -o json | jq -r '.items[] | [.metadata.name, .spec
   (.spec.listen // ("127.0.0.1:" + (.spec.to.port | tostring))), (.status.endpoint // ""),
   (.spec.protocol // "tcp"), (.spec.to.container // "")] | @tsv')
 
-# ---------------------------------------------------------------- 5. explore
+# ---------------------------------------------------------------- 5. trust
+title "trust: HTTPS only, credentials and roles, etcd least privilege, reserved ports"
+PKI=$TOPO_LAB_DIR/pki
+API=$TOPO_SERVER/apis/topo.dev/v1alpha1
+check "the API refuses plain HTTP" "HTTPS only" curl -sS --max-time 5 "${TOPO_SERVER/https:/http:}/healthz"
+check "the API answers 401 without credentials" "no credentials" \
+  curl -sS --max-time 5 --cacert "$PKI/ca.crt" "$API/nodes"
+check "the viewer reads" "web1" env TOPO_CONFIG="$PKI/viewer.yaml" "$TOPOCTL" get containers
+check "the viewer may not delete (403 naming user, verb, object)" \
+  'user "viewer" cannot delete container/web1' env TOPO_CONFIG="$PKI/viewer.yaml" "$TOPOCTL" delete container web1
+check "node1's etcd identity cannot read node2's slice" "permission denied" \
+  env -u ETCDCTL_CACERT -u ETCDCTL_CERT -u ETCDCTL_KEY etcdctl --endpoints "$TOPO_ETCD_ENDPOINTS" \
+  --cacert "$PKI/ca.crt" --cert "$PKI/nodes/node1.crt" --key "$PKI/nodes/node1.key" \
+  get --prefix /topo/v1/slices/node2/
+check "node1's etcd identity reads its own slice" "/topo/v1/slices/node1/node" \
+  env -u ETCDCTL_CACERT -u ETCDCTL_CERT -u ETCDCTL_KEY etcdctl --endpoints "$TOPO_ETCD_ENDPOINTS" \
+  --cacert "$PKI/ca.crt" --cert "$PKI/nodes/node1.crt" --key "$PKI/nodes/node1.key" \
+  get --prefix --keys-only /topo/v1/slices/node1/
+cat >"$TOPO_LAB_DIR/ssh-port.yaml" <<'YAML'
+apiVersion: topo.dev/v1alpha1
+kind: Container
+metadata: {name: sneaky}
+spec:
+  node: node1
+  image: topo/busybox:latest
+  ports: [{containerPort: 2222, hostPort: 22}]
+YAML
+check "a container asking for node1's port 22 is refused at apply" "the node reserves it" \
+  "$TOPOCTL" apply -f "$TOPO_LAB_DIR/ssh-port.yaml"
+
+# ---------------------------------------------------------------- 6. explore
 title "the lab stays up — explore it"
 cat <<EOF
-  eval "\$(e2e/lab/lab.sh env)"            # TOPO_SERVER, DOCKER_HOST, TOPO_LAB_DIR in this shell
+  eval "\$(e2e/lab/lab.sh env)"            # TOPO_SERVER, TOPO_CONFIG (admin), DOCKER_HOST, ... in this shell
   export PATH=$TOPO_BIN:\$PATH
   topoctl get containers -o wide
   topoctl describe container db

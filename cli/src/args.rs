@@ -15,8 +15,10 @@ use crate::timefmt::duration_arg;
     max_term_width = 100
 )]
 pub struct Cli {
-    /// The controller's address, http://HOST:PORT. When absent: $TOPO_SERVER, then `server:` in
-    /// the config file ($TOPO_CONFIG, else ~/.config/topo/config.yaml).
+    /// The controller's address, https://HOST:PORT. When absent: $TOPO_SERVER, then `server:` in
+    /// the config file ($TOPO_CONFIG, else ~/.config/topo/config.yaml), which also names the
+    /// cluster CA (certificate-authority) and the credentials (client-certificate and
+    /// client-key, or token).
     #[arg(long, global = true, value_name = "URL")]
     pub server: Option<String>,
 
@@ -276,7 +278,7 @@ mod tests {
         let c = Cli::try_parse_from([
             "topoctl",
             "--server",
-            "http://x:1",
+            "https://x:1",
             "get",
             "c",
             "redis",
@@ -284,7 +286,7 @@ mod tests {
             "wide",
         ])
         .unwrap();
-        assert_eq!(c.server.as_deref(), Some("http://x:1"));
+        assert_eq!(c.server.as_deref(), Some("https://x:1"));
         assert!(Cli::try_parse_from(["topoctl", "get", "c", "-o", "table"]).is_err());
         let c = Cli::try_parse_from([
             "topoctl",

@@ -12,6 +12,7 @@ use topo_schema::api::{
 };
 use topo_schema::{Kind, ObjectRef, Resource};
 
+use crate::config::{Connection, Credentials};
 use crate::timefmt::format_duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,11 @@ pub enum ClientError {
     },
     #[error("invalid controller address {0:?}")]
     BadUrl(String),
+    /// A TLS failure in words, with a hint (`tls::explain`).
+    #[error("{0}")]
+    Tls(String),
+    #[error(transparent)]
+    TlsSetup(#[from] crate::tls::TlsSetupError),
 }
 
 impl ClientError {
@@ -74,11 +80,13 @@ impl ClientError {
             ClientError::Unreachable { .. }
                 | ClientError::Timeout { .. }
                 | ClientError::Http { .. }
+                | ClientError::Tls(_)
         )
     }
 }
 
-/// The message, then each cause that adds something on its own line.
+/// The message, then each cause that adds something on its own line, then a hint for the
+/// refusals a user can act on.
 pub fn format_api_error(e: &ApiError) -> String {
     let mut out = e.message.clone();
     for c in &e.causes {
@@ -87,6 +95,23 @@ pub fn format_api_error(e: &ApiError) -> String {
             out.push_str("\n  ");
             out.push_str(&line);
         }
+    }
+    let hint = match e.reason {
+        ErrorReason::Unauthorized => Some(
+            "the controller did not accept the credentials: check client-certificate/client-key or token in TOPO_CONFIG",
+        ),
+        ErrorReason::Forbidden if e.message.starts_with("quota exceeded") => None,
+        ErrorReason::Forbidden => Some(
+            "ask an administrator to bind a role to your user or group (bindings in the controller's configuration)",
+        ),
+        ErrorReason::TooManyRequests => {
+            Some("close other watches (topoctl get -w, events -w) and retry")
+        }
+        _ => None,
+    };
+    if let Some(h) = hint {
+        out.push_str("\nhint: ");
+        out.push_str(h);
     }
     out
 }
@@ -110,22 +135,66 @@ fn transport_detail(e: &reqwest::Error) -> String {
     innermost
 }
 
+type Seen = crate::tls::SeenSlot;
+
 #[derive(Clone)]
 pub struct Client {
     base: Url,
     server: String,
     http: reqwest::Client,
     timeout: Option<Duration>,
+    /// The connection settings (None only for the plain-HTTP unit tests).
+    conn: Option<Connection>,
+    /// Why the verifier refused the server's certificate, if it did.
+    seen: Seen,
 }
 
+/// Page size topoctl asks for; it follows `continue` tokens transparently.
+pub const PAGE: usize = 500;
+
 impl Client {
+    /// HTTPS to `conn.server`, trusting `conn.ca` only, with `conn`'s credentials.
     /// `timeout`: the limit for one ordinary request (watches are not limited).
-    pub fn new(server: &str, timeout: Option<Duration>) -> Result<Client, ClientError> {
+    pub fn new(conn: &Connection, timeout: Option<Duration>) -> Result<Client, ClientError> {
+        let (tls, seen) = crate::tls::client_config(conn)?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Credentials::Token(t) = &conn.credentials {
+            let mut v =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| {
+                    ClientError::Tls("the token in TOPO_CONFIG is not a valid header value".into())
+                })?;
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
+        let builder = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .default_headers(headers);
+        let mut c = Client::with_builder(&conn.server, timeout, builder)?;
+        c.conn = Some(conn.clone());
+        c.seen = seen;
+        Ok(c)
+    }
+
+    /// A client without TLS, for unit tests against a fake plain-HTTP server.
+    #[cfg(test)]
+    pub(crate) fn plain_for_test(server: &str, timeout: Option<Duration>) -> Client {
+        Client::with_builder(server, timeout, reqwest::Client::builder())
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn with_builder(
+        server: &str,
+        timeout: Option<Duration>,
+        builder: reqwest::ClientBuilder,
+    ) -> Result<Client, ClientError> {
         let base = Url::parse(server).map_err(|_| ClientError::BadUrl(server.to_string()))?;
         if base.cannot_be_a_base() {
             return Err(ClientError::BadUrl(server.to_string()));
         }
-        let http = reqwest::Client::builder()
+        // reqwest (rustls without a built-in provider) panics on build when no process-wide
+        // provider is installed, even where our own TLS configuration is used; install ring.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = builder
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("topoctl/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -139,6 +208,8 @@ impl Client {
             server: server.to_string(),
             http,
             timeout: timeout.filter(|t| !t.is_zero()),
+            conn: None,
+            seen: Seen::default(),
         })
     }
 
@@ -170,6 +241,12 @@ impl Client {
     }
 
     fn transport_error(&self, source: reqwest::Error) -> ClientError {
+        if let Some(conn) = &self.conn {
+            let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(text) = crate::tls::explain(&source, conn, seen) {
+                return ClientError::Tls(text);
+            }
+        }
         let server = self.server.clone();
         if source.is_timeout() {
             let after = self
@@ -271,22 +348,43 @@ impl Client {
         .await
     }
 
+    /// Every object of `kind` (matching `selector`), page by page at one revision.
     pub async fn list(
         &self,
         kind: Kind,
         selector: Option<&str>,
     ) -> Result<List<Resource>, ClientError> {
-        let query: Vec<(&str, &str)> = selector
+        let mut base: Vec<(&str, &str)> = selector
             .map(|s| vec![("labelSelector", s)])
             .unwrap_or_default();
-        let url = self.url(&[kind.plural()], &query)?;
-        self.json(
-            Method::GET,
-            url,
-            None::<&()>,
-            &format!("list {}", kind.plural()),
-        )
-        .await
+        let limit = PAGE.to_string();
+        base.push(("limit", &limit));
+        self.all_pages(&[kind.plural()], base, &format!("list {}", kind.plural()))
+            .await
+    }
+
+    /// Follows `continue` tokens until the list is whole.
+    async fn all_pages<T: DeserializeOwned>(
+        &self,
+        path: &[&str],
+        query: Vec<(&str, &str)>,
+        what: &str,
+    ) -> Result<List<T>, ClientError> {
+        let url = self.url(path, &query)?;
+        let mut list: List<T> = self.json(Method::GET, url, None::<&()>, what).await?;
+        let mut token = list.continue_token().map(str::to_string);
+        while let Some(t) = token {
+            let mut q = query.clone();
+            q.push(("continue", &t));
+            let url = self.url(path, &q)?;
+            let next: List<T> = self.json(Method::GET, url, None::<&()>, what).await?;
+            token = next.continue_token().map(str::to_string);
+            list.items.extend(next.items);
+        }
+        if let Some(m) = list.metadata.as_mut() {
+            m.continue_ = None;
+        }
+        Ok(list)
     }
 
     pub async fn delete(&self, kind: Kind, name: &str, dry_run: bool) -> Result<(), ClientError> {
@@ -302,13 +400,13 @@ impl Client {
 
     pub async fn events(&self, object: Option<&ObjectRef>) -> Result<List<Event>, ClientError> {
         let obj = object.map(|o| o.to_string());
-        let query: Vec<(&str, &str)> = obj
+        let mut query: Vec<(&str, &str)> = obj
             .as_deref()
             .map(|o| vec![("object", o)])
             .unwrap_or_default();
-        let url = self.url(&["events"], &query)?;
-        self.json(Method::GET, url, None::<&()>, "list events")
-            .await
+        let limit = PAGE.to_string();
+        query.push(("limit", &limit));
+        self.all_pages(&["events"], query, "list events").await
     }
 
     /// A watch of one kind from `resource_version` (changes after it).
@@ -364,7 +462,10 @@ pub fn api_error_from(status: StatusCode, body: &str) -> ApiError {
         404 => ErrorReason::NotFound,
         409 => ErrorReason::Conflict,
         410 => ErrorReason::Expired,
+        401 => ErrorReason::Unauthorized,
+        403 => ErrorReason::Forbidden,
         413 => ErrorReason::RequestEntityTooLarge,
+        429 => ErrorReason::TooManyRequests,
         422 => ErrorReason::Invalid,
         503 => ErrorReason::ServiceUnavailable,
         _ => ErrorReason::InternalError,

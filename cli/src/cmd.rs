@@ -22,7 +22,7 @@ use topo_schema::{Kind, ObjectRef, Resource};
 
 use crate::args::{self, Cli, DryRun};
 use crate::client::{Client, ClientError, format_api_error};
-use crate::config::{ConfigError, Env, resolve_server};
+use crate::config::{ConfigError, Env, resolve};
 use crate::describe::{EventsSection, describe};
 use crate::inputs::{self, InputError};
 use crate::output::{self, Format, OutputError};
@@ -111,8 +111,8 @@ pub struct Ctx {
 
 impl Ctx {
     pub(crate) fn client(&self) -> Result<Client, CliError> {
-        let server = resolve_server(self.server_flag.as_deref(), &self.env)?;
-        Ok(Client::new(&server, Some(self.request_timeout))?)
+        let conn = resolve(self.server_flag.as_deref(), &self.env)?;
+        Ok(Client::new(&conn, Some(self.request_timeout))?)
     }
 }
 

@@ -15,6 +15,7 @@ pub mod inputs;
 pub mod manifests;
 pub mod output;
 pub mod timefmt;
+pub mod tls;
 pub mod waiter;
 pub mod watch;
 

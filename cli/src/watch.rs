@@ -391,7 +391,7 @@ mod tests {
     #[tokio::test]
     async fn expired_watch_relists_and_goes_on() {
         let (url, seen) = fake_server().await;
-        let client = Client::new(&url, Some(Duration::from_secs(5))).unwrap();
+        let client = Client::plain_for_test(&url, Some(Duration::from_secs(5)));
         let now = chrono::Utc::now();
         let list = List::new(vec![with_rv(container("a", now), "5")], Some("10".into()));
         let (tx, mut rx) = mpsc::channel(16);

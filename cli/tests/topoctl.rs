@@ -313,9 +313,11 @@ async fn bad_manifest_names_file_line_column_and_changes_nothing() {
 
 async fn topoctl_unreachable(args: &[&str]) -> Out {
     let home = tempfile::tempdir().expect("home");
-    let mut all = vec!["--server", "http://127.0.0.1:1"];
+    let mut all = vec!["--server", "https://127.0.0.1:1"];
     all.extend_from_slice(args);
-    run_command(topoctl_command(home.path(), &all), "").await
+    let mut cmd = topoctl_command(home.path(), &all);
+    cmd.env("TOPO_CONFIG", config_of("admin"));
+    run_command(cmd, "").await
 }
 
 #[tokio::test]
@@ -324,7 +326,7 @@ async fn server_address_errors_are_clear() {
     assert_eq!(out.code, 1, "{out:?}");
     assert_eq!(
         out.stderr,
-        "error: cannot reach the controller at http://127.0.0.1:1: connection refused (is topo-controller running? set --server or TOPO_SERVER)\n"
+        "error: cannot reach the controller at https://127.0.0.1:1: connection refused (is topo-controller running? set --server or TOPO_SERVER)\n"
     );
 
     let home = tempfile::tempdir().expect("home");
@@ -335,25 +337,39 @@ async fn server_address_errors_are_clear() {
         "{out:?}"
     );
 
-    // The environment, then the config file, are used when there is no flag.
-    let mut cmd = topoctl_command(home.path(), &["get", "c"]);
-    cmd.env("TOPO_SERVER", "http://127.0.0.1:2");
-    let out = run_command(cmd, "").await;
-    assert!(out.stderr.contains("at http://127.0.0.1:2:"), "{out:?}");
+    // The environment, then the config file, are used when there is no flag; the
+    // credentials always come from the config file.
+    let admin = std::fs::read_to_string(config_of("admin")).expect("admin.yaml");
+    let creds: String = admin
+        .lines()
+        .filter(|l| !l.starts_with("server:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     let cfg = home.path().join("topo.yaml");
-    std::fs::write(&cfg, "server: http://127.0.0.1:3\n").expect("config");
+    std::fs::write(&cfg, format!("server: https://127.0.0.1:3\n{creds}")).expect("config");
+    let mut cmd = topoctl_command(home.path(), &["get", "c"]);
+    cmd.env("TOPO_CONFIG", &cfg)
+        .env("TOPO_SERVER", "https://127.0.0.1:2");
+    let out = run_command(cmd, "").await;
+    assert!(out.stderr.contains("at https://127.0.0.1:2:"), "{out:?}");
     let mut cmd = topoctl_command(home.path(), &["get", "c"]);
     cmd.env("TOPO_CONFIG", &cfg);
     let out = run_command(cmd, "").await;
-    assert!(out.stderr.contains("at http://127.0.0.1:3:"), "{out:?}");
+    assert!(out.stderr.contains("at https://127.0.0.1:3:"), "{out:?}");
     std::fs::create_dir_all(home.path().join(".config/topo")).expect("config dir");
     std::fs::write(
         home.path().join(".config/topo/config.yaml"),
-        "server: http://127.0.0.1:4\n",
+        format!("server: https://127.0.0.1:4\n{creds}"),
     )
     .expect("config");
     let out = run_command(topoctl_command(home.path(), &["get", "c"]), "").await;
-    assert!(out.stderr.contains("at http://127.0.0.1:4:"), "{out:?}");
+    assert!(out.stderr.contains("at https://127.0.0.1:4:"), "{out:?}");
+
+    // Plain HTTP is refused before anything is sent.
+    let mut cmd = topoctl_command(home.path(), &["--server", "http://127.0.0.1:4", "get", "c"]);
+    cmd.env("TOPO_CONFIG", &cfg);
+    let out = run_command(cmd, "").await;
+    assert!(out.stderr.contains("HTTPS only"), "{out:?}");
 }
 
 #[tokio::test]

@@ -1,8 +1,12 @@
 //! The HTTP JSON API (paths in `topo_schema::api`).
 //!
 //! Every failure is an `ApiError` body with its status code: bad bodies are 400, invalid
-//! objects 422 with one cause per problem, bodies over `api::MAX_BODY_BYTES` 413. A panic in
-//! a handler (a bug) becomes a 500 and leaves the server running.
+//! objects 422 with one cause per problem, bodies over `api::MAX_BODY_BYTES` 413, no
+//! credentials 401, a role that does not allow it or a full quota 403, too many watches 429,
+//! etcd not answering (each etcd request times out after at most 5 s) 503 "etcd
+//! unavailable: ...". A panic in a handler (a bug) becomes a 500 and leaves the server
+//! running. Everything but `/healthz` and `/readyz` passes `guard.rs` first. Lists and
+//! events are paginated with `limit` and `continue` (`pages.rs`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -34,6 +38,8 @@ pub struct AppState {
     pub cache: Cache,
     /// Ends watch streams when the server shuts down.
     pub shutdown: CancellationToken,
+    /// How long one etcd request may take (the client enforces it; readyz too).
+    pub etcd_timeout: Duration,
 }
 
 /// An `ApiError` as an HTTP response.
@@ -48,8 +54,73 @@ impl From<ApiError> for ApiErr {
 
 impl From<crate::store::StoreError> for ApiErr {
     fn from(e: crate::store::StoreError) -> Self {
-        ApiErr(e.into())
+        use crate::commit::CommitError;
+        use crate::store::StoreError;
+        match &e {
+            StoreError::Commit(CommitError::CompareFailed | CommitError::TooManyAttempts(_))
+            | StoreError::Rejected(_)
+            | StoreError::Encode(_) => ApiErr(e.into()),
+            StoreError::Commit(c) => match etcd_cause(c) {
+                Some(etcd) => etcd_unavailable(etcd),
+                None => ApiErr(e.into()),
+            },
+        }
     }
+}
+
+/// The etcd error in a chain of sources, if any.
+fn etcd_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a etcd_client::Error> {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(etcd) = s.downcast_ref::<etcd_client::Error>() {
+            return Some(etcd);
+        }
+        src = s.source();
+    }
+    None
+}
+
+/// What went wrong with etcd in a few words (not tonic's debug dump of the status).
+pub fn etcd_summary(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            let m = s.message();
+            let code = format!("{:?}", s.code());
+            if m.contains("Timeout expired") || code == "DeadlineExceeded" {
+                "no answer in time".to_string()
+            } else if m.is_empty() {
+                code
+            } else {
+                m.chars().take(200).collect()
+            }
+        }
+        etcd_client::Error::TransportError(_) => "cannot connect".to_string(),
+        other => other
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(200)
+            .collect(),
+    }
+}
+
+pub fn etcd_unavailable(e: &etcd_client::Error) -> ApiErr {
+    ApiErr(ApiError::new(
+        ErrorReason::ServiceUnavailable,
+        format!("etcd unavailable: {}", etcd_summary(e)),
+    ))
+}
+
+/// An ApiError on one line: the message and its causes.
+pub fn one_line(e: &ApiError) -> String {
+    let mut s = e.message.clone();
+    for c in &e.causes {
+        s.push_str("; ");
+        s.push_str(&c.to_string());
+    }
+    s
 }
 
 impl IntoResponse for ApiErr {
@@ -79,7 +150,7 @@ fn bad_request(msg: impl Into<String>) -> ApiErr {
     ApiErr(ApiError::new(ErrorReason::BadRequest, msg))
 }
 
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState, gate: std::sync::Arc<crate::guard::Guard>) -> Router {
     let p = api::API_PREFIX;
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -108,6 +179,7 @@ pub fn router(state: AppState) -> Router {
         })
         // Bodies are read (and limited) by `read_body`, which answers with an ApiError.
         .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(gate, crate::guard::guard))
         .layer(middleware::from_fn(log_request))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
@@ -147,15 +219,12 @@ async fn readyz(State(st): State<AppState>) -> ApiResult {
             .get(topo_schema::keys::fence(), None)
             .await
     };
-    match tokio::time::timeout(Duration::from_secs(2), probe).await {
+    match tokio::time::timeout(st.etcd_timeout, probe).await {
         Ok(Ok(_)) => Ok("ok".into_response()),
-        Ok(Err(e)) => Err(ApiErr(ApiError::new(
-            ErrorReason::ServiceUnavailable,
-            format!("etcd unreachable: {e}"),
-        ))),
+        Ok(Err(e)) => Err(etcd_unavailable(&e)),
         Err(_) => Err(ApiErr(ApiError::new(
             ErrorReason::ServiceUnavailable,
-            "etcd did not answer in 2s",
+            format!("etcd unavailable: no answer within {:?}", st.etcd_timeout),
         ))),
     }
 }
@@ -315,8 +384,14 @@ async fn list_or_watch(
             watch::watch_objects(st.client.clone(), st.cache.clone(), w, st.shutdown.clone());
         return Ok(ndjson(stream));
     }
-    let (items, rev) = st.store.list(Some(kind), &selector);
-    ok(&List::new(items, Some(rev.to_string())))
+    let page = crate::pages::PageRequest::from_params(&q).map_err(bad_request)?;
+    match page {
+        None => {
+            let (items, rev) = st.store.list(Some(kind), &selector);
+            ok(&List::new(items, Some(rev.to_string())))
+        }
+        Some(page) => ok(&crate::pages::list_objects(&st, kind, &selector, page).await?),
+    }
 }
 
 fn ndjson(stream: watch::LineStream) -> Response {
@@ -420,7 +495,14 @@ async fn delete_one(
         .await?)
 }
 
-async fn apply(State(st): State<AppState>, q: Params, headers: HeaderMap, body: Body) -> ApiResult {
+async fn apply(
+    State(st): State<AppState>,
+    who: Option<axum::Extension<crate::auth::Identity>>,
+    gate: Option<axum::Extension<std::sync::Arc<crate::guard::Guard>>>,
+    q: Params,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
     let q = params(q)?;
     let dry = dry_run(&q)?;
     let mut req: ApplyRequest = parse_json(
@@ -430,7 +512,21 @@ async fn apply(State(st): State<AppState>, q: Params, headers: HeaderMap, body: 
     req.dry_run |= dry;
     let names: Vec<&str> = req.files.iter().map(|f| f.name.as_str()).collect();
     let span = tracing::info_span!("apply", files = ?names, dry_run = req.dry_run);
-    ok(&st.store.apply(req).instrument(span).await?)
+    let resp = st.store.apply(req).instrument(span).await?;
+    if let (Some(who), Some(gate), false) = (who, gate, resp.dry_run) {
+        for r in &resp.results {
+            if r.action != api::ApplyAction::Unchanged {
+                let action = serde_json::to_value(r.action).unwrap_or_default();
+                gate.audit_line(
+                    &who,
+                    "apply",
+                    &r.object.to_string(),
+                    action.as_str().unwrap_or(""),
+                );
+            }
+        }
+    }
+    ok(&resp)
 }
 
 async fn events(State(st): State<AppState>, q: Params) -> ApiResult {
@@ -455,13 +551,6 @@ async fn events(State(st): State<AppState>, q: Params) -> ApiResult {
         );
         return Ok(ndjson(stream));
     }
-    let (evs, rev) = crate::events::list(&st.client, object.as_ref())
-        .await
-        .map_err(|e| {
-            ApiErr(ApiError::new(
-                ErrorReason::ServiceUnavailable,
-                e.to_string(),
-            ))
-        })?;
-    ok(&List::new(evs, Some(rev.to_string())))
+    let page = crate::pages::PageRequest::from_params(&q).map_err(bad_request)?;
+    ok(&crate::pages::list_events(&st, object.as_ref(), page).await?)
 }

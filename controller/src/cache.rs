@@ -24,7 +24,7 @@ use imbl::OrdMap;
 use ipnet::Ipv4Net;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use topo_schema::api::{Heartbeat, ObservedReport};
+use topo_schema::api::{Heartbeat, ObservedReport, Registration};
 use topo_schema::keys::{self, AddrValue, BlockValue, Fence, IpamKey};
 use topo_schema::{Kind, ObjectRef, Resource};
 use topo_watcher::{EtcdSource, Kv, KvEvent, Listing, Step, Watcher};
@@ -81,6 +81,8 @@ pub struct Snapshot {
     /// (node, object) → what the node's agent last reported.
     pub reports: OrdMap<(String, ObjectRef), Arc<ObservedReport>>,
     pub heartbeats: OrdMap<String, Arc<Heartbeat>>,
+    /// node → the registration its agent wrote and the controller has not folded yet.
+    pub registrations: OrdMap<String, Arc<Registration>>,
 }
 
 impl Snapshot {
@@ -186,6 +188,8 @@ impl Snapshot {
                 }
                 Err(e) => tracing::warn!(%key, error = %e, "undecodable heartbeat"),
             }
+        } else if let Some(node) = keys::parse_registration_key(key) {
+            crate::registration::apply_put(self, node, value);
         }
     }
 
@@ -215,6 +219,8 @@ impl Snapshot {
                 .remove(&(node.to_string(), ObjectRef::new(kind, name)));
         } else if let Some(node) = keys::parse_heartbeat_key(key) {
             self.heartbeats.remove(node);
+        } else if let Some(node) = keys::parse_registration_key(key) {
+            self.registrations.remove(node);
         }
     }
 }

@@ -120,20 +120,45 @@ pub async fn list(
     client: &Client,
     object: Option<&ObjectRef>,
 ) -> Result<(Vec<Event>, i64), EventsError> {
-    let prefix = match object {
-        Some(o) => keys::object_events_prefix(o.kind, &o.name),
-        None => keys::events_prefix(),
-    };
-    let (mut evs, rev) = read(client, &prefix).await?;
-    evs.sort_by_key(|a| a.1.last_timestamp);
+    list_at(client, object, None).await
+}
+
+/// Like [`list`], at etcd revision `revision` when given (the pages of one list).
+pub async fn list_at(
+    client: &Client,
+    object: Option<&ObjectRef>,
+    revision: Option<i64>,
+) -> Result<(Vec<Event>, i64), EventsError> {
+    let (mut evs, rev) = read_at(client, &keys::events_prefix(), revision).await?;
+    if let Some(o) = object {
+        evs.retain(|(_, e)| &e.object == o);
+    }
+    // Ties (same timestamp) in key order, so pages at one revision cut the same list.
+    evs.sort_by(|a, b| {
+        a.1.last_timestamp
+            .cmp(&b.1.last_timestamp)
+            .then(a.0.cmp(&b.0))
+    });
     Ok((evs.into_iter().map(|(_, e)| e).collect(), rev))
 }
 
 async fn read(client: &Client, prefix: &str) -> Result<(Vec<(String, Event)>, i64), EventsError> {
+    read_at(client, prefix, None).await
+}
+
+async fn read_at(
+    client: &Client,
+    prefix: &str,
+    revision: Option<i64>,
+) -> Result<(Vec<(String, Event)>, i64), EventsError> {
+    let mut opts = GetOptions::new().with_prefix();
+    if let Some(r) = revision {
+        opts = opts.with_revision(r);
+    }
     let resp = client
         .kv_client()
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .get(prefix, Some(opts))
         .await
         .map_err(etcd("list events"))?;
     let rev = resp.header().map(|h| h.revision()).unwrap_or(0);

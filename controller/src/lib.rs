@@ -5,16 +5,25 @@
 //! * [`commit`]: fenced change sets, and the intent log for those too large for one txn.
 //! * [`store`]: apply/create/replace/delete computed against snapshots.
 //! * [`api`], [`watch`]: the HTTP API and its watch streams.
+//! * [`serve`], [`guard`], [`auth`], [`config`]: HTTPS only; authentication (client
+//!   certificates, bearer tokens), roles, audit, limits; the configuration file.
 //! * [`events`]: bounded event history.
 //! * [`ipam`], [`planner`], [`leader`]: addresses, derivation, and the leader's loop.
 
 pub mod api;
+pub mod auth;
 pub mod cache;
 pub mod commit;
+pub mod config;
 pub mod events;
+pub mod guard;
 pub mod ipam;
 pub mod leader;
+pub mod pages;
 pub mod planner;
+pub mod quota;
+pub mod registration;
+pub mod serve;
 pub mod store;
 pub mod watch;
 
@@ -44,8 +53,16 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("failed to serve HTTP")]
+    #[error("failed to serve HTTPS")]
     Serve(#[source] std::io::Error),
+    #[error("failed to load the etcd client identity")]
+    EtcdTls(#[source] topo_pki::etcd::EtcdSetupError),
+    #[error("failed to load the API's TLS files")]
+    Tls(#[source] topo_pki::tls::TlsError),
+    #[error("failed to load the token file")]
+    Tokens(#[source] auth::TokenFileError),
+    #[error("failed to open the audit file")]
+    Audit(#[source] guard::AuditError),
 }
 
 /// What a controller process runs with.
@@ -60,16 +77,23 @@ pub struct Config {
     /// Whether to take part in the leader election (derivation, status). Tests of the API
     /// alone turn it off.
     pub lead: bool,
+    /// TLS, credentials, roles, quotas, limits (the configuration file).
+    pub security: config::Security,
 }
 
 impl Config {
-    pub fn new(etcd_endpoints: Vec<String>, listen: SocketAddr) -> Self {
+    pub fn new(
+        etcd_endpoints: Vec<String>,
+        listen: SocketAddr,
+        security: config::Security,
+    ) -> Self {
         Config {
             etcd_endpoints,
             listen,
             max_txn_ops: commit::DEFAULT_MAX_TXN_OPS,
             id: default_id(),
             lead: true,
+            security,
         }
     }
 }
@@ -97,15 +121,24 @@ pub struct Controller {
     pub id: String,
 }
 
-/// Connects to etcd, retrying with backoff until it answers or `shutdown`.
+/// Connects to etcd over TLS with the controller's identity, retrying with backoff until it
+/// answers or `shutdown`. Every request carries the configured timeout (at most 5 s), so an
+/// etcd that hangs turns into a 503, not a hung client.
 pub async fn connect(
     endpoints: &[String],
+    security: &config::Security,
     shutdown: &CancellationToken,
 ) -> Result<Client, ServerError> {
+    topo_pki::etcd::check_endpoints(endpoints).map_err(ServerError::EtcdTls)?;
+    let base: ConnectOptions = security
+        .etcd_tls()
+        .connect_options()
+        .map_err(ServerError::EtcdTls)?;
     let mut backoff = cache::new_backoff();
     loop {
-        let opts = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(3))
+        let opts = base
+            .clone()
+            .with_timeout(security.limits.etcd_timeout())
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
         let attempt = async {
             let mut c = Client::connect(endpoints, Some(opts)).await?;
@@ -132,7 +165,7 @@ pub async fn start_controller(
     config: &Config,
     shutdown: &CancellationToken,
 ) -> Result<Controller, ServerError> {
-    let client = connect(&config.etcd_endpoints, shutdown).await?;
+    let client = connect(&config.etcd_endpoints, &config.security, shutdown).await?;
     commit::recover_intents(&client, config.max_txn_ops)
         .await
         .map_err(ServerError::Recover)?;
@@ -146,7 +179,7 @@ pub async fn start_controller(
         shutdown.clone(),
     ));
     let committer = Committer::new(client.clone(), cache.clone(), config.max_txn_ops);
-    let store = Store::new(committer.clone());
+    let store = Store::new(committer.clone()).with_quotas(config.security.quotas.clone());
     Ok(Controller {
         client,
         cache,
@@ -156,7 +189,7 @@ pub async fn start_controller(
     })
 }
 
-/// A controller serving HTTP.
+/// A controller serving HTTPS.
 pub struct Running {
     pub addr: SocketAddr,
     pub controller: Controller,
@@ -164,8 +197,31 @@ pub struct Running {
     pub handle: JoinHandle<Result<(), ServerError>>,
 }
 
-/// Starts everything and serves HTTP until `shutdown`.
+/// The API's TLS configuration and gate, loaded before anything starts so a missing file
+/// fails at once.
+fn load_security(
+    s: &config::Security,
+) -> Result<(std::sync::Arc<rustls::ServerConfig>, guard::Guard), ServerError> {
+    let tls =
+        topo_pki::tls::server_config(&s.tls.cert_file, &s.tls.key_file, &s.tls.client_ca_file)
+            .map_err(ServerError::Tls)?;
+    let tokens = match &s.token_file {
+        Some(p) => auth::Tokens::load(p).map_err(ServerError::Tokens)?,
+        None => auth::Tokens::default(),
+    };
+    let gate = guard::Guard::new(
+        tokens,
+        auth::Authorizer::new(s.bindings.clone()),
+        s.limits.watches_per_user,
+        s.audit_file.as_deref(),
+    )
+    .map_err(ServerError::Audit)?;
+    Ok((std::sync::Arc::new(tls), gate))
+}
+
+/// Starts everything and serves HTTPS until `shutdown`.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, ServerError> {
+    let (tls, gate) = load_security(&config.security)?;
     let controller = start_controller(&config, &shutdown).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -189,14 +245,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         client: controller.client.clone(),
         cache: controller.cache.clone(),
         shutdown: shutdown.clone(),
+        etcd_timeout: config.security.limits.etcd_timeout(),
     };
-    let app = api::router(state);
+    let app = api::router(state, std::sync::Arc::new(gate));
     let sd = shutdown.clone();
     let handle = tokio::spawn(async move {
-        tracing::info!(%addr, "serving the API");
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { sd.cancelled().await })
-            .await;
+        tracing::info!(%addr, "serving the API over HTTPS");
+        let served = serve::serve_tls(listener, tls, app, sd).await;
         if let Some(l) = leader {
             // The leader resigns on shutdown; wait so a successor does not wait out the lease.
             let _ = tokio::time::timeout(Duration::from_secs(5), l).await;
@@ -242,7 +297,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
 /// dropped.
 pub struct TestServer {
     pub addr: SocketAddr,
-    /// `http://127.0.0.1:PORT`
+    /// `https://127.0.0.1:PORT`
     pub url: String,
     pub controller: Controller,
     shutdown: CancellationToken,
@@ -269,10 +324,23 @@ impl Drop for TestServer {
     }
 }
 
-/// Starts a controller (with the leader) against `endpoints` on 127.0.0.1:0.
-pub async fn serve_for_test(endpoints: &[String]) -> Result<TestServer, ServerError> {
-    let config = Config::new(endpoints.to_vec(), SocketAddr::from(([127, 0, 0, 1], 0)));
-    serve_for_test_with(config).await
+/// Starts a controller (with the leader) against `endpoints` on 127.0.0.1:0, with the
+/// identities of the PKI directory `pki` (`topo-pki init`'s layout).
+pub async fn serve_for_test(
+    endpoints: &[String],
+    pki: &std::path::Path,
+) -> Result<TestServer, ServerError> {
+    serve_for_test_with(test_config(endpoints, pki)).await
+}
+
+/// The configuration [`serve_for_test`] uses, to adjust before [`serve_for_test_with`].
+pub fn test_config(endpoints: &[String], pki: &std::path::Path) -> Config {
+    let security = config::Security::from_pki_dir(pki, endpoints.to_vec());
+    Config::new(
+        endpoints.to_vec(),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        security,
+    )
 }
 
 /// Like [`serve_for_test`] with a chosen configuration (the listen address is kept).
@@ -281,7 +349,7 @@ pub async fn serve_for_test_with(config: Config) -> Result<TestServer, ServerErr
     let running = start(config, shutdown.clone()).await?;
     Ok(TestServer {
         addr: running.addr,
-        url: format!("http://{}", running.addr),
+        url: format!("https://{}", running.addr),
         controller: running.controller,
         shutdown,
         handle: Some(running.handle),

@@ -1,6 +1,7 @@
 //! `topo-controller`: the API server and the controller.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
@@ -8,20 +9,21 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 /// The topo API server and controller: validates manifests, stores them in etcd, allocates
-/// addresses and (as the elected leader) derives every node's slice.
+/// addresses and (as the elected leader) derives every node's slice. Serves HTTPS only;
+/// every request is authenticated (client certificate or bearer token) and authorized.
 #[derive(Debug, Parser)]
 #[command(name = "topo-controller", version)]
 struct Args {
-    /// etcd client URLs, comma-separated (http://127.0.0.1:2379).
-    #[arg(
-        long,
-        env = "TOPO_ETCD_ENDPOINTS",
-        value_delimiter = ',',
-        required = true
-    )]
+    /// The configuration file: TLS files, token file, etcd identity, role bindings, quotas,
+    /// limits, audit file (`topo-pki init` writes one; see README "The controller's
+    /// configuration").
+    #[arg(long, env = "TOPO_CONTROLLER_CONFIG")]
+    config: PathBuf,
+    /// etcd client URLs (https://HOST:PORT), comma-separated; overrides the configuration's.
+    #[arg(long, env = "TOPO_ETCD_ENDPOINTS", value_delimiter = ',')]
     etcd_endpoints: Vec<String>,
-    /// Address the HTTP API listens on (ADDR:PORT).
-    #[arg(long, env = "TOPO_LISTEN", default_value = "127.0.0.1:8080")]
+    /// Address the HTTPS API listens on (ADDR:PORT).
+    #[arg(long, env = "TOPO_LISTEN", default_value = "127.0.0.1:8443")]
     listen: SocketAddr,
     /// etcd's --max-txn-ops: change sets with more operations go through the intent log.
     #[arg(long, env = "TOPO_MAX_TXN_OPS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(4..))]
@@ -52,7 +54,20 @@ async fn main() -> anyhow::Result<()> {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
-    let mut config = topo_controller::Config::new(args.etcd_endpoints, args.listen);
+    let security = topo_controller::config::Security::load(&args.config)
+        .context("failed to load the configuration")?;
+    let endpoints = if args.etcd_endpoints.is_empty() {
+        security.etcd.endpoints.clone()
+    } else {
+        args.etcd_endpoints
+    };
+    if endpoints.is_empty() {
+        anyhow::bail!(
+            "no etcd endpoints: pass --etcd-endpoints or set etcd.endpoints in {}",
+            args.config.display()
+        );
+    }
+    let mut config = topo_controller::Config::new(endpoints, args.listen, security);
     config.max_txn_ops = args.max_txn_ops as usize;
     config.lead = !args.no_lead;
     if let Some(id) = args.id {

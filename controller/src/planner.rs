@@ -823,6 +823,7 @@ mod tests {
             NodeSpec {
                 address: addr.parse().unwrap(),
                 datapath,
+                reserved_ports: None,
             },
         ))
     }

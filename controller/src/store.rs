@@ -184,11 +184,21 @@ struct Planned {
 #[derive(Clone)]
 pub struct Store {
     committer: Committer,
+    /// Objects per kind (none: no limit); see `quota.rs`.
+    quotas: Arc<BTreeMap<Kind, usize>>,
 }
 
 impl Store {
     pub fn new(committer: Committer) -> Self {
-        Store { committer }
+        Store {
+            committer,
+            quotas: Arc::default(),
+        }
+    }
+
+    pub fn with_quotas(mut self, quotas: BTreeMap<Kind, usize>) -> Self {
+        self.quotas = Arc::new(quotas);
+        self
     }
 
     pub fn committer(&self) -> &Committer {
@@ -340,6 +350,7 @@ impl Store {
                 Vec::new,
                 |snap| -> Result<(Option<ChangeSet>, Planned), StoreError> {
                     let (cs, planned) = plan_write(snap, &desired, deletes, mode)?;
+                    crate::quota::check(&self.quotas, snap, &planned.results)?;
                     Ok((if dry_run { None } else { Some(cs) }, planned))
                 },
             )
@@ -647,6 +658,7 @@ mod tests {
             NodeSpec {
                 address: addr.parse().unwrap(),
                 datapath: Default::default(),
+                reserved_ports: None,
             },
         ))
     }

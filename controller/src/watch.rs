@@ -520,10 +520,9 @@ async fn run_event_watch(
     sink: &Sink,
     shutdown: &CancellationToken,
 ) -> Result<(), ApiError> {
-    let prefix = match object {
-        Some(o) => keys::object_events_prefix(o.kind, &o.name),
-        None => keys::events_prefix(),
-    };
+    // The whole prefix: an object's events are the controller's and every agent's.
+    let prefix = keys::events_prefix();
+    let wanted = |e: &Event| object.is_none_or(|o| &e.object == o);
     let Some(mut last) = start_events(client, object, resource_version, sink).await? else {
         return Ok(());
     };
@@ -597,7 +596,8 @@ async fn run_event_watch(
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
             last = last.max(kv.mod_revision());
-            if let Some(we) = event_watch_event(ev)
+            if let Some(we) =
+                event_watch_event(ev).filter(|we| we.object.as_ref().is_some_and(wanted))
                 && !sink.send(&we).await
             {
                 return Ok(());

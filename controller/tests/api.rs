@@ -9,13 +9,13 @@ use common::*;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use topo_controller::{Config, TestServer};
+use topo_controller::TestServer;
 use topo_schema::api::{Event, EventType};
 use topo_schema::{Kind, ObjectRef, keys};
 
 async fn server(etcd: &Etcd) -> TestServer {
     init_tracing();
-    let mut config = Config::new(etcd.endpoints(), "127.0.0.1:0".parse().unwrap());
+    let mut config = topo_controller::test_config(&etcd.endpoints(), &etcd.pki_dir());
     config.lead = false;
     topo_controller::serve_for_test_with(config)
         .await
@@ -287,10 +287,10 @@ async fn dry_run_writes_nothing() {
         node_yaml("n1", "192.168.100.1"),
         network_yaml("ov", "10.9.0.0/16", 24),
     ]);
-    let rev = |e: &Etcd| {
-        let e = e.endpoint.clone();
+    let root = etcd.client().await;
+    let rev = |_: &Etcd| {
+        let mut cl = root.clone();
         async move {
-            let mut cl = etcd_client::Client::connect([e], None).await.unwrap();
             cl.get("x", None)
                 .await
                 .unwrap()
@@ -810,7 +810,7 @@ async fn events_dedup_and_bounds() {
 async fn serve_for_test_runs_the_leader() {
     let etcd = Etcd::start().await;
     init_tracing();
-    let s = topo_controller::serve_for_test(&etcd.endpoints())
+    let s = topo_controller::serve_for_test(&etcd.endpoints(), &etcd.pki_dir())
         .await
         .expect("start");
     let c = http();

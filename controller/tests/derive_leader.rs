@@ -3,13 +3,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
 use etcd_client::GetOptions;
 use serde_json::Value;
-use topo_controller::{Config, TestServer};
+use topo_controller::TestServer;
 use topo_schema::keys;
 
 async fn apply(url: &str, yaml: &str) {
@@ -40,7 +39,7 @@ where
 }
 
 async fn server(etcd: &Etcd, id: &str) -> TestServer {
-    let mut config = Config::new(etcd.endpoints(), SocketAddr::from(([127, 0, 0, 1], 0)));
+    let mut config = topo_controller::test_config(&etcd.endpoints(), &etcd.pki_dir());
     config.id = id.to_string();
     topo_controller::serve_for_test_with(config)
         .await
@@ -209,7 +208,7 @@ async fn a_new_leader_rebuilds_ipam_from_the_specs() {
     init_tracing();
     let etcd = Etcd::start().await;
     // Objects written by an API-only replica: IPAM keys are committed with them.
-    let mut config = Config::new(etcd.endpoints(), SocketAddr::from(([127, 0, 0, 1], 0)));
+    let mut config = topo_controller::test_config(&etcd.endpoints(), &etcd.pki_dir());
     config.lead = false;
     let api_only = topo_controller::serve_for_test_with(config)
         .await

@@ -325,7 +325,7 @@ fn ready(obj: &Value) -> Value {
 }
 
 async fn lib_server(etcd: &Etcd) -> topo_controller::TestServer {
-    topo_controller::serve_for_test(&etcd.endpoints())
+    topo_controller::serve_for_test(&etcd.endpoints(), &etcd.pki_dir())
         .await
         .expect("start the controller")
 }

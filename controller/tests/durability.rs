@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use common::*;
 use tokio_util::sync::CancellationToken;
+use topo_controller::Controller;
 use topo_controller::commit::{Committer, CrashPoint};
 use topo_controller::store::{Store, StoreError};
-use topo_controller::{Config, Controller};
 use topo_schema::api::{ApplyRequest, SourceFile};
 use topo_schema::{Kind, keys};
 
@@ -37,7 +37,7 @@ fn big_file(n: usize, prefix: &str) -> ApplyRequest {
 
 async fn controller(etcd: &Etcd, shutdown: &CancellationToken) -> Controller {
     init_tracing();
-    let mut config = Config::new(etcd.endpoints(), "127.0.0.1:0".parse().unwrap());
+    let mut config = topo_controller::test_config(&etcd.endpoints(), &etcd.pki_dir());
     config.lead = false;
     topo_controller::start_controller(&config, shutdown)
         .await
@@ -391,10 +391,11 @@ async fn api_watchers_see_an_intent_whole_or_not_at_all() {
 #[tokio::test]
 async fn cache_relists_when_its_revision_was_compacted() {
     let etcd = Etcd::start().await;
-    let proxy = Proxy::start(&etcd.endpoint).await;
+    let proxy = Proxy::start(&etcd.endpoint()).await;
     let sd = CancellationToken::new();
     init_tracing();
-    let mut config = Config::new(vec![proxy.endpoint.clone()], "127.0.0.1:0".parse().unwrap());
+    let mut config =
+        topo_controller::test_config(std::slice::from_ref(&proxy.endpoint), &etcd.pki_dir());
     config.lead = false;
     let c = topo_controller::start_controller(&config, &sd)
         .await

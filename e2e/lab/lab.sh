@@ -7,13 +7,18 @@
 #   e2e/lab/lab.sh down                         # always exit 0, also after a crash
 #
 # Layout (DIR = $TOPO_LAB_DIR, default /run/topo-lab):
+#   $DIR/pki: the lab's PKI from `topo-pki init` (CA, controller, etcd, admin, viewer, one
+#     identity per node; admin.yaml is the TOPO_CONFIG the lab exports).
 #   root netns: Linux bridge topo-ul 192.168.100.254/24 (tx offload off), etcd on
-#     192.168.100.254:2379 + 127.0.0.1:2379 (peer 127.0.0.1:2380), topo-controller on
-#     192.168.100.254:8080, a lab containerd ($DIR/containerd.sock) + dockerd
-#     ($DIR/docker.sock, --bridge=none --iptables=false --ip-masq=false).
+#     https://192.168.100.254:2379 + https://127.0.0.1:2379 (TLS, --client-cert-auth, auth
+#     enabled with the users and roles of `topo-pki etcd-setup`; peer 127.0.0.1:2380),
+#     topo-controller on https://192.168.100.254:8443 (config $DIR/pki/controller.yaml), a lab
+#     containerd ($DIR/containerd.sock) + dockerd ($DIR/docker.sock, --bridge=none
+#     --iptables=false --ip-masq=false).
 #   netns nodeI: ul0 (veth, peer topo-ul-nI on topo-ul), ovsdb-server + ovs-vswitchd
 #     (--disable-system, OVS_RUNDIR=$DIR/nodeI, db socket $DIR/nodeI/db.sock), netdev
-#     bridge br-phy with port ul0 and 192.168.100.I/24 on its internal port, topo-agent.
+#     bridge br-phy with port ul0 and 192.168.100.I/24 on its internal port, topo-agent with
+#     the node's own identity ($DIR/pki/nodes/nodeI.crt: its etcd user reads only its slice).
 #
 # Timings, measured on the 2-core Debian 12 VM while cargo was compiling in parallel
 # (load average 2-3):
@@ -45,9 +50,10 @@ TOPO_BIN=${TOPO_BIN:-$REPO/target/debug}
 UL_BR=topo-ul
 UL_PREFIX=192.168.100
 UL_ROOT_IP=$UL_PREFIX.254
-ETCD_URL=http://$UL_ROOT_IP:2379
-CTRL_LISTEN=$UL_ROOT_IP:8080
-CTRL_URL=http://$CTRL_LISTEN
+ETCD_URL=https://$UL_ROOT_IP:2379
+CTRL_LISTEN=$UL_ROOT_IP:8443
+CTRL_URL=https://$CTRL_LISTEN
+PKI=$DIR/pki
 DOCKER_SOCK=$DIR/docker.sock
 CONTAINERD_SOCK=$DIR/containerd.sock
 OVS_SCHEMA=/usr/share/openvswitch/vswitch.ovsschema
@@ -191,7 +197,7 @@ tail_log() {
   tail -n "${2:-25}" "$1" >&2 || true
   echo "-----" >&2
 }
-http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1" 2>/dev/null || true; }
+http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 --cacert "$PKI/ca.crt" "$1" 2>/dev/null || true; }
 http_ok() { [[ $(http_code "$1") == 200 ]]; }
 
 # ---------------------------------------------------------------- underlay
@@ -267,11 +273,37 @@ node_up() {
     die "node$i cannot reach $UL_ROOT_IP"
   fi
 }
-# TCP from a host namespace to the root namespace (trap 4), through etcd.
+# TCP from a host namespace to the root namespace (trap 4), through etcd (TLS with the
+# node's own identity; /version needs no etcd permission).
 node_tcp_check() {
   local i=$1
-  wait_until 100 "node$i to reach etcd over TCP" nsx "$i" curl -sf --max-time 2 "$ETCD_URL/health" ||
+  wait_until 100 "node$i to reach etcd over TCP" nsx "$i" curl -sf --max-time 2 \
+    --cacert "$PKI/ca.crt" --cert "$PKI/nodes/node$i.crt" --key "$PKI/nodes/node$i.key" \
+    "$ETCD_URL/version" ||
     die "node$i: ping works but TCP to $ETCD_URL does not (checksum offload? see PLATFORM.md trap 4)"
+}
+
+# ---------------------------------------------------------------- PKI
+pki_init() { # I...: the lab's identities (kept when they exist)
+  local i nodes=() args=()
+  for i; do nodes+=("node$i=$UL_PREFIX.$i"); done
+  ((${#nodes[@]} == 0)) || args=(--nodes "$(IFS=,; echo "${nodes[*]}")")
+  log "PKI in $PKI (CA, controller, etcd, admin, viewer, ${#nodes[@]} node(s))"
+  "$TOPO_BIN/topo-pki" init --dir "$PKI" --cluster topo-lab \
+    --controller-san "$UL_ROOT_IP,127.0.0.1,localhost" --etcd-san "$UL_ROOT_IP,127.0.0.1,localhost" \
+    --server "$CTRL_URL" --etcd-endpoints "$ETCD_URL" "${args[@]}" >/dev/null
+}
+pki_node() { # I: node I's identity, and its etcd user
+  local i=$1
+  "$TOPO_BIN/topo-pki" node --dir "$PKI" "node$i" --address "$UL_PREFIX.$i" >/dev/null
+  etcd_users
+}
+etcd_users() { # root, the controller, one user per node; auth on (idempotent)
+  "$TOPO_BIN/topo-pki" etcd-setup --dir "$PKI" --etcd-endpoints "$ETCD_URL" >/dev/null
+}
+etcdctl_root() {
+  etcdctl --endpoints="$ETCD_URL" --cacert "$PKI/ca.crt" --cert "$PKI/etcd-root.crt" \
+    --key "$PKI/etcd-root.key" "$@"
 }
 
 # ---------------------------------------------------------------- docker
@@ -359,15 +391,20 @@ etcd_up() {
   fi
   start_bg "$DIR/etcd.pid" "$DIR/etcd.log" etcd \
     --name topo-lab --data-dir "$DIR/etcd" \
-    --listen-client-urls "$ETCD_URL,http://127.0.0.1:2379" \
+    --listen-client-urls "$ETCD_URL,https://127.0.0.1:2379" \
     --advertise-client-urls "$ETCD_URL" \
     --listen-peer-urls http://127.0.0.1:2380 \
     --initial-advertise-peer-urls http://127.0.0.1:2380 \
     --initial-cluster topo-lab=http://127.0.0.1:2380 \
-    --initial-cluster-state new
+    --initial-cluster-state new \
+    --client-cert-auth --trusted-ca-file "$PKI/ca.crt" \
+    --cert-file "$PKI/etcd.crt" --key-file "$PKI/etcd.key"
   local n
   for ((n = 0; n < 300; n++)); do
-    etcdctl --endpoints="$ETCD_URL" --dial-timeout=1s --command-timeout=2s endpoint health >/dev/null 2>&1 && return 0
+    if etcdctl_root --dial-timeout=1s --command-timeout=2s endpoint health >/dev/null 2>&1; then
+      etcd_users || die "failed to set etcd's users and roles up"
+      return 0
+    fi
     is_alive "$(cat "$DIR/etcd.pid")" || break
     sleep 0.1
   done
@@ -388,14 +425,14 @@ controller_start() {
   fi
   local listening
   listening=$(ss -Hltn 2>/dev/null | awk '{print $4}' || true)
-  if grep -qE '^(192\.168\.100\.254|0\.0\.0\.0|\*|\[::\]):8080$' <<<"$listening"; then
-    die "something else already listens on port 8080 for $UL_ROOT_IP (healthz would lie)"
+  if grep -qE '^(192\.168\.100\.254|0\.0\.0\.0|\*|\[::\]):8443$' <<<"$listening"; then
+    die "something else already listens on port 8443 for $UL_ROOT_IP (healthz would lie)"
   fi
   log "topo-controller on $CTRL_LISTEN"
   # shellcheck disable=SC2086
   start_bg "$DIR/controller.pid" "$DIR/controller.log" env RUST_LOG="${RUST_LOG:-info}" \
-    "$TOPO_BIN/topo-controller" --etcd-endpoints "$ETCD_URL" --listen "$CTRL_LISTEN" \
-    ${TOPO_LAB_CONTROLLER_ARGS:-}
+    "$TOPO_BIN/topo-controller" --config "$PKI/controller.yaml" --etcd-endpoints "$ETCD_URL" \
+    --listen "$CTRL_LISTEN" ${TOPO_LAB_CONTROLLER_ARGS:-}
   local n pid
   pid=$(cat "$DIR/controller.pid")
   for ((n = 0; n < 600; n++)); do
@@ -434,7 +471,8 @@ agent_start() {
   # shellcheck disable=SC2086
   start_bg "$nd/agent.pid" "$nd/agent.log" ip netns exec "node$i" env RUST_LOG="${RUST_LOG:-info}" \
     "$TOPO_BIN/topo-agent" --node "node$i" --address "$UL_PREFIX.$i" --datapath netdev \
-    --etcd-endpoints "$ETCD_URL" --ovsdb "unix:$nd/db.sock" --docker "unix://$DOCKER_SOCK" \
+    --etcd-endpoints "$ETCD_URL" --etcd-ca "$PKI/ca.crt" --etcd-cert "$PKI/nodes/node$i.crt" \
+    --etcd-key "$PKI/nodes/node$i.key" --ovsdb "unix:$nd/db.sock" --docker "unix://$DOCKER_SOCK" \
     ${TOPO_LAB_AGENT_ARGS:-}
 }
 agent_check_alive() { # after a short while, the agents must still run
@@ -478,7 +516,12 @@ print_exports() {
   local n
   n=$(lab_nodes | wc -l)
   echo "export TOPO_SERVER=$CTRL_URL"
+  echo "export TOPO_CONFIG=$PKI/admin.yaml"
   echo "export TOPO_ETCD_ENDPOINTS=$ETCD_URL"
+  # etcdctl as the controller's etcd user (reads and writes topo's keys, no user admin).
+  echo "export ETCDCTL_CACERT=$PKI/ca.crt"
+  echo "export ETCDCTL_CERT=$PKI/controller-etcd.crt"
+  echo "export ETCDCTL_KEY=$PKI/controller-etcd.key"
   echo "export DOCKER_HOST=unix://$DOCKER_SOCK"
   echo "export TOPO_LAB_DIR=$DIR"
   echo "export TOPO_LAB_NODES=$n"
@@ -510,6 +553,7 @@ cmd_up() {
   [[ $nodes =~ ^[0-9]+$ ]] && ((nodes >= 1 && nodes <= 250)) || die "--nodes must be 1..250"
   [[ $(id -u) -eq 0 ]] || die "must run as root"
   ((${#DIR} < 80)) || die "TOPO_LAB_DIR too long for unix socket paths: $DIR"
+  need_bin topo-pki
   ((controller == 0)) || need_bin topo-controller
   ((agents == 0)) || need_bin topo-agent
   for c in ovs-vsctl ovsdb-server ovs-vswitchd ovsdb-tool etcd etcdctl dockerd containerd \
@@ -527,6 +571,7 @@ cmd_up() {
   mkdir -p "$DIR"
   printf 'NODES=%s\nAGENTS=%s\nCONTROLLER=%s\n' "$nodes" "$agents" "$controller" >"$DIR/lab.conf"
   : >"$DIR/netns.list"
+  pki_init $(seq 1 "$nodes")
   underlay_up
   for ((i = 1; i <= nodes; i++)); do node_up "$i"; done
   docker_up
@@ -549,6 +594,7 @@ cmd_add_node() {
   [[ -d $DIR && -S $DOCKER_SOCK ]] || die "no lab is up in $DIR"
   grep -q '^AGENTS=0' "$DIR/lab.conf" 2>/dev/null && agent=0
   ((agent == 0)) || need_bin topo-agent
+  pki_node "$i"
   node_up "$i"
   node_tcp_check "$i"
   if ((agent)); then

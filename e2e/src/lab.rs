@@ -8,7 +8,8 @@
 //! `TOPO_E2E_ISOLATE=0` runs the lab in the root namespace instead, exactly as `make lab-up`.
 //!
 //! Environment:
-//! - `TOPO_BIN`: where topo-controller, topo-agent and topoctl are (default `<repo>/target/debug`).
+//! - `TOPO_BIN`: where topo-controller, topo-agent, topoctl and topo-pki are (default
+//!   `<repo>/target/debug`).
 //! - `TOPO_E2E_ISOLATE=0`: no private namespace (see above).
 //! - `TOPO_E2E_KEEP=1`: leave the lab up at the end (the command to enter it is printed);
 //!   a failed scenario keeps its objects and no further scenario runs.
@@ -217,7 +218,11 @@ impl Lab {
         }
         for k in [
             "TOPO_SERVER",
+            "TOPO_CONFIG",
             "TOPO_ETCD_ENDPOINTS",
+            "ETCDCTL_CACERT",
+            "ETCDCTL_CERT",
+            "ETCDCTL_KEY",
             "DOCKER_HOST",
             "TOPO_LAB_DIR",
         ] {
@@ -263,17 +268,22 @@ impl Lab {
         self.nodes.load(Ordering::SeqCst)
     }
 
-    /// `http://192.168.100.254:8080`
+    /// `https://192.168.100.254:8443`
     pub fn server(&self) -> &str {
         self.exports
             .get("TOPO_SERVER")
-            .map_or("http://192.168.100.254:8080", String::as_str)
+            .map_or("https://192.168.100.254:8443", String::as_str)
     }
 
     pub fn etcd_endpoints(&self) -> &str {
         self.exports
             .get("TOPO_ETCD_ENDPOINTS")
-            .map_or("http://192.168.100.254:2379", String::as_str)
+            .map_or("https://192.168.100.254:2379", String::as_str)
+    }
+
+    /// The lab's PKI directory (`topo-pki init`'s layout).
+    pub fn pki_dir(&self) -> PathBuf {
+        self.dir.join("pki")
     }
 
     pub fn docker_host(&self) -> String {
@@ -310,6 +320,17 @@ impl Lab {
             .env("TOPO_SERVER", self.server())
             .env("TOPO_ETCD_ENDPOINTS", self.etcd_endpoints())
             .env("DOCKER_HOST", self.docker_host());
+        // topoctl as the lab's admin; etcdctl as the controller's etcd user (TLS, auth on).
+        for k in [
+            "TOPO_CONFIG",
+            "ETCDCTL_CACERT",
+            "ETCDCTL_CERT",
+            "ETCDCTL_KEY",
+        ] {
+            if let Some(v) = self.exports.get(k) {
+                c.env(k, v);
+            }
+        }
         c
     }
 
@@ -583,7 +604,25 @@ impl Lab {
     /// Every event the controller keeps (the API's JSON, which `topoctl events` shows).
     pub fn events(&self) -> Result<Vec<Event>, String> {
         let url = format!("{}{}/events", self.server(), topo_schema::api::API_PREFIX);
-        let out = self.sh("curl", &["-sS", "--fail", "--max-time", "20", &url]);
+        let pki = self.pki_dir();
+        let file = |f: &str| pki.join(f).display().to_string();
+        let (ca, cert, key) = (file("ca.crt"), file("admin.crt"), file("admin.key"));
+        let out = self.sh(
+            "curl",
+            &[
+                "-sS",
+                "--fail",
+                "--max-time",
+                "20",
+                "--cacert",
+                &ca,
+                "--cert",
+                &cert,
+                "--key",
+                &key,
+                &url,
+            ],
+        );
         if !out.success() {
             return Err(out.describe_failure());
         }
@@ -960,13 +999,14 @@ impl Drop for Lab {
         if self.keep && !self.is_down.load(Ordering::SeqCst) {
             let logs = self.save_logs();
             eprintln!(
-                "e2e[{}]: TOPO_E2E_KEEP: lab left up (logs also in {}). Enter it with:\n  {}export TOPO_SERVER={} DOCKER_HOST={} TOPO_LAB_DIR={}\nand tear it down with:\n  {}TOPO_LAB_DIR={} e2e/lab/lab.sh down{}",
+                "e2e[{}]: TOPO_E2E_KEEP: lab left up (logs also in {}). Enter it with:\n  {}export TOPO_SERVER={} TOPO_CONFIG={}/pki/admin.yaml DOCKER_HOST={} TOPO_LAB_DIR={}\nand tear it down with:\n  {}TOPO_LAB_DIR={} e2e/lab/lab.sh down{}",
                 self.name,
                 logs.display(),
                 self.holder_pid().map_or(String::new(), |p| format!(
                     "nsenter -t {p} -n -m bash   # then: "
                 )),
                 self.server(),
+                self.dir.display(),
                 self.docker_host(),
                 self.dir.display(),
                 self.holder_pid()
@@ -1084,7 +1124,7 @@ fn preflight(repo: &Path, bin: &Path, docker_cli: &str) {
             missing.join(", ")
         );
     }
-    let bins = ["topo-controller", "topo-agent", "topoctl"];
+    let bins = ["topo-controller", "topo-agent", "topoctl", "topo-pki"];
     let absent: Vec<&str> = bins
         .into_iter()
         .filter(|b| !bin.join(b).is_file())

@@ -63,8 +63,10 @@ pub async fn run(
         async move { register_node(&mut c, &node, cfg.address, cfg.datapath).await }
     })
     .await;
-    let Some(r) = registered else { return };
-    tracing::info!(node = %node, registration = ?r, "node registration checked");
+    if registered.is_none() {
+        return;
+    }
+    tracing::info!(node = %node, "node registration written");
 
     // 2. Heartbeat.
     let (lease_tx, lease_rx) = watch::channel(0i64);
@@ -89,7 +91,7 @@ pub async fn run(
 
     let store = SliceStore::new();
     let queue = WorkQueue::new();
-    let recorder = Recorder::new(Arc::new(EtcdEvents::new(client.clone())), &node);
+    let recorder = Recorder::new(Arc::new(EtcdEvents::new(client.clone(), &node)), &node);
     let ctx = Arc::new(Context::new(
         &node,
         backends.clone(),

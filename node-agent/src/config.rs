@@ -2,6 +2,7 @@
 //! environment variable, so the lab and a systemd unit can configure the agent either way.
 
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -18,7 +19,7 @@ pub struct Cli {
     #[arg(long, env = "TOPO_NODE")]
     pub node: String,
 
-    /// etcd client URLs, comma-separated.
+    /// etcd client URLs (https://HOST:PORT), comma-separated.
     #[arg(
         long,
         env = "TOPO_ETCD_ENDPOINTS",
@@ -27,8 +28,20 @@ pub struct Cli {
     )]
     pub etcd_endpoints: Vec<String>,
 
-    /// The node's underlay IPv4 address (registered as the Node's spec.address when the agent
-    /// creates the Node; the remote_ip of every GRE port towards this node).
+    /// The cluster CA that signed etcd's certificate.
+    #[arg(long, env = "TOPO_ETCD_CA")]
+    pub etcd_ca: PathBuf,
+
+    /// This node's certificate (CN=node:<name>: its etcd user; `topo-pki node` makes it).
+    #[arg(long, env = "TOPO_ETCD_CERT")]
+    pub etcd_cert: PathBuf,
+
+    /// The key of --etcd-cert.
+    #[arg(long, env = "TOPO_ETCD_KEY")]
+    pub etcd_key: PathBuf,
+
+    /// The node's underlay IPv4 address (registered for the controller, which creates the
+    /// Node with it when none exists; the remote_ip of every GRE port towards this node).
     #[arg(long, env = "TOPO_ADDRESS")]
     pub address: Ipv4Addr,
 
@@ -71,6 +84,10 @@ pub struct Cli {
 }
 
 impl Cli {
+    pub fn etcd_tls(&self) -> topo_pki::etcd::EtcdTls {
+        topo_pki::etcd::EtcdTls::new(&self.etcd_ca, &self.etcd_cert, &self.etcd_key)
+    }
+
     pub fn agent_config(&self) -> AgentConfig {
         AgentConfig {
             node: self.node.clone(),
@@ -142,7 +159,13 @@ mod tests {
             "--datapath",
             "netdev",
             "--etcd-endpoints",
-            "http://192.168.100.254:2379,http://127.0.0.1:2379",
+            "https://192.168.100.254:2379,https://127.0.0.1:2379",
+            "--etcd-ca",
+            "/lab/pki/ca.crt",
+            "--etcd-cert",
+            "/lab/pki/nodes/node1.crt",
+            "--etcd-key",
+            "/lab/pki/nodes/node1.key",
             "--ovsdb",
             "unix:/tmp/lab/node1/db.sock",
             "--docker",
@@ -176,6 +199,12 @@ mod tests {
                 "n",
                 "--etcd-endpoints",
                 "x",
+                "--etcd-ca",
+                "c",
+                "--etcd-cert",
+                "c",
+                "--etcd-key",
+                "k",
                 "--address",
                 "nope"
             ])

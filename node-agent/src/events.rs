@@ -1,6 +1,7 @@
 //! Events the agent records about the objects of its slice (`Started`, `DriftRepaired`,
-//! `ImagePullFailed`, ...), in the controller's layout: the key is
-//! `keys::object_events_prefix(kind, name)` followed by [`Event::dedup_id`], the value an
+//! `ImagePullFailed`, ...), under the node's own prefix (its etcd role reaches nothing
+//! else): the key is `keys::node_object_events_prefix(node, kind, name)` followed by
+//! [`Event::dedup_id`], the value an
 //! [`api::Event`](Event). A repeat of the same (reason, message, source) bumps `count` and
 //! `lastTimestamp` of the existing record instead of adding one. At most
 //! [`MAX_EVENTS_PER_OBJECT`] records are kept per object; the oldest go first.
@@ -100,11 +101,15 @@ impl Recorder {
 
 pub struct EtcdEvents {
     client: Client,
+    node: String,
 }
 
 impl EtcdEvents {
-    pub fn new(client: Client) -> Self {
-        EtcdEvents { client }
+    pub fn new(client: Client, node: &str) -> Self {
+        EtcdEvents {
+            client,
+            node: node.to_string(),
+        }
     }
 
     /// Deletes the oldest records (by `lastTimestamp`, as the controller does) of the object
@@ -150,7 +155,8 @@ impl EtcdEvents {
 impl EventSink for EtcdEvents {
     async fn publish(&self, event: Event) -> Result<(), EventError> {
         let object = event.object.to_string();
-        let prefix = keys::object_events_prefix(event.object.kind, &event.object.name);
+        let prefix =
+            keys::node_object_events_prefix(&self.node, event.object.kind, &event.object.name);
         let key = format!("{prefix}{}", event.dedup_id());
         let mut client = self.client.clone();
         let write = |source| EventError::Write {

@@ -1,7 +1,7 @@
 //! Node registration and the heartbeat lease.
 //!
-//! The agent registers its Node object when none exists (the controller never creates Nodes)
-//! and keeps `keys::heartbeat(node)` attached to an etcd lease it keeps alive every TTL/3. The
+//! The agent writes its registration (address, datapath) under its own key; the controller
+//! folds it into a Node object when none exists. It keeps `keys::heartbeat(node)` attached to an etcd lease it keeps alive every TTL/3. The
 //! controller folds Node Ready from that key: when the agent dies or loses etcd for longer
 //! than the TTL, the lease expires, the key goes and the Node turns NotReady.
 //!
@@ -18,31 +18,21 @@ use std::time::Duration;
 
 use backoff::backoff::Backoff;
 use chrono::Utc;
-use etcd_client::{
-    Client, Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp,
-};
+use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, PutOptions};
 use tokio::sync::watch;
-use topo_schema::api::Heartbeat;
+use topo_schema::api::{Heartbeat, Registration};
 use topo_schema::keys;
-use topo_schema::kinds::{Datapath, Kind, Node, NodeSpec, Object};
+use topo_schema::kinds::Datapath;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
-    #[error("failed to read Node {node}: {source}")]
-    Read {
+    #[error("failed to write the registration of node {node}: {source}")]
+    Write {
         node: String,
         #[source]
         source: etcd_client::Error,
     },
-    #[error("failed to create Node {node}: {source}")]
-    Create {
-        node: String,
-        #[source]
-        source: etcd_client::Error,
-    },
-    #[error("failed to create Node {node}: the fence moved {attempts} times")]
-    Contended { node: String, attempts: usize },
-    #[error("failed to encode Node {node}: {source}")]
+    #[error("failed to encode the registration of node {node}: {source}")]
     Encode {
         node: String,
         #[source]
@@ -50,122 +40,36 @@ pub enum RegisterError {
     },
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum Registration {
-    /// The agent created the Node object.
-    Created,
-    /// A Node object existed (written by a user or an earlier run); it is left as it is.
-    Existing { spec: Option<NodeSpec> },
-}
-
-/// The Node object an agent registers: what `topoctl apply` would have stored for
-/// `kind: Node` with the agent's flags, with the server-set metadata filled in.
-pub fn node_object(name: &str, address: Ipv4Addr, datapath: Datapath) -> Node {
-    let mut node = Object::new(Kind::Node, name, NodeSpec { address, datapath });
-    node.metadata.uid = Some(uuid::Uuid::new_v4().to_string());
-    node.metadata.generation = Some(1);
-    node.metadata.creation_timestamp = Some(Utc::now());
-    node
-}
-
-/// Creates `keys::object(Node, name)` unless it exists. Like every object write of the
-/// controller, it is fenced: one transaction compares the fence key's mod_revision (and that
-/// the Node does not exist, `create_revision == 0`), puts the Node and bumps the fence, so a
-/// controller computing on an older snapshot recomputes instead of overwriting it.
+/// Writes `keys::registration(name)`: the node's address and datapath as this agent's flags
+/// say. The agent may not write objects (its etcd role reaches only its own keys); the
+/// controller creates the Node from this when none exists, or keeps the existing Node and
+/// says so in an event when they differ. Written on every start: idempotent.
 pub async fn register_node(
     client: &mut Client,
     name: &str,
     address: Ipv4Addr,
     datapath: Datapath,
-) -> Result<Registration, RegisterError> {
-    let key = keys::object(Kind::Node, name);
-    let fence = keys::fence();
-    let value = serde_json::to_vec(&node_object(name, address, datapath)).map_err(|source| {
-        RegisterError::Encode {
-            node: name.into(),
-            source,
-        }
+) -> Result<(), RegisterError> {
+    let reg = Registration {
+        node: name.to_string(),
+        address,
+        datapath,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        time: Utc::now(),
+    };
+    let value = serde_json::to_vec(&reg).map_err(|source| RegisterError::Encode {
+        node: name.into(),
+        source,
     })?;
-    let fence_value =
-        serde_json::to_vec(&keys::Fence::default()).map_err(|source| RegisterError::Encode {
+    client
+        .put(keys::registration(name), value, None)
+        .await
+        .map_err(|source| RegisterError::Write {
             node: name.into(),
             source,
         })?;
-    let create = |source| RegisterError::Create {
-        node: name.into(),
-        source,
-    };
-    for attempt in 0..REGISTER_ATTEMPTS {
-        let resp = client
-            .get(key.clone(), None)
-            .await
-            .map_err(|source| RegisterError::Read {
-                node: name.into(),
-                source,
-            })?;
-        if let Some(kv) = resp.kvs().first() {
-            return Ok(existing(name, address, datapath, kv.value()));
-        }
-        let f = client.get(fence.clone(), None).await.map_err(create)?;
-        let (fence_rev, pending) = match f.kvs().first() {
-            Some(kv) => {
-                let pending = serde_json::from_slice::<keys::Fence>(kv.value())
-                    .ok()
-                    .and_then(|f| f.pending_intent);
-                (kv.mod_revision(), pending)
-            }
-            None => (0, None),
-        };
-        if pending.is_some() {
-            // A controller is rolling a large change forward; it clears the fence when done.
-            tracing::debug!(
-                node = name,
-                attempt,
-                "fence names a pending intent; waiting"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        }
-        let txn = Txn::new()
-            .when([
-                Compare::mod_revision(fence.clone(), CompareOp::Equal, fence_rev),
-                Compare::create_revision(key.clone(), CompareOp::Equal, 0),
-            ])
-            .and_then([
-                TxnOp::put(key.clone(), value.clone(), None),
-                TxnOp::put(fence.clone(), fence_value.clone(), None),
-            ]);
-        if client.txn(txn).await.map_err(create)?.succeeded() {
-            tracing::info!(node = name, %address, datapath = datapath.ovs_type(), "registered Node");
-            return Ok(Registration::Created);
-        }
-        // The fence moved or the Node appeared: look again.
-    }
-    Err(RegisterError::Contended {
-        node: name.into(),
-        attempts: REGISTER_ATTEMPTS,
-    })
-}
-
-const REGISTER_ATTEMPTS: usize = 50;
-
-fn existing(name: &str, address: Ipv4Addr, datapath: Datapath, value: &[u8]) -> Registration {
-    let spec = serde_json::from_slice::<serde_json::Value>(value)
-        .ok()
-        .and_then(|v| v.get("spec").cloned())
-        .and_then(|s| serde_json::from_value::<NodeSpec>(s).ok());
-    match &spec {
-        Some(s) if s.address != address || s.datapath != datapath => tracing::warn!(
-            node = name,
-            flag_address = %address,
-            node_address = %s.address,
-            flag_datapath = datapath.ovs_type(),
-            node_datapath = s.datapath.ovs_type(),
-            "the Node object differs from the agent's flags; the Node object is in force"
-        ),
-        _ => {}
-    }
-    Registration::Existing { spec }
+    tracing::info!(node = name, %address, datapath = datapath.ovs_type(), "registration written");
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]

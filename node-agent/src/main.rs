@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::Client;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
@@ -52,8 +52,12 @@ async fn main() -> anyhow::Result<()> {
     };
 
     // The channel connects lazily: an agent may start before etcd and catches up.
-    let options = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(3))
+    // TLS with the node's own identity: its etcd user may read only this node's slice.
+    topo_pki::etcd::check_endpoints(&cli.etcd_endpoints)?;
+    let options = cli
+        .etcd_tls()
+        .connect_options()
+        .context("failed to load the node's etcd identity")?
         .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
         .with_keep_alive_while_idle(true);
     let client = Client::connect(&cli.etcd_endpoints, Some(options))

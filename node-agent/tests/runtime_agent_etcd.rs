@@ -12,10 +12,10 @@ use runtime_support::{Fakes, NODE, slice};
 use tokio::sync::{oneshot, watch};
 use topo_agent::agent::{AgentConfig, run};
 use topo_agent::events::{EtcdEvents, EventSink, MAX_EVENTS_PER_OBJECT, Recorder};
-use topo_agent::heartbeat::{HeartbeatConfig, Registration, register_node, run_heartbeat};
-use topo_schema::api::{Event, Heartbeat, ObservedReport};
+use topo_agent::heartbeat::{HeartbeatConfig, register_node, run_heartbeat};
+use topo_schema::api::{Event, Heartbeat, ObservedReport, Registration};
 use topo_schema::keys;
-use topo_schema::kinds::{Datapath, Kind, ObjectRef, Resource};
+use topo_schema::kinds::{Datapath, Kind, ObjectRef};
 use topo_schema::slice::{SliceEntry, SliceEnvelope};
 
 async fn get_json<T: serde::de::DeserializeOwned>(c: &mut Client, key: &str) -> Option<T> {
@@ -36,66 +36,40 @@ async fn put_entry(c: &mut Client, e: &SliceEntry) {
 }
 
 #[tokio::test]
-async fn registration_is_fenced_and_happens_once() {
+async fn registration_is_written_under_the_nodes_own_key() {
     let etcd = Etcd::start().await;
-    let mut c = etcd.client().await;
-    let r = register_node(
-        &mut c,
+    let mut agent = etcd.agent_client().await;
+    register_node(
+        &mut agent,
         NODE,
         "192.168.100.1".parse().unwrap(),
         Datapath::Netdev,
     )
     .await
     .unwrap();
-    assert_eq!(r, Registration::Created);
-    let v: serde_json::Value = get_json(&mut c, &keys::object(Kind::Node, NODE))
-        .await
-        .unwrap();
-    let node = Resource::from_value(v).unwrap();
-    assert_eq!(node.kind(), Kind::Node);
-    let m = node.metadata();
-    assert_eq!(m.generation, Some(1));
-    assert!(m.uid.is_some() && m.creation_timestamp.is_some());
+    let mut c = etcd.client().await;
+    let reg: Registration = get_json(&mut c, &keys::registration(NODE)).await.unwrap();
+    assert_eq!(reg.node, NODE);
+    assert_eq!(reg.address.to_string(), "192.168.100.1");
+    assert_eq!(reg.datapath, Datapath::Netdev);
     assert!(
-        m.resource_version.is_none(),
-        "the revision is the resourceVersion; not stored"
-    );
-    assert!(node.status_value().is_null());
-    assert_eq!(node.spec_value()["address"], "192.168.100.1");
-    assert_eq!(node.spec_value()["datapath"], "netdev");
-    let fence = c.get(keys::fence(), None).await.unwrap();
-    let node_rev = c
-        .get(keys::object(Kind::Node, NODE), None)
-        .await
-        .unwrap()
-        .kvs()[0]
-        .mod_revision();
-    assert_eq!(
-        fence.kvs()[0].mod_revision(),
-        node_rev,
-        "the fence moved in the same transaction"
-    );
-
-    // Existing (here: with other flags): left as it is.
-    let r = register_node(
-        &mut c,
-        NODE,
-        "192.168.100.9".parse().unwrap(),
-        Datapath::System,
-    )
-    .await
-    .unwrap();
-    assert!(
-        matches!(r, Registration::Existing { spec: Some(s) } if s.address.to_string() == "192.168.100.1")
-    );
-    assert_eq!(
         c.get(keys::object(Kind::Node, NODE), None)
             .await
             .unwrap()
-            .kvs()[0]
-            .mod_revision(),
-        node_rev
+            .kvs()
+            .is_empty(),
+        "the agent does not write Node objects; the controller folds the registration"
     );
+    // The agent's identity cannot register (nor create) another node.
+    let err = register_node(
+        &mut agent,
+        "node2",
+        "192.168.100.2".parse().unwrap(),
+        Datapath::Netdev,
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{err:?}").contains("permission denied"), "{err:?}");
 }
 
 #[tokio::test]
@@ -105,7 +79,7 @@ async fn the_heartbeat_survives_a_lost_lease_and_is_revoked_on_shutdown() {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (lease_tx, mut lease_rx) = watch::channel(0i64);
     let hb = tokio::spawn(run_heartbeat(
-        etcd.client().await,
+        etcd.agent_client().await,
         HeartbeatConfig {
             node: NODE.into(),
             ttl: Duration::from_secs(3),
@@ -163,7 +137,7 @@ async fn events_fold_repeats_and_stay_bounded() {
     let etcd = Etcd::start().await;
     let mut c = etcd.client().await;
     let rec = Recorder::new(
-        std::sync::Arc::new(EtcdEvents::new(etcd.client().await)),
+        std::sync::Arc::new(EtcdEvents::new(etcd.agent_client().await, NODE)),
         NODE,
     );
     let obj = ObjectRef::new(Kind::Tunnel, "overlay-node1-node2");
@@ -175,7 +149,7 @@ async fn events_fold_repeats_and_stay_bounded() {
         )
         .await;
     }
-    let prefix = keys::object_events_prefix(Kind::Tunnel, "overlay-node1-node2");
+    let prefix = keys::node_object_events_prefix(NODE, Kind::Tunnel, "overlay-node1-node2");
     let r = c
         .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
         .await
@@ -187,7 +161,7 @@ async fn events_fold_repeats_and_stay_bounded() {
     assert!(r.kvs()[0].key_str().unwrap().ends_with(&e.dedup_id()));
     assert!(e.last_timestamp >= e.first_timestamp);
 
-    let sink = EtcdEvents::new(etcd.client().await);
+    let sink = EtcdEvents::new(etcd.agent_client().await, NODE);
     for i in 0..(MAX_EVENTS_PER_OBJECT + 5) {
         let mut ev = e.clone();
         ev.message = format!("message {i}");
@@ -235,7 +209,7 @@ async fn the_agent_follows_its_slice_and_reports_through_etcd() {
     let (ready_tx, ready_rx) = oneshot::channel();
     let agent = tokio::spawn(run(
         cfg,
-        etcd.client().await,
+        etcd.agent_client().await,
         f.backends(),
         stop_rx,
         Some(ready_tx),
@@ -268,7 +242,7 @@ async fn the_agent_follows_its_slice_and_reports_through_etcd() {
             .is_some()
     );
     assert!(
-        get_json::<serde_json::Value>(&mut c, &keys::object(Kind::Node, NODE))
+        get_json::<Registration>(&mut c, &keys::registration(NODE))
             .await
             .is_some(),
         "registered"
@@ -289,8 +263,8 @@ async fn the_agent_follows_its_slice_and_reports_through_etcd() {
         },
     )
     .await;
-    // Events went to etcd in the controller's layout.
-    let ev_prefix = keys::object_events_prefix(Kind::Container, "web");
+    // Events went to etcd under the node's own prefix.
+    let ev_prefix = keys::node_object_events_prefix(NODE, Kind::Container, "web");
     let stored = c
         .get(ev_prefix, Some(GetOptions::new().with_prefix()))
         .await

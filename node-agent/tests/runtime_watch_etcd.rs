@@ -115,7 +115,7 @@ async fn lists_watches_resumes_and_relists() {
 
     let cut = Arc::new(AtomicBool::new(false));
     let source = Cuttable {
-        inner: slice_source(etcd.client().await, NODE),
+        inner: slice_source(etcd.agent_client().await, NODE),
         cut: cut.clone(),
     };
     let store = SliceStore::new();
@@ -246,7 +246,7 @@ async fn a_large_slice_lists_in_pages_at_one_revision() {
         )
         .await;
     }
-    let mut source = slice_source(etcd.client().await, NODE);
+    let mut source = slice_source(etcd.agent_client().await, NODE);
     let listing = source.list().await.unwrap();
     assert_eq!(listing.kvs.len(), 1234);
     assert_eq!(listing.kvs[0].key, "bridges/n0000");

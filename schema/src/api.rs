@@ -83,6 +83,10 @@ pub struct ApplyResponse {
 #[serde(rename_all = "camelCase")]
 pub struct ListMeta {
     pub resource_version: String,
+    /// Set when the list was cut at `limit`: pass it as `continue` for the next page (the
+    /// pages of one list are all at `resourceVersion`).
+    #[serde(default, rename = "continue", skip_serializing_if = "Option::is_none")]
+    pub continue_: Option<String>,
 }
 
 /// `{"apiVersion":"topo.dev/v1alpha1","kind":"List","items":[...]}`
@@ -97,12 +101,21 @@ pub struct List<T> {
 }
 
 impl<T> List<T> {
+    /// The token of the next page, if the list was cut.
+    pub fn continue_token(&self) -> Option<&str> {
+        self.metadata
+            .as_ref()
+            .and_then(|m| m.continue_.as_deref())
+            .filter(|c| !c.is_empty())
+    }
+
     pub fn new(items: Vec<T>, resource_version: Option<String>) -> Self {
         List {
             api_version: crate::API_VERSION.to_string(),
             kind: "List".to_string(),
             metadata: resource_version.map(|rv| ListMeta {
                 resource_version: rv,
+                continue_: None,
             }),
             items,
         }
@@ -147,6 +160,12 @@ pub enum ErrorReason {
     /// Not the leader / etcd unreachable: retry.
     ServiceUnavailable,
     InternalError,
+    /// No (valid) credentials: HTTP 401.
+    Unauthorized,
+    /// Authenticated, but the role does not allow it; also a quota that is full: HTTP 403.
+    Forbidden,
+    /// Too many concurrent requests of a kind (watches): HTTP 429.
+    TooManyRequests,
 }
 
 impl ErrorReason {
@@ -160,6 +179,9 @@ impl ErrorReason {
             ErrorReason::RequestEntityTooLarge => 413,
             ErrorReason::ServiceUnavailable => 503,
             ErrorReason::InternalError => 500,
+            ErrorReason::Unauthorized => 401,
+            ErrorReason::Forbidden => 403,
+            ErrorReason::TooManyRequests => 429,
         }
     }
 }
@@ -321,6 +343,19 @@ pub struct ObservedReport {
     /// For links: the endpoint programmed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    pub time: DateTime<Utc>,
+}
+
+/// Value of `keys::registration(node)`: what an agent that starts says about its node. The
+/// controller creates the Node from it when none exists (agents may not write objects), then
+/// deletes the key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Registration {
+    pub node: String,
+    pub address: std::net::Ipv4Addr,
+    pub datapath: crate::kinds::Datapath,
+    pub agent_version: String,
     pub time: DateTime<Utc>,
 }
 

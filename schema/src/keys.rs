@@ -9,7 +9,10 @@
 //! /topo/v1/slices/<node>/<entry>             the node's slice (see slice.rs)
 //! /topo/v1/reports/<node>/<Kind>/<name>      what the node's agent observed
 //! /topo/v1/heartbeats/<node>                 agent heartbeat, bound to its lease
-//! /topo/v1/events/<Kind>/<name>/<id>         events, bounded
+//! /topo/v1/registrations/<node>              an agent's registration (address, datapath),
+//!                                            folded into a Node by the controller
+//! /topo/v1/events/<Kind>/<name>/<id>         events the controller records, bounded
+//! /topo/v1/events/node/<node>/<Kind>/<name>/<id>  events node <node>'s agent records
 //! /topo/v1/leader                            controller election
 //! /topo/v1/fence                             bumped by every fenced write (optimistic lock)
 //! /topo/v1/txlog/<id>/...                    intent log of change sets too large for one txn
@@ -19,6 +22,11 @@
 //! ipam, leader, objects, objstatus, reports) sorts inside [`CACHE_RANGE_START`,
 //! [`CACHE_RANGE_END`]), so one etcd watch sees each transaction whole; slices, events and
 //! the intent log sort outside it.
+//!
+//! Everything one node's agent may touch is a prefix (or a single key) that names the node
+//! first, so an etcd role can grant exactly that node's share (see `topo-pki`'s etcd roles):
+//! read `slices/<node>/`; read and write `reports/<node>/`, `heartbeats/<node>`,
+//! `registrations/<node>` and `events/node/<node>/`.
 
 use std::net::Ipv4Addr;
 
@@ -96,6 +104,30 @@ pub fn events_prefix() -> String {
 }
 pub fn object_events_prefix(kind: Kind, name: &str) -> String {
     format!("{}{}/{name}/", events_prefix(), kind.as_str())
+}
+/// Events agents record live under a per-node prefix (an etcd role grants one node its own);
+/// controller events are keyed by kind, which starts with an upper-case letter, so the
+/// lower-case `node/` never meets them.
+pub fn all_node_events_prefix() -> String {
+    format!("{}node/", events_prefix())
+}
+pub fn node_events_prefix(node: &str) -> String {
+    format!("{}{node}/", all_node_events_prefix())
+}
+pub fn node_object_events_prefix(node: &str, kind: Kind, name: &str) -> String {
+    format!("{}{}/{name}/", node_events_prefix(node), kind.as_str())
+}
+pub fn registrations_prefix() -> String {
+    format!("{ROOT}registrations/")
+}
+pub fn registration(node: &str) -> String {
+    format!("{}{node}", registrations_prefix())
+}
+/// Parses `<ROOT>registrations/<node>`.
+pub fn parse_registration_key(key: &str) -> Option<&str> {
+    key.strip_prefix(ROOT)?
+        .strip_prefix("registrations/")
+        .filter(|n| !n.is_empty() && !n.contains('/'))
 }
 pub fn leader() -> String {
     format!("{ROOT}leader")
@@ -244,6 +276,12 @@ mod tests {
             })
         );
         assert_eq!(parse_heartbeat_key(&heartbeat("node1")), Some("node1"));
+        assert_eq!(
+            parse_registration_key(&registration("node1")),
+            Some("node1")
+        );
+        // A node's events never fall under another object's controller events.
+        assert!(!node_events_prefix("n").starts_with(&object_events_prefix(Kind::Node, "n")));
     }
 
     #[test]
@@ -258,12 +296,14 @@ mod tests {
             object(Kind::Tunnel, "t"),
             status(Kind::Tunnel, "t"),
             report("n", Kind::Container, "c"),
+            registration("n"),
         ] {
             assert!(inside(&k), "{k} must be cached");
         }
         for k in [
             slice_entry("n", "x"),
             object_events_prefix(Kind::Node, "n"),
+            node_object_events_prefix("n", Kind::Node, "n"),
             intent_committed("i"),
         ] {
             assert!(!inside(&k), "{k} must not be cached");

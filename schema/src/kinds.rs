@@ -136,6 +136,10 @@ pub struct NodeSpec {
     pub address: Ipv4Addr,
     #[serde(default)]
     pub datapath: Datapath,
+    /// Host ports no container may publish on this node. Absent: 22, 2379, 2380 and 8443
+    /// (ssh, etcd, the API; `hostports::DEFAULT_RESERVED_PORTS`); `[]` reserves nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_ports: Option<Vec<u16>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -10,9 +10,11 @@
 //! * [`api`]: the wire types of the controller's HTTP API.
 
 pub mod api;
+pub mod hostports;
 pub mod jsonschema;
 pub mod keys;
 pub mod kinds;
+pub mod limits;
 pub mod manifest;
 pub mod meta;
 pub mod names;

@@ -1686,7 +1686,7 @@ mod tests {
         assert_eq!(
             c,
             vec![
-                "x.yaml:7:3: node/node1: spec: unknown field \"colour\" (expected one of: address, datapath)"
+                "x.yaml:7:3: node/node1: spec: unknown field \"colour\" (expected one of: address, datapath, reservedPorts)"
             ]
         );
     }

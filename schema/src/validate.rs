@@ -98,6 +98,7 @@ pub fn validate_object(r: &Resource) -> Vec<FieldError> {
         Resource::Link(o) => check_link(&o.spec, &mut e),
         Resource::Tunnel(o) => check_tunnel(&o.spec, &mut e),
     }
+    e.0.extend(crate::limits::check(r));
     e.0
 }
 
@@ -634,6 +635,7 @@ pub fn validate_consistency(
         }
     }
     out.extend(state.deleted_networks_in_use(changed));
+    out.extend(crate::hostports::check_reserved(all, changed));
     out
 }
 
@@ -1060,6 +1062,7 @@ mod tests {
             NodeSpec {
                 address: addr.parse().unwrap(),
                 datapath: Datapath::System,
+                reserved_ports: None,
             },
         ))
     }

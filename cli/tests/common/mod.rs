@@ -1,8 +1,8 @@
-//! topoctl's integration harness: a real etcd on free loopback ports with a temp data dir,
-//! the controller in-process, and the real `topoctl` binary run against them.
+//! topoctl's integration harness: a real etcd (TLS, auth) on free loopback ports with a temp
+//! data dir, the controller in-process over HTTPS, and the real `topoctl` binary run against
+//! them with the admin identity of the test PKI (TOPO_CONFIG).
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -11,90 +11,34 @@ use tokio::io::AsyncWriteExt;
 use topo_schema::api::{Heartbeat, ObservedReport};
 use topo_schema::{Kind, ObjectRef, keys};
 
-pub const ETCD_BIN: &str = "/usr/bin/etcd";
 pub const TOPOCTL: &str = env!("CARGO_BIN_EXE_topoctl");
 
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
-}
-
-/// A single-member etcd owned by the test; killed on drop.
-pub struct Etcd {
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-    pub endpoint: String,
-}
+/// A single-member etcd owned by the test, on the secure path (TLS, client certificates,
+/// auth on); killed on drop. `client()` is etcd's root, for playing agents and inspection.
+pub struct Etcd(topo_pki::testing::SecureEtcd);
 
 impl Etcd {
     /// Fails the test when etcd is missing: these tests need the real thing.
     pub async fn start() -> Etcd {
-        assert!(
-            Path::new(ETCD_BIN).exists(),
-            "{ETCD_BIN} not found: install etcd-server (apt-get install etcd-server) to run topoctl's tests"
-        );
-        let dir = tempfile::tempdir().expect("temp dir for etcd");
-        let (cport, pport) = (free_port(), free_port());
-        let endpoint = format!("http://127.0.0.1:{cport}");
-        let peer = format!("http://127.0.0.1:{pport}");
-        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log file");
-        let child = std::process::Command::new(ETCD_BIN)
-            .args(["--name", "test", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args([
-                "--listen-client-urls",
-                &endpoint,
-                "--advertise-client-urls",
-                &endpoint,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .arg("--initial-cluster")
-            .arg(format!("test={peer}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("failed to start etcd");
-        let mut etcd = Etcd {
-            child,
-            _dir: dir,
-            endpoint,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(mut c) = etcd_client::Client::connect([etcd.endpoint.as_str()], None).await
-                && c.status().await.is_ok()
-            {
-                return etcd;
-            }
-            if let Ok(Some(status)) = etcd.child.try_wait() {
-                panic!("etcd exited with {status}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "etcd did not answer within 30s at {}",
-                etcd.endpoint
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        Etcd(topo_pki::testing::SecureEtcd::start(&["node1", "node2"]).await)
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.0.endpoints()
+    }
+
+    pub fn pki_dir(&self) -> PathBuf {
+        self.0.pki_dir()
     }
 
     pub async fn client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect([self.endpoint.as_str()], None)
-            .await
-            .expect("connect to test etcd")
+        self.0.client().await
     }
 }
 
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The topoctl configuration of `who` (admin.yaml, viewer.yaml from topo-pki init).
+pub fn config_of(who: &str) -> PathBuf {
+    topo_pki::layout::topoctl_config(&topo_pki::testing::shared_pki(), who)
 }
 
 /// etcd, a controller, and a scratch directory for manifests.
@@ -154,7 +98,7 @@ pub async fn run_command(mut cmd: tokio::process::Command, stdin: &str) -> Out {
 impl Lab {
     pub async fn start() -> Lab {
         let etcd = Etcd::start().await;
-        let server = topo_controller::serve_for_test(std::slice::from_ref(&etcd.endpoint))
+        let server = topo_controller::serve_for_test(&etcd.endpoints(), &etcd.pki_dir())
             .await
             .expect("start the controller");
         Lab {
@@ -180,18 +124,25 @@ impl Lab {
     }
 
     pub async fn topoctl_stdin(&self, args: &[&str], stdin: &str) -> Out {
+        self.topoctl_as("admin", args, stdin).await
+    }
+
+    /// Runs topoctl with `who`'s configuration (admin, viewer) against this controller.
+    pub async fn topoctl_as(&self, who: &str, args: &[&str], stdin: &str) -> Out {
         let mut all = vec!["--server", self.url()];
         all.extend_from_slice(args);
-        run_command(topoctl_command(self.dir.path(), &all), stdin).await
+        let mut cmd = topoctl_command(self.dir.path(), &all);
+        cmd.env("TOPO_CONFIG", config_of(who));
+        run_command(cmd, stdin).await
     }
 
     /// Spawns topoctl (for --wait and -w), output piped.
     pub fn spawn(&self, args: &[&str]) -> tokio::process::Child {
         let mut all = vec!["--server", self.url()];
         all.extend_from_slice(args);
-        topoctl_command(self.dir.path(), &all)
-            .spawn()
-            .expect("spawn topoctl")
+        let mut cmd = topoctl_command(self.dir.path(), &all);
+        cmd.env("TOPO_CONFIG", config_of("admin"));
+        cmd.spawn().expect("spawn topoctl")
     }
 
     /// Plays a node agent: a heartbeat for `node`.

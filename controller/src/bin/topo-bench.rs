@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, ValueEnum};
-use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use etcd_client::{EventType, GetOptions, WatchOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use topo_controller::ipam;
 use topo_controller::planner::{self, Desired};
@@ -236,12 +236,27 @@ async fn bench_one(args: &Args, controller_bin: &Path, size: Size) -> Result<Out
     drop(plan);
     drop(resources);
 
-    // etcd.
+    // The PKI, etcd with TLS, client certificates and auth, the controller over HTTPS: the
+    // secure path, as deployed.
     let client_port = free_port()?;
     let peer_port = free_port()?;
-    let endpoint = format!("http://127.0.0.1:{client_port}");
+    let endpoint = format!("https://127.0.0.1:{client_port}");
     let peer = format!("http://127.0.0.1:{peer_port}");
+    let pki = dir.0.join("pki");
+    let api: SocketAddr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    topo_pki::init::init(&topo_pki::init::InitOptions {
+        dir: pki.clone(),
+        cluster: "bench".into(),
+        controller_sans: vec!["127.0.0.1".into()],
+        etcd_sans: vec!["127.0.0.1".into()],
+        nodes: vec![],
+        server: format!("https://{api}"),
+        etcd_endpoints: vec![endpoint.clone()],
+        days: 2,
+        force: false,
+    })?;
     let etcd_log = std::fs::File::create(dir.0.join("etcd.log"))?;
+    let server = topo_pki::layout::etcd_server(&pki);
     let _etcd = Proc(
         Command::new(&args.etcd_bin)
             .arg("--name")
@@ -258,13 +273,22 @@ async fn bench_one(args: &Args, controller_bin: &Path, size: Size) -> Result<Out
             .arg(&peer)
             .arg("--initial-cluster")
             .arg(format!("bench={peer}"))
+            .arg("--client-cert-auth")
+            .arg("--trusted-ca-file")
+            .arg(topo_pki::layout::ca(&pki).cert)
+            .arg("--cert-file")
+            .arg(&server.cert)
+            .arg("--key-file")
+            .arg(&server.key)
             .stdout(Stdio::null())
             .stderr(Stdio::from(etcd_log))
             .spawn()
             .context("failed to start etcd")?,
     );
-    let client = loop {
-        if let Ok(mut c) = Client::connect([endpoint.as_str()], None).await
+    let root = topo_pki::etcd::EtcdTls::from_pair(&pki, &topo_pki::layout::etcd_root(&pki));
+    let endpoints = [endpoint.clone()];
+    let mut client = loop {
+        if let Ok(mut c) = topo_pki::etcd::connect(&endpoints, &root).await
             && c.status().await.is_ok()
         {
             break c;
@@ -277,12 +301,14 @@ async fn bench_one(args: &Args, controller_bin: &Path, size: Size) -> Result<Out
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    topo_pki::etcd::setup(&mut client, &[]).await?;
 
     // The controller.
-    let api: SocketAddr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let ctl_log = std::fs::File::create(dir.0.join("controller.log"))?;
     let controller = Proc(
         Command::new(controller_bin)
+            .arg("--config")
+            .arg(topo_pki::layout::controller_config(&pki))
             .arg("--etcd-endpoints")
             .arg(&endpoint)
             .arg("--listen")
@@ -296,8 +322,9 @@ async fn bench_one(args: &Args, controller_bin: &Path, size: Size) -> Result<Out
             .context("failed to start the controller")?,
     );
     let pid = controller.0.id();
+    let https = Https::admin(&pki)?;
     loop {
-        if let Ok((200, _)) = http(api, "GET", "/healthz", None).await {
+        if let Ok((200, _)) = https.request(api, "GET", "/healthz", None).await {
             break;
         }
         if Instant::now() > deadline {
@@ -351,7 +378,9 @@ async fn bench_one(args: &Args, controller_bin: &Path, size: Size) -> Result<Out
     let manifest_bytes = body.len();
     let started = Instant::now();
     let apply = tokio::spawn(async move {
-        let r = http(api, "POST", "/apis/topo.dev/v1alpha1/apply", Some(body)).await;
+        let r = https
+            .request(api, "POST", "/apis/topo.dev/v1alpha1/apply", Some(body))
+            .await;
         (r, started.elapsed())
     });
 
@@ -463,35 +492,59 @@ fn vm_hwm(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// A bare HTTP/1.1 request (`Connection: close`): the status and the raw body.
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: Option<Vec<u8>>,
-) -> Result<(u16, Vec<u8>)> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    let body = body.unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await?;
-    s.write_all(&body).await?;
-    let mut resp = vec![];
-    s.read_to_end(&mut resp).await?;
-    let text = String::from_utf8_lossy(&resp[..resp.len().min(64)]);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| anyhow!("malformed HTTP response"))?;
-    let split = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| p + 4)
-        .unwrap_or(resp.len());
-    Ok((status, resp[split..].to_vec()))
+/// A bare HTTP/1.1 client over TLS with the admin identity (`Connection: close`).
+struct Https(tokio_rustls::TlsConnector);
+
+impl Https {
+    fn admin(pki: &std::path::Path) -> Result<Https> {
+        let admin = topo_pki::layout::admin(pki);
+        let cfg = topo_pki::tls::client_config(
+            &topo_pki::layout::ca(pki).cert,
+            Some((&admin.cert, &admin.key)),
+        )?;
+        Ok(Https(tokio_rustls::TlsConnector::from(
+            std::sync::Arc::new(cfg),
+        )))
+    }
+
+    /// The status and the raw body.
+    async fn request(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, Vec<u8>)> {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let mut s = self.0.connect(name, tcp).await?;
+        let body = body.unwrap_or_default();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await?;
+        s.write_all(&body).await?;
+        let mut resp = vec![];
+        // A server that closes without close_notify still sent the whole response.
+        match s.read_to_end(&mut resp).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !resp.is_empty() => {}
+            Err(e) => return Err(e.into()),
+        }
+        let text = String::from_utf8_lossy(&resp[..resp.len().min(64)]);
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| anyhow!("malformed HTTP response"))?;
+        let split = resp
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|p| p + 4)
+            .unwrap_or(resp.len());
+        Ok((status, resp[split..].to_vec()))
+    }
 }
 
 /// The bench manifest: `nodes` nodes, networks `net-a` (every container) and `net-b` (half of

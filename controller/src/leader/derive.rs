@@ -148,6 +148,7 @@ impl Leader {
     /// would keep two copies of every object alive.
     async fn reconcile(&mut self, snap: Arc<Snapshot>) -> Result<(), LeaderError> {
         let revision = snap.revision;
+        crate::registration::fold(&self.committer, &snap).await;
         let span = tracing::debug_span!("reconcile", revision);
         async {
             let started = Instant::now();

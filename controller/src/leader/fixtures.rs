@@ -18,6 +18,7 @@ pub(super) fn node(name: &str, addr: &str) -> Resource {
         NodeSpec {
             address: addr.parse().unwrap(),
             datapath: Datapath::System,
+            reserved_ports: None,
         },
     ))
 }

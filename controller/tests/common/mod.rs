@@ -1,121 +1,48 @@
-//! Shared helpers for the controller's integration tests: a real etcd on free loopback ports
-//! with a temporary data dir, and small HTTP helpers.
+//! Shared helpers for the controller's integration tests: a real etcd (TLS, auth) on free
+//! loopback ports with a temporary data dir, and small HTTPS helpers.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-pub const ETCD_BIN: &str = "/usr/bin/etcd";
+use topo_pki::testing::SecureEtcd;
 
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
-}
-
-/// A single-member etcd owned by the test; killed on drop.
-pub struct Etcd {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    pub endpoint: String,
-    client_port: u16,
-    peer_port: u16,
-}
+/// A single-member etcd owned by the test on the secure path (TLS, client certificates,
+/// auth on, the controller's etcd user); killed on drop. `client()` is etcd's root, for
+/// set-up and inspection; the controller under test uses its own identity.
+pub struct Etcd(SecureEtcd);
 
 impl Etcd {
     /// Starts etcd and waits until it answers. Panics (fails the test) when etcd is missing:
     /// these tests need the real thing (`apt-get install etcd-server`).
     pub async fn start() -> Etcd {
-        assert!(
-            std::path::Path::new(ETCD_BIN).exists(),
-            "{ETCD_BIN} not found: install etcd-server (apt-get install etcd-server) to run the controller tests"
-        );
-        let dir = tempfile::tempdir().expect("temp dir for etcd");
-        let mut e = Etcd {
-            child: None,
-            dir,
-            endpoint: String::new(),
-            client_port: free_port(),
-            peer_port: free_port(),
-        };
-        e.endpoint = format!("http://127.0.0.1:{}", e.client_port);
-        e.spawn().await;
-        e
+        Etcd(SecureEtcd::start(&["node1", "node2", "node3"]).await)
     }
 
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    async fn spawn(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join("etcd.log")).expect("etcd log file");
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(ETCD_BIN)
-            .arg("--name")
-            .arg("test")
-            .arg("--data-dir")
-            .arg(self.data_dir())
-            .arg("--listen-client-urls")
-            .arg(&self.endpoint)
-            .arg("--advertise-client-urls")
-            .arg(&self.endpoint)
-            .arg("--listen-peer-urls")
-            .arg(&peer)
-            .arg("--initial-advertise-peer-urls")
-            .arg(&peer)
-            .arg("--initial-cluster")
-            .arg(format!("test={peer}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("failed to start etcd");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(mut c) = etcd_client::Client::connect([self.endpoint.as_str()], None).await
-                && c.status().await.is_ok()
-            {
-                return;
-            }
-            if let Some(ch) = self.child.as_mut()
-                && let Ok(Some(status)) = ch.try_wait()
-            {
-                let log =
-                    std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
-                panic!("etcd exited with {status}:\n{log}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "etcd did not answer within 30s at {}",
-                self.endpoint
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    pub fn endpoint(&self) -> String {
+        self.0.endpoint()
     }
 
     pub fn endpoints(&self) -> Vec<String> {
-        vec![self.endpoint.clone()]
+        self.0.endpoints()
+    }
+
+    pub fn pki_dir(&self) -> PathBuf {
+        self.0.pki_dir()
     }
 
     pub async fn client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect([self.endpoint.as_str()], None)
-            .await
-            .expect("connect to test etcd")
+        self.0.client().await
     }
 
     /// Stops etcd hard (SIGKILL), keeping its data.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.0.kill();
     }
 
     /// Starts etcd again on the same ports and data.
     pub async fn restart(&mut self) {
-        self.kill();
-        self.spawn().await;
+        self.0.restart().await;
     }
 
     /// Keys (and values) under `prefix`, read directly from etcd.
@@ -153,12 +80,6 @@ impl Etcd {
     }
 }
 
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// Test logging, once per process (RUST_LOG controls it).
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
@@ -167,12 +88,42 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// An HTTP client with a timeout.
+/// An HTTPS client with the admin identity of the test PKI, and a timeout.
 pub fn http() -> reqwest::Client {
+    http_as("admin")
+}
+
+/// An HTTPS client presenting `who`'s identity (admin, viewer, or a node name), trusting
+/// the test CA.
+pub fn http_as(who: &str) -> reqwest::Client {
+    let dir = topo_pki::testing::shared_pki();
+    let pair = match who {
+        "admin" => topo_pki::layout::admin(&dir),
+        "viewer" => topo_pki::layout::viewer(&dir),
+        node => topo_pki::layout::node(&topo_pki::testing::ensure_test_node(node), node),
+    };
+    let tls = topo_pki::tls::client_config(
+        &topo_pki::layout::ca(&dir).cert,
+        Some((&pair.cert, &pair.key)),
+    )
+    .expect("client TLS config");
     reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
         .timeout(Duration::from_secs(60))
         .build()
-        .expect("http client")
+        .expect("https client")
+}
+
+/// An HTTPS client with no credentials (it trusts the test CA).
+pub fn http_anonymous() -> reqwest::Client {
+    let dir = topo_pki::testing::shared_pki();
+    let tls = topo_pki::tls::client_config(&topo_pki::layout::ca(&dir).cert, None)
+        .expect("client TLS config");
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("https client")
 }
 
 pub const API: &str = "/apis/topo.dev/v1alpha1";
@@ -221,11 +172,11 @@ pub struct Proxy {
 impl Proxy {
     pub async fn start(target: &str) -> Proxy {
         use std::sync::atomic::Ordering;
-        let target = target.trim_start_matches("http://").to_string();
+        let target = target.trim_start_matches("https://").to_string();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind proxy");
-        let endpoint = format!("http://{}", listener.local_addr().expect("proxy addr"));
+        let endpoint = format!("https://{}", listener.local_addr().expect("proxy addr"));
         let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let (cuts, cuts_rx) = tokio::sync::watch::channel(0u64);
         let o = open.clone();

@@ -1,0 +1,453 @@
+//! Who is asking, and may they.
+//!
+//! Authentication: a client certificate that chained to the cluster CA during the TLS
+//! handshake (user = CN, groups = O), or a bearer token from the token file
+//! (kube-apiserver's CSV: `token,user,uid,"group1,group2"`). A token that is given must be
+//! valid; without either the request is answered 401.
+//!
+//! Authorization: roles bound to users and groups in the configuration.
+//! * `admin`: everything.
+//! * `view`: get, list, watch (objects, their reports, events).
+//! * `node`: only for a user `node:<name>`: get and watch its own Node and its reports, and
+//!   list or watch the events of its own Node. The agent itself talks to etcd with the same
+//!   identity, where etcd's role confines it likewise.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+use topo_schema::api::{ApiError, ErrorReason};
+use topo_schema::{Kind, ObjectRef};
+
+use crate::config::Binding;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    View,
+    Node,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::View => "view",
+            Role::Node => "node",
+        }
+    }
+
+    fn allows(self) -> &'static str {
+        match self {
+            Role::Admin => "everything",
+            Role::View => "get, list, watch",
+            Role::Node => "get and watch of its own node, its reports and events",
+        }
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user: String,
+    pub groups: Vec<String>,
+}
+
+/// The identity of a verified client certificate: CN and every O.
+pub fn identity_from_cert(der: &[u8]) -> Option<Identity> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let user = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    let groups = cert
+        .subject()
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(str::to_string))
+        .collect();
+    (!user.is_empty()).then_some(Identity { user, groups })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("failed to read the token file {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Line {
+        path: String,
+        line: usize,
+        message: String,
+    },
+}
+
+/// Bearer tokens and whom they stand for.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens(HashMap<String, Identity>);
+
+/// Splits one CSV line; double quotes group commas.
+fn csv_fields(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(String::new()),
+            _ => {
+                if let Some(f) = fields.last_mut() {
+                    f.push(c);
+                }
+            }
+        }
+    }
+    fields.into_iter().map(|f| f.trim().to_string()).collect()
+}
+
+impl Tokens {
+    pub fn load(path: &Path) -> Result<Tokens, TokenFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Tokens::parse(&path.display().to_string(), &text)
+    }
+
+    pub fn parse(path: &str, text: &str) -> Result<Tokens, TokenFileError> {
+        let mut map = HashMap::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let err = |message: &str| TokenFileError::Line {
+                path: path.to_string(),
+                line: i + 1,
+                message: message.to_string(),
+            };
+            let f = csv_fields(line);
+            if f.len() < 3 || f[0].is_empty() || f[1].is_empty() {
+                return Err(err(
+                    "expected token,user,uid[,\"group1,group2\"] with a token and a user",
+                ));
+            }
+            if f[0].len() < 16 {
+                return Err(err("the token is shorter than 16 characters"));
+            }
+            let groups = f
+                .get(3)
+                .map(|g| {
+                    g.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let id = Identity {
+                user: f[1].clone(),
+                groups,
+            };
+            if map.insert(f[0].clone(), id).is_some() {
+                return Err(err("the token appears twice"));
+            }
+        }
+        Ok(Tokens(map))
+    }
+
+    /// The identity of `token`; compares every token in full (no early exit on a prefix).
+    pub fn identify(&self, token: &str) -> Option<Identity> {
+        let mut found = None;
+        for (t, id) in &self.0 {
+            if constant_time_eq(t.as_bytes(), token.as_bytes()) {
+                found = Some(id.clone());
+            }
+        }
+        found
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// What a request does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Get,
+    List,
+    Watch,
+    Create,
+    Update,
+    Delete,
+    Apply,
+}
+
+impl Verb {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Get => "get",
+            Verb::List => "list",
+            Verb::Watch => "watch",
+            Verb::Create => "create",
+            Verb::Update => "update",
+            Verb::Delete => "delete",
+            Verb::Apply => "apply",
+        }
+    }
+
+    pub fn is_write(self) -> bool {
+        matches!(
+            self,
+            Verb::Create | Verb::Update | Verb::Delete | Verb::Apply
+        )
+    }
+}
+
+/// What a request is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// All objects of a kind, or one.
+    Objects { kind: Kind, name: Option<String> },
+    /// What the agents report about one object.
+    Reports(ObjectRef),
+    /// Events, of one object or all.
+    Events(Option<ObjectRef>),
+    /// Manifest files (whatever they hold).
+    Manifests,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Objects { kind, name: None } => write!(f, "{}", kind.plural()),
+            Target::Objects {
+                kind,
+                name: Some(n),
+            } => write!(f, "{}", ObjectRef::new(*kind, n.as_str())),
+            Target::Reports(r) => write!(f, "the reports of {r}"),
+            Target::Events(None) => write!(f, "events"),
+            Target::Events(Some(r)) => write!(f, "the events of {r}"),
+            Target::Manifests => write!(f, "manifests"),
+        }
+    }
+}
+
+/// Roles bound to users and groups.
+#[derive(Debug, Clone, Default)]
+pub struct Authorizer {
+    bindings: Vec<Binding>,
+}
+
+impl Authorizer {
+    pub fn new(bindings: Vec<Binding>) -> Self {
+        Authorizer { bindings }
+    }
+
+    pub fn roles(&self, id: &Identity) -> Vec<Role> {
+        let mut roles: Vec<Role> = self
+            .bindings
+            .iter()
+            .filter(|b| {
+                b.users.contains(&id.user) || b.groups.iter().any(|g| id.groups.contains(g))
+            })
+            .map(|b| b.role)
+            .collect();
+        roles.sort();
+        roles.dedup();
+        roles
+    }
+
+    /// Ok when one of `id`'s roles allows `verb` on `target`; else a 403 naming all three.
+    pub fn authorize(&self, id: &Identity, verb: Verb, target: &Target) -> Result<(), ApiError> {
+        let roles = self.roles(id);
+        if roles.iter().any(|r| allows(*r, id, verb, target)) {
+            return Ok(());
+        }
+        let why = if roles.is_empty() {
+            format!(
+                "no role is bound to user {:?} or its groups ({})",
+                id.user,
+                if id.groups.is_empty() {
+                    "none".to_string()
+                } else {
+                    id.groups.join(", ")
+                }
+            )
+        } else {
+            roles
+                .iter()
+                .map(|r| format!("role {} allows {}", r.as_str(), r.allows()))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        Err(ApiError::new(
+            ErrorReason::Forbidden,
+            format!(
+                "user {:?} cannot {} {target}: {why}",
+                id.user,
+                verb.as_str()
+            ),
+        ))
+    }
+}
+
+fn allows(role: Role, id: &Identity, verb: Verb, target: &Target) -> bool {
+    match role {
+        Role::Admin => true,
+        Role::View => matches!(verb, Verb::Get | Verb::List | Verb::Watch),
+        Role::Node => {
+            let Some(me) = topo_pki::node_of_user(&id.user) else {
+                return false;
+            };
+            let own = |r: &ObjectRef| r.kind == Kind::Node && r.name == me;
+            match (verb, target) {
+                (
+                    Verb::Get | Verb::Watch,
+                    Target::Objects {
+                        kind: Kind::Node,
+                        name: Some(n),
+                    },
+                ) => n == me,
+                (Verb::Get, Target::Reports(r)) => own(r),
+                (Verb::List | Verb::Watch, Target::Events(Some(r))) => own(r),
+                _ => false,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(user: &str, groups: &[&str]) -> Identity {
+        Identity {
+            user: user.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    fn authz() -> Authorizer {
+        Authorizer::new(vec![
+            Binding {
+                role: Role::Admin,
+                users: vec!["alice".into()],
+                groups: vec!["topo:admins".into()],
+            },
+            Binding {
+                role: Role::View,
+                users: vec![],
+                groups: vec!["topo:viewers".into()],
+            },
+            Binding {
+                role: Role::Node,
+                users: vec![],
+                groups: vec!["topo:nodes".into()],
+            },
+        ])
+    }
+
+    fn obj(kind: Kind, name: &str) -> Target {
+        Target::Objects {
+            kind,
+            name: Some(name.into()),
+        }
+    }
+
+    #[test]
+    fn view_reads_and_is_refused_writes_naming_user_verb_object() {
+        let a = authz();
+        let bob = id("bob", &["topo:viewers"]);
+        assert!(a.authorize(&bob, Verb::List, &Target::Events(None)).is_ok());
+        let e = a
+            .authorize(&bob, Verb::Create, &obj(Kind::Container, "web"))
+            .unwrap_err();
+        assert_eq!(e.code, 403);
+        assert_eq!(
+            e.message,
+            "user \"bob\" cannot create container/web: role view allows get, list, watch"
+        );
+        let e = a
+            .authorize(&id("eve", &[]), Verb::Get, &obj(Kind::Node, "n"))
+            .unwrap_err();
+        assert!(e.message.contains("no role is bound"), "{}", e.message);
+        assert!(
+            a.authorize(&id("alice", &[]), Verb::Apply, &Target::Manifests)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_node_sees_only_its_own_node() {
+        let a = authz();
+        let n1 = id("node:node1", &["topo:nodes"]);
+        assert!(
+            a.authorize(&n1, Verb::Get, &obj(Kind::Node, "node1"))
+                .is_ok()
+        );
+        assert!(
+            a.authorize(&n1, Verb::Get, &obj(Kind::Node, "node2"))
+                .is_err()
+        );
+        assert!(
+            a.authorize(
+                &n1,
+                Verb::List,
+                &Target::Objects {
+                    kind: Kind::Node,
+                    name: None
+                }
+            )
+            .is_err()
+        );
+        assert!(
+            a.authorize(&n1, Verb::Get, &obj(Kind::Container, "web"))
+                .is_err()
+        );
+        let own = ObjectRef::new(Kind::Node, "node1");
+        assert!(
+            a.authorize(&n1, Verb::List, &Target::Events(Some(own)))
+                .is_ok()
+        );
+        assert!(a.authorize(&n1, Verb::List, &Target::Events(None)).is_err());
+        assert!(
+            a.authorize(&n1, Verb::Delete, &obj(Kind::Node, "node1"))
+                .is_err()
+        );
+        // The node group without a node user name grants nothing.
+        let odd = id("mallory", &["topo:nodes"]);
+        assert!(
+            a.authorize(&odd, Verb::Get, &obj(Kind::Node, "node1"))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn token_file_in_kube_format() {
+        let t = Tokens::parse(
+            "t.csv",
+            "# comment\n0123456789abcdef0123,ci,1,\"topo:viewers,ops\"\nfedcba98765432100000,bot,2\n",
+        )
+        .unwrap();
+        let ci = t.identify("0123456789abcdef0123").unwrap();
+        assert_eq!(ci.user, "ci");
+        assert_eq!(ci.groups, vec!["topo:viewers", "ops"]);
+        assert_eq!(t.identify("fedcba98765432100000").unwrap().groups.len(), 0);
+        assert!(t.identify("nope").is_none());
+        let e = Tokens::parse("t.csv", "short,u,1\n").unwrap_err();
+        assert!(e.to_string().starts_with("t.csv:1:"), "{e}");
+        assert!(Tokens::parse("t.csv", "0123456789abcdef0123\n").is_err());
+    }
+}
