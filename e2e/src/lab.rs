@@ -713,14 +713,21 @@ impl Lab {
             .and_then(|v| v.get(0).cloned())
     }
 
+    /// The pid of the container's main process (None when it does not run); its
+    /// `/proc/PID/ns/net` is the container's network namespace.
+    pub fn container_pid(&self, container: &str) -> Option<u32> {
+        self.inspect(container)
+            .and_then(|v| v.pointer("/State/Pid").and_then(Value::as_u64))
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 0)
+    }
+
     /// Runs the host's `ARGS...` (e.g. `ip route add ...`) in the container's network
     /// namespace: the container's own tools run without NET_ADMIN.
     #[track_caller]
     pub fn in_container_netns(&self, container: &str, args: &[&str]) -> Output {
         let pid = self
-            .inspect(container)
-            .and_then(|v| v.pointer("/State/Pid").and_then(Value::as_u64))
-            .filter(|p| *p > 0)
+            .container_pid(container)
             .unwrap_or_else(|| panic!("container {container} is not running"));
         let pid = pid.to_string();
         let mut a = vec!["-t", pid.as_str(), "-n", "--"];
@@ -846,6 +853,20 @@ impl Lab {
     pub fn add_node(&self, node: u32) {
         self.lab_sh(&["add-node", &node.to_string()]).ok();
         self.nodes.fetch_max(node, Ordering::SeqCst);
+    }
+
+    /// Removes host N (lab.sh remove-node): its agent, Open vSwitch, namespace and underlay
+    /// port. Its Node object stays in the API.
+    #[track_caller]
+    pub fn remove_node(&self, node: u32) {
+        self.lab_sh(&["remove-node", &node.to_string()]).ok();
+        // Hosts are numbered 1..=nodes(): only the last one can leave without a gap.
+        let _ = self.nodes.compare_exchange(
+            node,
+            node.saturating_sub(1),
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
     }
 
     /// The agent's pid on node N, when it runs.
