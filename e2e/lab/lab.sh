@@ -235,6 +235,13 @@ node_up() {
   nsx "$i" ip link set lo up
   nsx "$i" sysctl -q -w net.bridge.bridge-nf-call-iptables=0 >/dev/null 2>&1 || true
   nsx "$i" ethtool -K ul0 tx off >/dev/null 2>&1 || true
+  # ul0 becomes a port of the userspace datapath, which reads it with an AF_PACKET socket:
+  # the kernel still sees every frame on it and would answer ARP for this host's address
+  # from ul0's own MAC too (ARP flux). A peer that caches that MAC sends its GRE packets to
+  # ul0, where ovs-vswitchd does not decapsulate them (it does for br-phy's MAC only), and the
+  # tunnel stays dark while the peer keeps that entry (issue 13, RELIABILITY.md). With ARP
+  # off on ul0, only br-phy answers.
+  nsx "$i" ip link set ul0 arp off
   nsx "$i" ip link set ul0 up
 
   # Open vSwitch of this host: everything under $nd.

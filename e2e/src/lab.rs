@@ -15,7 +15,7 @@
 //! - `TOPO_E2E_DIR`: parent of the labs' state directories (default `/run/topo-e2e`).
 //! - `TOPO_E2E_ONLY=a,b`: run only these scenarios (see [`crate::run_scenarios`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::io::BufRead;
@@ -846,6 +846,35 @@ impl Lab {
         let mgmt = format!("unix:{}/{bridge}.mgmt", self.node_dir(node).display());
         let out = self.sh("ovs-ofctl", &["--names", "dump-ports", &mgmt]).ok();
         parse::dump_ports(&out.stdout)
+    }
+
+    /// The MAC addresses that answer an ARP request for host N's underlay address, asked
+    /// from the lab's root namespace (broadcasts only, so every interface that would answer
+    /// does). One is right: br-phy's (see lab.sh on ARP flux from ul0).
+    #[track_caller]
+    pub fn underlay_arp_macs(&self, node: u32) -> BTreeSet<String> {
+        let ip = node_address(node).to_string();
+        let out = self.sh(
+            "busybox",
+            &["arping", "-b", "-I", "topo-ul", "-c", "2", "-w", "3", &ip],
+        );
+        parse::arping_macs(&out.stdout)
+    }
+
+    /// The MAC address of host N's br-phy (the one its tunnels must be addressed to).
+    #[track_caller]
+    pub fn underlay_mac(&self, node: u32) -> String {
+        let out = self
+            .sh(
+                "ip",
+                &["-n", &node_name(node), "-br", "link", "show", "br-phy"],
+            )
+            .ok();
+        out.stdout
+            .split_whitespace()
+            .nth(2)
+            .unwrap_or_default()
+            .to_ascii_lowercase()
     }
 
     /// Adds host N (lab.sh add-node) with its agent.

@@ -69,6 +69,23 @@ pub fn wait_tunnels(lab: &Lab, want: usize) {
     );
 }
 
+/// Checks that each host of `nodes` answers ARP for its underlay address with its br-phy
+/// MAC alone: a second answer (from the OVS port ul0, ARP flux) lets peers address their
+/// GRE packets to a MAC that ovs-vswitchd does not decapsulate (issue 13).
+#[track_caller]
+pub fn assert_one_underlay_mac(lab: &Lab, nodes: &[u32]) {
+    for &n in nodes {
+        let answers = lab.underlay_arp_macs(n);
+        let want = lab.underlay_mac(n);
+        assert!(
+            answers.len() == 1 && answers.contains(&want),
+            "{} answers ARP for {} from {answers:?}; only its br-phy ({want}) should",
+            node_name(n),
+            crate::lab::node_address(n)
+        );
+    }
+}
+
 /// Waits until `new` reaches each of `others` (name, address) on port 80 and back.
 #[track_caller]
 pub fn wait_reachable(lab: &Lab, new: (&str, Ipv4Addr), others: &[(String, Ipv4Addr)]) {
@@ -169,4 +186,83 @@ pub fn finish_probes(probers: Vec<Prober>) -> Vec<ProbeRun> {
         .into_iter()
         .map(|p| p.finish().unwrap_or_else(|e| panic!("{e}")))
         .collect()
+}
+
+/// The MAC address of `container`'s eth0.
+fn eth0_mac(lab: &Lab, container: &str) -> Option<String> {
+    let out = lab.in_container_netns(container, &["ip", "-o", "link", "show", "eth0"]);
+    let text = out.stdout;
+    let i = text.find("link/ether ")? + "link/ether ".len();
+    text.get(i..i + 17).map(str::to_string)
+}
+
+/// What the old hosts' switches and the containers believe, for a failure message: each
+/// node's MAC table, tunnel neighbours, routes, datapath flows and drop counters, how its
+/// switch forwards a probe from its container to the next one (`ofproto/trace`), and each
+/// container's MAC and ARP entries. `mesh[i]` runs on `nodes[i]`.
+pub fn diagnose(lab: &Lab, nodes: &[u32], mesh: &[(String, Ipv4Addr)]) -> String {
+    let mut s = String::from("\n========== mesh diagnostics ==========\n");
+    let macs: Vec<Option<String>> = mesh.iter().map(|(c, _)| eth0_mac(lab, c)).collect();
+    for (c, _) in mesh {
+        for args in [
+            ["ip", "-o", "link", "show", "eth0"],
+            ["ip", "neigh", "show", "dev", "eth0"],
+        ] {
+            let out = lab.in_container_netns(c, &args);
+            s.push_str(&format!(
+                "----- {c}: {}\n{}\n",
+                args.join(" "),
+                out.combined().trim_end()
+            ));
+        }
+    }
+    for (i, &n) in nodes.iter().enumerate() {
+        let ctl = format!("{}/ovs-vswitchd.ctl", lab.node_dir(n).display());
+        let appctl = |args: &[&str]| {
+            let mut a = vec!["-t", ctl.as_str()];
+            a.extend_from_slice(args);
+            lab.sh("ovs-appctl", &a).combined()
+        };
+        for args in [
+            &["fdb/show", "tb-gre"][..],
+            &["tnl/neigh/show"],
+            &["ovs/route/show"],
+            &["dpctl/dump-flows", "-m"],
+        ] {
+            s.push_str(&format!(
+                "----- node{n}: {}\n{}\n",
+                args.join(" "),
+                appctl(args).trim_end()
+            ));
+        }
+        let coverage: Vec<String> = appctl(&["coverage/show"])
+            .lines()
+            .filter(|l| l.contains("drop") || l.contains("mac_learning") || l.contains("tunnel"))
+            .map(str::to_string)
+            .collect();
+        s.push_str(&format!(
+            "----- node{n}: coverage (drops, MAC learning, tunnels)\n{}\n",
+            coverage.join("\n")
+        ));
+        let next = (i + 1) % mesh.len();
+        let port = lab
+            .ovs_ports(n, "tb-gre")
+            .unwrap_or_default()
+            .into_iter()
+            .find(|p| p.starts_with("tv-"));
+        if let (Some(port), Some(src), Some(dst), Some((_, from_ip))) =
+            (port, &macs[i], &macs[next], mesh.get(i))
+        {
+            let flow = format!(
+                "in_port={port},icmp,dl_src={src},dl_dst={dst},nw_src={from_ip},nw_dst={},nw_ttl=64",
+                mesh[next].1
+            );
+            s.push_str(&format!(
+                "----- node{n}: ofproto/trace tb-gre {flow}\n{}\n",
+                appctl(&["ofproto/trace", "tb-gre", &flow]).trim_end()
+            ));
+        }
+    }
+    s.push_str("======================================\n");
+    s
 }

@@ -2,7 +2,7 @@
 //! `ovs-ofctl --names dump-ports`, `ip -o link`, `ovsdb-client --timestamp monitor`,
 //! `ovs-appctl coverage/show` and `fdb/stats-show`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::Value;
@@ -44,6 +44,18 @@ pub fn ping_reply_seqs(text: &str) -> Vec<u32> {
                 .next()?
                 .parse()
                 .ok()
+        })
+        .collect()
+}
+
+/// The MAC addresses that answered busybox `arping` (`Unicast reply from A [MAC] 0.006ms`).
+pub fn arping_macs(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| l.contains("reply from"))
+        .filter_map(|l| {
+            let open = l.find('[')?;
+            let close = l[open..].find(']')? + open;
+            Some(l[open + 1..close].to_ascii_lowercase())
         })
         .collect()
 }
@@ -323,6 +335,21 @@ cd8cd2bc-6629-41c0-bf7f-aca625e262bd delete tg-node476198b gre
         assert_eq!(c[2].changed, vec!["link_state", "ofport"]);
         assert_eq!(c[3].action, "delete");
         assert_eq!(c[3].time.format("%H:%M:%S%.3f").to_string(), "15:51:07.301");
+    }
+
+    #[test]
+    fn arping_answers() {
+        let t = "ARPING 192.168.100.2 from 192.168.100.254 topo-ul
+Unicast reply from 192.168.100.2 [d6:ba:07:da:90:f0] 0.006ms
+Unicast reply from 192.168.100.2 [86:4b:be:53:27:46] 1.013ms
+Unicast reply from 192.168.100.2 [D6:BA:07:DA:90:F0] 0.016ms
+Sent 2 probe(s) (0 broadcast(s))
+Received 3 response(s) (0 request(s), 0 broadcast(s))
+";
+        let m = arping_macs(t);
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert!(m.contains("d6:ba:07:da:90:f0") && m.contains("86:4b:be:53:27:46"));
+        assert!(arping_macs("Sent 2 probe(s)\nReceived 0 response(s)").is_empty());
     }
 
     #[test]

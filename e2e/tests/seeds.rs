@@ -601,6 +601,7 @@ fn ovs_gre_fourth_host(sc: &Scenario) {
         }
     }
     sc.step("three hosts on one L2 network over a GRE mesh (3 tunnels)");
+    mesh::assert_one_underlay_mac(sc, &[1, 2, 3]);
 
     let before: Vec<Identity> = mesh.iter().map(|(c, _)| identity(sc, c)).collect();
     let probers = mesh::start_probes(sc, &mesh);
@@ -611,12 +612,13 @@ fn ovs_gre_fourth_host(sc: &Scenario) {
     mesh::wait_tunnels(sc, 6);
     let ip4 = sc.address(&gre4, mesh::NETWORK);
     mesh::wait_reachable(sc, (&gre4, ip4), &mesh);
+    mesh::assert_one_underlay_mac(sc, &[4]);
     sc.step(&format!(
         "node4 joined, {gre4} ({ip4}) reaches gre1..3 and back, {:.1} s after add-node",
         t.elapsed().as_secs_f64()
     ));
     mesh::keep_probing(&probers, mesh::PROBES_AFTER);
-    hitless(sc, "node4 joined", mesh::finish_probes(probers));
+    hitless(sc, "node4 joined", mesh::finish_probes(probers), &mesh);
     for ((c, _), b) in mesh.iter().zip(&before) {
         same_identity(sc, c, b, "node4 joining");
     }
@@ -638,18 +640,25 @@ fn ovs_gre_fourth_host(sc: &Scenario) {
         t.elapsed().as_secs_f64()
     ));
     mesh::keep_probing(&probers, mesh::PROBES_AFTER);
-    hitless(sc, "node4 left", mesh::finish_probes(probers));
+    hitless(sc, "node4 left", mesh::finish_probes(probers), &mesh);
     for ((c, _), b) in mesh.iter().zip(&before) {
         same_identity(sc, c, b, "node4 leaving");
     }
     sc.step("no probe lost between the first three hosts while node4 left; none of their containers restarted");
 }
 
-/// Every probe of `runs` answered once within its window.
+/// Every probe of `runs` answered once within its window; otherwise what the switches and
+/// containers of `mesh` hold is printed before failing.
 #[track_caller]
-fn hitless(sc: &Scenario, while_what: &str, runs: Vec<ProbeRun>) {
+fn hitless(sc: &Scenario, while_what: &str, runs: Vec<ProbeRun>, mesh: &[(String, Ipv4Addr)]) {
     for r in &runs {
         sc.step(&format!("{while_what}: {}", r.summary()));
+    }
+    if runs
+        .iter()
+        .any(|r| !r.lost().is_empty() || r.duplicates() > 0)
+    {
+        eprintln!("{}", mesh::diagnose(sc, &[1, 2, 3], mesh));
     }
     for r in &runs {
         assert!(

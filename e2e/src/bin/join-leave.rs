@@ -20,7 +20,8 @@
 //! datapath drops move, the MAC table's statistics, the number of datapath flows, and the
 //! agents' log lines of the phase.
 //!
-//! Usage: `join-leave [--runs 50] [--out DIR]` (TOPO_BIN, TOPO_E2E_DIR as for the tests).
+//! Usage: `join-leave [--runs 50] [--out DIR] [--fresh] [--diagnose] [--lab NAME]` (TOPO_BIN,
+//! TOPO_E2E_DIR as for the tests; `--help` says what the flags do).
 //! Prints one line per phase and writes `DIR/runs.md` (a table per run and phase),
 //! `DIR/details.txt` (every lost probe, every OVSDB change, every counter delta, the agents'
 //! lines) and the raw monitor output; the lab's logs go to `target/e2e-logs/join-leave`.
@@ -35,9 +36,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use topo_e2e::cmd::Background;
 use topo_e2e::lab::strip_ansi;
+use topo_e2e::links::wait_nc;
 use topo_e2e::mesh::{
-    NETWORK, PROBES_AFTER, finish_probes, joiner, keep_probing, start_probes, wait_no_port_towards,
-    wait_reachable, wait_tunnels,
+    NETWORK, PROBES_AFTER, diagnose, finish_probes, joiner, keep_probing, start_probes,
+    wait_no_port_towards, wait_reachable, wait_tunnels,
 };
 use topo_e2e::parse::{
     MonitorChange, PingStats, coverage_totals, fdb_stats, ovsdb_monitor, ping_reply_seqs,
@@ -88,9 +90,23 @@ const COUNTER_PREFIXES: [&str; 14] = [
     "tunnel_",
 ];
 
-fn parse_args() -> Result<(usize, PathBuf), String> {
+struct Args {
+    runs: usize,
+    out: PathBuf,
+    /// A new mesh (gre1..3 created anew) for every run, as the seed scenario has.
+    fresh: bool,
+    /// Print the mesh's diagnostics once it is up, and stop.
+    diagnose_only: bool,
+    /// The lab's name (its state directory under TOPO_E2E_DIR): two drivers need two.
+    lab: String,
+}
+
+fn parse_args() -> Result<Args, String> {
     let mut runs = 50;
     let mut out = PathBuf::from("target/join-leave");
+    let mut fresh = false;
+    let mut diagnose_only = false;
+    let mut lab = "join-leave".to_string();
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         match flag.as_str() {
@@ -101,9 +117,15 @@ fn parse_args() -> Result<(usize, PathBuf), String> {
                     .map_err(|_| format!("--runs: {v:?} is not a number"))?;
             }
             "--out" => out = PathBuf::from(it.next().ok_or("--out needs a directory")?),
+            "--fresh" => fresh = true,
+            "--diagnose" => diagnose_only = true,
+            "--lab" => lab = it.next().ok_or("--lab needs a name")?,
             "-h" | "--help" => {
                 println!(
-                    "usage: join-leave [--runs N] [--out DIR]   (default 50, target/join-leave)"
+                    "usage: join-leave [--runs N] [--out DIR] [--fresh] [--diagnose] [--lab NAME]\n\
+                     (default 50 runs, target/join-leave, lab join-leave;\n\
+                     --fresh: the mesh gre1..3 is created anew for every run, seconds before the join;\n\
+                     --diagnose: print what the switches and containers hold once the mesh is up, and stop)"
                 );
                 std::process::exit(0);
             }
@@ -113,7 +135,13 @@ fn parse_args() -> Result<(usize, PathBuf), String> {
     if runs == 0 {
         return Err("--runs must be at least 1".into());
     }
-    Ok((runs, out))
+    Ok(Args {
+        runs,
+        out,
+        fresh,
+        diagnose_only,
+        lab,
+    })
 }
 
 /// `ovsdb-client monitor` of each table on each old host, running for the whole session.
@@ -337,6 +365,8 @@ struct Phase {
     dp_flows: (BTreeMap<u32, usize>, BTreeMap<u32, usize>),
     drop_flows: BTreeMap<u32, Vec<String>>,
     agent_lines: Vec<String>,
+    /// The switches' and containers' state when probes were lost.
+    diagnostics: Option<String>,
 }
 
 impl Phase {
@@ -531,6 +561,9 @@ impl Phase {
         for l in &self.agent_lines {
             let _ = writeln!(s, "  {l}");
         }
+        if let Some(d) = &self.diagnostics {
+            s.push_str(d);
+        }
         s
     }
 }
@@ -578,6 +611,10 @@ fn phase(
     let end = Utc::now();
     milestones.push(("probes finished".to_string(), end));
     let after = counters(lab);
+    let lossy = probes
+        .iter()
+        .any(|p| !p.lost().is_empty() || p.duplicates() > 0);
+    let diagnostics = lossy.then(|| diagnose(lab, &OLD, mesh));
     Phase {
         run,
         name,
@@ -591,6 +628,7 @@ fn phase(
         dp_flows: (before.dp_flows, after.dp_flows),
         drop_flows: after.drop_flows,
         agent_lines: agent_lines(lab, start, end),
+        diagnostics,
     }
 }
 
@@ -624,24 +662,11 @@ fn leave(lab: &Lab, m: &mut Vec<(String, DateTime<Utc>)>) {
 
 const HEADER: &str = "| run | phase | probes | lost | lost probes (pair, seq, send time after the phase began) | old ping + SIGINT, same paths | OVSDB changes on node1..3 | other OVSDB changes | counters that moved (node1..3 summed) |\n|---|---|---|---|---|---|---|---|---|\n";
 
-fn main() {
-    let (runs, out) = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("join-leave: {e}");
-            std::process::exit(2);
-        }
-    };
-    if let Err(e) = fs::create_dir_all(&out) {
-        eprintln!("join-leave: failed to create {}: {e}", out.display());
-        std::process::exit(1);
-    }
-    let lab = Lab::up("join-leave", 3);
-    let seed = lab.repo().join("manifests/seeds/ovs-gre.yaml");
-    let yaml = fs::read_to_string(&seed)
-        .unwrap_or_else(|e| panic!("failed to read {}: {e}", seed.display()));
-    lab.apply(&yaml, converge());
-    wait_tunnels(&lab, 3);
+/// Applies the seed's mesh and waits until gre1..3 reach each other: the applied objects and
+/// (container, address) of each.
+fn mesh_up(lab: &Lab, yaml: &str) -> (Vec<String>, Vec<(String, Ipv4Addr)>) {
+    let refs = lab.apply(yaml, converge());
+    wait_tunnels(lab, 3);
     let mesh: Vec<(String, Ipv4Addr)> = OLD
         .iter()
         .map(|n| {
@@ -650,11 +675,48 @@ fn main() {
             (c, ip)
         })
         .collect();
+    for (from, _) in &mesh {
+        for (to, ip) in &mesh {
+            if from != to {
+                wait_nc(lab, from, &ip.to_string(), 80, to, Duration::from_secs(60));
+            }
+        }
+    }
+    (refs, mesh)
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("join-leave: {e}");
+            std::process::exit(2);
+        }
+    };
+    let out = &args.out;
+    if let Err(e) = fs::create_dir_all(out) {
+        eprintln!("join-leave: failed to create {}: {e}", out.display());
+        std::process::exit(1);
+    }
+    let lab = Lab::up(&args.lab, 3);
+    let seed = lab.repo().join("manifests/seeds/ovs-gre.yaml");
+    let yaml = fs::read_to_string(&seed)
+        .unwrap_or_else(|e| panic!("failed to read {}: {e}", seed.display()));
+    let (mut refs, mut mesh) = mesh_up(&lab, &yaml);
+    if args.diagnose_only {
+        print!("{}", diagnose(&lab, &OLD, &mesh));
+        return;
+    }
     let monitors = Monitors::start(&lab);
     let mut table = String::from(HEADER);
     let mut details = String::new();
     let mut phases = Vec::new();
-    for run in 1..=runs {
+    for run in 1..=args.runs {
+        if args.fresh && run > 1 {
+            lab.delete(&refs, converge())
+                .unwrap_or_else(|e| panic!("{e}"));
+            (refs, mesh) = mesh_up(&lab, &yaml);
+        }
         for name in ["join", "leave"] {
             let p = phase(&lab, &monitors, &mesh, run, name, |m| match name {
                 "join" => join(&lab, &mesh, m),
@@ -680,7 +742,12 @@ fn main() {
             let _ = fs::write(out.join("details.txt"), &details);
         }
     }
-    monitors.save(&out);
+    monitors.save(out);
+    print_summary(out, &phases);
+}
+
+/// Totals per phase kind, printed and written to `out/summary.txt`.
+fn print_summary(out: &std::path::Path, phases: &[(&str, usize, usize, usize, usize)]) {
     let mut summary = String::new();
     for name in ["join", "leave"] {
         let of: Vec<_> = phases.iter().filter(|p| p.0 == name).collect();
