@@ -86,6 +86,18 @@ pub fn assert_one_underlay_mac(lab: &Lab, nodes: &[u32]) {
     }
 }
 
+/// Waits until every container of `mesh` reaches every other one on port 80.
+#[track_caller]
+pub fn wait_all_reach(lab: &Lab, mesh: &[(String, Ipv4Addr)]) {
+    for (from, _) in mesh {
+        for (to, ip) in mesh {
+            if from != to {
+                wait_nc(lab, from, &ip.to_string(), 80, to, secs(60));
+            }
+        }
+    }
+}
+
 /// Waits until `new` reaches each of `others` (name, address) on port 80 and back.
 #[track_caller]
 pub fn wait_reachable(lab: &Lab, new: (&str, Ipv4Addr), others: &[(String, Ipv4Addr)]) {

@@ -593,15 +593,10 @@ fn ovs_gre_fourth_host(sc: &Scenario) {
         .map(|c| (c.to_string(), sc.address(c, mesh::NETWORK)))
         .collect();
     mesh::wait_tunnels(sc, 3);
-    for (from, _) in &mesh {
-        for (to, ip) in &mesh {
-            if from != to {
-                wait_nc(sc, from, &ip.to_string(), 80, to, secs(60));
-            }
-        }
-    }
+    mesh::wait_all_reach(sc, &mesh);
     sc.step("three hosts on one L2 network over a GRE mesh (3 tunnels)");
     mesh::assert_one_underlay_mac(sc, &[1, 2, 3]);
+    sc.step("node1..3 answer ARP for their underlay address from br-phy alone");
 
     let before: Vec<Identity> = mesh.iter().map(|(c, _)| identity(sc, c)).collect();
     let probers = mesh::start_probes(sc, &mesh);

@@ -36,10 +36,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use topo_e2e::cmd::Background;
 use topo_e2e::lab::strip_ansi;
-use topo_e2e::links::wait_nc;
 use topo_e2e::mesh::{
     NETWORK, PROBES_AFTER, diagnose, finish_probes, joiner, keep_probing, start_probes,
-    wait_no_port_towards, wait_reachable, wait_tunnels,
+    wait_all_reach, wait_no_port_towards, wait_reachable, wait_tunnels,
 };
 use topo_e2e::parse::{
     MonitorChange, PingStats, coverage_totals, fdb_stats, ovsdb_monitor, ping_reply_seqs,
@@ -675,13 +674,7 @@ fn mesh_up(lab: &Lab, yaml: &str) -> (Vec<String>, Vec<(String, Ipv4Addr)>) {
             (c, ip)
         })
         .collect();
-    for (from, _) in &mesh {
-        for (to, ip) in &mesh {
-            if from != to {
-                wait_nc(lab, from, &ip.to_string(), 80, to, Duration::from_secs(60));
-            }
-        }
-    }
+    wait_all_reach(lab, &mesh);
     (refs, mesh)
 }
 
