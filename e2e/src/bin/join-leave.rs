@@ -14,17 +14,19 @@
 //! deadline). Beside them runs the measurement the test used before issue 13, on the same
 //! paths: busybox `ping -i 0.2 -W 2` in each container, stopped with `killall -INT ping`;
 //! for each of its losses the driver says which sequence number went unanswered (the last
-//! one sent is the echo that was in flight when the signal came). On node1..3 it records what changed: every OVSDB row change of Bridge, Port,
-//! Interface and Open_vSwitch (`ovsdb-client --timestamp monitor`, running throughout), the
-//! deltas of ovs-vswitchd's coverage counters that revalidation, MAC learning, flushes and
-//! datapath drops move, the MAC table's statistics, the number of datapath flows, and the
-//! agents' log lines of the phase.
+//! one sent is the echo that was in flight when the signal came). On node1..3 it records
+//! what changed: every OVSDB row change of Bridge, Port, Interface and Open_vSwitch
+//! (`ovsdb-client --timestamp monitor`, running throughout), the deltas of ovs-vswitchd's
+//! coverage counters that revalidation, MAC learning, flushes and datapath drops move, the
+//! MAC table's statistics, the datapath flows (those that drop, kept), and the agents' log
+//! lines of the phase; when a probe was lost, what the switches and containers hold
+//! (`topo_e2e::mesh::diagnose`). RELIABILITY.md reports what it found.
 //!
 //! Usage: `join-leave [--runs 50] [--out DIR] [--fresh] [--diagnose] [--lab NAME]` (TOPO_BIN,
 //! TOPO_E2E_DIR as for the tests; `--help` says what the flags do).
 //! Prints one line per phase and writes `DIR/runs.md` (a table per run and phase),
 //! `DIR/details.txt` (every lost probe, every OVSDB change, every counter delta, the agents'
-//! lines) and the raw monitor output; the lab's logs go to `target/e2e-logs/join-leave`.
+//! lines) and the raw monitor output; the lab's logs go to `target/e2e-logs/<lab>`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
