@@ -319,7 +319,26 @@ fn backend_docker_lifecycle_ownership_and_events() {
         ));
         assert_eq!(docker.list().await.unwrap().len(), 1);
 
-        docker.remove(&id).await.unwrap();
+        // Removals asked at once, as a container's reconcile and the garbage collector may:
+        // each returns only once the container is gone, also those Docker answers "removal
+        // already in progress" (409), so no caller reports it removed while `docker ps -a`
+        // still lists it.
+        let removals: Vec<_> = (0..3)
+            .map(|_| {
+                let (d, id) = (docker.clone(), id.clone());
+                tokio::spawn(async move {
+                    d.remove(&id).await?;
+                    Ok::<_, ContainerError>(d.list().await?.iter().any(|c| c.id == id))
+                })
+            })
+            .collect();
+        for r in removals {
+            let still_listed = r.await.expect("removal task").expect("remove");
+            assert!(
+                !still_listed,
+                "remove returned while Docker still lists {id}"
+            );
+        }
         assert!(
             next_event(&mut events, "destroy").await.is_some(),
             "destroy event"

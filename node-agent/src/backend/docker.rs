@@ -17,7 +17,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions,
-    RemoveContainerOptions,
+    RemoveContainerOptions, WaitContainerOptionsBuilder,
 };
 use chrono::{DateTime, Datelike, Utc};
 use futures::StreamExt;
@@ -56,6 +56,9 @@ pub enum ContainerError {
     AlreadyExists { name: String, id: String },
     #[error("refused to touch container {id}: it does not carry topo's labels for this node")]
     NotOwned { id: String },
+    /// Another request was removing the container and it was still there after a while.
+    #[error("failed to see container {id} removed within {secs} s (its removal was in progress)")]
+    RemovalTimedOut { id: String, secs: u64 },
 }
 
 impl ContainerError {
@@ -208,6 +211,9 @@ pub fn event_from_message(node: &str, m: &EventMessage) -> Option<ContainerEvent
     })
 }
 
+/// How long `remove` waits for a removal that another request started.
+const REMOVAL_WAIT: Duration = Duration::from_secs(60);
+
 impl DockerContainers {
     /// Connects to `endpoint` (`unix:///path` or a plain socket path; None: Docker's local
     /// defaults, honouring DOCKER_HOST) and negotiates the API version with the engine.
@@ -251,6 +257,31 @@ impl DockerContainers {
                 format!("{}={}", owner::NODE, self.node),
             ],
         )])
+    }
+
+    /// Returns once Docker has removed container `id` (the engine's own wait for the
+    /// `removed` condition: no polling).
+    async fn wait_removed(&self, id: &str) -> Result<(), ContainerError> {
+        let opts = WaitContainerOptionsBuilder::new()
+            .condition("removed")
+            .build();
+        let mut waiting = self.docker.wait_container(id, Some(opts));
+        match tokio::time::timeout(REMOVAL_WAIT, waiting.next()).await {
+            Err(_) => Err(ContainerError::RemovalTimedOut {
+                id: id.to_string(),
+                secs: REMOVAL_WAIT.as_secs(),
+            }),
+            // The answer carries the exit code of the removed container; bollard turns a
+            // non-zero one into an error, which still means it is gone.
+            Ok(None | Some(Ok(_)) | Some(Err(DockerError::DockerContainerWaitError { .. }))) => {
+                Ok(())
+            }
+            Ok(Some(Err(e))) if status_code(&e) == Some(404) => Ok(()),
+            Ok(Some(Err(e))) => Err(ContainerError::docker(
+                format!("wait for the removal of container {id}"),
+                e,
+            )),
+        }
     }
 
     async fn inspect(&self, id: &str) -> Result<Option<ContainerInspectResponse>, ContainerError> {
@@ -486,8 +517,11 @@ impl Containers for DockerContainers {
         match self.docker.remove_container(id, Some(rm)).await {
             Ok(()) => Ok(()),
             Err(e) if status_code(&e) == Some(404) => Ok(()),
-            // 409 "removal already in progress": it is going away.
-            Err(e) if status_code(&e) == Some(409) => Ok(()),
+            // 409 "removal already in progress": a concurrent reconcile asked first. It is
+            // gone only once Docker says so; returning now would let the caller drop the
+            // object's report while `docker ps -a` still lists the container (issue 13:
+            // `delete --wait` returned too early).
+            Err(e) if status_code(&e) == Some(409) => self.wait_removed(id).await,
             Err(e) => Err(ContainerError::docker(format!("remove container {id}"), e)),
         }
     }
