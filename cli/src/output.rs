@@ -359,7 +359,9 @@ pub(crate) mod tests {
                     container_port: 6379,
                     host_port: Some(50000),
                     protocol: Protocol::Tcp,
+                    host_ip: None,
                 }],
+                ..Default::default()
             },
         );
         c.metadata.creation_timestamp = Some(created);

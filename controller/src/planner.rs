@@ -861,6 +861,7 @@ mod tests {
                     })
                     .collect(),
                 ports: vec![],
+                ..Default::default()
             },
         );
         c.metadata.uid = Some(format!("uid-{name}"));
@@ -998,11 +999,13 @@ mod tests {
                 container_port: 80,
                 host_port: Some(8080),
                 protocol: Protocol::Tcp,
+                host_ip: None,
             });
             c.spec.ports.push(PortMapping {
                 container_port: 81,
                 host_port: None,
                 protocol: Protocol::Tcp,
+                host_ip: None,
             });
         }
         objs.push(web);
