@@ -157,6 +157,7 @@ fn entry(name: &str) -> ContainerEntry {
         attachments: vec![],
         ports: vec![],
         links: vec![],
+        hardening: Default::default(),
     }
 }
 
