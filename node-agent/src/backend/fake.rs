@@ -1126,6 +1126,10 @@ impl FakeHostPorts {
         lock(&self.log).calls.clone()
     }
 
+    pub fn clear_log(&self) {
+        lock(&self.log).calls.clear();
+    }
+
     pub fn fail_next(&self, op: &str, err: HostPortsError) {
         lock(&self.log).failures.push_back((op.to_string(), err));
     }

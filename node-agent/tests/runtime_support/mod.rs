@@ -207,6 +207,7 @@ impl Fakes {
         self.ifs.clear_log();
         self.ovs.clear_log();
         self.nat.clear_log();
+        self.host_ports.clear_log();
     }
 
     pub fn report(&self, kind: Kind, name: &str) -> Option<ObservedReport> {
