@@ -690,7 +690,7 @@ fn container_entry(
         attachments,
         ports,
         links: link_rules(links, out),
-        hardening,
+        hardening: Box::new(hardening),
     })
 }
 
@@ -1025,11 +1025,11 @@ mod tests {
                 protocol: Protocol::Udp,
                 host_ip: Some(Ipv4Addr::UNSPECIFIED),
             });
-            c.spec.resources = Some(topo_schema::Resources {
+            c.spec.resources = Some(Box::new(topo_schema::Resources {
                 memory: Some(topo_schema::Quantity("64Mi".into())),
                 cpus: None,
                 pids: Some(32),
-            });
+            }));
             c.spec.read_only_root_filesystem = true;
         }
         objs.push(web);

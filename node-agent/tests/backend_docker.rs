@@ -365,7 +365,7 @@ fn cgroup_value(pid: u32, v2_file: &str, v1: (&str, &str)) -> String {
 /// capabilities and no-new-privileges — as Docker reports them and as the kernel holds them.
 async fn hardening(engine: &Engine, docker: &DockerContainers) {
     let mut hard = entry("hard");
-    hard.hardening = Hardening {
+    *hard.hardening = Hardening {
         memory_bytes: Some(64 << 20),
         nano_cpus: Some(500_000_000),
         pids_limit: Some(32),

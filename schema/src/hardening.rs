@@ -424,17 +424,17 @@ mod tests {
     #[test]
     fn a_hardened_spec_resolves_to_dockers_values() {
         let mut s = spec();
-        s.resources = Some(Resources {
+        s.resources = Some(Box::new(Resources {
             memory: Some(Quantity("256Mi".into())),
             cpus: Some(Quantity("0.5".into())),
             pids: Some(64),
-        });
+        }));
         s.user = Some("1000:1000".into());
         s.read_only_root_filesystem = true;
-        s.capabilities = Some(Capabilities {
+        s.capabilities = Some(Box::new(Capabilities {
             add: vec!["net_bind_service".into()],
             drop: vec!["ALL".into()],
-        });
+        }));
         let h = resolve(&s).unwrap();
         assert_eq!(
             h,
@@ -457,16 +457,16 @@ mod tests {
     #[test]
     fn every_problem_is_named_with_its_field() {
         let mut s = spec();
-        s.resources = Some(Resources {
+        s.resources = Some(Box::new(Resources {
             memory: Some(Quantity("lots".into())),
             cpus: Some(Quantity("0".into())),
             pids: Some(0),
-        });
+        }));
         s.user = Some("a b".into());
-        s.capabilities = Some(Capabilities {
+        s.capabilities = Some(Box::new(Capabilities {
             add: vec!["NET_ADMIN".into(), "WIZARD".into(), "net_admin".into()],
             drop: vec!["CAP_NET_ADMIN".into()],
-        });
+        }));
         let fields: Vec<String> = check(&s).into_iter().map(|e| e.field).collect();
         assert_eq!(
             fields,

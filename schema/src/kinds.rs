@@ -398,7 +398,7 @@ pub struct ContainerSpec {
     pub ports: Vec<PortMapping>,
     /// Memory, CPU and process limits. Absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<Resources>,
+    pub resources: Option<Box<Resources>>,
     /// The user the container's processes run as, `docker run --user`: a name or a numeric
     /// id, with an optional group ("1000:1000", "nobody", "app:app"). Absent: the image's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -408,7 +408,7 @@ pub struct ContainerSpec {
     pub read_only_root_filesystem: bool,
     /// Capabilities added to or dropped from Docker's default set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub capabilities: Option<Capabilities>,
+    pub capabilities: Option<Box<Capabilities>>,
     /// Lets processes gain privileges (setuid binaries, file capabilities). Default false:
     /// the container runs with `no-new-privileges`.
     #[serde(default, skip_serializing_if = "is_false")]

@@ -203,8 +203,8 @@ pub struct ContainerEntry {
     pub links: Vec<LinkRule>,
     /// Limits and privileges; absent when all are Docker's defaults (with
     /// no-new-privileges on).
-    #[serde(default, skip_serializing_if = "Hardening::is_default")]
-    pub hardening: Hardening,
+    #[serde(default, skip_serializing_if = "Hardening::is_default_boxed")]
+    pub hardening: Box<Hardening>,
 }
 
 /// What a container may use and do, resolved from the Container spec's resources, user,
@@ -242,6 +242,11 @@ fn is_false(b: &bool) -> bool {
 impl Hardening {
     pub fn is_default(&self) -> bool {
         *self == Hardening::default()
+    }
+
+    #[allow(clippy::borrowed_box)] // serde's skip_serializing_if hands the field as it is
+    fn is_default_boxed(h: &Box<Hardening>) -> bool {
+        h.is_default()
     }
 
     /// Docker's `SecurityOpt` for it.
@@ -397,7 +402,7 @@ mod tests {
             attachments: vec![],
             ports: vec![],
             links: vec![],
-            hardening: Hardening::default(),
+            hardening: Box::default(),
         }
     }
 
@@ -447,7 +452,7 @@ mod tests {
         let mut v = serde_json::to_value(entry()).unwrap();
         v["ports"] = serde_json::json!([{"hostPort": 50000, "containerPort": 80, "protocol": "tcp", "containerIp": "10.2.1.5"}]);
         let e: ContainerEntry = serde_json::from_value(v).unwrap();
-        assert_eq!(e.hardening, Hardening::default());
+        assert_eq!(*e.hardening, Hardening::default());
         assert_eq!(
             e.ports[0].host_ip,
             Ipv4Addr::UNSPECIFIED,

@@ -396,6 +396,12 @@ fn check_container(spec: &ContainerSpec, e: &mut Errors) {
         }
     }
 
+    check_ports(spec, e);
+    e.0.extend(crate::hardening::check(spec));
+}
+
+/// Each published port alone: in range, with a usable hostIP, published once per protocol.
+fn check_ports(spec: &ContainerSpec, e: &mut Errors) {
     let mut host_ports: HashMap<(u32, crate::kinds::Protocol), usize> = HashMap::new();
     for (i, p) in spec.ports.iter().enumerate() {
         let at = field_index("spec.ports", i);
@@ -424,7 +430,6 @@ fn check_container(spec: &ContainerSpec, e: &mut Errors) {
             "publishing ports needs at least one network (the node forwards the host port to the container's address on its first network)",
         );
     }
-    e.0.extend(crate::hardening::check(spec));
 }
 
 /// A port's `hostIP`: 0.0.0.0 (every local address) or a unicast address, and only with a

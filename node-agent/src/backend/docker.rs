@@ -591,7 +591,7 @@ mod tests {
             attachments: vec![],
             ports: vec![],
             links: vec![],
-            hardening: Hardening::default(),
+            hardening: Box::default(),
         }
     }
 
@@ -612,7 +612,7 @@ mod tests {
         assert_eq!(b.user, None);
 
         let mut e = entry();
-        e.hardening = Hardening {
+        *e.hardening = Hardening {
             memory_bytes: Some(256 << 20),
             nano_cpus: Some(500_000_000),
             pids_limit: Some(64),
