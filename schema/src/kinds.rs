@@ -362,6 +362,7 @@ pub struct Resources {
     pub cpus: Option<Quantity>,
     /// The most processes and threads the container may hold at once (`--pids-limit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4_194_304))]
     pub pids: Option<i64>,
 }
 
