@@ -15,7 +15,8 @@
 //! * [`container`] (`containers/<name>`): the Docker container, one veth pair + OVS port per
 //!   attachment, and the link rules (nftables table `topo`) in the container's namespace.
 //! * [`nat`] ([`Key::Nat`]): the node's nftables table `topo` (masquerade per network, DNAT
-//!   of every published port), derived from the whole slice.
+//!   of every published port the node can give: [`hostports`] holds back a port another
+//!   process of the node listens on), derived from the whole slice.
 //! * [`gc`] ([`Key::Gc`]): removes owned containers, bridges, ports, veths and reports no
 //!   entry wants.
 //!

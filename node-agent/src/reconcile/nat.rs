@@ -5,10 +5,10 @@
 //! are rechecked with a backoff; a container whose held ports change is queued so its status
 //! follows.
 
+use std::collections::BTreeMap;
+
 use topo_schema::kinds::{Kind, ObjectRef};
 use topo_schema::slice::SliceEntry;
-
-use std::collections::BTreeMap;
 
 use super::Action;
 use super::context::{Context, HoldChange};
@@ -144,22 +144,22 @@ pub async fn reconcile(ctx: &Context) -> Result<Action, ReconcileError> {
             }
         }
     }
-    ctx.set_node_nat(want);
     for change in ctx.set_port_verdicts(&published, holds) {
         // A container that left the slice took its ports along: nothing to say or redo.
         if published.iter().any(|(name, _)| *name == change.container) {
-            announce_holds(ctx, &change).await;
+            announce_holds(ctx, &change, &want.ports).await;
             ctx.queue.add(Key::Container(change.container));
         }
     }
+    ctx.set_node_nat(want);
     Ok(match ctx.next_hold_recheck(anything_held) {
         Some(after) => Action::Requeue(after),
         None => Action::AwaitChange,
     })
 }
 
-/// Events for held ports that appeared or cleared on a container.
-async fn announce_holds(ctx: &Context, change: &HoldChange) {
+/// Events for held ports that appeared on a container, and for held ports now `in_force`.
+async fn announce_holds(ctx: &Context, change: &HoldChange, in_force: &[PortDnat]) {
     let object = ObjectRef::new(Kind::Container, &change.container);
     for h in change.after.iter().filter(|h| !change.before.contains(h)) {
         tracing::warn!(container = %change.container, reason = h.reason(), message = %h.message(), "published port held back");
@@ -167,8 +167,7 @@ async fn announce_holds(ctx: &Context, change: &HoldChange) {
             .warning(object.clone(), h.reason(), h.message())
             .await;
     }
-    let still: Vec<&PortDnat> = change.after.iter().map(Hold::port).collect();
-    for h in change.before.iter().filter(|h| !still.contains(&h.port())) {
+    for h in change.before.iter().filter(|h| in_force.contains(h.port())) {
         let p = h.port();
         let message = format!(
             "hostPort {}/{} is published on {}",
