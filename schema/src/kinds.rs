@@ -278,9 +278,111 @@ pub struct PortMapping {
     pub host_port: Option<u32>,
     #[serde(default)]
     pub protocol: Protocol,
+    /// The node address the host port is published on, as in `docker run -p
+    /// IP:HOSTPORT:CONTAINERPORT`. Absent: only the node's underlay address (its Node's
+    /// spec.address), so a published port never takes over a service listening on the node's
+    /// other addresses. "0.0.0.0": every local address of the node. Another address: that
+    /// one, which must be an address of the node (the agent reports HostIPNotLocal and
+    /// publishes nothing while it is not).
+    #[serde(
+        default,
+        rename = "hostIP",
+        skip_serializing_if = "Option::is_none",
+        with = "crate::serde_ip::opt_ipv4"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub host_ip: Option<Ipv4Addr>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// A resource quantity written as a string or a bare number (`"256Mi"`, `0.5`), kept as the
+/// text the user wrote; [`crate::hardening`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Quantity(pub String);
+
+impl Quantity {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Quantity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Quantity {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Quantity;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a quantity such as \"256Mi\" or 0.5")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Quantity, E> {
+                Ok(Quantity(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Quantity, E> {
+                Ok(Quantity(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Quantity, E> {
+                Ok(Quantity(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Quantity, E> {
+                Ok(Quantity(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for Quantity {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Quantity".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "anyOf": [{"type": "string"}, {"type": "number"}]
+        })
+    }
+}
+
+/// Limits of what the container may use, as `docker run --memory/--cpus/--pids-limit`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Resources {
+    /// Memory limit: bytes, or a number with a suffix Ki, Mi, Gi, Ti (powers of 1024) or k,
+    /// M, G, T (powers of 1000): "256Mi", "1Gi", "1.5G". At least 6Mi (Docker's minimum).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+    /// CPU limit in CPUs, like `docker run --cpus`: "0.5" is half a CPU. At least 0.01.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<Quantity>,
+    /// The most processes and threads the container may hold at once (`--pids-limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4_194_304))]
+    pub pids: Option<i64>,
+}
+
+/// Linux capabilities added to or dropped from Docker's default set (`--cap-add`,
+/// `--cap-drop`). Names as `capabilities(7)` has them, with or without the `CAP_` prefix
+/// (`NET_ADMIN`, `CAP_NET_ADMIN`), or `ALL`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Capabilities {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop: Vec<String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ContainerSpec {
     pub node: String,
@@ -295,6 +397,23 @@ pub struct ContainerSpec {
     pub networks: Vec<NetworkAttachment>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortMapping>,
+    /// Memory, CPU and process limits. Absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Box<Resources>>,
+    /// The user the container's processes run as, `docker run --user`: a name or a numeric
+    /// id, with an optional group ("1000:1000", "nobody", "app:app"). Absent: the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Mounts the container's root filesystem read-only (`docker run --read-only`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub read_only_root_filesystem: bool,
+    /// Capabilities added to or dropped from Docker's default set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Box<Capabilities>>,
+    /// Lets processes gain privileges (setuid binaries, file capabilities). Default false:
+    /// the container runs with `no-new-privileges`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_privilege_escalation: bool,
 }
 
 impl ContainerSpec {

@@ -100,8 +100,11 @@ pub fn labels_for(node: &str, entry: &ContainerEntry) -> HashMap<String, String>
 
 /// The create request for `entry`: no networking of Docker's own (`NetworkMode: none`; topo
 /// plumbs the namespace), restart policy "no" (the agent restarts, so it can count), the
-/// link aliases as extra /etc/hosts entries.
+/// link aliases as extra /etc/hosts entries, and the entry's hardening (limits, user,
+/// read-only root, capabilities, no-new-privileges unless allowed).
 pub fn create_body(node: &str, entry: &ContainerEntry) -> ContainerCreateBody {
+    let h = &entry.hardening;
+    let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
     let env: Vec<String> = entry.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let hosts: Vec<String> = entry
         .hosts
@@ -114,6 +117,7 @@ pub fn create_body(node: &str, entry: &ContainerEntry) -> ContainerCreateBody {
         env: Some(env),
         labels: Some(labels_for(node, entry)),
         hostname: Some(entry.name.clone()),
+        user: h.user.clone(),
         host_config: Some(HostConfig {
             network_mode: Some("none".to_string()),
             extra_hosts: Some(hosts),
@@ -121,6 +125,13 @@ pub fn create_body(node: &str, entry: &ContainerEntry) -> ContainerCreateBody {
                 name: Some(RestartPolicyNameEnum::NO),
                 maximum_retry_count: None,
             }),
+            memory: h.memory_bytes,
+            nano_cpus: h.nano_cpus,
+            pids_limit: h.pids_limit,
+            readonly_rootfs: h.read_only_root_filesystem.then_some(true),
+            cap_add: list(&h.cap_add),
+            cap_drop: list(&h.cap_drop),
+            security_opt: list(&h.security_opt()),
             ..Default::default()
         }),
         ..Default::default()
@@ -593,7 +604,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use bollard::models::{ContainerConfig, ContainerState, ContainerStateStatusEnum, EventActor};
-    use topo_schema::slice::HostEntry;
+    use topo_schema::slice::{Hardening, HostEntry};
 
     use super::*;
 
@@ -614,7 +625,52 @@ mod tests {
             attachments: vec![],
             ports: vec![],
             links: vec![],
+            hardening: Box::default(),
         }
+    }
+
+    #[test]
+    fn create_body_carries_the_hardening() {
+        let b = create_body("node1", &entry());
+        let hc = b.host_config.unwrap();
+        assert_eq!(
+            hc.security_opt,
+            Some(vec!["no-new-privileges".to_string()]),
+            "on by default"
+        );
+        assert_eq!((hc.memory, hc.nano_cpus, hc.pids_limit), (None, None, None));
+        assert_eq!(
+            (hc.readonly_rootfs, hc.cap_add, hc.cap_drop),
+            (None, None, None)
+        );
+        assert_eq!(b.user, None);
+
+        let mut e = entry();
+        *e.hardening = Hardening {
+            memory_bytes: Some(256 << 20),
+            nano_cpus: Some(500_000_000),
+            pids_limit: Some(64),
+            user: Some("1000:1000".into()),
+            read_only_root_filesystem: true,
+            cap_add: vec!["CAP_NET_BIND_SERVICE".into()],
+            cap_drop: vec!["ALL".into()],
+            allow_privilege_escalation: true,
+        };
+        let b = create_body("node1", &e);
+        let hc = b.host_config.unwrap();
+        assert_eq!(hc.memory, Some(268_435_456));
+        assert_eq!(hc.nano_cpus, Some(500_000_000));
+        assert_eq!(hc.pids_limit, Some(64));
+        assert_eq!(hc.readonly_rootfs, Some(true));
+        assert_eq!(hc.cap_add, Some(vec!["CAP_NET_BIND_SERVICE".to_string()]));
+        assert_eq!(hc.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(hc.security_opt, None, "allowPrivilegeEscalation: true");
+        assert_eq!(b.user.as_deref(), Some("1000:1000"));
+        assert_eq!(
+            b.labels.unwrap()[owner::CONFIG_HASH],
+            e.config_hash(),
+            "the label carries the hash with the hardening"
+        );
     }
 
     #[test]
