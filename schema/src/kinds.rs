@@ -169,9 +169,17 @@ pub enum Topology {
     Explicit,
 }
 
+/// A network's spec. `blockSize` is optional in manifests and defaulted as it is read (see
+/// [`NetworkSpecWire`]), so every part — validation, IPAM, the agents, `get -o yaml` — sees
+/// the effective value and a manifest that leaves it out applies `unchanged` again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(
+    rename_all = "camelCase",
+    deny_unknown_fields,
+    from = "NetworkSpecWire"
+)]
 pub struct NetworkSpec {
+    /// The network's address range, an IPv4 CIDR such as 10.2.0.0/16.
     #[serde(with = "crate::serde_ip::cidr")]
     #[schemars(with = "String")]
     pub cidr: Ipv4Net,
@@ -180,11 +188,63 @@ pub struct NetworkSpec {
     /// Container MTU; default: underlay MTU minus the GRE overhead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// mesh: tunnels among all nodes that host the network; explicit: only Tunnel objects.
     #[serde(default)]
     pub topology: Topology,
     /// GRE key; unique per network; assigned by the controller when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gre_key: Option<u32>,
+}
+
+/// The block prefix a network gets when its manifest names none: a /24 per node, never
+/// wider than the cidr itself (a /26 network is one /26 block).
+pub const DEFAULT_BLOCK_PREFIX: u8 = 24;
+
+impl NetworkSpec {
+    /// `blockSize` when absent: [`DEFAULT_BLOCK_PREFIX`], or the cidr's prefix when that is
+    /// narrower.
+    pub fn default_block_size(cidr: Ipv4Net) -> u8 {
+        DEFAULT_BLOCK_PREFIX.max(cidr.prefix_len())
+    }
+}
+
+/// [`NetworkSpec`] as written: `blockSize` may be left out. Its default depends on the
+/// sibling `cidr`, which serde's per-field defaults cannot see, hence the extra type.
+#[derive(Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(rename = "NetworkSpec")]
+pub struct NetworkSpecWire {
+    /// The network's address range, an IPv4 CIDR such as 10.2.0.0/16.
+    #[serde(with = "crate::serde_ip::cidr")]
+    #[schemars(with = "String")]
+    cidr: Ipv4Net,
+    /// Prefix length of the block each hosting node leases (24 = a /24 per node). Optional:
+    /// default 24, or the cidr's own prefix when that is narrower (never wider than the cidr).
+    #[serde(default)]
+    block_size: Option<u8>,
+    /// Container MTU; default: underlay MTU minus the GRE overhead.
+    #[serde(default)]
+    mtu: Option<u32>,
+    /// mesh: tunnels among all nodes that host the network; explicit: only Tunnel objects.
+    #[serde(default)]
+    topology: Topology,
+    /// GRE key; unique per network; assigned by the controller when absent.
+    #[serde(default)]
+    gre_key: Option<u32>,
+}
+
+impl From<NetworkSpecWire> for NetworkSpec {
+    fn from(w: NetworkSpecWire) -> Self {
+        NetworkSpec {
+            block_size: w
+                .block_size
+                .unwrap_or_else(|| NetworkSpec::default_block_size(w.cidr)),
+            cidr: w.cidr,
+            mtu: w.mtu,
+            topology: w.topology,
+            gre_key: w.gre_key,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
