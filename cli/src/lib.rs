@@ -12,6 +12,7 @@ pub mod config;
 pub mod describe;
 pub mod diff;
 pub mod inputs;
+pub mod jsonpath;
 pub mod manifests;
 pub mod output;
 pub mod timefmt;
