@@ -39,6 +39,8 @@ pub enum CliError {
     Input(#[from] InputError),
     #[error(transparent)]
     Output(#[from] OutputError),
+    #[error(transparent)]
+    Printer(#[from] crate::printer::PrinterError),
     /// Manifests that do not parse or validate here; nothing was sent.
     #[error("{}", format_api_error(.0))]
     Invalid(ApiError),
@@ -95,6 +97,14 @@ impl CliError {
 pub(crate) fn emit(s: &str) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     out.write_all(s.as_bytes())
+        .and_then(|_| out.flush())
+        .map_err(CliError::Write)
+}
+
+/// Writes bytes (a raw body, maybe cut mid-character) to stdout.
+pub(crate) fn emit_bytes(b: &[u8]) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(b)
         .and_then(|_| out.flush())
         .map_err(CliError::Write)
 }
@@ -303,10 +313,6 @@ pub(crate) async fn apply(ctx: &Ctx, a: args::ApplyArgs) -> Result<i32, CliError
             pending,
         )),
     }
-}
-
-fn output_format(o: Option<&str>) -> Format {
-    o.and_then(Format::parse).unwrap_or(Format::Table)
 }
 
 pub(crate) async fn describe_cmd(ctx: &Ctx, a: args::DescribeArgs) -> Result<i32, CliError> {

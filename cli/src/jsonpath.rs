@@ -256,7 +256,9 @@ impl<'s> Parser<'s> {
         loop {
             match self.peek() {
                 None => {
-                    return Err(self.error(start, format!("unterminated string (expected {quote})")));
+                    return Err(
+                        self.error(start, format!("unterminated string (expected {quote})"))
+                    );
                 }
                 Some(c) if c == quote => {
                     self.pos += 1;

@@ -15,6 +15,7 @@ pub mod inputs;
 pub mod jsonpath;
 pub mod manifests;
 pub mod output;
+pub mod printer;
 pub mod timefmt;
 pub mod tls;
 pub mod waiter;
