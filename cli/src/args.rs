@@ -34,25 +34,142 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create or update every object in the files, all or nothing.
+    #[command(after_help = examples::APPLY)]
     Apply(ApplyArgs),
-    /// List objects as a table, or print them as YAML, JSON or names.
+    /// List objects as a table, or print them as YAML, JSON, names, JSONPath or columns.
+    #[command(after_help = examples::GET)]
     Get(GetArgs),
     /// Show one object in detail: spec, status, conditions and recent events.
+    #[command(after_help = examples::DESCRIBE)]
     Describe(DescribeArgs),
     /// Delete objects named on the command line or in files.
+    #[command(after_help = examples::DELETE)]
     Delete(DeleteArgs),
     /// Show what apply would change. Exit status: 0 no change, 1 changes, 2 error.
+    #[command(after_help = examples::DIFF)]
     Diff(DiffArgs),
     /// Block until objects meet a condition (or are deleted).
+    #[command(after_help = examples::WAIT)]
     Wait(WaitArgs),
     /// Recent events: object, type, reason, age, count, message (newest last).
+    #[command(after_help = examples::EVENTS)]
     Events(EventsArgs),
+    /// Set (KEY=VALUE) or remove (KEY-) labels of objects.
+    #[command(after_help = examples::LABEL)]
+    Label(MetaArgs),
+    /// Set (KEY=VALUE) or remove (KEY-) annotations of objects.
+    #[command(after_help = examples::ANNOTATE)]
+    Annotate(MetaArgs),
+    /// Edit an object in $KUBE_EDITOR or $EDITOR (else vi) and write it back on save.
+    #[command(after_help = examples::EDIT)]
+    Edit(EditArgs),
+    /// Describe a kind or one of its fields: type, description and fields, from the schema.
+    #[command(after_help = examples::EXPLAIN)]
+    Explain(ExplainArgs),
     /// Print the JSON Schema of the manifests, for editors and CI validation.
+    #[command(after_help = examples::SCHEMA)]
     Schema(SchemaArgs),
     /// Print a shell completion script.
+    #[command(after_help = examples::COMPLETION)]
     Completion(CompletionArgs),
     /// Print topoctl's version (and whether the controller answers).
+    #[command(after_help = examples::VERSION)]
     Version(VersionArgs),
+}
+
+/// The examples each verb's `--help` ends with.
+pub mod examples {
+    pub const APPLY: &str = "\
+Examples:
+  topoctl apply -f manifests/demo.yaml          # create or update what the file declares
+  topoctl apply -f manifests/ -R --wait         # a directory tree, then wait until Ready
+  cat app.yaml | topoctl apply -f -             # from standard input
+  topoctl apply -f app.yaml --dry-run=server    # let the controller check it, store nothing";
+
+    pub const GET: &str = "\
+Examples:
+  topoctl get containers -o wide                # more columns
+  topoctl get container/db network/overlay      # kinds mixed, KIND/NAME
+  topoctl get c,net -l app=web                  # several kinds, a label selector
+  topoctl get c db -o yaml                      # one object as YAML
+  topoctl get c -o jsonpath='{.items[*].metadata.name}'
+  topoctl get c -o jsonpath='{range .items[*]}{.metadata.name}{\"\\t\"}{.spec.node}{\"\\n\"}{end}'
+  topoctl get c -o jsonpath='{.items[?(@.spec.node==\"node1\")].metadata.name}'
+  topoctl get c -o custom-columns=NAME:.metadata.name,NODE:.spec.node
+  topoctl get c --sort-by=.status.restartCount  # numbers sort as numbers
+  topoctl get c -w                              # keep printing changes
+  topoctl get --raw /apis/topo.dev/v1alpha1/networks";
+
+    pub const DESCRIBE: &str = "\
+Examples:
+  topoctl describe container db                 # spec, status, conditions, events
+  topoctl describe networks -l tier=back        # every network the selector picks";
+
+    pub const DELETE: &str = "\
+Examples:
+  topoctl delete container db web               # by name
+  topoctl delete container/db link/app-to-db    # KIND/NAME, kinds mixed
+  topoctl delete -f app.yaml --wait             # what the file declares, until nodes removed it
+  topoctl delete c -l app=web --dry-run=server  # what a selector would delete";
+
+    pub const DIFF: &str = "\
+Examples:
+  topoctl diff -f app.yaml; echo $?             # 0 no change, 1 changes, 2 error";
+
+    pub const WAIT: &str = "\
+Examples:
+  topoctl wait container/db --for=condition=Ready --timeout=60s
+  topoctl wait c db web --for=delete";
+
+    pub const EVENTS: &str = "\
+Examples:
+  topoctl events                                # recent events, newest last
+  topoctl events --for container/db -w          # one object's, then as they happen";
+
+    pub const LABEL: &str = "\
+Examples:
+  topoctl label container/db tier=back          # add a label
+  topoctl label c db tier=front --overwrite     # change one that has a value
+  topoctl label c db tier-                      # remove it
+  topoctl label c -l app=web canary=true        # every container the selector picks
+  topoctl label c --all owner=ops --dry-run=server";
+
+    pub const ANNOTATE: &str = "\
+Examples:
+  topoctl annotate container/db description='the orders database'
+  topoctl annotate c db description='the main one' --overwrite
+  topoctl annotate c db description-            # remove it";
+
+    pub const EDIT: &str = "\
+Examples:
+  topoctl edit container/db                     # in $KUBE_EDITOR, else $EDITOR, else vi
+  KUBE_EDITOR='code -w' topoctl edit network overlay
+
+An invalid object reopens the editor with the errors at the top; saving it unchanged
+cancels. If the object changed meanwhile, the edit fails and the edited copy is kept.";
+
+    pub const EXPLAIN: &str = "\
+Examples:
+  topoctl explain containers                    # the kind and its fields
+  topoctl explain container.spec.networks       # one field: type, description, fields
+  topoctl explain network.spec.blockSize
+  topoctl explain link --recursive              # every field, nested";
+
+    pub const SCHEMA: &str = "\
+Examples:
+  topoctl schema > topo.schema.json             # any manifest document
+  topoctl schema Container                      # one kind";
+
+    pub const COMPLETION: &str = "\
+Examples:
+  source <(topoctl completion bash)
+  topoctl completion zsh > \"${fpath[1]}/_topoctl\"
+  topoctl completion fish > ~/.config/fish/completions/topoctl.fish";
+
+    pub const VERSION: &str = "\
+Examples:
+  topoctl version                               # and whether the controller answers
+  topoctl version --client";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -237,6 +354,48 @@ pub struct EventsArgs {
     /// Only the events of this object (KIND/NAME).
     #[arg(long = "for", value_name = "KIND/NAME")]
     pub for_: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MetaArgs {
+    /// The objects, then the changes: KIND NAME... or KIND/NAME... (or KIND with -l or
+    /// --all), then KEY=VALUE to set and KEY- to remove.
+    #[arg(value_name = "KIND/NAME|KEY=VALUE|KEY-", required = true)]
+    pub args: Vec<String>,
+
+    /// Change a key that already has another value (without it, that is an error).
+    #[arg(long)]
+    pub overwrite: bool,
+
+    /// With KIND: every object this label selector picks.
+    #[arg(short = 'l', long, value_name = "SELECTOR")]
+    pub selector: Option<String>,
+
+    /// With KIND: every object of the kind.
+    #[arg(long)]
+    pub all: bool,
+
+    /// client: only print what would change; server: the controller checks the change
+    /// without storing it; none: change.
+    #[arg(long, value_enum, value_name = "MODE", default_value = "none", num_args = 0..=1, default_missing_value = "client")]
+    pub dry_run: DryRun,
+}
+
+#[derive(Debug, Args)]
+pub struct EditArgs {
+    /// The object: KIND/NAME, or KIND NAME.
+    #[arg(value_name = "KIND/NAME", required = true)]
+    pub objects: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// KIND, or KIND.FIELD.SUBFIELD... (e.g. container.spec.networks).
+    pub path: String,
+
+    /// List every field below, nested, with its type.
+    #[arg(long)]
+    pub recursive: bool,
 }
 
 #[derive(Debug, Args)]

@@ -393,6 +393,19 @@ impl Client {
         self.send(self.http.delete(url), true).await.map(|_| ())
     }
 
+    /// PUT of a whole object; refused with a conflict when its resourceVersion is stale.
+    pub async fn replace(&self, r: &Resource, dry_run: bool) -> Result<Resource, ClientError> {
+        let query: &[(&str, &str)] = if dry_run { &[("dryRun", "All")] } else { &[] };
+        let url = self.url(&[r.kind().plural(), r.name()], query)?;
+        self.json(
+            Method::PUT,
+            url,
+            Some(r),
+            &format!("replace {}", r.object_ref()),
+        )
+        .await
+    }
+
     pub async fn apply(&self, req: &ApplyRequest) -> Result<ApplyResponse, ClientError> {
         let url = self.url(&["apply"], &[])?;
         self.json(Method::POST, url, Some(req), "apply").await

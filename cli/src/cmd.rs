@@ -7,8 +7,11 @@
 //! way round.
 
 pub(crate) mod delete;
+pub(crate) mod edit;
 pub(crate) mod events;
+pub(crate) mod explain;
 pub(crate) mod get;
+pub(crate) mod label;
 
 pub use self::events::{event_header, event_rows};
 
@@ -41,11 +44,18 @@ pub enum CliError {
     Output(#[from] OutputError),
     #[error(transparent)]
     Printer(#[from] crate::printer::PrinterError),
+    #[error(transparent)]
+    Edit(#[from] edit::EditError),
+    #[error(transparent)]
+    Explain(#[from] crate::explain::ExplainError),
     /// Manifests that do not parse or validate here; nothing was sent.
     #[error("{}", format_api_error(.0))]
     Invalid(ApiError),
     #[error("{} {:?} not found", .0.kind.as_str().to_ascii_lowercase(), .0.name)]
     NotFound(ObjectRef),
+    /// A failure about one object, on one line: `container/db: why`.
+    #[error("{object}: {message}")]
+    Object { object: ObjectRef, message: String },
     #[error("{0}")]
     Usage(String),
     #[error("timed out after {after} waiting for {pending_count} of {total} objects ({goal}):{}", list_pending(.pending))]
@@ -84,6 +94,27 @@ impl CliError {
             total,
             pending_count: pending.len(),
             pending,
+        }
+    }
+
+    /// The controller's refusal of a change to `r`, on one line naming it (kubectl's
+    /// habit); failures to reach the controller stay as they are.
+    pub(crate) fn object(r: &ObjectRef, e: ClientError) -> CliError {
+        let Some(api) = e.api() else {
+            return CliError::Client(e);
+        };
+        let prefix = format!("{r}: ");
+        let strip = |s: &str| s.strip_prefix(&prefix).unwrap_or(s).to_string();
+        let mut parts = vec![strip(&api.message)];
+        for c in &api.causes {
+            let c = strip(&c.to_string());
+            if !parts.contains(&c) {
+                parts.push(c);
+            }
+        }
+        CliError::Object {
+            object: r.clone(),
+            message: parts.join("; "),
         }
     }
 

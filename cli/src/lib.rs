@@ -11,6 +11,7 @@ pub mod cmd;
 pub mod config;
 pub mod describe;
 pub mod diff;
+pub mod explain;
 pub mod inputs;
 pub mod jsonpath;
 pub mod manifests;
@@ -22,7 +23,7 @@ pub mod waiter;
 pub mod watch;
 
 use crate::args::{Cli, Command};
-use crate::cmd::{CliError, Ctx, delete, events, get};
+use crate::cmd::{CliError, Ctx, delete, edit, events, get, label};
 use crate::config::Env;
 
 /// Runs one command; the exit status on success (diff's 1 means "changes").
@@ -40,6 +41,10 @@ pub async fn run(cli: Cli, env: Env) -> Result<i32, CliError> {
         Command::Diff(a) => cmd::diff(&ctx, a).await,
         Command::Wait(a) => cmd::wait(&ctx, a).await,
         Command::Events(a) => events::events(&ctx, a).await,
+        Command::Label(a) => label::label(&ctx, label::Which::Labels, a).await,
+        Command::Annotate(a) => label::label(&ctx, label::Which::Annotations, a).await,
+        Command::Edit(a) => edit::edit(&ctx, a).await,
+        Command::Explain(a) => cmd::explain::explain(a),
         Command::Schema(a) => cmd::schema(a),
         Command::Completion(a) => cmd::completion(a),
         Command::Version(a) => cmd::version(&ctx, a).await,

@@ -85,10 +85,15 @@ impl std::fmt::Display for Kind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Object<S, St> {
+    /// The API version: topo.dev/v1alpha1.
     pub api_version: String,
+    /// The kind of the object: Node, Network, Container, Link or Tunnel.
     pub kind: String,
+    /// The object's name, labels and annotations, and the fields the server sets.
     pub metadata: ObjectMeta,
+    /// What the object should be: written by the user.
     pub spec: S,
+    /// What the object is: written by the controller from what the agents report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<St>,
 }
@@ -134,6 +139,7 @@ pub struct NodeSpec {
     #[serde(with = "crate::serde_ip::ipv4")]
     #[schemars(with = "String")]
     pub address: Ipv4Addr,
+    /// system (the kernel's, default) or netdev (OVS's userspace datapath).
     #[serde(default)]
     pub datapath: Datapath,
     /// Host ports no container may publish on this node. Absent: 22, 2379, 2380 and 8443
@@ -145,8 +151,10 @@ pub struct NodeSpec {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeStatus {
+    /// The metadata.generation the status was last computed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The object's conditions; Ready is the one every kind has.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// network → the node's address block in it.
@@ -169,9 +177,10 @@ pub enum Topology {
     Explicit,
 }
 
-/// A network's spec. `blockSize` is optional in manifests and defaulted as it is read (see
-/// [`NetworkSpecWire`]), so every part — validation, IPAM, the agents, `get -o yaml` — sees
-/// the effective value and a manifest that leaves it out applies `unchanged` again.
+// `blockSize` is optional in manifests and defaulted as it is read (`NetworkSpecWire`), so
+// every part — validation, IPAM, the agents, `get -o yaml` — sees the effective value and a
+// manifest that leaves it out applies `unchanged` again.
+/// The network's address range, how it is cut into per-node blocks, and how it is carried.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(
     rename_all = "camelCase",
@@ -208,8 +217,9 @@ impl NetworkSpec {
     }
 }
 
-/// [`NetworkSpec`] as written: `blockSize` may be left out. Its default depends on the
-/// sibling `cidr`, which serde's per-field defaults cannot see, hence the extra type.
+// [`NetworkSpec`] as written: `blockSize` may be left out. Its default depends on the
+// sibling `cidr`, which serde's per-field defaults cannot see, hence the extra type.
+/// The network's address range, how it is cut into per-node blocks, and how it is carried.
 #[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(rename = "NetworkSpec")]
@@ -250,8 +260,10 @@ impl From<NetworkSpecWire> for NetworkSpec {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetworkStatus {
+    /// The metadata.generation the status was last computed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The object's conditions; Ready is the one every kind has.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// The GRE key in force (the spec's, or the assigned one).
@@ -263,6 +275,7 @@ pub struct NetworkStatus {
     /// node → block.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub blocks: BTreeMap<String, String>,
+    /// How many addresses of the network are allocated.
     #[serde(default)]
     pub allocated: u32,
 }
@@ -316,6 +329,7 @@ impl std::fmt::Display for Protocol {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetworkAttachment {
+    /// The Network to join.
     pub network: String,
     /// Static address (pipework); else allocated from the node's block.
     #[serde(
@@ -333,9 +347,12 @@ pub struct NetworkAttachment {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PortMapping {
+    /// The port inside the container.
     pub container_port: u32,
+    /// The port published on the node, like docker run -p; none: not published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_port: Option<u32>,
+    /// tcp (default) or udp.
     #[serde(default)]
     pub protocol: Protocol,
 }
@@ -343,16 +360,23 @@ pub struct PortMapping {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ContainerSpec {
+    /// The Node that runs the container; changing it moves the container.
     pub node: String,
+    /// The Docker image, e.g. topo/busybox:latest.
     pub image: String,
+    /// The command and its arguments; default: the image's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
+    /// Environment variables of the container.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// When Docker pulls the image: IfNotPresent, Never or Always.
     #[serde(default)]
     pub image_pull_policy: PullPolicy,
+    /// The networks the container joins, each on its own interface.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<NetworkAttachment>,
+    /// Ports published on the node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortMapping>,
 }
@@ -370,10 +394,13 @@ impl ContainerSpec {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ContainerStatus {
+    /// The metadata.generation the status was last computed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The object's conditions; Ready is the one every kind has.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// The node the container runs on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
     /// network → address.
@@ -385,6 +412,7 @@ pub struct ContainerStatus {
         skip_serializing_if = "Option::is_none"
     )]
     pub container_id: Option<String>,
+    /// How many times Docker restarted the container.
     #[serde(default)]
     pub restart_count: u32,
 }
@@ -405,6 +433,7 @@ pub struct LinkTarget {
     )]
     #[schemars(with = "Option<String>")]
     pub address: Option<Ipv4Addr>,
+    /// The target's port.
     pub port: u32,
 }
 
@@ -413,10 +442,12 @@ pub struct LinkTarget {
 pub struct LinkSpec {
     /// The consumer container.
     pub from: String,
+    /// The service reached: a container and port, or an address and port.
     pub to: LinkTarget,
     /// `ip:port` inside the consumer; default 127.0.0.1:<to.port>.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+    /// tcp (default) or udp.
     #[serde(default)]
     pub protocol: Protocol,
     /// Docker-link style alias: environment variables and a hosts entry in the consumer.
@@ -439,8 +470,10 @@ impl LinkSpec {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LinkStatus {
+    /// The metadata.generation the status was last computed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The object's conditions; Ready is the one every kind has.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// The resolved `ip:port` the listen address is forwarded to.
@@ -453,6 +486,7 @@ pub struct LinkStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TunnelSpec {
+    /// The Network the tunnel carries.
     pub network: String,
     /// Two managed nodes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -473,8 +507,10 @@ pub struct TunnelSpec {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TunnelStatus {
+    /// The metadata.generation the status was last computed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The object's conditions; Ready is the one every kind has.
     #[serde(default)]
     pub conditions: Vec<Condition>,
 }
