@@ -458,6 +458,47 @@ mod tests {
     }
 
     #[test]
+    fn every_verb_has_examples() {
+        for sub in Cli::command().get_subcommands() {
+            let help = sub
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(
+                help.starts_with("Examples:\n  ") && help.contains("topoctl "),
+                "topoctl {} --help has no examples",
+                sub.get_name()
+            );
+        }
+    }
+
+    #[test]
+    fn completion_knows_the_new_verbs_and_formats() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "topoctl", &mut buf);
+            let script = String::from_utf8_lossy(&buf);
+            for word in [
+                "label",
+                "annotate",
+                "edit",
+                "explain",
+                "sort-by",
+                "raw",
+                "overwrite",
+                "jsonpath=",
+                "custom-columns=",
+            ] {
+                assert!(script.contains(word), "{shell:?} completion lacks {word}");
+            }
+        }
+    }
+
+    #[test]
     fn parses_kubectl_like_lines() {
         let c = Cli::try_parse_from([
             "topoctl",
@@ -502,5 +543,28 @@ mod tests {
             panic!("not wait")
         };
         assert_eq!(w.timeout, Duration::from_secs(5));
+
+        let c = Cli::try_parse_from(["topoctl", "get", "--raw", "/readyz"]).unwrap();
+        let Command::Get(g) = c.command else {
+            panic!("not get")
+        };
+        assert_eq!((g.raw.as_deref(), g.targets.len()), (Some("/readyz"), 0));
+        assert!(
+            Cli::try_parse_from(["topoctl", "get"]).is_err(),
+            "a kind or --raw"
+        );
+        assert!(Cli::try_parse_from(["topoctl", "get", "c", "--raw", "/x"]).is_err());
+        let c = Cli::try_parse_from(["topoctl", "get", "c", "--allow-missing-template-keys=false"])
+            .unwrap();
+        let Command::Get(g) = c.command else {
+            panic!("not get")
+        };
+        assert!(!g.allow_missing_template_keys);
+        let c =
+            Cli::try_parse_from(["topoctl", "label", "c/db", "a=b", "c-", "--overwrite"]).unwrap();
+        let Command::Label(l) = c.command else {
+            panic!("not label")
+        };
+        assert_eq!((l.args.len(), l.overwrite), (3, true));
     }
 }
