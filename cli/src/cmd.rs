@@ -1,8 +1,8 @@
 //! The verbs: each parses its arguments, talks to the controller through [`Client`] and
 //! prints through [`crate::output`]; exit statuses and errors are [`CliError`]'s.
 //!
-//! The verbs with several phases (`get`, `delete`, `events`) live in modules of their own
-//! under `cmd/`; this file holds what they share and the short verbs. The dispatch is the
+//! The verbs with several phases (`get`, `delete`, `events`, `label`/`annotate`, `edit`,
+//! `explain`) live in modules of their own under `cmd/`; this file holds what they share and the short verbs. The dispatch is the
 //! crate's [`crate::run`], above both, so the verb modules use this one and not the other
 //! way round.
 

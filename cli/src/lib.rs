@@ -1,9 +1,10 @@
 //! topoctl: the command line of topo (SPEC.md, "Command line: topoctl").
 //!
 //! Rendering is kept apart from I/O so it can be tested: [`output`] (tables, `-o`),
-//! [`describe`], [`diff`], [`timefmt`]; [`client`] speaks the controller's HTTP API and
-//! [`watch`] keeps a watch going across disconnects and compactions. [`run`] dispatches a
-//! parsed command line to the verbs of [`cmd`].
+//! [`printer`] (`-o jsonpath|custom-columns`, `--sort-by`) over [`jsonpath`] (kubectl's
+//! template dialect), [`explain`], [`describe`], [`diff`], [`timefmt`]; [`client`] speaks
+//! the controller's HTTP API and [`watch`] keeps a watch going across disconnects and
+//! compactions. [`run`] dispatches a parsed command line to the verbs of [`cmd`].
 
 pub mod args;
 pub mod client;

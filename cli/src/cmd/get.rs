@@ -382,6 +382,7 @@ async fn raw(ctx: &Ctx, path: &str) -> Result<i32, CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::tests::container;
 
     fn parse(args: &[&str]) -> Result<Request, CliError> {
         Request::parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
@@ -420,5 +421,38 @@ mod tests {
             let e = parse(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn watched_changes_print_as_the_first_table() {
+        let now = Utc::now();
+        let cols =
+            Printer::Columns(printer::columns("NAME:.metadata.name,NODE:.spec.node").unwrap());
+        let first = printer::columns_table(
+            match &cols {
+                Printer::Columns(c) => c,
+                _ => unreachable!(),
+            },
+            &[container("a-longer-name", now)],
+        );
+        let header = first.lines().next().unwrap_or_default().to_string();
+        let mut widths = Widths::new();
+        widths.insert(None, vec!["a-longer-name".len(), "NODE".len()]);
+        let line = changed_line(&container("db", now), &cols, false, &mut widths).unwrap();
+        assert!(!line.contains("NAME"), "no second header: {line}");
+        assert_eq!(
+            line.find("node4"),
+            header.find("NODE"),
+            "aligned with {first}"
+        );
+        let mut fresh = Widths::new();
+        let line = changed_line(&container("db", now), &cols, false, &mut fresh).unwrap();
+        assert_eq!(
+            line, "NAME   NODE\ndb     node4\n",
+            "the first row brings its header"
+        );
+        let jp = Printer::parse(Some("jsonpath={.metadata.name}{\"\\n\"}"), true).unwrap();
+        let line = changed_line(&container("db", now), &jp, false, &mut widths).unwrap();
+        assert_eq!(line, "db\n");
     }
 }
