@@ -45,6 +45,7 @@ bench: deps
 	./target/release/topo-bench | tee target/bench/controller.md
 	TOPO_BIN=$(CURDIR)/target/release ./target/release/lab-bench | tee target/bench/lab.md
 	TOPO_BIN=$(CURDIR)/target/release ./target/release/rewire-bench --rewires 20 | tee target/bench/rewire.md
+	TOPO_BIN=$(CURDIR)/target/release ./target/release/dataplane-bench --secs 10 --rounds 5 | tee target/bench/dataplane.md
 	@echo "results in target/bench/*.md; BENCHMARKS.md quotes them with the machine"
 
 ## lab-up: eval "$$(make -s lab-up NODES=3)" — prints only export lines on stdout
