@@ -67,7 +67,7 @@ for b in topo-controller topo-agent topoctl topo-pki; do
 done
 
 stage topo-controller
-install -m 0755 "$release/topo-controller" "$out/stage/topo-controller/usr/bin/"
+install -s -m 0755 "$release/topo-controller" "$out/stage/topo-controller/usr/bin/"
 install -D -m 0644 deploy/etc/controller.env "$out/stage/topo-controller/etc/topo/controller.env"
 echo /etc/topo/controller.env >"$out/stage/topo-controller/DEBIAN/conffiles"
 unit topo-controller
@@ -77,7 +77,7 @@ control topo-controller "adduser, init-system-helpers" \
  replica, derives every node's slice. Configure with topo-pki (package topoctl)."
 
 stage topo-agent
-install -m 0755 "$release/topo-agent" "$out/stage/topo-agent/usr/bin/"
+install -s -m 0755 "$release/topo-agent" "$out/stage/topo-agent/usr/bin/"
 # An example only: the unit starts once /etc/topo/agent.env exists with this node's values.
 install -D -m 0644 deploy/etc/agent.env "$out/stage/topo-agent/usr/share/doc/topo-agent/examples/agent.env"
 unit topo-agent
@@ -86,7 +86,7 @@ control topo-agent "init-system-helpers, openvswitch-switch, docker.io | docker-
  Keeps this host equal to its slice of the topo cluster's desired state."
 
 stage topoctl
-install -m 0755 "$release/topoctl" "$release/topo-pki" "$out/stage/topoctl/usr/bin/"
+install -s -m 0755 "$release/topoctl" "$release/topo-pki" "$out/stage/topoctl/usr/bin/"
 control topoctl "" \
   "topoctl and topo-pki: command line and certificates of a topo cluster
  topoctl applies manifests and inspects a cluster, as kubectl does; topo-pki makes the
