@@ -142,6 +142,7 @@ pub async fn run(
     tracing::info!(node = %node, "shutting down: finishing in-flight reconciles");
     queue.shutdown();
     tasks.abort_all();
+    ctx.watches.stop_all();
     drain(workers, cfg.shutdown_grace).await;
     let _ = tokio::time::timeout(Duration::from_secs(3), heartbeat).await;
     tracing::info!(node = %node, "stopped; containers keep running");

@@ -4,7 +4,8 @@
 mod runtime_support;
 
 use runtime_support::*;
-use topo_agent::backend::{NatRules, NetNs, Ovs, OvsChange, PortKind};
+use topo_agent::backend::fake::NsKey;
+use topo_agent::backend::{NatRules, Ovs, OvsChange, PortKind};
 use topo_agent::watch::SliceValue;
 use topo_schema::api::EventType;
 use topo_schema::kinds::{Kind, PullPolicy};
@@ -55,17 +56,17 @@ async fn reconcile_from_an_empty_host_builds_everything() {
     assert_eq!(gw.mtu, 1458);
     assert!(f.ifs.host().attachments.contains_key(&web_port()));
     // NAT: masquerade + published port on the node, the link in app's namespace.
-    let node_nat = f.nat.rules(NetNs::Node);
+    let node_nat = f.nat.rules(NsKey::Node);
     assert_eq!(node_nat.masquerade, vec!["10.2.0.0/16".parse().unwrap()]);
     assert_eq!(node_nat.ports.len(), 1);
     assert_eq!(node_nat.ports[0].host_port, 50000);
     let app_pid = f.docker.container("app").unwrap().pid.unwrap();
-    let app_nat = f.nat.rules(NetNs::Pid(app_pid));
+    let app_nat = f.nat.rules(NsKey::Pid(app_pid));
     assert_eq!(app_nat.links.len(), 1);
     assert_eq!(app_nat.links[0].target, "10.2.1.5:80".parse().unwrap());
     let web_pid = f.docker.container("web").unwrap().pid.unwrap();
     assert_eq!(
-        f.nat.rules(NetNs::Pid(web_pid)),
+        f.nat.rules(NsKey::Pid(web_pid)),
         NatRules::default(),
         "no links, no table"
     );
@@ -172,7 +173,7 @@ async fn removal_from_the_slice_cleans_the_host() {
             .contains_key(&names::gre_port_name("overlay", "node2"))
     );
     assert!(
-        f.nat.rules(NetNs::Node).ports.is_empty(),
+        f.nat.rules(NsKey::Node).ports.is_empty(),
         "published port no longer DNATed"
     );
     assert!(f.report(Kind::Container, "web").is_none(), "report deleted");
@@ -199,7 +200,7 @@ async fn removing_the_bridge_removes_it_and_everything_on_it() {
     assert!(!ovs.bridges.contains_key("tb-overlay"));
     assert!(ovs.bridges.contains_key("br-phy"));
     assert_eq!(
-        f.nat.rules(NetNs::Node),
+        f.nat.rules(NsKey::Node),
         NatRules::default(),
         "empty table removed"
     );
@@ -257,7 +258,7 @@ async fn a_link_rewire_reprograms_without_recreating() {
     assert_eq!(after.started_at, before.started_at);
     assert!(f.docker.writes().is_empty(), "{:?}", f.docker.writes());
     assert!(f.ovs.writes().is_empty() && f.ifs.writes().is_empty());
-    let rules = f.nat.rules(NetNs::Pid(after.pid.unwrap()));
+    let rules = f.nat.rules(NsKey::Pid(after.pid.unwrap()));
     assert_eq!(rules.links[0].target, "10.2.3.9:6379".parse().unwrap());
     let l = f.report(Kind::Link, "app-to-web").unwrap();
     assert_eq!(l.endpoint.as_deref(), Some("10.2.3.9:6379"));
@@ -281,7 +282,7 @@ async fn a_link_rewire_reprograms_without_recreating() {
     app.links = vec![link_rule("app-to-web", None)];
     agent.put(SliceEntry::Container(app));
     agent.runner.run_until_idle().await;
-    assert!(f.nat.rules(NetNs::Pid(after.pid.unwrap())).links.is_empty());
+    assert!(f.nat.rules(NsKey::Pid(after.pid.unwrap())).links.is_empty());
     let l = f.report(Kind::Link, "app-to-web").unwrap();
     assert!(!l.ready);
     assert_eq!(l.reason, "TargetNotFound");
@@ -337,7 +338,7 @@ async fn an_alias_change_recreates_the_consumer_and_rewires_never_do() {
     );
     assert_eq!(recreations(&f), 1);
     // The new container's namespace got the link rules again.
-    let rules = f.nat.rules(NetNs::Pid(aliased.pid.unwrap()));
+    let rules = f.nat.rules(NsKey::Pid(aliased.pid.unwrap()));
     assert_eq!(rules.links[0].target, "10.2.1.5:80".parse().unwrap());
 
     // Rewires: the target moves (new address), then the link points elsewhere.
@@ -351,7 +352,7 @@ async fn an_alias_change_recreates_the_consumer_and_rewires_never_do() {
         assert_eq!(now.id, aliased.id, "rewire to {target} kept the consumer");
         assert_eq!(now.started_at, aliased.started_at);
         assert!(f.docker.writes().is_empty(), "{:?}", f.docker.writes());
-        let rules = f.nat.rules(NetNs::Pid(now.pid.unwrap()));
+        let rules = f.nat.rules(NsKey::Pid(now.pid.unwrap()));
         assert_eq!(rules.links[0].target, target.parse().unwrap());
         let l = f.report(Kind::Link, "app-to-web").unwrap();
         assert_eq!(l.endpoint.as_deref(), Some(target));
@@ -379,7 +380,7 @@ async fn an_alias_change_recreates_the_consumer_and_rewires_never_do() {
         "removing an alias recreates the consumer"
     );
     assert_eq!(recreations(&f), 2);
-    let rules = f.nat.rules(NetNs::Pid(plain.pid.unwrap()));
+    let rules = f.nat.rules(NsKey::Pid(plain.pid.unwrap()));
     assert_eq!(rules.links[0].target, "10.2.3.9:6379".parse().unwrap());
 }
 

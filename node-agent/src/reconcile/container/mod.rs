@@ -18,7 +18,7 @@ use topo_schema::slice::{ContainerEntry, owner};
 
 use super::Action;
 use super::context::Context;
-use super::drift::{Drift, describe};
+use super::drift::{Drift, describe, with_kinds};
 use super::error::ReconcileError;
 use super::executor::{Change, NatScope};
 use super::reports;
@@ -59,7 +59,7 @@ pub async fn reconcile(
     findings.repairs.extend(running.restarted.clone());
     let restarts = ctx.restart_state(&c.name, &running.container.id).await;
 
-    let plumbing = plumbing::converge(ctx, c, previous, running.pid).await?;
+    let plumbing = plumbing::converge(ctx, c, previous, &running.ns).await?;
     if !running.created {
         findings.found(plumbing, outside_topo);
     }
@@ -67,7 +67,7 @@ pub async fn reconcile(
     let exec = ctx.executor();
     let scope = NatScope::Container {
         name: c.name.clone(),
-        pid: running.pid,
+        ns: running.ns.clone(),
     };
     let observed = exec.nat(&scope).await?;
     let links = links::plan(c, previous, &observed, running.created, restarted);
@@ -99,13 +99,16 @@ pub async fn reconcile(
         .await
         .map_err(|source| ReconcileError::Report { source })?;
     record(ctx, c, findings, links.rewired).await;
+    // From now on a change inside the container's namespace is heard at once.
+    ctx.watches.ensure(&c.name, &running.ns).await;
     Ok(Action::AwaitChange)
 }
 
 async fn record(ctx: &Context, c: &ContainerEntry, f: Findings, rewired: Vec<(String, String)>) {
     let object = ObjectRef::new(Kind::Container, &c.name);
     if !f.repairs.is_empty() {
-        let message = format!("container {}: {}; repaired", c.name, describe(&f.repairs));
+        let text = format!("container {}: {}; repaired", c.name, describe(&f.repairs));
+        let message = with_kinds(text, &f.repairs);
         ctx.recorder
             .warning(object.clone(), "DriftRepaired", message)
             .await;
@@ -151,6 +154,8 @@ pub fn plan_port_removal(c: &ContainerEntry, state: &OvsState) -> Vec<OvsChange>
 /// The entry left the slice: the container, its host veths (usually gone with its
 /// namespace) and its ports go, each whatever the others do.
 pub async fn remove(ctx: &Context, c: &ContainerEntry) -> Result<(), ReconcileError> {
+    // Its end is no news: the watch must not queue the key when the process exits.
+    ctx.watches.forget(&c.name);
     let exec = ctx.executor();
     let mut errors = Vec::new();
     match exec.container(&c.docker_name).await {
