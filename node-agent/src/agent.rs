@@ -18,6 +18,7 @@ use topo_schema::kinds::Datapath;
 
 use crate::events::{EtcdEvents, Recorder};
 use crate::heartbeat::{HeartbeatConfig, register_node, run_heartbeat};
+use crate::pulls::PullConfig;
 use crate::queue::WorkQueue;
 use crate::reconcile::{Backends, Context, Runner};
 use crate::report::{EtcdReports, Reporter};
@@ -34,6 +35,8 @@ pub struct AgentConfig {
     pub workers: usize,
     /// How long in-flight reconciles may take to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// Image pull deadlines and backoff.
+    pub image_pulls: PullConfig,
 }
 
 /// Handles a test (or main) can watch while the agent runs.
@@ -92,14 +95,17 @@ pub async fn run(
     let store = SliceStore::new();
     let queue = WorkQueue::new();
     let recorder = Recorder::new(Arc::new(EtcdEvents::new(client.clone(), &node)), &node);
-    let ctx = Arc::new(Context::new(
-        &node,
-        backends.clone(),
-        store.clone(),
-        reporter,
-        recorder,
-        queue.clone(),
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            &node,
+            backends.clone(),
+            store.clone(),
+            reporter,
+            recorder,
+            queue.clone(),
+        )
+        .with_pull_config(cfg.image_pulls),
+    );
     let runner = Runner::new(ctx.clone());
     let (synced_tx, synced_rx) = watch::channel(false);
     if let Some(ready) = ready {
@@ -143,6 +149,7 @@ pub async fn run(
     queue.shutdown();
     tasks.abort_all();
     ctx.watches.stop_all();
+    ctx.pulls.stop_all();
     drain(workers, cfg.shutdown_grace).await;
     let _ = tokio::time::timeout(Duration::from_secs(3), heartbeat).await;
     tracing::info!(node = %node, "stopped; containers keep running");

@@ -3,6 +3,8 @@
 
 mod runtime_support;
 
+use std::time::Duration;
+
 use runtime_support::*;
 use topo_agent::backend::fake::NsKey;
 use topo_agent::backend::{NatRules, Ovs, OvsChange, PortKind};
@@ -384,8 +386,10 @@ async fn an_alias_change_recreates_the_consumer_and_rewires_never_do() {
     assert_eq!(rules.links[0].target, "10.2.3.9:6379".parse().unwrap());
 }
 
+/// Issue 9: a failed pull is `ImagePullBackOff` with the registry's error, one counted
+/// event per error, and is retried after the backoff; the other container is not held back.
 #[tokio::test]
-async fn a_missing_image_is_image_pull_failed_and_retried() {
+async fn a_missing_image_backs_off_with_the_registrys_error_and_is_retried() {
     let f = Fakes::new();
     let mut entries = slice();
     if let SliceEntry::Container(c) = &mut entries[3] {
@@ -394,10 +398,17 @@ async fn a_missing_image_is_image_pull_failed_and_retried() {
     }
     let agent = Agent::new(&f, entries);
     agent.start().await;
+    agent.settle().await;
     let r = f.report(Kind::Container, "web").unwrap();
     assert!(!r.ready);
-    assert_eq!(r.reason, "ImagePullFailed");
-    assert!(r.message.contains("nope:1"), "{}", r.message);
+    assert_eq!(r.reason, "ImagePullBackOff");
+    assert!(
+        r.message
+            .contains("pull access denied for nope:1, repository does not exist"),
+        "{}",
+        r.message
+    );
+    assert_eq!(f.events("Pulling").len(), 1);
     let ev = f.events("ImagePullFailed");
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0].type_, EventType::Warning);
@@ -405,11 +416,75 @@ async fn a_missing_image_is_image_pull_failed_and_retried() {
     // The other container is not held back.
     assert!(f.report(Kind::Container, "app").unwrap().ready);
 
-    // Once the image can be pulled, the retry succeeds.
+    // The retry after the backoff fails the same way: counted on the same event.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    agent.settle().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    agent.settle().await;
+    let ev = f.events("ImagePullFailed");
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].count, 2, "{ev:?}");
+
+    // Once the image can be pulled, the next retry succeeds.
     f.docker.host().registry.insert("nope:1".into());
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    agent.settle().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
     agent.settle().await;
     assert!(f.report(Kind::Container, "web").unwrap().ready);
+    assert_eq!(f.events("Pulled").len(), 1);
+}
+
+/// Issue 9: a registry that accepts the pull and then sends nothing holds up no reconcile
+/// (the pull runs off the worker), is pulled once for every container that wants the image,
+/// and is abandoned after the progress deadline as `ImagePullBackOff`.
+#[tokio::test]
+async fn a_stalled_pull_blocks_nothing_and_is_abandoned() {
+    let f = Fakes::new();
+    f.docker.host().stalled.insert("stall:1".into());
+    let mut entries = slice();
+    let mut second = container("second", "10.2.1.7");
+    second.image = "stall:1".into();
+    entries.push(SliceEntry::Container(second));
+    if let SliceEntry::Container(c) = &mut entries[3] {
+        c.image = "stall:1".into();
+    }
+    let agent = Agent::new(&f, entries);
+    // With the pull inline this would never return: the stream never ends.
+    tokio::time::timeout(Duration::from_secs(5), agent.start())
+        .await
+        .expect("the first pass waited for the stalled pull");
+    assert!(f.report(Kind::Container, "app").unwrap().ready);
+    for name in ["web", "second"] {
+        let r = f.report(Kind::Container, name).unwrap();
+        assert_eq!(r.reason, "ImagePulling", "{name}: {r:?}");
+        assert!(r.message.contains("pulling image stall:1"), "{}", r.message);
+    }
+    let pulls = |f: &Fakes| {
+        f.docker
+            .writes()
+            .iter()
+            .filter(|w| *w == "pull stall:1")
+            .count()
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(pulls(&f), 1, "one pull for both: {:?}", f.docker.writes());
+
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    agent.settle().await;
+    for name in ["web", "second"] {
+        let r = f.report(Kind::Container, name).unwrap();
+        assert_eq!(r.reason, "ImagePullBackOff", "{name}: {r:?}");
+        assert!(
+            r.message.contains("sent nothing for 0.3 s"),
+            "{}",
+            r.message
+        );
+    }
+    let failed = f.events("ImagePullFailed");
+    assert_eq!(failed.len(), 2, "one per waiting container: {failed:?}");
+    assert!(failed[0].message.contains("stalled"), "{failed:?}");
+    assert!(f.docker.container("web").is_none());
 }
 
 #[tokio::test]

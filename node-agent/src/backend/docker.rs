@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, EventMessage, HostConfig, RestartPolicy,
-    RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerInspectResponse, CreateImageInfo, EventMessage, HostConfig,
+    RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions,
@@ -22,11 +22,10 @@ use bollard::query_parameters::{
 use chrono::{DateTime, Datelike, Utc};
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use topo_schema::kinds::PullPolicy;
 use topo_schema::slice::{ContainerEntry, owner};
 use tracing::{debug, warn};
 
-use super::{ContainerEvent, Containers, ObservedContainer};
+use super::{ContainerEvent, Containers, ObservedContainer, PullProgress};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
@@ -261,33 +260,6 @@ impl DockerContainers {
         }
     }
 
-    async fn image_present(&self, image: &str) -> Result<bool, ContainerError> {
-        match self.docker.inspect_image(image).await {
-            Ok(_) => Ok(true),
-            Err(e) if status_code(&e) == Some(404) => Ok(false),
-            Err(e) => Err(ContainerError::docker(format!("inspect image {image}"), e)),
-        }
-    }
-
-    async fn pull(&self, image: &str) -> Result<(), ContainerError> {
-        let (repo, tag) = split_image(image);
-        let opts = CreateImageOptions {
-            from_image: Some(repo.to_string()),
-            tag: Some(tag.to_string()),
-            ..Default::default()
-        };
-        let mut s = self.docker.create_image(Some(opts), None, None);
-        while let Some(item) = s.next().await {
-            if let Err(e) = item {
-                return Err(ContainerError::ImagePullFailed {
-                    image: image.to_string(),
-                    reason: pull_reason(&e),
-                });
-            }
-        }
-        Ok(())
-    }
-
     /// What holds `docker_name` when a create collided.
     async fn collision(&self, docker_name: &str) -> ContainerError {
         match self.inspect(docker_name).await {
@@ -348,6 +320,59 @@ fn pull_reason(e: &DockerError) -> String {
     }
 }
 
+/// One message of the engine's pull stream; an error message (the registry's, relayed) is
+/// `ImagePullFailed`.
+pub fn pull_progress(image: &str, info: CreateImageInfo) -> Result<PullProgress, ContainerError> {
+    if let Some(e) = info.error_detail.and_then(|d| d.message) {
+        return Err(ContainerError::ImagePullFailed {
+            image: image.to_string(),
+            reason: e,
+        });
+    }
+    let detail = info.progress_detail.unwrap_or_default();
+    let bytes = |v: Option<i64>| v.and_then(|n| u64::try_from(n).ok());
+    Ok(PullProgress {
+        layer: info.id,
+        status: info.status.unwrap_or_default(),
+        current: bytes(detail.current),
+        total: bytes(detail.total),
+    })
+}
+
+/// Forwards the engine's pull of `image` into `tx` until it ends, fails or `tx` closes
+/// (dropping the engine's stream closes the request, and the engine cancels the pull).
+async fn forward_pull(
+    docker: Docker,
+    image: String,
+    tx: tokio::sync::mpsc::Sender<Result<PullProgress, ContainerError>>,
+) {
+    let (repo, tag) = split_image(&image);
+    let opts = CreateImageOptions {
+        from_image: Some(repo.to_string()),
+        tag: Some(tag.to_string()),
+        ..Default::default()
+    };
+    let mut s = docker.create_image(Some(opts), None, None);
+    loop {
+        let item = tokio::select! {
+            _ = tx.closed() => return,
+            item = s.next() => item,
+        };
+        let msg = match item {
+            None => return,
+            Some(Ok(info)) => pull_progress(&image, info),
+            Some(Err(e)) => Err(ContainerError::ImagePullFailed {
+                image: image.clone(),
+                reason: pull_reason(&e),
+            }),
+        };
+        let failed = msg.is_err();
+        if tx.send(msg).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
 #[async_trait]
 impl Containers for DockerContainers {
     async fn list(&self) -> Result<Vec<ObservedContainer>, ContainerError> {
@@ -382,27 +407,18 @@ impl Containers for DockerContainers {
             .and_then(|c| observed_from_inspect(&self.node, &c)))
     }
 
-    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), ContainerError> {
-        match policy {
-            PullPolicy::Always => self.pull(image).await,
-            PullPolicy::IfNotPresent => {
-                if self.image_present(image).await? {
-                    Ok(())
-                } else {
-                    self.pull(image).await
-                }
-            }
-            PullPolicy::Never => {
-                if self.image_present(image).await? {
-                    Ok(())
-                } else {
-                    Err(ContainerError::ImagePullFailed {
-                        image: image.to_string(),
-                        reason: "the image is not present and imagePullPolicy is Never".to_string(),
-                    })
-                }
-            }
+    async fn image_present(&self, image: &str) -> Result<bool, ContainerError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(e) if status_code(&e) == Some(404) => Ok(false),
+            Err(e) => Err(ContainerError::docker(format!("inspect image {image}"), e)),
         }
+    }
+
+    fn pull(&self, image: &str) -> BoxStream<'static, Result<PullProgress, ContainerError>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(forward_pull(self.docker.clone(), image.to_string(), tx));
+        tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
     }
 
     async fn create_and_start(&self, entry: &ContainerEntry) -> Result<String, ContainerError> {
@@ -558,7 +574,11 @@ impl Containers for DockerContainers {
 mod tests {
     use std::collections::BTreeMap;
 
-    use bollard::models::{ContainerConfig, ContainerState, ContainerStateStatusEnum, EventActor};
+    use bollard::models::{
+        ContainerConfig, ContainerState, ContainerStateStatusEnum, ErrorDetail, EventActor,
+        ProgressDetail,
+    };
+    use topo_schema::kinds::PullPolicy;
     use topo_schema::slice::HostEntry;
 
     use super::*;
@@ -675,6 +695,40 @@ mod tests {
             })
         );
         assert_eq!(event_from_message("node2", &m), None);
+    }
+
+    #[test]
+    fn pull_messages_and_the_registrys_error() {
+        let p = pull_progress(
+            "reg:5000/x:1",
+            CreateImageInfo {
+                id: Some("a1b2c3".into()),
+                status: Some("Downloading".into()),
+                progress_detail: Some(ProgressDetail {
+                    current: Some(100),
+                    total: Some(1000),
+                }),
+                error_detail: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(p.layer.as_deref(), Some("a1b2c3"));
+        assert_eq!((p.current, p.total), (Some(100), Some(1000)));
+        let e = pull_progress(
+            "reg:5000/x:1",
+            CreateImageInfo {
+                error_detail: Some(ErrorDetail {
+                    code: None,
+                    message: Some("manifest unknown".into()),
+                }),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "failed to pull image reg:5000/x:1: manifest unknown"
+        );
     }
 
     #[test]

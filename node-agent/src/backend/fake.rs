@@ -17,7 +17,6 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
-use topo_schema::kinds::PullPolicy;
 use topo_schema::slice::{AttachmentEntry, ContainerEntry, owner};
 
 use super::ovs::{check_changes, effective_changes};
@@ -26,7 +25,7 @@ use super::{
     HostInterface, InterfaceError, Interfaces, LinkChangeKind, LinkEvent, NamespaceChange, Nat,
     NatError, NatEvent, NatRules, NetNs, NftObject, NsError, ObservedAttachment, ObservedBridge,
     ObservedContainer, ObservedGateway, ObservedInterface, ObservedNat, ObservedPeer, ObservedPort,
-    Ovs, OvsChange, OvsError, OvsEvent, OvsState, OvsTable, PortKind, RowChange,
+    Ovs, OvsChange, OvsError, OvsEvent, OvsState, OvsTable, PortKind, PullProgress, RowChange,
 };
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -134,6 +133,8 @@ pub struct DockerHost {
     pub images: BTreeSet<String>,
     /// Images a pull succeeds for (none by default: no registry here either).
     pub registry: BTreeSet<String>,
+    /// Images whose pull stalls: accepted, then nothing more is ever sent.
+    pub stalled: BTreeSet<String>,
     /// Docker names held by containers that are not this node's: `Some(node)` for another
     /// node's, `None` for a container topo does not own.
     pub foreign_names: BTreeMap<String, Option<String>>,
@@ -269,32 +270,39 @@ impl Containers for FakeContainers {
             .cloned())
     }
 
-    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), ContainerError> {
-        lock(&self.log).call("ensure_image", image)?;
-        let mut h = self.host();
-        let present = h.images.contains(image);
-        let pull = match policy {
-            PullPolicy::Always => true,
-            PullPolicy::IfNotPresent => !present,
-            PullPolicy::Never if present => false,
-            PullPolicy::Never => {
-                return Err(ContainerError::ImagePullFailed {
-                    image: image.to_string(),
-                    reason: "the image is not present and imagePullPolicy is Never".to_string(),
-                });
-            }
+    async fn image_present(&self, image: &str) -> Result<bool, ContainerError> {
+        lock(&self.log).call("image_present", image)?;
+        Ok(self.host().images.contains(image))
+    }
+
+    fn pull(&self, image: &str) -> BoxStream<'static, Result<PullProgress, ContainerError>> {
+        let called = {
+            let mut l = lock(&self.log);
+            l.write(format!("pull {image}"));
+            l.call("pull", image)
         };
-        if pull {
-            lock(&self.log).write(format!("pull {image}"));
-            if !h.registry.contains(image) {
-                return Err(ContainerError::ImagePullFailed {
-                    image: image.to_string(),
-                    reason: format!("pull access denied for {image}, repository does not exist"),
-                });
-            }
-            h.images.insert(image.to_string());
+        if let Err(e) = called {
+            return futures::stream::iter([Err(e)]).boxed();
         }
-        Ok(())
+        let mut h = self.host();
+        if h.stalled.contains(image) {
+            return futures::stream::pending().boxed();
+        }
+        if !h.registry.contains(image) {
+            let e = ContainerError::ImagePullFailed {
+                image: image.to_string(),
+                reason: format!("pull access denied for {image}, repository does not exist"),
+            };
+            return futures::stream::iter([Err(e)]).boxed();
+        }
+        h.images.insert(image.to_string());
+        let done = PullProgress {
+            layer: Some("0123456789ab".into()),
+            status: "Pull complete".into(),
+            current: None,
+            total: None,
+        };
+        futures::stream::iter([Ok(done)]).boxed()
     }
 
     async fn create_and_start(&self, entry: &ContainerEntry) -> Result<String, ContainerError> {
@@ -1263,7 +1271,7 @@ mod tests {
             image: "topo/busybox:latest".into(),
             command: vec![],
             env: Map::new(),
-            pull_policy: PullPolicy::IfNotPresent,
+            pull_policy: topo_schema::kinds::PullPolicy::IfNotPresent,
             hosts: vec![],
             attachments: vec![],
             ports: vec![],
@@ -1275,15 +1283,13 @@ mod tests {
     async fn containers_record_and_collide() {
         let f = FakeContainers::new("node1").with_image("topo/busybox:latest");
         let mut events = f.watch();
-        f.ensure_image("topo/busybox:latest", PullPolicy::IfNotPresent)
-            .await
-            .unwrap();
+        assert!(f.image_present("topo/busybox:latest").await.unwrap());
         assert!(f.writes().is_empty());
-        let err = f
-            .ensure_image("nope:1", PullPolicy::IfNotPresent)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, ContainerError::ImagePullFailed { .. }));
+        let pulled: Vec<_> = f.pull("nope:1").collect().await;
+        assert!(matches!(
+            pulled.as_slice(),
+            [Err(ContainerError::ImagePullFailed { .. })]
+        ));
         let id = f.create_and_start(&entry("web")).await.unwrap();
         assert!(
             matches!(events.next().await, Some(ContainerEvent::Changed { action, .. }) if action == "start")

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use ipnet::Ipv4Net;
-use topo_schema::kinds::{Datapath, Protocol, PullPolicy};
+use topo_schema::kinds::{Datapath, Protocol};
 use topo_schema::slice::{AttachmentEntry, ContainerEntry, PublishedPort};
 
 pub mod docker;
@@ -68,6 +68,18 @@ pub struct ObservedContainer {
     pub status: String,
 }
 
+/// One message of an image pull as the engine reports it (per layer, or about the image).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PullProgress {
+    /// The layer the message is about (None: the image as a whole).
+    pub layer: Option<String>,
+    /// The engine's word: "Pulling fs layer", "Downloading", "Pull complete", ...
+    pub status: String,
+    /// Bytes done and in all, while downloading or extracting.
+    pub current: Option<u64>,
+    pub total: Option<u64>,
+}
+
 /// What happened to a container outside the agent's own calls (or because of them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ContainerEvent {
@@ -88,9 +100,13 @@ pub trait Containers: Send + Sync {
     async fn list(&self) -> Result<Vec<ObservedContainer>, ContainerError>;
     /// One container by its Docker name, if it exists and is ours.
     async fn get(&self, docker_name: &str) -> Result<Option<ObservedContainer>, ContainerError>;
-    /// Makes `image` present per `policy`; a missing image with `Never` or a failed pull is
-    /// `ContainerError::ImagePullFailed`.
-    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), ContainerError>;
+    /// Whether the engine has `image` locally.
+    async fn image_present(&self, image: &str) -> Result<bool, ContainerError>;
+    /// Pulls `image`: the engine's progress messages, then the end of the stream on success,
+    /// or an `ImagePullFailed` item carrying the registry's error. Dropping the stream
+    /// abandons the pull (the engine cancels it when its client goes). Deadlines are the
+    /// caller's (`pulls.rs`): a stalled registry just sends nothing.
+    fn pull(&self, image: &str) -> BoxStream<'static, Result<PullProgress, ContainerError>>;
     /// Creates (networking disabled, ownership labels, restart policy "no") and starts the
     /// container of `entry`; returns its id. A container of that name owned by another node
     /// is `ContainerError::NameOwnedByOtherNode` (retry later); one not owned by topo is

@@ -20,6 +20,7 @@ use crate::backend::NatRules;
 use crate::events::Recorder;
 use crate::host_events::namespaces::NamespaceWatches;
 use crate::key::Key;
+use crate::pulls::{ImagePulls, PullConfig};
 use crate::queue::WorkQueue;
 use crate::report::Reporter;
 use crate::watch::SliceStore;
@@ -65,6 +66,8 @@ pub struct Context {
     /// How restarts of a crash-looping container back off (kubelet's, unless a test sets
     /// shorter ones).
     pub crash_backoff: CrashBackoff,
+    /// Image pulls, off the workers.
+    pub pulls: ImagePulls,
     memory: Mutex<Memory>,
 }
 
@@ -82,6 +85,12 @@ impl Context {
             backends.nat.clone(),
             queue.clone(),
         );
+        let pulls = ImagePulls::new(
+            backends.containers.clone(),
+            queue.clone(),
+            recorder.clone(),
+            PullConfig::default(),
+        );
         Context {
             node: node.to_string(),
             backends,
@@ -91,8 +100,20 @@ impl Context {
             queue,
             watches,
             crash_backoff: CrashBackoff::default(),
+            pulls,
             memory: Mutex::new(Memory::default()),
         }
+    }
+
+    /// With other pull deadlines and backoff (the agent's flags; tests use short ones).
+    pub fn with_pull_config(mut self, config: PullConfig) -> Self {
+        self.pulls = ImagePulls::new(
+            self.backends.containers.clone(),
+            self.queue.clone(),
+            self.recorder.clone(),
+            config,
+        );
+        self
     }
 
     /// With another crash-loop backoff (tests use a short one).

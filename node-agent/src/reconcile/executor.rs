@@ -8,7 +8,6 @@
 //! drivers do: removing one thing must not be held up by another that cannot go yet.
 
 use ipnet::Ipv4Net;
-use topo_schema::kinds::PullPolicy;
 use topo_schema::slice::{AttachmentEntry, ContainerEntry};
 
 use super::Backends;
@@ -70,11 +69,6 @@ pub enum Change {
     Nat {
         scope: NatScope,
         rules: NatRules,
-    },
-    EnsureImage {
-        container: String,
-        image: String,
-        policy: PullPolicy,
     },
     StartContainer {
         container: String,
@@ -175,19 +169,6 @@ impl<'a> Executor<'a> {
                 .apply(&scope.ns(), &rules)
                 .await
                 .map_err(|e| nat_error(&scope, e)),
-            Change::EnsureImage {
-                container,
-                image,
-                policy,
-            } => b
-                .containers
-                .ensure_image(&image, policy)
-                .await
-                .map_err(|source| ReconcileError::ImagePull {
-                    container,
-                    image,
-                    source: Box::new(source),
-                }),
             Change::StartContainer { container, id } => {
                 b.containers
                     .start(&id)
@@ -240,6 +221,23 @@ impl<'a> Executor<'a> {
             .get(docker_name)
             .await
             .map_err(inspect_error)
+    }
+
+    /// Whether the engine has `image` (for container `container`'s errors).
+    pub async fn image_present(
+        &self,
+        container: &str,
+        image: &str,
+    ) -> Result<bool, ReconcileError> {
+        self.backends
+            .containers
+            .image_present(image)
+            .await
+            .map_err(|source| ReconcileError::ImagePull {
+                container: container.to_string(),
+                image: image.to_string(),
+                source: Box::new(source),
+            })
     }
 
     pub async fn containers(&self) -> Result<Vec<ObservedContainer>, ReconcileError> {

@@ -266,6 +266,10 @@ async fn create(
 ) -> Result<(Duration, Instant), ReconcileError> {
     let exec = ctx.executor();
     let object = ObjectRef::new(Kind::Container, &c.name);
+    let started = Instant::now();
+    // The image first: a container being replaced keeps running until its successor's image
+    // is there (a stalled pull must not leave nothing running).
+    super::image::converge(ctx, c).await?;
     if let Some((id, why)) = replace {
         exec.run(Change::RemoveContainer {
             container: c.name.clone(),
@@ -283,13 +287,6 @@ async fn create(
             .await;
         ctx.forget_restarts(&c.name);
     }
-    let started = Instant::now();
-    exec.run(Change::EnsureImage {
-        container: c.name.clone(),
-        image: c.image.clone(),
-        policy: c.pull_policy,
-    })
-    .await?;
     let id = exec.create_container(c).await?;
     let docker_time = (started.elapsed(), Instant::now());
     let state = RestartState {

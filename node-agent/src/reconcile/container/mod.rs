@@ -1,7 +1,8 @@
 //! A container and its plumbing (`containers/<name>`), in phases, each observe → plan →
 //! apply, each needing the one before:
 //!
-//! 1. [`lifecycle`]: the Docker container running with the entry's configuration;
+//! 1. [`lifecycle`]: the Docker container running with the entry's configuration (its
+//!    image first, [`image`]: pulled off the worker);
 //! 2. [`plumbing`]: its veth pairs in its namespace and their ports on the bridges;
 //! 3. [`links`]: the link rules in its namespace;
 //! 4. reports and events: what was found and done, as drift repaired (the entry was already in
@@ -9,6 +10,7 @@
 //!
 //! Removal ([`remove`]) is a teardown: it goes on past failures and returns them all.
 
+pub mod image;
 pub mod lifecycle;
 pub mod links;
 pub mod plumbing;
