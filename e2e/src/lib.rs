@@ -15,6 +15,7 @@ pub mod links;
 pub mod manifest;
 pub mod parse;
 pub mod poll;
+pub mod registry;
 pub mod scenario;
 pub mod stats;
 

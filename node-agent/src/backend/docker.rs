@@ -509,64 +509,79 @@ impl Containers for DockerContainers {
     }
 
     fn watch(&self) -> BoxStream<'static, ContainerEvent> {
-        let docker = self.docker.clone();
-        let node = self.node.clone();
-        let filters = HashMap::from([
-            ("type".to_string(), vec!["container".to_string()]),
-            (
-                "label".to_string(),
-                vec![
-                    format!("{}=true", owner::MANAGED),
-                    format!("{}={}", owner::NODE, node),
-                ],
-            ),
-        ]);
         let (tx, rx) = tokio::sync::mpsc::channel(256);
-        tokio::spawn(async move {
-            let mut first = true;
-            let mut delay = Duration::from_secs(1);
-            loop {
-                if !first && tx.send(ContainerEvent::Resync).await.is_err() {
-                    return;
-                }
-                first = false;
-                let connected = tokio::time::Instant::now();
-                let opts = EventsOptions {
-                    filters: Some(filters.clone()),
-                    ..Default::default()
-                };
-                let mut events = docker.events(Some(opts));
-                loop {
-                    tokio::select! {
-                        _ = tx.closed() => return,
-                        item = events.next() => match item {
-                            Some(Ok(m)) => {
-                                if let Some(ev) = event_from_message(&node, &m)
-                                    && tx.send(ev).await.is_err()
-                                {
-                                    return;
-                                }
-                            }
-                            Some(Err(e)) => {
-                                warn!(error = %e, "docker event stream failed; reconnecting");
-                                break;
-                            }
-                            None => {
-                                debug!("docker event stream ended; reconnecting");
-                                break;
-                            }
+        tokio::spawn(watch_events(self.docker.clone(), self.node.clone(), tx));
+        tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+    }
+}
+
+/// The engine's events of this node's containers into `tx`, reconnecting with a jittered
+/// backoff (100 ms doubling to 5 s) while the engine is away (dockerd restarted). A `Resync`
+/// follows every reconnect, once the engine answers again: the events of the gap are lost,
+/// and everything reconciled before the engine was back would only have failed.
+async fn watch_events(docker: Docker, node: String, tx: tokio::sync::mpsc::Sender<ContainerEvent>) {
+    use backoff::backoff::Backoff;
+    let filters = HashMap::from([
+        ("type".to_string(), vec!["container".to_string()]),
+        (
+            "label".to_string(),
+            vec![
+                format!("{}=true", owner::MANAGED),
+                format!("{}={}", owner::NODE, node),
+            ],
+        ),
+    ]);
+    let mut backoff =
+        topo_watcher::jittered_backoff(Duration::from_millis(100), Duration::from_secs(5));
+    let mut first = true;
+    loop {
+        if !first {
+            let delay = backoff.next_backoff().unwrap_or(Duration::from_secs(5));
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            if docker.ping().await.is_err() {
+                continue;
+            }
+            debug!("the Docker engine answers again; resyncing");
+            if tx.send(ContainerEvent::Resync).await.is_err() {
+                return;
+            }
+        }
+        first = false;
+        let opts = EventsOptions {
+            filters: Some(filters.clone()),
+            ..Default::default()
+        };
+        let mut events = docker.events(Some(opts));
+        let connected = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tx.closed() => return,
+                item = events.next() => match item {
+                    Some(Ok(m)) => {
+                        if let Some(ev) = event_from_message(&node, &m)
+                            && tx.send(ev).await.is_err()
+                        {
+                            return;
                         }
                     }
+                    Some(Err(e)) => {
+                        warn!(error = %e, "docker event stream failed; reconnecting");
+                        break;
+                    }
+                    None => {
+                        debug!("docker event stream ended; reconnecting");
+                        break;
+                    }
                 }
-                // While the engine is away, retry (and ask for a resync) at most every 10 s.
-                if connected.elapsed() > Duration::from_secs(30) {
-                    delay = Duration::from_secs(1);
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
             }
-        });
-        tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+        }
+        // A stream that lasted was a good connection: the next outage starts the backoff over.
+        if connected.elapsed() > Duration::from_secs(10) {
+            backoff.reset();
+        }
     }
 }
 

@@ -129,10 +129,9 @@ impl fmt::Display for Drift {
             }
             Drift::PortChanged { port } => write!(f, "OVS port {port} was changed"),
             Drift::PortLeft { bridge, port } => write!(f, "OVS port {port} left bridge {bridge}"),
-            Drift::LinkRules { container, drift } => write!(
-                f,
-                "link rules in container {container}: {drift} outside topo"
-            ),
+            Drift::LinkRules { container, drift } => {
+                write!(f, "link rules of {container}: {drift} outside topo")
+            }
             Drift::LinkRulesStale => f.write_str("link rules reprogrammed"),
             Drift::NodeNat(d) => write!(f, "the node's nftables {d} outside topo; restored"),
         }
@@ -189,7 +188,7 @@ mod tests {
                     container: "app".into(),
                     drift: NatDrift::TableFlushed,
                 },
-                "link rules in container app: table ip topo was flushed outside topo",
+                "link rules of app: table ip topo was flushed outside topo",
             ),
             (
                 Drift::Gateway {
