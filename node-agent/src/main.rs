@@ -11,7 +11,7 @@ use etcd_client::Client;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use topo_agent::backend::{DockerContainers, NetlinkInterfaces, NftNat, OvsdbSwitch};
+use topo_agent::backend::{DockerContainers, NetlinkInterfaces, NftNat, NodeSockets, OvsdbSwitch};
 use topo_agent::config::Cli;
 use topo_agent::reconcile::Backends;
 
@@ -102,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
         interfaces: Arc::new(interfaces),
         ovs: Arc::new(ovs),
         nat: Arc::new(nat),
+        host_ports: Arc::new(NodeSockets::new()),
     };
 
     // The channel connects lazily: an agent may start before etcd and catches up.

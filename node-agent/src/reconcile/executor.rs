@@ -8,13 +8,15 @@
 //! drivers do: removing one thing must not be held up by another that cannot go yet.
 
 use ipnet::Ipv4Net;
+use topo_schema::kinds::Protocol;
 use topo_schema::slice::{AttachmentEntry, ContainerEntry};
 
 use super::Backends;
 use super::error::ReconcileError;
 use crate::backend::{
-    ContainerError, ContainerNs, HostInterface, InterfaceError, NatError, NatRules, NetNs,
-    ObservedAttachment, ObservedContainer, ObservedGateway, ObservedNat, OvsChange, OvsState,
+    ContainerError, ContainerNs, HostInterface, HostPortsView, InterfaceError, NatError, NatRules,
+    NetNs, ObservedAttachment, ObservedContainer, ObservedGateway, ObservedNat, OvsChange,
+    OvsState,
 };
 
 /// Whose nftables table: the node's, or the one in a container's namespace.
@@ -277,6 +279,20 @@ impl<'a> Executor<'a> {
             .map_err(|e| nat_error(scope, e))
     }
 
+    /// Who holds `ports` on the node, and its addresses.
+    pub async fn host_ports(
+        &self,
+        ports: &[(u16, Protocol)],
+    ) -> Result<HostPortsView, ReconcileError> {
+        self.backends
+            .host_ports
+            .observe(ports)
+            .await
+            .map_err(|source| ReconcileError::HostPorts {
+                source: Box::new(source),
+            })
+    }
+
     pub async fn owned_interfaces(&self) -> Result<Vec<HostInterface>, ReconcileError> {
         self.backends
             .interfaces
@@ -348,7 +364,7 @@ fn nat_error(scope: &NatScope, e: NatError) -> ReconcileError {
 mod tests {
     use super::*;
     use crate::backend::NsError;
-    use crate::backend::fake::{FakeContainers, FakeInterfaces, FakeNat, FakeOvs};
+    use crate::backend::fake::{FakeContainers, FakeHostPorts, FakeInterfaces, FakeNat, FakeOvs};
     use std::sync::Arc;
 
     fn backends() -> (Backends, Arc<FakeContainers>, Arc<FakeInterfaces>) {
@@ -359,6 +375,7 @@ mod tests {
             interfaces: ifs.clone(),
             ovs: Arc::new(FakeOvs::new("node1")),
             nat: Arc::new(FakeNat::new()),
+            host_ports: Arc::new(FakeHostPorts::new()),
         };
         (b, docker, ifs)
     }
