@@ -79,6 +79,18 @@ pub fn docs(parts: &[String]) -> String {
     parts.join("---\n")
 }
 
+/// A Link from the consumer `from` to port `port` of container `to`, listening at `listen`
+/// (`ip:port`) inside the consumer.
+pub fn link(name: &str, from: &str, to: &str, port: u16, listen: &str) -> String {
+    format!(
+        "apiVersion: topo.dev/v1alpha1\nkind: Link\nmetadata:\n  name: {}\nspec:\n  from: {}\n  to: {{container: {}, port: {port}}}\n  listen: {}\n",
+        j(name),
+        j(from),
+        j(to),
+        j(listen)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
