@@ -3,8 +3,8 @@
 //! with a behaviour of its own:
 //!
 //! - `stall/...`: the manifest and config are served; the layer's response starts (headers and
-//!   64 KiB of a 16 MiB body) and then nothing more is ever sent — a registry that accepted
-//!   the pull and stalled;
+//!   2 MiB of a 16 MiB body, enough for the engine to report progress) and then nothing more
+//!   is ever sent — a registry that accepted the pull and stalled;
 //! - `missing/...`: the manifest is unknown (404 `MANIFEST_UNKNOWN`, the registry's own
 //!   error, which must reach the container's status).
 //!
@@ -22,7 +22,7 @@ use std::time::Duration;
 use crate::lab::Lab;
 
 /// Bytes of the stalled layer sent before the stall, and the size it claims.
-const STALL_SENT: usize = 64 * 1024;
+const STALL_SENT: usize = 2 * 1024 * 1024;
 const STALL_CLAIMED: usize = 16 * 1024 * 1024;
 
 pub struct Registry {

@@ -89,8 +89,12 @@ pub struct Progress {
 impl Progress {
     /// Takes one message in; whether it moved the pull on (bytes, or a layer's step).
     pub fn update(&mut self, p: &PullProgress) -> bool {
-        let Some(id) = &p.layer else {
-            // About the image as a whole ("Pulling from ...", "Digest: ..."): still news.
+        // About the image as a whole ("Pulling from REPO" carries the tag as its id,
+        // "Digest: ...", "Status: ..."): still news, but no layer.
+        let whole_image = p.status.starts_with("Pulling from ")
+            || p.status.starts_with("Digest:")
+            || p.status.starts_with("Status:");
+        let Some(id) = p.layer.as_ref().filter(|_| !whole_image) else {
             return true;
         };
         let before = self.layers.get(id).copied();
@@ -408,6 +412,8 @@ mod tests {
     fn progress_sums_layers_and_notices_a_standstill() {
         let mut p = Progress::default();
         assert_eq!(p.summary(), "starting");
+        assert!(p.update(&msg("1.0", "Pulling from library/app", 0, 0)));
+        assert_eq!(p.summary(), "starting", "the tag is no layer");
         assert!(p.update(&msg("a", "Pulling fs layer", 0, 0)));
         assert!(p.update(&msg("a", "Downloading", 1 << 20, 4 << 20)));
         assert!(
