@@ -314,6 +314,33 @@ mod tests {
         ));
     }
 
+    /// A process that has exited but is not reaped yet (a zombie) still holds its pid; the
+    /// pidfd sees it exited, so its namespace is never opened.
+    #[test]
+    fn an_exited_unreaped_process_is_exited() {
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = child.id();
+        let zombie = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with('Z')))
+                .unwrap_or(false)
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !zombie() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "`true` did not exit within 10 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let err = open_container_netns(&ContainerNs::new(pid, "abc")).unwrap_err();
+        assert!(matches!(err, NsError::Exited { .. }), "{err:?}");
+        let _ = child.wait();
+    }
+
     #[test]
     fn our_own_process_is_not_a_container_of_another_cgroup() {
         let ns = ContainerNs::new(std::process::id(), "no-such-container-0123456789");
