@@ -75,11 +75,7 @@ pub async fn run(
     let (lease_tx, lease_rx) = watch::channel(0i64);
     let heartbeat = tokio::spawn(run_heartbeat(
         client.clone(),
-        HeartbeatConfig {
-            node: node.clone(),
-            ttl: cfg.heartbeat_ttl,
-            agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        },
+        heartbeat_config(&cfg),
         shutdown.clone(),
         lease_tx,
     ));
@@ -153,6 +149,14 @@ pub async fn run(
     drain(workers, cfg.shutdown_grace).await;
     let _ = tokio::time::timeout(Duration::from_secs(3), heartbeat).await;
     tracing::info!(node = %node, "stopped; containers keep running");
+}
+
+fn heartbeat_config(cfg: &AgentConfig) -> HeartbeatConfig {
+    HeartbeatConfig {
+        node: cfg.node.clone(),
+        ttl: cfg.heartbeat_ttl,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+    }
 }
 
 /// Tries `attempt` until it succeeds, backing off between failures; None when `shutdown`
