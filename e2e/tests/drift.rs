@@ -331,32 +331,6 @@ fn identity(sc: &Scenario, c: &str) -> Identity {
     }
 }
 
-/// Interface uuids and ifindexes that a restart must leave alone.
-fn plumbing(sc: &Scenario, nodes: &[u32]) -> BTreeMap<String, String> {
-    let mut m = BTreeMap::new();
-    for &n in nodes {
-        for row in sc.ovs_rows(n, "Interface") {
-            let name = row
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            if name.starts_with("tg-") || name.starts_with("tv-") || name.starts_with("tb-") {
-                m.insert(
-                    format!("node{n} OVS interface {name}"),
-                    row["_uuid"].to_string(),
-                );
-            }
-        }
-        for (name, idx) in sc.links(n) {
-            if name.starts_with("tv-") || name.starts_with("tb-") {
-                m.insert(format!("node{n} link {name}"), idx.to_string());
-            }
-        }
-    }
-    m
-}
-
 /// SIGKILL the agents of node1 and node2 while d1 pings d2 five times a second, then start
 /// them again: no container restarts, no interface is recreated, few pings are lost.
 fn agent_restart_keeps_containers(sc: &Scenario) {
@@ -364,7 +338,7 @@ fn agent_restart_keeps_containers(sc: &Scenario) {
     let ips = ips(sc);
     all_reach(sc, &ips);
     let before: Vec<Identity> = CONTAINERS.iter().map(|(c, _)| identity(sc, c)).collect();
-    let plumbing_before = plumbing(sc, &[1, 2]);
+    let plumbing_before = topo_e2e::plumbing::plumbing(sc, &[1, 2]);
     let mark = sc.event_mark();
 
     let target = ips["d2"].to_string();
@@ -443,7 +417,7 @@ fn agent_restart_keeps_containers(sc: &Scenario) {
             "container {c} changed across the agent restart (restarted or recreated)"
         );
     }
-    let plumbing_after = plumbing(sc, &[1, 2]);
+    let plumbing_after = topo_e2e::plumbing::plumbing(sc, &[1, 2]);
     assert_eq!(
         plumbing_before, plumbing_after,
         "interfaces were recreated across the agent restart"
