@@ -6,7 +6,8 @@
 //!
 //! The registry is the harness's (`topo_e2e::registry`), in the lab's namespace on 127.0.0.1
 //! where the lab's dockerd pulls from it. The agents run with a 5 s progress deadline
-//! (`TOPO_IMAGE_PULL_PROGRESS_TIMEOUT`) so the test does not wait the default minute.
+//! (`TOPO_IMAGE_PULL_PROGRESS_TIMEOUT`) so the test does not wait the default minute, and a
+//! progress event every second (`TOPO_IMAGE_PULL_PROGRESS_EVENTS`, default 15 s).
 
 use std::sync::atomic::Ordering;
 
@@ -24,7 +25,10 @@ fn image_pulls() {
     let lab = Lab::up_with_env(
         "image-pulls",
         1,
-        &[("TOPO_IMAGE_PULL_PROGRESS_TIMEOUT", PROGRESS_TIMEOUT)],
+        &[
+            ("TOPO_IMAGE_PULL_PROGRESS_TIMEOUT", PROGRESS_TIMEOUT),
+            ("TOPO_IMAGE_PULL_PROGRESS_EVENTS", "1s"),
+        ],
     );
     let registry = Registry::start(&lab);
     REGISTRY.with(|r| *r.borrow_mut() = Some(registry));
@@ -129,8 +133,9 @@ fn stalled_pull_blocks_nothing(sc: &Scenario) {
         |e| e.object.to_string() == "container/stalled" && e.message.contains(&image),
     );
     sc.step(&format!("event: {}", show_event(&e)));
+    // The pull's progress, every second while it lasted (`TOPO_IMAGE_PULL_PROGRESS_EVENTS`).
     let e = sc.wait_event(&mark, "Pulling", "container/stalled", secs(30), |e| {
-        e.object.to_string() == "container/stalled"
+        e.object.to_string() == "container/stalled" && e.message.contains(" of 16.0 MiB")
     });
     sc.step(&format!("event: {}", show_event(&e)));
 

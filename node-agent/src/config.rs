@@ -88,6 +88,10 @@ pub struct Cli {
     #[arg(long, env = "TOPO_IMAGE_PULL_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     pub image_pull_timeout: Duration,
 
+    /// How often a long image pull's progress becomes a `Pulling` event.
+    #[arg(long, env = "TOPO_IMAGE_PULL_PROGRESS_EVENTS", default_value = "15s", value_parser = parse_duration)]
+    pub image_pull_progress_events: Duration,
+
     /// Log format: text or json. The level comes from RUST_LOG (default info).
     #[arg(long, env = "TOPO_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -110,6 +114,7 @@ impl Cli {
             image_pulls: PullConfig {
                 progress_timeout: self.image_pull_progress_timeout,
                 timeout: self.image_pull_timeout,
+                progress_events: self.image_pull_progress_events,
                 ..PullConfig::default()
             },
         }
@@ -196,6 +201,7 @@ mod tests {
         let pulls = cli.agent_config().image_pulls;
         assert_eq!(pulls.progress_timeout, Duration::from_secs(60));
         assert_eq!(pulls.timeout, Duration::from_secs(600));
+        assert_eq!(pulls.progress_events, Duration::from_secs(15));
     }
 
     #[test]
