@@ -6,7 +6,7 @@ NODES ?= 3
 LAB := e2e/lab/lab.sh
 export TOPO_BIN ?= $(CURDIR)/target/debug
 
-.PHONY: all deps build test test-unit test-e2e bench lint fmt demo lab-up lab-down clean
+.PHONY: all deps build test test-unit test-e2e bench lint fmt demo lab-up lab-down clean deb
 
 all: build
 
@@ -56,5 +56,10 @@ lab-down:
 	@bash $(LAB) down
 
 ## demo: a three-host lab, manifests/demo.yaml applied, Ready waited for, reachability shown
+## deb: Debian packages (topo-controller, topo-agent, topoctl) into target/debian/ (docs/deploy.md)
+deb: deps
+	$(CARGO) build --release -p topo-controller -p topo-agent -p topoctl -p topo-pki --bins
+	@bash deploy/build-debs.sh
+
 demo: deps build
 	@bash e2e/demo.sh

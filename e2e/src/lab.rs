@@ -269,6 +269,11 @@ impl Lab {
     }
 
     /// The lab's state directory (`TOPO_LAB_DIR`).
+    /// Where the lab's programs are (TOPO_BIN): the ones the lab itself runs.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
