@@ -20,7 +20,8 @@ const NOT_READY: &str = "#ffcdd2";
 const UNKNOWN: &str = "#e0e0e0";
 const NETWORK: &str = "#bbdefb";
 
-const EMPTY_SVG: &str = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"0\" height=\"0\"></svg>\n";
+const EMPTY_SVG: &str =
+    "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"0\" height=\"0\"></svg>\n";
 
 #[derive(Debug, thiserror::Error)]
 pub enum GraphError {
