@@ -9,6 +9,7 @@ use clap::Parser;
 use topo_schema::kinds::Datapath;
 
 use crate::agent::AgentConfig;
+use crate::pulls::PullConfig;
 
 /// topo's node agent: keeps this host's Docker containers, veth pairs and addresses, Open
 /// vSwitch bridges and GRE ports, and nftables NAT equal to the node's slice in etcd.
@@ -78,6 +79,19 @@ pub struct Cli {
     #[arg(long, env = "TOPO_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// An image pull that sends no progress for this long has stalled: it is abandoned and
+    /// retried after a backoff (10 s doubling to 5 min).
+    #[arg(long, env = "TOPO_IMAGE_PULL_PROGRESS_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub image_pull_progress_timeout: Duration,
+
+    /// An image pull not finished after this long is abandoned and retried after a backoff.
+    #[arg(long, env = "TOPO_IMAGE_PULL_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub image_pull_timeout: Duration,
+
+    /// How often a long image pull's progress becomes a `Pulling` event.
+    #[arg(long, env = "TOPO_IMAGE_PULL_PROGRESS_EVENTS", default_value = "15s", value_parser = parse_duration)]
+    pub image_pull_progress_events: Duration,
+
     /// Log format: text or json. The level comes from RUST_LOG (default info).
     #[arg(long, env = "TOPO_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -97,6 +111,12 @@ impl Cli {
             resync: self.resync,
             workers: self.workers,
             shutdown_grace: self.shutdown_grace,
+            image_pulls: PullConfig {
+                progress_timeout: self.image_pull_progress_timeout,
+                timeout: self.image_pull_timeout,
+                progress_events: self.image_pull_progress_events,
+                ..PullConfig::default()
+            },
         }
     }
 
@@ -178,6 +198,10 @@ mod tests {
         assert_eq!(cli.ovsdb_path().unwrap(), "/tmp/lab/node1/db.sock");
         assert_eq!(cli.resync, Duration::from_secs(300));
         assert_eq!(cli.heartbeat_ttl, Duration::from_secs(10));
+        let pulls = cli.agent_config().image_pulls;
+        assert_eq!(pulls.progress_timeout, Duration::from_secs(60));
+        assert_eq!(pulls.timeout, Duration::from_secs(600));
+        assert_eq!(pulls.progress_events, Duration::from_secs(15));
     }
 
     #[test]
