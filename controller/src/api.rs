@@ -38,8 +38,10 @@ pub struct AppState {
     pub cache: Cache,
     /// Ends watch streams when the server shuts down.
     pub shutdown: CancellationToken,
-    /// How long one etcd request may take (the client enforces it; readyz too).
+    /// How long one etcd request may take (the client enforces it).
     pub etcd_timeout: Duration,
+    /// Whether etcd answers and the cache is current (`/readyz`, stale-read warnings).
+    pub health: crate::health::Health,
 }
 
 /// An `ApiError` as an HTTP response.
@@ -60,6 +62,12 @@ impl From<crate::store::StoreError> for ApiErr {
             StoreError::Commit(CommitError::CompareFailed | CommitError::TooManyAttempts(_))
             | StoreError::Rejected(_)
             | StoreError::Encode(_) => ApiErr(e.into()),
+            StoreError::Commit(CommitError::CacheLagging(rev)) => ApiErr(ApiError::new(
+                ErrorReason::ServiceUnavailable,
+                format!(
+                    "etcd unavailable: the controller's cache did not reach revision {rev} in time"
+                ),
+            )),
             StoreError::Commit(c) => match etcd_cause(c) {
                 Some(etcd) => etcd_unavailable(etcd),
                 None => ApiErr(e.into()),
@@ -80,31 +88,7 @@ fn etcd_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a etcd_c
     None
 }
 
-/// What went wrong with etcd in a few words (not tonic's debug dump of the status).
-pub fn etcd_summary(e: &etcd_client::Error) -> String {
-    match e {
-        etcd_client::Error::GRpcStatus(s) => {
-            let m = s.message();
-            let code = format!("{:?}", s.code());
-            if m.contains("Timeout expired") || code == "DeadlineExceeded" {
-                "no answer in time".to_string()
-            } else if m.is_empty() {
-                code
-            } else {
-                m.chars().take(200).collect()
-            }
-        }
-        etcd_client::Error::TransportError(_) => "cannot connect".to_string(),
-        other => other
-            .to_string()
-            .lines()
-            .next()
-            .unwrap_or("")
-            .chars()
-            .take(200)
-            .collect(),
-    }
-}
+pub use crate::health::etcd_summary;
 
 pub fn etcd_unavailable(e: &etcd_client::Error) -> ApiErr {
     ApiErr(ApiError::new(
@@ -179,6 +163,10 @@ pub fn router(state: AppState, gate: std::sync::Arc<crate::guard::Guard>) -> Rou
         })
         // Bodies are read (and limited) by `read_body`, which answers with an ApiError.
         .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(
+            state.health.clone(),
+            warn_if_stale,
+        ))
         .layer(middleware::from_fn_with_state(gate, crate::guard::guard))
         .layer(middleware::from_fn(log_request))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
@@ -212,21 +200,39 @@ async fn log_request(req: Request, next: Next) -> Response {
     resp
 }
 
+/// Ready while etcd answers quorum reads and the cache is current (the health probe's last
+/// verdict, so the answer is immediate); 503 naming the reason otherwise.
 async fn readyz(State(st): State<AppState>) -> ApiResult {
-    let probe = async {
-        st.client
-            .kv_client()
-            .get(topo_schema::keys::fence(), None)
-            .await
-    };
-    match tokio::time::timeout(st.etcd_timeout, probe).await {
-        Ok(Ok(_)) => Ok("ok".into_response()),
-        Ok(Err(e)) => Err(etcd_unavailable(&e)),
-        Err(_) => Err(ApiErr(ApiError::new(
+    match st.health.state() {
+        crate::health::State::Fresh => Ok("ok".into_response()),
+        crate::health::State::Stale { since, reason } => Err(ApiErr(ApiError::new(
             ErrorReason::ServiceUnavailable,
-            format!("etcd unavailable: no answer within {:?}", st.etcd_timeout),
+            format!(
+                "etcd unavailable: {reason} (since {})",
+                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
         ))),
     }
+}
+
+/// A successful read while etcd is unavailable came from the cache: it says so in a
+/// `Warning` header (topoctl prints it on stderr).
+async fn warn_if_stale(
+    State(health): State<crate::health::Health>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let is_read =
+        req.method() == axum::http::Method::GET && req.uri().path().starts_with(api::API_PREFIX);
+    let mut resp = next.run(req).await;
+    if is_read
+        && resp.status().is_success()
+        && let Some(w) = health.stale_warning()
+        && let Ok(v) = HeaderValue::from_str(&w)
+    {
+        resp.headers_mut().append(header::WARNING, v);
+    }
+    resp
 }
 
 type Params = Result<Query<HashMap<String, String>>, QueryRejection>;

@@ -148,6 +148,12 @@ impl Lab {
     /// root, when a tool or a topo binary is missing, or when the lab does not come up.
     #[track_caller]
     pub fn up(name: &str, nodes: u32) -> Lab {
+        Lab::up_with(name, nodes, &[])
+    }
+
+    /// [`Lab::up`] with more `lab.sh up` options (`--etcd 3`, `--controllers 2`, ...).
+    #[track_caller]
+    pub fn up_with(name: &str, nodes: u32, options: &[&str]) -> Lab {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .map(Path::to_path_buf)
@@ -182,11 +188,11 @@ impl Lab {
             is_down: AtomicBool::new(false),
         };
         // From here on, a panic drops `lab`, which tears down whatever came up.
-        lab.bring_up(nodes);
+        lab.bring_up(nodes, options);
         lab
     }
 
-    fn bring_up(&mut self, nodes: u32) {
+    fn bring_up(&mut self, nodes: u32, options: &[&str]) {
         let leftover = self.lab_sh(&["down"]);
         if !leftover.success() {
             eprintln!(
@@ -196,18 +202,18 @@ impl Lab {
         }
         let n = nodes.to_string();
         eprintln!(
-            "e2e[{}]: lab.sh up --nodes {n} (state in {}{})",
+            "e2e[{}]: lab.sh up --nodes {n} {} (state in {}{})",
             self.name,
+            options.join(" "),
             self.dir.display(),
             match &self.holder {
                 Some(h) => format!(", private namespace of pid {}", h.pid()),
                 None => ", root namespace".to_string(),
             }
         );
-        let out = self.run(
-            self.lab_sh_command(&["up", "--nodes", &n]),
-            Duration::from_secs(600),
-        );
+        let mut args = vec!["up", "--nodes", &n];
+        args.extend_from_slice(options);
+        let out = self.run(self.lab_sh_command(&args), Duration::from_secs(600));
         if !out.success() {
             panic!("the lab did not come up:\n{}", out.describe_failure());
         }
@@ -253,6 +259,16 @@ impl Lab {
 
     pub fn repo(&self) -> &Path {
         &self.repo
+    }
+
+    /// Where the topo binaries are (`TOPO_BIN`).
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
+    /// What `lab.sh up` exported (`TOPO_SERVER`, `TOPO_LAB_SERVERS`, ...).
+    pub fn exports(&self) -> &BTreeMap<String, String> {
+        &self.exports
     }
 
     /// The lab's state directory (`TOPO_LAB_DIR`).

@@ -10,8 +10,11 @@
 //! Traffic goes only to lab-assigned addresses.
 
 pub mod cmd;
+pub mod faults;
+pub mod integrity;
 pub mod lab;
 pub mod links;
+pub mod outage;
 pub mod manifest;
 pub mod parse;
 pub mod poll;

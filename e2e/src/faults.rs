@@ -1,0 +1,192 @@
+//! The control plane's faults as the tests inject them (issue 9): etcd members and
+//! controller replicas killed, paused and restarted through `lab.sh`, topoctl aimed at one
+//! replica, the logs the components wrote, pings that end by themselves, and etcd read
+//! directly (not through the controller, whose cache is what is under test).
+//!
+//! A lab with several etcd members or controller replicas comes from
+//! `Lab::up_with(name, nodes, &["--etcd", "3", "--controllers", "2"])`.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use crate::cmd::{Background, Output};
+use crate::lab::{Lab, strip_ansi};
+use crate::parse::PingStats;
+
+impl Lab {
+    fn export_count(&self, key: &str) -> u32 {
+        self.export(key).and_then(|v| v.parse().ok()).unwrap_or(1)
+    }
+
+    /// A value `lab.sh up` exported (`TOPO_LAB_SERVERS`, ...).
+    pub fn export(&self, key: &str) -> Option<&str> {
+        self.exports().get(key).map(String::as_str)
+    }
+
+    /// etcd members of the lab (`--etcd N`).
+    pub fn etcd_members(&self) -> u32 {
+        self.export_count("TOPO_LAB_ETCD")
+    }
+
+    /// Controller replicas of the lab (`--controllers N`).
+    pub fn controllers(&self) -> u32 {
+        self.export_count("TOPO_LAB_CONTROLLERS")
+    }
+
+    /// Replica `i`'s URL (1-based).
+    pub fn server_url(&self, i: u32) -> String {
+        self.export("TOPO_LAB_SERVERS")
+            .and_then(|s| s.split(',').nth(i.saturating_sub(1) as usize))
+            .map_or_else(|| self.server().to_string(), str::to_string)
+    }
+
+    /// `topoctl --server <replica i> ARGS...`, with a time limit.
+    #[track_caller]
+    pub fn topoctl_at(&self, i: u32, args: &[&str], timeout: Duration) -> Output {
+        let mut c = self.command(self.bin().join("topoctl"));
+        c.arg("--server").arg(self.server_url(i)).args(args);
+        self.run(c, timeout)
+    }
+
+    fn lab_sh_out(&self, args: &[&str]) -> Result<String, String> {
+        let out = self.lab_sh(args);
+        if out.success() {
+            Ok(out.stdout.trim().to_string())
+        } else {
+            Err(out.describe_failure())
+        }
+    }
+
+    /// The etcd member that leads the raft group now.
+    pub fn etcd_leader(&self) -> Result<u32, String> {
+        let s = self.lab_sh_out(&["etcd-leader"])?;
+        s.parse()
+            .map_err(|_| format!("lab.sh etcd-leader printed {s:?}"))
+    }
+
+    /// Sends `signal` (KILL, STOP, CONT, ...) to etcd member `member`; KILL waits until it died.
+    #[track_caller]
+    pub fn signal_etcd(&self, member: u32, signal: &str) {
+        self.lab_sh(&["kill-etcd", &member.to_string(), signal]).ok();
+    }
+
+    /// Starts etcd member `member` again on its data directory.
+    #[track_caller]
+    pub fn start_etcd(&self, member: u32) {
+        self.lab_sh(&["start-etcd", &member.to_string()]).ok();
+    }
+
+    /// The controller replica that holds the leader key now.
+    pub fn controller_leader(&self) -> Result<u32, String> {
+        let s = self.lab_sh_out(&["controller-leader"])?;
+        s.parse()
+            .map_err(|_| format!("lab.sh controller-leader printed {s:?}"))
+    }
+
+    /// Sends `signal` to controller replica `i`; KILL waits until it died.
+    #[track_caller]
+    pub fn signal_controller(&self, i: u32, signal: &str) {
+        self.lab_sh(&["kill-controller", signal, &i.to_string()])
+            .ok();
+    }
+
+    /// Starts controller replica `i` and waits for its /healthz.
+    #[track_caller]
+    pub fn start_controller(&self, i: u32) {
+        self.lab_sh(&["start-controller", &i.to_string()]).ok();
+    }
+
+    /// A log file of the lab (`controller.log`, `node2/agent.log`, `etcd.log`), without
+    /// colours; empty when it does not exist.
+    pub fn log_text(&self, file: &str) -> String {
+        std::fs::read_to_string(self.dir().join(file))
+            .map(|t| strip_ansi(&t))
+            .unwrap_or_default()
+    }
+
+    /// Controller replica `i`'s log file name.
+    pub fn controller_log(i: u32) -> String {
+        if i <= 1 {
+            "controller.log".into()
+        } else {
+            format!("controller{i}.log")
+        }
+    }
+
+    /// Every key under `prefix` with its value, read from etcd as the controller's etcd user
+    /// (etcdctl: a linearizable read, so what etcd holds, not what a cache believes).
+    pub fn etcd_prefix(&self, prefix: &str) -> Result<BTreeMap<String, String>, String> {
+        let endpoints = format!("--endpoints={}", self.etcd_endpoints());
+        let out = self.sh(
+            "etcdctl",
+            &[
+                &endpoints,
+                "--dial-timeout=3s",
+                "--command-timeout=30s",
+                "get",
+                prefix,
+                "--prefix",
+            ],
+        );
+        if !out.success() {
+            return Err(out.describe_failure());
+        }
+        // Keys and values alternate, one per line (topo's values are one-line JSON).
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        if lines.len() % 2 != 0 {
+            return Err(format!(
+                "etcdctl get {prefix} --prefix printed an odd number of lines: {}",
+                out.stdout
+            ));
+        }
+        Ok(lines
+            .chunks(2)
+            .map(|kv| (kv[0].to_string(), kv[1].to_string()))
+            .collect())
+    }
+}
+
+/// A ping from inside a container that ends by itself: `count` echoes `interval` apart, each
+/// with a reply window of at least one second after the last (busybox waits for the last
+/// reply), so every echo it counts as lost had its whole window — unlike a ping stopped by a
+/// signal, whose last echo is still in flight.
+pub struct Pinger {
+    pub from: String,
+    pub to: Ipv4Addr,
+    started: Instant,
+    run: Background,
+}
+
+impl Pinger {
+    /// Starts pinging for about `duration` (0.2 s apart).
+    #[track_caller]
+    pub fn start(lab: &Lab, from: &str, to: Ipv4Addr, duration: Duration) -> Pinger {
+        let count = ((duration.as_millis() / 200) as u64).max(5).to_string();
+        let to_s = to.to_string();
+        let run = lab.exec_bg(from, &["ping", "-c", &count, "-i", "0.2", "-W", "2", &to_s]);
+        Pinger {
+            from: from.to_string(),
+            to,
+            started: Instant::now(),
+            run,
+        }
+    }
+
+    /// Waits until the ping ends and returns its totals.
+    pub fn finish(self) -> Result<PingStats, String> {
+        let expected = self.started.elapsed();
+        let out = self
+            .run
+            .wait(expected + Duration::from_secs(600))
+            .map_err(|e| e.to_string())?;
+        PingStats::parse(&out.stdout).ok_or_else(|| {
+            format!(
+                "no ping summary from {} to {}:\n{}",
+                self.from,
+                self.to,
+                out.describe_failure()
+            )
+        })
+    }
+}
