@@ -16,8 +16,10 @@ pub mod lab;
 pub mod links;
 pub mod outage;
 pub mod manifest;
+pub mod mesh;
 pub mod parse;
 pub mod poll;
+pub mod probe;
 pub mod scenario;
 pub mod stats;
 

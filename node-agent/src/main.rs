@@ -9,7 +9,7 @@ use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use topo_agent::backend::{DockerContainers, NetlinkInterfaces, NftNat, OvsdbSwitch};
+use topo_agent::backend::{DockerContainers, NetlinkInterfaces, NftNat, NodeSockets, OvsdbSwitch};
 use topo_agent::config::Cli;
 use topo_agent::reconcile::Backends;
 
@@ -52,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
         interfaces: Arc::new(interfaces),
         ovs: Arc::new(ovs),
         nat: Arc::new(nat),
+        host_ports: Arc::new(NodeSockets::new()),
     };
 
     // The channel connects lazily: an agent may start before etcd and catches up.
