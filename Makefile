@@ -3,6 +3,9 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 NODES ?= 3
+# etcd members (1, 3 or 5) and controller replicas of `make lab-up`
+ETCD ?= 1
+CONTROLLERS ?= 1
 LAB := e2e/lab/lab.sh
 export TOPO_BIN ?= $(CURDIR)/target/debug
 
@@ -47,9 +50,9 @@ bench: deps
 	TOPO_BIN=$(CURDIR)/target/release ./target/release/rewire-bench --rewires 20 | tee target/bench/rewire.md
 	@echo "results in target/bench/*.md; BENCHMARKS.md quotes them with the machine"
 
-## lab-up: eval "$$(make -s lab-up NODES=3)" — prints only export lines on stdout
+## lab-up: eval "$$(make -s lab-up NODES=3 [ETCD=3] [CONTROLLERS=2])" — prints only export lines on stdout
 lab-up: deps build
-	@bash $(LAB) up --nodes $(NODES)
+	@bash $(LAB) up --nodes $(NODES) --etcd $(ETCD) --controllers $(CONTROLLERS)
 
 ## lab-down: remove every lab process, namespace, interface and state (also after a crash)
 lab-down:

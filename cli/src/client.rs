@@ -514,7 +514,10 @@ fn print_warnings(headers: &reqwest::header::HeaderMap) {
         std::sync::OnceLock::new();
     for w in warnings(headers) {
         let shown = SHOWN.get_or_init(Default::default);
-        let first = shown.lock().map(|mut s| s.insert(w.clone())).unwrap_or(true);
+        let first = shown
+            .lock()
+            .map(|mut s| s.insert(w.clone()))
+            .unwrap_or(true);
         if first {
             eprintln!("Warning: {w}");
         }

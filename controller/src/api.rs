@@ -137,8 +137,7 @@ fn bad_request(msg: impl Into<String>) -> ApiErr {
 pub fn router(state: AppState, gate: std::sync::Arc<crate::guard::Guard>) -> Router {
     let p = api::API_PREFIX;
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
+        .merge(crate::probes::routes())
         .route(&format!("{p}/apply"), post(apply))
         .route(&format!("{p}/events"), get(events))
         .route(&format!("{p}/{{plural}}"), get(list_or_watch).post(create))
@@ -165,7 +164,7 @@ pub fn router(state: AppState, gate: std::sync::Arc<crate::guard::Guard>) -> Rou
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(
             state.health.clone(),
-            warn_if_stale,
+            crate::probes::warn_if_stale,
         ))
         .layer(middleware::from_fn_with_state(gate, crate::guard::guard))
         .layer(middleware::from_fn(log_request))
@@ -197,41 +196,6 @@ async fn log_request(req: Request, next: Next) -> Response {
             "done"
         )
     });
-    resp
-}
-
-/// Ready while etcd answers quorum reads and the cache is current (the health probe's last
-/// verdict, so the answer is immediate); 503 naming the reason otherwise.
-async fn readyz(State(st): State<AppState>) -> ApiResult {
-    match st.health.state() {
-        crate::health::State::Fresh => Ok("ok".into_response()),
-        crate::health::State::Stale { since, reason } => Err(ApiErr(ApiError::new(
-            ErrorReason::ServiceUnavailable,
-            format!(
-                "etcd unavailable: {reason} (since {})",
-                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ),
-        ))),
-    }
-}
-
-/// A successful read while etcd is unavailable came from the cache: it says so in a
-/// `Warning` header (topoctl prints it on stderr).
-async fn warn_if_stale(
-    State(health): State<crate::health::Health>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let is_read =
-        req.method() == axum::http::Method::GET && req.uri().path().starts_with(api::API_PREFIX);
-    let mut resp = next.run(req).await;
-    if is_read
-        && resp.status().is_success()
-        && let Some(w) = health.stale_warning()
-        && let Ok(v) = HeaderValue::from_str(&w)
-    {
-        resp.headers_mut().append(header::WARNING, v);
-    }
     resp
 }
 

@@ -346,12 +346,7 @@ impl Committer {
         let target = rev.max(fence_rev);
         // etcd just answered, so the cache should follow at once; if it does not (etcd went
         // away meanwhile), the write fails within the same bound as one etcd request.
-        match tokio::time::timeout(
-            CACHE_CATCH_UP,
-            self.cache.wait_for_revision(target),
-        )
-        .await
-        {
+        match tokio::time::timeout(CACHE_CATCH_UP, self.cache.wait_for_revision(target)).await {
             Ok(s) => Ok(s),
             Err(_) => Err(CommitError::CacheLagging(target)),
         }

@@ -8,7 +8,8 @@
 //! * [`serve`], [`guard`], [`auth`], [`config`]: HTTPS only; authentication (client
 //!   certificates, bearer tokens), roles, audit, limits; the configuration file.
 //! * [`events`]: bounded event history.
-//! * [`health`]: whether etcd answers and the cache is current (`/readyz`, stale reads).
+//! * [`health`], [`probes`]: whether etcd answers and the cache is current; `/healthz`,
+//!   `/readyz` and the stale-read warning.
 //! * [`ipam`], [`planner`], [`leader`]: addresses, derivation, and the leader's loop.
 
 pub mod api;
@@ -23,6 +24,7 @@ pub mod ipam;
 pub mod leader;
 pub mod pages;
 pub mod planner;
+pub mod probes;
 pub mod quota;
 pub mod registration;
 pub mod serve;

@@ -68,7 +68,8 @@ impl Lab {
     /// Sends `signal` (KILL, STOP, CONT, ...) to etcd member `member`; KILL waits until it died.
     #[track_caller]
     pub fn signal_etcd(&self, member: u32, signal: &str) {
-        self.lab_sh(&["kill-etcd", &member.to_string(), signal]).ok();
+        self.lab_sh(&["kill-etcd", &member.to_string(), signal])
+            .ok();
     }
 
     /// Starts etcd member `member` again on its data directory.
@@ -134,7 +135,7 @@ impl Lab {
         }
         // Keys and values alternate, one per line (topo's values are one-line JSON).
         let lines: Vec<&str> = out.stdout.lines().collect();
-        if lines.len() % 2 != 0 {
+        if !lines.len().is_multiple_of(2) {
             return Err(format!(
                 "etcdctl get {prefix} --prefix printed an odd number of lines: {}",
                 out.stdout

@@ -207,13 +207,22 @@ mod tests {
     fn every_address_rule_is_checked() {
         let objects = kvs(&[
             ("/topo/v1/objects/Container/a", &container("n", None)),
-            ("/topo/v1/objects/Container/b", &container("n", Some("10.0.0.9"))),
+            (
+                "/topo/v1/objects/Container/b",
+                &container("n", Some("10.0.0.9")),
+            ),
             ("/topo/v1/objects/Container/c", &container("n", None)),
             ("/topo/v1/objects/Container/d", &container("n", None)),
         ]);
         let statuses = kvs(&[
-            ("/topo/v1/objstatus/Container/a", r#"{"addresses":{"n":"10.0.0.2"}}"#),
-            ("/topo/v1/objstatus/Container/b", r#"{"addresses":{"n":"10.0.0.2"}}"#),
+            (
+                "/topo/v1/objstatus/Container/a",
+                r#"{"addresses":{"n":"10.0.0.2"}}"#,
+            ),
+            (
+                "/topo/v1/objstatus/Container/b",
+                r#"{"addresses":{"n":"10.0.0.2"}}"#,
+            ),
         ]);
         let ipam = kvs(&[
             ("/topo/v1/ipam/n/addrs/10.0.0.2", r#"{"holder":"a"}"#),
@@ -226,8 +235,14 @@ mod tests {
         let c = Census::from_kvs(&objects, &statuses, &ipam).unwrap();
         let p = c.address_problems();
         let has = |s: &str| p.iter().any(|x| x.contains(s));
-        assert!(has("container/b asks for n address 10.0.0.9 but holds 10.0.0.3"), "{p:#?}");
-        assert!(has("container/b's status shows n address 10.0.0.2"), "{p:#?}");
+        assert!(
+            has("container/b asks for n address 10.0.0.9 but holds 10.0.0.3"),
+            "{p:#?}"
+        );
+        assert!(
+            has("container/b's status shows n address 10.0.0.2"),
+            "{p:#?}"
+        );
         assert!(has("container/c holds 2 addresses"), "{p:#?}");
         assert!(has("container/d holds no address"), "{p:#?}");
         assert!(has("10.0.0.6 is claimed for gone"), "{p:#?}");

@@ -52,8 +52,19 @@ pub fn http(
     let url = format!("{}{path}", lab.server_url(replica));
     let (ca, cert, key) = (file("ca.crt"), file("admin.crt"), file("admin.key"));
     let mut args = vec![
-        "-sS", "-D", "-", "-X", method, "--max-time", "20", "--cacert", &ca, "--cert", &cert,
-        "--key", &key,
+        "-sS",
+        "-D",
+        "-",
+        "-X",
+        method,
+        "--max-time",
+        "20",
+        "--cacert",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
     ];
     if let Some(b) = body {
         args.extend(["-H", "Content-Type: application/json", "--data-binary", b]);
@@ -149,12 +160,14 @@ pub fn check_unavailable(
 ) -> Vec<(String, Duration)> {
     wait_readyz(lab, 503, Duration::from_secs(30));
     for i in 1..=lab.controllers() {
-        let (code, _, body) = http(lab, i, "GET", "/readyz", None).unwrap_or_else(|e| panic!("{e}"));
+        let (code, _, body) =
+            http(lab, i, "GET", "/readyz", None).unwrap_or_else(|e| panic!("{e}"));
         assert!(
             code == 503 && body.contains("etcd unavailable"),
             "replica {i} /readyz: {code} {body}"
         );
-        let (code, _, body) = http(lab, i, "GET", "/healthz", None).unwrap_or_else(|e| panic!("{e}"));
+        let (code, _, body) =
+            http(lab, i, "GET", "/healthz", None).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(code, 200, "replica {i} /healthz while etcd is down: {body}");
     }
     let small = manifest_file(&sleepers("outage-small", ghost, network, 1));
@@ -168,7 +181,10 @@ pub fn check_unavailable(
     let mut took = vec![];
     for (what, args) in [
         ("a one-object apply", vec!["apply", "-f", small_p.as_str()]),
-        ("a 100-object apply (intent log)", vec!["apply", "-f", large_p.as_str()]),
+        (
+            "a 100-object apply (intent log)",
+            vec!["apply", "-f", large_p.as_str()],
+        ),
         ("a delete", vec!["delete", "container", existing]),
     ] {
         for i in 1..=lab.controllers() {
@@ -184,7 +200,8 @@ pub fn check_unavailable(
     .to_string();
     let path = format!("{}/containers", topo_schema::api::API_PREFIX);
     let t = Instant::now();
-    let (code, _, resp) = http(lab, 1, "POST", &path, Some(&body)).unwrap_or_else(|e| panic!("{e}"));
+    let (code, _, resp) =
+        http(lab, 1, "POST", &path, Some(&body)).unwrap_or_else(|e| panic!("{e}"));
     assert!(
         code == 503 && resp.contains("etcd unavailable"),
         "a create while etcd is down answered {code}: {resp}"
@@ -206,14 +223,18 @@ fn check_stale_reads(lab: &Lab) {
             out.describe_failure()
         );
         assert!(
-            out.stderr.contains("Warning: etcd unavailable since") && out.stderr.contains("may be stale"),
+            out.stderr.contains("Warning: etcd unavailable since")
+                && out.stderr.contains("may be stale"),
             "a read from the cache did not warn that it may be stale:\n{}",
             out.describe_failure()
         );
         let path = format!("{}/networks", topo_schema::api::API_PREFIX);
         let (code, head, _) = http(lab, i, "GET", &path, None).unwrap_or_else(|e| panic!("{e}"));
         assert!(
-            code == 200 && head.to_ascii_lowercase().contains("warning: 299 - \"etcd unavailable"),
+            code == 200
+                && head
+                    .to_ascii_lowercase()
+                    .contains("warning: 299 - \"etcd unavailable"),
             "GET {path} while etcd is down: {code}\n{head}"
         );
     }
@@ -238,14 +259,18 @@ pub fn recover(lab: &Lab, since: Instant, probe: &str, probe_refs: &[&str]) -> R
     let ready = since.elapsed();
     let file = manifest_file(probe);
     let path = file.path().display().to_string();
-    let write = try_poll("an apply to be acknowledged after etcd came back", Duration::from_secs(60), || {
-        let out = lab.topoctl(&["apply", "-f", &path]);
-        if out.success() {
-            Ok(())
-        } else {
-            Err(out.combined())
-        }
-    });
+    let write = try_poll(
+        "an apply to be acknowledged after etcd came back",
+        Duration::from_secs(60),
+        || {
+            let out = lab.topoctl(&["apply", "-f", &path]);
+            if out.success() {
+                Ok(())
+            } else {
+                Err(out.combined())
+            }
+        },
+    );
     if let Err(e) = write {
         panic!("{e}\n{}", lab.diagnostics());
     }

@@ -58,12 +58,18 @@ fn base(sc: &Scenario) {
         sleeper("e3", 3),
     ]);
     sc.apply_nowait(&yaml);
-    sc.wait_ready(&["container/e1", "container/e2", "container/e3"], converge());
+    sc.wait_ready(
+        &["container/e1", "container/e2", "container/e3"],
+        converge(),
+    );
 }
 
 /// Pings e1→e2, e2→e3, e3→e1 for about `duration`.
 fn pingers(sc: &Scenario, duration: Duration) -> Vec<Pinger> {
-    let ips: Vec<_> = ["e1", "e2", "e3"].iter().map(|c| sc.address(c, NET)).collect();
+    let ips: Vec<_> = ["e1", "e2", "e3"]
+        .iter()
+        .map(|c| sc.address(c, NET))
+        .collect();
     for (i, from) in ["e1", "e2", "e3"].iter().enumerate() {
         sc.wait_ping(from, ips[(i + 1) % 3], secs(60));
     }
@@ -84,8 +90,18 @@ fn no_ping_lost(pings: Vec<Pinger>, during: &str) {
             stats.lost(),
             stats.transmitted
         );
-        assert!(stats.transmitted >= 50, "{from}'s ping sent only {} echoes", stats.transmitted);
-        assert_eq!(stats.lost(), 0, "{from} -> {to} lost {} of {} {during}", stats.lost(), stats.transmitted);
+        assert!(
+            stats.transmitted >= 50,
+            "{from}'s ping sent only {} echoes",
+            stats.transmitted
+        );
+        assert_eq!(
+            stats.lost(),
+            0,
+            "{from} -> {to} lost {} of {} {during}",
+            stats.lost(),
+            stats.transmitted
+        );
     }
 }
 
@@ -167,11 +183,15 @@ fn leader_killed(sc: &Scenario) {
             .collect();
         assert!(!after.is_empty(), "no write was attempted after the kill");
         let refused: Vec<&&Write> = after.iter().filter(|w| !w.acknowledged).collect();
-        assert!(refused.is_empty(), "writes failed well after the kill: {refused:#?}");
+        assert!(
+            refused.is_empty(),
+            "writes failed well after the kill: {refused:#?}"
+        );
     });
-    sc.check("every acknowledged write is in etcd; no address duplicated or leaked", || {
-        acknowledged_writes_kept(sc, &writes)
-    });
+    sc.check(
+        "every acknowledged write is in etcd; no address duplicated or leaked",
+        || acknowledged_writes_kept(sc, &writes),
+    );
     sc.check("agents resumed their watch without relisting", || {
         watches_resumed(sc, leader)
     });
@@ -188,7 +208,13 @@ fn report_writes(writes: &[Write], kill_at: Instant) {
     for w in writes.iter().filter(|w| !w.acknowledged) {
         let at = w.started.saturating_duration_since(kill_at).as_secs_f64()
             - kill_at.saturating_duration_since(w.started).as_secs_f64();
-        eprintln!("  {:+.2} s {} {}: {}", at, if w.delete { "delete" } else { "create" }, w.name, w.error);
+        eprintln!(
+            "  {:+.2} s {} {}: {}",
+            at,
+            if w.delete { "delete" } else { "create" },
+            w.name,
+            w.error
+        );
     }
 }
 
@@ -215,7 +241,11 @@ fn acknowledged_writes_kept(sc: &Scenario, writes: &[Write]) {
                     "acknowledged {} of {} {}",
                     if w.delete { "delete" } else { "create" },
                     w.name,
-                    if w.delete { "but etcd still holds it" } else { "but etcd does not hold it" }
+                    if w.delete {
+                        "but etcd still holds it"
+                    } else {
+                        "but etcd does not hold it"
+                    }
                 ));
             }
         }
@@ -225,7 +255,10 @@ fn acknowledged_writes_kept(sc: &Scenario, writes: &[Write]) {
             Err(lost.join("; "))
         }
     });
-    sc.step(&format!("etcd agrees with every acknowledged write ({:.1} s)", took.as_secs_f64()));
+    sc.step(&format!(
+        "etcd agrees with every acknowledged write ({:.1} s)",
+        took.as_secs_f64()
+    ));
 }
 
 /// No agent relisted; the agent whose first endpoint was the killed member resumed its watch
@@ -251,7 +284,9 @@ fn watches_resumed(sc: &Scenario, killed: u32) {
     // Agent I's first endpoint is member I (three agents, three members).
     let log = sc.log_text(&format!("node{killed}/agent.log"));
     assert!(
-        log.lines().any(|l| l.contains("watch resumed from its revision") && l.contains("watcher=\"slice\"")),
+        log.lines()
+            .any(|l| l.contains("watch resumed from its revision")
+                && l.contains("watcher=\"slice\"")),
         "node{killed}'s agent, whose etcd member was killed, did not resume its slice watch:\n{}",
         tail(&log, 30)
     );
@@ -287,7 +322,11 @@ fn delete_stream_objects(sc: &Scenario) {
         .unwrap_or_default()
         .iter()
         .filter_map(|c| c.pointer("/metadata/name")?.as_str().map(str::to_string))
-        .filter(|n| ["w-", "outage-", "after-majority"].iter().any(|p| n.starts_with(p)))
+        .filter(|n| {
+            ["w-", "outage-", "after-majority"]
+                .iter()
+                .any(|p| n.starts_with(p))
+        })
         .collect();
     if names.is_empty() {
         return;
@@ -303,7 +342,9 @@ fn majority_stopped(sc: &Scenario) {
     base(sc);
     let leader = sc.etcd_leader().unwrap_or_else(|e| panic!("{e}"));
     let stopped: Vec<u32> = (1..=3).filter(|m| *m != leader).collect();
-    sc.step(&format!("SIGSTOP of etcd members {stopped:?} (member {leader} alone has no quorum)"));
+    sc.step(&format!(
+        "SIGSTOP of etcd members {stopped:?} (member {leader} alone has no quorum)"
+    ));
     for m in &stopped {
         sc.signal_etcd(*m, "STOP");
     }
@@ -329,8 +370,13 @@ fn majority_stopped(sc: &Scenario) {
         r.first_write.as_secs_f64(),
         r.converged.as_secs_f64()
     ));
-    sc.wait_ready(&["container/e1", "container/e2", "container/e3"], converge());
-    let problems = Census::read(sc).map(|c| c.address_problems()).unwrap_or_else(|e| vec![e]);
+    sc.wait_ready(
+        &["container/e1", "container/e2", "container/e3"],
+        converge(),
+    );
+    let problems = Census::read(sc)
+        .map(|c| c.address_problems())
+        .unwrap_or_else(|e| vec![e]);
     assert!(problems.is_empty(), "after the outage: {problems:#?}");
     no_intent_left(sc);
     delete_stream_objects(sc);

@@ -277,10 +277,7 @@ impl Members {
                 Err((e, failure))
             }
             Err(_) => Err((
-                BoxError::from(format!(
-                    "no answer from {} in time",
-                    self.list[i].url
-                )),
+                BoxError::from(format!("no answer from {} in time", self.list[i].url)),
                 Failure::Ambiguous,
             )),
         };
@@ -400,9 +397,7 @@ mod tests {
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         let wrapped: BoxError = Box::new(tonic::Status::from_error(Box::new(refused)));
         assert_eq!(classify(wrapped.as_ref()), Failure::NotSent);
-        let reset: BoxError = Box::new(std::io::Error::from(
-            std::io::ErrorKind::ConnectionReset,
-        ));
+        let reset: BoxError = Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
         assert_eq!(classify(reset.as_ref()), Failure::Ambiguous);
         let timeout: BoxError = Box::new(tonic::TimeoutExpired(()));
         assert_eq!(classify(timeout.as_ref()), Failure::Ambiguous);
