@@ -1,18 +1,15 @@
 //! The control plane's faults as the tests inject them (issue 9): etcd members and
 //! controller replicas killed, paused and restarted through `lab.sh`, topoctl aimed at one
-//! replica, the logs the components wrote, pings that end by themselves, and etcd read
-//! directly (not through the controller, whose cache is what is under test).
+//! replica, the logs the components wrote, and etcd read directly (not through the controller, whose cache is what is under test).
 //!
 //! A lab with several etcd members or controller replicas comes from
 //! `Lab::up_with(name, nodes, &["--etcd", "3", "--controllers", "2"])`.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::cmd::{Background, Output};
+use crate::cmd::Output;
 use crate::lab::{Lab, strip_ansi};
-use crate::parse::PingStats;
 
 impl Lab {
     fn export_count(&self, key: &str) -> u32 {
@@ -145,49 +142,5 @@ impl Lab {
             .chunks(2)
             .map(|kv| (kv[0].to_string(), kv[1].to_string()))
             .collect())
-    }
-}
-
-/// A ping from inside a container that ends by itself: `count` echoes `interval` apart, each
-/// with a reply window of at least one second after the last (busybox waits for the last
-/// reply), so every echo it counts as lost had its whole window — unlike a ping stopped by a
-/// signal, whose last echo is still in flight.
-pub struct Pinger {
-    pub from: String,
-    pub to: Ipv4Addr,
-    started: Instant,
-    run: Background,
-}
-
-impl Pinger {
-    /// Starts pinging for about `duration` (0.2 s apart).
-    #[track_caller]
-    pub fn start(lab: &Lab, from: &str, to: Ipv4Addr, duration: Duration) -> Pinger {
-        let count = ((duration.as_millis() / 200) as u64).max(5).to_string();
-        let to_s = to.to_string();
-        let run = lab.exec_bg(from, &["ping", "-c", &count, "-i", "0.2", "-W", "2", &to_s]);
-        Pinger {
-            from: from.to_string(),
-            to,
-            started: Instant::now(),
-            run,
-        }
-    }
-
-    /// Waits until the ping ends and returns its totals.
-    pub fn finish(self) -> Result<PingStats, String> {
-        let expected = self.started.elapsed();
-        let out = self
-            .run
-            .wait(expected + Duration::from_secs(600))
-            .map_err(|e| e.to_string())?;
-        PingStats::parse(&out.stdout).ok_or_else(|| {
-            format!(
-                "no ping summary from {} to {}:\n{}",
-                self.from,
-                self.to,
-                out.describe_failure()
-            )
-        })
     }
 }

@@ -149,7 +149,8 @@ pub fn wait_readyz(lab: &Lab, want: u16, timeout: Duration) -> Duration {
 }
 
 /// What a client sees while etcd cannot answer (see the module documentation). `ghost` is a
-/// node no agent serves, `network` a network, `existing` a container that exists (to delete).
+/// node no agent serves, `network` a network, `existing` a container that exists (to delete;
+/// once etcd answers again that delete may have been applied after all: pick a disposable one).
 /// Returns each refused write with the time it took.
 #[track_caller]
 pub fn check_unavailable(
@@ -280,5 +281,64 @@ pub fn recover(lab: &Lab, since: Instant, probe: &str, probe_refs: &[&str]) -> R
         ready,
         first_write,
         converged: since.elapsed(),
+    }
+}
+
+/// Deletes every container whose name starts with one of `prefixes`: writes a scenario's
+/// clean-up does not know of (a write refused during an outage may still be applied when
+/// etcd answers again: it was queued there).
+#[track_caller]
+pub fn delete_named(lab: &Lab, prefixes: &[&str]) {
+    let names: Vec<String> = lab
+        .list_json("containers", None)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|c| c.pointer("/metadata/name")?.as_str().map(str::to_string))
+        .filter(|n| prefixes.iter().any(|p| n.starts_with(p)))
+        .collect();
+    if names.is_empty() {
+        return;
+    }
+    let mut args = vec!["delete", "containers"];
+    args.extend(names.iter().map(String::as_str));
+    args.push("--ignore-not-found");
+    let out = lab.topoctl(&args);
+    assert!(out.success(), "{}", out.describe_failure());
+}
+
+/// Writes cut short by an outage leave no intent behind in the log (a decided one is rolled
+/// forward, an undecided one discarded).
+#[track_caller]
+pub fn no_intent_left(lab: &Lab) {
+    let prefix = topo_schema::keys::intents_prefix();
+    crate::poll::poll(
+        "the intent log to be empty",
+        Duration::from_secs(60),
+        || {
+            let left = lab.etcd_prefix(&prefix)?;
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(left.keys().cloned().collect::<Vec<_>>().join(", "))
+            }
+        },
+    );
+}
+
+/// No probe of `runs` lost (each had its whole reply window), and each sent at least
+/// `min_sent`.
+#[track_caller]
+pub fn no_probe_lost(runs: &[crate::probe::ProbeRun], during: &str, min_sent: usize) {
+    for r in runs {
+        eprintln!("e2e: {during}: {}", r.summary());
+    }
+    for r in runs {
+        assert!(
+            r.sent() >= min_sent,
+            "{during}: {} sent only {} probes",
+            r.label,
+            r.sent()
+        );
+        assert!(r.lost().is_empty(), "{during}: {}", r.summary());
     }
 }
