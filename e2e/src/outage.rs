@@ -342,3 +342,15 @@ pub fn no_probe_lost(runs: &[crate::probe::ProbeRun], during: &str, min_sent: us
         assert!(r.lost().is_empty(), "{during}: {}", r.summary());
     }
 }
+
+/// Waits until every container of `mesh` answers a ping from every other one.
+#[track_caller]
+pub fn wait_all_ping(lab: &Lab, mesh: &[(String, std::net::Ipv4Addr)]) {
+    for (from, _) in mesh {
+        for (to, ip) in mesh {
+            if from != to {
+                lab.wait_ping(from, *ip, Duration::from_secs(60));
+            }
+        }
+    }
+}

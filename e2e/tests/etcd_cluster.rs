@@ -75,7 +75,7 @@ fn start_probers(sc: &Scenario) -> Vec<Prober> {
         .iter()
         .map(|c| (c.to_string(), sc.address(c, NET)))
         .collect();
-    mesh::wait_all_reach(sc, &mesh);
+    outage::wait_all_ping(sc, &mesh);
     mesh::start_probes(sc, &mesh)
 }
 

@@ -47,7 +47,7 @@ fn member_paused(sc: &Scenario) {
         .iter()
         .map(|c| (c.to_string(), sc.address(c, NET)))
         .collect();
-    mesh::wait_all_reach(sc, &mesh_);
+    outage::wait_all_ping(sc, &mesh_);
     let probers = mesh::start_probes(sc, &mesh_);
     sc.step("SIGSTOP of etcd (the only member)");
     sc.signal_etcd(1, "STOP");
