@@ -107,7 +107,9 @@ pub fn etcd_summary(e: &etcd_client::Error) -> String {
             } else if m.is_empty() {
                 code
             } else {
-                m.chars().take(200).collect()
+                // A failed connection says only "transport error" or "http2 error"; its
+                // causes say what happened (keep-alive timed out, connection reset, ...).
+                with_causes(m, std::error::Error::source(s))
             }
         }
         etcd_client::Error::TransportError(_) => "cannot connect".to_string(),
@@ -120,6 +122,19 @@ pub fn etcd_summary(e: &etcd_client::Error) -> String {
             .take(200)
             .collect(),
     }
+}
+
+/// `first: cause: cause...` (each said once), at most 200 characters.
+fn with_causes(first: &str, mut cause: Option<&(dyn std::error::Error + 'static)>) -> String {
+    let mut parts = vec![first.to_string()];
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cause = c.source();
+    }
+    parts.join(": ").chars().take(200).collect()
 }
 
 /// One probe: a quorum read of the fence, then the cache at its revision.
@@ -226,5 +241,16 @@ mod tests {
         );
         assert!(axum::http::HeaderValue::from_str(&w).is_ok());
         assert!(Health::fixed(State::Fresh).stale_warning().is_none());
+    }
+
+    #[test]
+    fn a_failed_connection_is_summed_up_with_its_causes() {
+        assert_eq!(
+            with_causes(
+                "transport error",
+                Some(&std::io::Error::other("keep-alive timed out"))
+            ),
+            "transport error: keep-alive timed out"
+        );
     }
 }

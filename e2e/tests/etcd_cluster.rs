@@ -250,6 +250,16 @@ fn watches_resumed(sc: &Scenario, killed: u32) {
             "node{n}'s agent relisted its slice:\n{}",
             tail(&log, 30)
         );
+        // The watcher's relist counter, as each resumed watch logs it.
+        let counted: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("watch resumed from its revision"))
+            .filter(|l| !l.contains(" relists=0"))
+            .collect();
+        assert!(
+            counted.is_empty(),
+            "node{n}'s slice watcher counts relists: {counted:#?}"
+        );
     }
     for i in 1..=sc.controllers() {
         let log = sc.log_text(&Lab::controller_log(i));
