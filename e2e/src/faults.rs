@@ -1,6 +1,7 @@
 //! The control plane's faults as the tests inject them (issue 9): etcd members and
 //! controller replicas killed, paused and restarted through `lab.sh`, topoctl aimed at one
-//! replica, the logs the components wrote, and etcd read directly (not through the controller, whose cache is what is under test).
+//! replica, the logs the components wrote, and etcd read directly (not through the
+//! controller, whose cache is what is under test).
 //!
 //! A lab with several etcd members or controller replicas comes from
 //! `Lab::up_with(name, nodes, &["--etcd", "3", "--controllers", "2"])`.

@@ -6,8 +6,9 @@
 //!   IPAM and derivation do all the work; blocks of 4,096 addresses, one per node). Odd rounds send the apply to the replica that
 //!   survives (it must be acknowledged), even rounds to the leader being killed (it may
 //!   fail; then etcd holds all of it or none of it: the intent log is atomic);
-//! - **stream**: during 20 single-container applies a second, alternating between replicas
-//!   (those to the killed one fail until it is back).
+//! - **stream**: during 20 single-container applies a second, alternating between replicas:
+//!   those to the killed one fail once it is killed; any other refused write is a problem
+//!   (writes do not wait for a leader).
 //!
 //! Per round it records the hand-over — from the kill (taken just before the signal) to the
 //! survivor's "became leader" log line, and to its first derivation pass that wrote
@@ -232,7 +233,7 @@ fn stream(lab: &Lab, r: &mut Round) -> (SystemTime, Instant, BTreeSet<String>) {
     let start = Instant::now();
     let before = Duration::from_secs(3);
     let mut kill = None;
-    let mut running: Vec<(String, Background, tempfile::NamedTempFile)> = vec![];
+    let mut running: Vec<(String, Background, tempfile::NamedTempFile, bool)> = vec![];
     let mut acked = BTreeSet::new();
     let mut i = 0u32;
     while start.elapsed() < before + STREAM_AFTER_KILL {
@@ -248,15 +249,21 @@ fn stream(lab: &Lab, r: &mut Round) -> (SystemTime, Instant, BTreeSet<String>) {
             replica,
             &["apply", "-f", &f.path().display().to_string()],
         );
-        running.push((format!("{prefix}-0"), bg, f));
+        // Only the killed replica, once killed, may refuse (it is not there).
+        let may_fail = kill.is_some() && replica == r.killed;
+        running.push((format!("{prefix}-0"), bg, f, may_fail));
         i += 1;
         let next = start + every * i;
         thread::sleep(next.saturating_duration_since(Instant::now()));
     }
     r.writes = running.len();
-    for (name, bg, _f) in running {
-        if finished(bg).success() {
+    for (name, bg, _f, may_fail) in running {
+        let out = finished(bg);
+        if out.success() {
             acked.insert(name);
+        } else if !may_fail {
+            r.problems
+                .push(format!("apply of {name} refused: {}", out.stderr.trim()));
         }
     }
     let (at, instant) = kill.unwrap_or((SystemTime::now(), Instant::now()));
