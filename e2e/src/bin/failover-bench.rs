@@ -60,6 +60,8 @@ struct Round {
     converged: Option<Duration>,
     writes: usize,
     acknowledged: usize,
+    /// The round's containers etcd holds once converged.
+    in_etcd: usize,
     problems: Vec<String>,
 }
 
@@ -173,6 +175,7 @@ fn round(lab: &Lab, n: u32, situation: Situation) -> Round {
         converged: None,
         writes: 0,
         acknowledged: 0,
+        in_etcd: 0,
         problems: vec![],
     };
     let (kill_at, kill_instant, acked) = match situation {
@@ -303,7 +306,14 @@ fn converge(lab: &Lab, r: &mut Round, kill: Instant, acked: &BTreeSet<String>) {
     let mut last = vec![];
     while Instant::now() < deadline {
         last = match Census::read(lab) {
-            Ok(c) => check(lab, &c, acked, &prefix, r),
+            Ok(c) => {
+                r.in_etcd = c
+                    .containers
+                    .keys()
+                    .filter(|k| k.starts_with(&prefix))
+                    .count();
+                check(lab, &c, acked, &prefix, r)
+            }
             Err(e) => vec![e],
         };
         if last.is_empty() {
@@ -376,7 +386,7 @@ fn secs(d: Option<Duration>) -> String {
 
 fn row(r: &Round) -> String {
     format!(
-        "| {} | {} | {} | {} | {} | {} | {}/{} | {} |",
+        "| {} | {} | {} | {} | {} | {} | {}/{} | {} | {} |",
         r.n,
         match (r.situation, r.to_killed) {
             (Situation::Bulk, false) => "1,000-object apply via the survivor",
@@ -389,6 +399,7 @@ fn row(r: &Round) -> String {
         secs(r.converged),
         r.acknowledged,
         r.writes,
+        r.in_etcd,
         if r.problems.is_empty() {
             "none".to_string()
         } else {
@@ -401,7 +412,7 @@ fn summary(results: &[Round]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| round | load | killed replica | kill → elected (s) | kill → first derivation (s) | kill → every write derived (s) | acknowledged/writes | problems |\n|---|---|---|---|---|---|---|---|"
+        "| round | load | killed replica | kill → elected (s) | kill → first derivation (s) | kill → every write derived (s) | acknowledged/writes | in etcd | problems |\n|---|---|---|---|---|---|---|---|---|"
     );
     for r in results {
         let _ = writeln!(s, "{}", row(r));
