@@ -3,13 +3,15 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 NODES ?= 3
+SOAK_SECS ?= 600
+SOAK_SEED ?=
 # etcd members (1, 3 or 5) and controller replicas of `make lab-up`
 ETCD ?= 1
 CONTROLLERS ?= 1
 LAB := e2e/lab/lab.sh
 export TOPO_BIN ?= $(CURDIR)/target/debug
 
-.PHONY: all deps build test test-unit test-e2e bench lint fmt demo lab-up lab-down clean
+.PHONY: all deps build test test-unit test-e2e bench soak lint fmt demo lab-up lab-down clean
 
 all: build
 
@@ -49,6 +51,12 @@ bench: deps
 	TOPO_BIN=$(CURDIR)/target/release ./target/release/lab-bench | tee target/bench/lab.md
 	TOPO_BIN=$(CURDIR)/target/release ./target/release/rewire-bench --rewires 20 | tee target/bench/rewire.md
 	@echo "results in target/bench/*.md; BENCHMARKS.md quotes them with the machine"
+
+## soak: SOAK_SECS (default 600) of random changes and faults on a lab (3 hosts, 3 etcd
+## members) with the invariants checked; SOAK_SEED replays a run (RELIABILITY.md)
+soak: deps build
+	$(CARGO) build -p topo-e2e --bin soak
+	SOAK_SECS=$(SOAK_SECS) SOAK_SEED=$(SOAK_SEED) ./target/debug/soak
 
 ## lab-up: eval "$$(make -s lab-up NODES=3 [ETCD=3] [CONTROLLERS=2])" — prints only export lines on stdout
 lab-up: deps build
