@@ -6,7 +6,8 @@
 //! table, or its Docker container), SIGKILL an agent (started again at once), SIGKILL an
 //! etcd member (started again 2 s later). After every step:
 //! - no address is held twice (read from etcd, `topo_e2e::integrity`), and
-//! - the time until every container is Ready again is recorded (topoctl wait, 60 s at most);
+//! - the time until every container is Ready again is recorded (after a tampering, first
+//!   until the agent has put back what was broken, then topoctl wait; 60 s at most each);
 //!   over 10 s counts as a violation.
 //!
 //! Every tenth step, and at the end, is a quiet period: once everything is Ready, nothing may
@@ -72,6 +73,14 @@ const STEPS: [Step; 9] = [
     Step::KillAgent,
     Step::KillEtcdMember,
 ];
+
+/// What a tampering step broke, to see when the agent has put it back.
+enum Repair {
+    Veth(u32, String),
+    OvsPort(u32, String),
+    NftTable(u32),
+    Docker(String),
+}
 
 #[derive(Default)]
 struct Tally {
@@ -171,77 +180,94 @@ impl Soak<'_> {
         self.placed.iter().nth(i).map(|(c, n)| (c.clone(), *n))
     }
 
-    /// Runs one step; returns what it did, for the log.
-    fn inject(&mut self, step: Step) -> String {
+    /// Runs one step; returns what it did, for the log, and what the agent must put back.
+    fn inject(&mut self, step: Step) -> (String, Option<Repair>) {
         let node = 1 + self.rng.below(u64::from(NODES)) as u32;
+        let done = |ok: bool| if ok { "ok" } else { "refused" };
         match (step, self.pick()) {
             (Step::Apply, _) | (_, None) if self.placed.len() < MAX_CONTAINERS => {
                 self.next_name += 1;
                 let name = format!("s{}", self.next_name);
                 let ok = self.apply(&name, node);
-                format!(
-                    "apply {name} on node{node}: {}",
-                    if ok { "ok" } else { "refused" }
-                )
+                (format!("apply {name} on node{node}: {}", done(ok)), None)
             }
             (Step::Apply | Step::Delete, Some((c, _))) if self.placed.len() > 2 => {
-                let out =
-                    self.lab
-                        .topoctl(&["delete", "container", &c, "--wait", "--timeout", "60s"]);
+                let args = ["delete", "container", &c, "--wait", "--timeout", "60s"];
+                let ok = self.lab.topoctl(&args).success();
                 self.placed.remove(&c);
-                format!(
-                    "delete {c}: {}",
-                    if out.success() { "ok" } else { "refused" }
-                )
+                (format!("delete {c}: {}", done(ok)), None)
             }
             (Step::Move, Some((c, from))) => {
                 let to = 1 + (from % NODES);
                 let ok = self.apply(&c, to);
-                format!(
-                    "move {c} node{from} -> node{to}: {}",
-                    if ok { "ok" } else { "refused" }
+                (
+                    format!("move {c} node{from} -> node{to}: {}", done(ok)),
+                    None,
                 )
             }
             (Step::DeleteVeth, Some((c, n))) => {
                 let veth = veth_host_name(&c, "eth0");
                 self.lab.on_node(n, &["ip", "link", "del", &veth]);
-                format!("delete veth {veth} of {c} on node{n}")
+                let what = format!("delete veth {veth} of {c} on node{n}");
+                (what, Some(Repair::Veth(n, veth)))
             }
             (Step::DeleteOvsPort, Some((c, n))) => {
                 let veth = veth_host_name(&c, "eth0");
                 self.lab.vsctl(n, &["del-port", &bridge_name(NET), &veth]);
-                format!("delete OVS port {veth} of {c} on node{n}")
+                let what = format!("delete OVS port {veth} of {c} on node{n}");
+                (what, Some(Repair::OvsPort(n, veth)))
             }
             (Step::DeleteNftTable, _) => {
-                self.lab
-                    .on_node(node, &["nft", "delete", "table", "ip", owner::NFT_TABLE]);
-                format!("delete nft table ip {} on node{node}", owner::NFT_TABLE)
+                // A host without the network's bridge has no table to delete.
+                let args = ["nft", "delete", "table", "ip", owner::NFT_TABLE];
+                let deleted = self.lab.on_node(node, &args).success();
+                let what = format!("delete nft table ip {} on node{node}", owner::NFT_TABLE);
+                if deleted {
+                    (what, Some(Repair::NftTable(node)))
+                } else {
+                    (format!("{what}: there was none"), None)
+                }
             }
             (Step::RemoveContainer, Some((c, n))) => {
-                self.lab.docker(&["rm", "-f", &docker_name(&c)]);
-                format!("docker rm -f {c} (node{n})")
+                let name = docker_name(&c);
+                self.lab.docker(&["rm", "-f", &name]);
+                (
+                    format!("docker rm -f {c} (node{n})"),
+                    Some(Repair::Docker(name)),
+                )
             }
             (Step::KillAgent, _) => {
                 self.lab.lab_sh(&["kill-agent", &node.to_string(), "KILL"]);
                 self.lab.lab_sh(&["start-agent", &node.to_string()]);
-                format!("SIGKILL of node{node}'s agent, started again")
+                (
+                    format!("SIGKILL of node{node}'s agent, started again"),
+                    None,
+                )
             }
             (Step::KillEtcdMember, _) => {
                 let m = 1 + self.rng.below(3) as u32;
                 self.lab.signal_etcd(m, "KILL");
                 std::thread::sleep(Duration::from_secs(2));
                 self.lab.start_etcd(m);
-                format!("SIGKILL of etcd member {m}, started again after 2 s")
+                (
+                    format!("SIGKILL of etcd member {m}, started again after 2 s"),
+                    None,
+                )
             }
-            (s, _) => format!("{s:?}: nothing to do"),
+            (s, _) => (format!("{s:?}: nothing to do"), None),
         }
     }
 
     fn run_step(&mut self, n: u32, step: Step, tally: &mut Tally) {
-        let what = self.inject(step);
+        let (what, repair) = self.inject(step);
         *tally.count.entry(step).or_default() += 1;
         let t = Instant::now();
-        let ready = self.wait_all_ready(Duration::from_secs(60));
+        // A tampered container may still show Ready for a moment: wait for the repair first.
+        let repaired = match &repair {
+            Some(r) => self.wait_repaired(r, Duration::from_secs(60)),
+            None => Ok(()),
+        };
+        let ready = repaired.and_then(|()| self.wait_all_ready(Duration::from_secs(60)));
         let took = t.elapsed();
         let worst = tally.worst.entry(step).or_default();
         *worst = (*worst).max(took);
@@ -271,6 +297,37 @@ impl Soak<'_> {
                 .violations
                 .push(format!("step {n}: etcd not readable: {e}")),
         }
+    }
+
+    fn repaired(&self, r: &Repair) -> bool {
+        match r {
+            Repair::Veth(n, veth) => self.lab.links(*n).contains_key(veth),
+            Repair::OvsPort(n, port) => self
+                .lab
+                .ovs_ports(*n, &bridge_name(NET))
+                .is_some_and(|p| p.contains(port)),
+            Repair::NftTable(n) => self
+                .lab
+                .on_node(*n, &["nft", "list", "table", "ip", owner::NFT_TABLE])
+                .success(),
+            Repair::Docker(name) => {
+                let out = self
+                    .lab
+                    .docker(&["inspect", "-f", "{{.State.Running}}", name]);
+                out.success() && out.stdout.trim() == "true"
+            }
+        }
+    }
+
+    fn wait_repaired(&self, r: &Repair, timeout: Duration) -> Result<(), String> {
+        let t = Instant::now();
+        while !self.repaired(r) {
+            if t.elapsed() > timeout {
+                return Err("what was tampered with was not put back".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
     }
 
     fn wait_all_ready(&self, timeout: Duration) -> Result<(), String> {
