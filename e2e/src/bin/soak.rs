@@ -128,7 +128,7 @@ fn main() {
         n += 1;
         let step = STEPS[soak.rng.below(STEPS.len() as u64) as usize];
         soak.run_step(n, step, &mut tally);
-        if n % 10 == 0 {
+        if n.is_multiple_of(10) {
             soak.quiet(&mut tally);
         }
     }
