@@ -4,11 +4,12 @@
 //! watch runs through it.
 //!
 //! * `leader_killed`: the raft leader is SIGKILLed while writes stream in and containers on
-//!   three hosts ping each other. Every acknowledged write is in etcd afterwards (read back
-//!   with etcdctl), no address is held twice or leaked, writes keep being acknowledged by
-//!   the two members left, no ping is lost, and no agent relists its slice: the one whose
-//!   watch ran through the dead member resumes it from its revision, and the slice changes
-//!   made after the kill reach it.
+//!   three hosts probe each other (deadline probers, `topo_e2e::probe`, every 20 ms). Every
+//!   acknowledged write is in etcd afterwards (read back with etcdctl), no address is held
+//!   twice or leaked, writes keep being acknowledged by the two members left, no probe is
+//!   lost, and no agent relists its slice (the watcher's relist counter stays 0): the one
+//!   whose watch ran through the dead member resumes it from its revision, and the slice
+//!   changes made after the kill reach it.
 //! * `majority_stopped`: two members paused (SIGSTOP): the outage checks of
 //!   `topo_e2e::outage` (writes 503 "etcd unavailable" in time, reads warn, /readyz 503,
 //!   /healthz 200), then everything converges by itself once they resume; the times are
