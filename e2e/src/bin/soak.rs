@@ -268,19 +268,20 @@ impl Soak<'_> {
             Some(r) => self.wait_repaired(r, Duration::from_secs(15)),
             None => Ok(()),
         };
-        let ready = repaired.and_then(|()| self.wait_all_ready(Duration::from_secs(60)));
+        let ready = repaired.and_then(|()| {
+            self.wait_all_ready(Duration::from_secs(60))
+                .map_err(|e| format!("not Ready within 60 s: {e}"))
+        });
         let took = t.elapsed();
         let worst = tally.worst.entry(step).or_default();
         *worst = (*worst).max(took);
         println!(
-            "soak: {:>4} s step {n} {what}; all Ready after {:.2} s",
+            "soak: {:>4} s step {n} {what}; repaired and all Ready after {:.2} s",
             self.started.elapsed().as_secs(),
             took.as_secs_f64()
         );
         if let Err(e) = ready {
-            tally
-                .violations
-                .push(format!("step {n} ({what}): not Ready within 60 s: {e}"));
+            tally.violations.push(format!("step {n} ({what}): {e}"));
         } else if took > READY_WITHIN {
             tally.violations.push(format!(
                 "step {n} ({what}): Ready again only after {:.2} s",
@@ -324,7 +325,7 @@ impl Soak<'_> {
         let t = Instant::now();
         while !self.repaired(r) {
             if t.elapsed() > timeout {
-                return Err("what was tampered with was not put back".into());
+                return Err(format!("not put back within {timeout:?}"));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
