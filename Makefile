@@ -3,10 +3,15 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 NODES ?= 3
+SOAK_SECS ?= 600
+SOAK_SEED ?=
+# etcd members (1, 3 or 5) and controller replicas of `make lab-up`
+ETCD ?= 1
+CONTROLLERS ?= 1
 LAB := e2e/lab/lab.sh
 export TOPO_BIN ?= $(CURDIR)/target/debug
 
-.PHONY: all deps build test test-unit test-e2e bench lint fmt demo lab-up lab-down clean deb
+.PHONY: all deps build test test-unit test-e2e bench soak lint fmt demo lab-up lab-down clean deb
 
 all: build
 
@@ -48,9 +53,15 @@ bench: deps
 	TOPO_BIN=$(CURDIR)/target/release ./target/release/dataplane-bench --secs 10 --rounds 5 | tee target/bench/dataplane.md
 	@echo "results in target/bench/*.md; BENCHMARKS.md quotes them with the machine"
 
-## lab-up: eval "$$(make -s lab-up NODES=3)" — prints only export lines on stdout
+## soak: SOAK_SECS (default 600) of random changes and faults on a lab (3 hosts, 3 etcd
+## members) with the invariants checked; SOAK_SEED replays a run (RELIABILITY.md)
+soak: deps build
+	$(CARGO) build -p topo-e2e --bin soak
+	SOAK_SECS=$(SOAK_SECS) SOAK_SEED=$(SOAK_SEED) ./target/debug/soak
+
+## lab-up: eval "$$(make -s lab-up NODES=3 [ETCD=3] [CONTROLLERS=2])" — prints only export lines on stdout
 lab-up: deps build
-	@bash $(LAB) up --nodes $(NODES)
+	@bash $(LAB) up --nodes $(NODES) --etcd $(ETCD) --controllers $(CONTROLLERS)
 
 ## lab-down: remove every lab process, namespace, interface and state (also after a crash)
 lab-down:

@@ -285,6 +285,7 @@ impl Client {
             _ => req,
         };
         let resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        print_warnings(resp.headers());
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -482,6 +483,47 @@ impl Client {
     }
 }
 
+/// The texts of a response's `Warning` headers (`299 - "text"`, RFC 7234: code, agent,
+/// quoted text); a value that does not follow that form is shown whole.
+pub fn warnings(headers: &reqwest::header::HeaderMap) -> Vec<String> {
+    headers
+        .get_all(reqwest::header::WARNING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(|v| {
+            let mut parts = v.splitn(3, ' ');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(code), Some(_agent), Some(text))
+                    if code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    let text = text.trim();
+                    let text = text.strip_prefix('"').unwrap_or(text);
+                    // A warn-date may follow the closing quote.
+                    text.split_once('"').map_or(text, |(t, _)| t).to_string()
+                }
+                _ => v.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// Prints each server warning once per run on stderr, as kubectl does (`Warning: ...`):
+/// a list of several pages, or a wait that polls, says it once.
+fn print_warnings(headers: &reqwest::header::HeaderMap) {
+    static SHOWN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        std::sync::OnceLock::new();
+    for w in warnings(headers) {
+        let shown = SHOWN.get_or_init(Default::default);
+        let first = shown
+            .lock()
+            .map(|mut s| s.insert(w.clone()))
+            .unwrap_or(true);
+        if first {
+            eprintln!("Warning: {w}");
+        }
+    }
+}
+
 /// An ApiError from a failed response, also when the body is not one.
 pub fn api_error_from(status: StatusCode, body: &str) -> ApiError {
     if let Ok(e) = serde_json::from_str::<ApiError>(body) {
@@ -603,5 +645,33 @@ impl<T: DeserializeOwned> WatchStream<T> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue, WARNING};
+
+    #[test]
+    fn warning_headers_are_shown_by_their_text() {
+        let mut h = HeaderMap::new();
+        h.append(
+            WARNING,
+            HeaderValue::from_static("299 - \"etcd unavailable: this answer may be stale\""),
+        );
+        h.append(
+            WARNING,
+            HeaderValue::from_static("299 topo \"with a date\" \"Sat, 28 Nov 2026 18:00:00 GMT\""),
+        );
+        h.append(WARNING, HeaderValue::from_static("not the usual form"));
+        assert_eq!(
+            warnings(&h),
+            vec![
+                "etcd unavailable: this answer may be stale",
+                "with a date",
+                "not the usual form"
+            ]
+        );
     }
 }

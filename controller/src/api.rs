@@ -38,8 +38,10 @@ pub struct AppState {
     pub cache: Cache,
     /// Ends watch streams when the server shuts down.
     pub shutdown: CancellationToken,
-    /// How long one etcd request may take (the client enforces it; readyz too).
+    /// How long one etcd request may take (the client enforces it).
     pub etcd_timeout: Duration,
+    /// Whether etcd answers and the cache is current (`/readyz`, stale-read warnings).
+    pub health: crate::health::Health,
 }
 
 /// An `ApiError` as an HTTP response.
@@ -60,6 +62,12 @@ impl From<crate::store::StoreError> for ApiErr {
             StoreError::Commit(CommitError::CompareFailed | CommitError::TooManyAttempts(_))
             | StoreError::Rejected(_)
             | StoreError::Encode(_) => ApiErr(e.into()),
+            StoreError::Commit(CommitError::CacheLagging(rev)) => ApiErr(ApiError::new(
+                ErrorReason::ServiceUnavailable,
+                format!(
+                    "etcd unavailable: the controller's cache did not reach revision {rev} in time"
+                ),
+            )),
             StoreError::Commit(c) => match etcd_cause(c) {
                 Some(etcd) => etcd_unavailable(etcd),
                 None => ApiErr(e.into()),
@@ -80,31 +88,7 @@ fn etcd_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a etcd_c
     None
 }
 
-/// What went wrong with etcd in a few words (not tonic's debug dump of the status).
-pub fn etcd_summary(e: &etcd_client::Error) -> String {
-    match e {
-        etcd_client::Error::GRpcStatus(s) => {
-            let m = s.message();
-            let code = format!("{:?}", s.code());
-            if m.contains("Timeout expired") || code == "DeadlineExceeded" {
-                "no answer in time".to_string()
-            } else if m.is_empty() {
-                code
-            } else {
-                m.chars().take(200).collect()
-            }
-        }
-        etcd_client::Error::TransportError(_) => "cannot connect".to_string(),
-        other => other
-            .to_string()
-            .lines()
-            .next()
-            .unwrap_or("")
-            .chars()
-            .take(200)
-            .collect(),
-    }
-}
+pub use crate::health::etcd_summary;
 
 pub fn etcd_unavailable(e: &etcd_client::Error) -> ApiErr {
     ApiErr(ApiError::new(
@@ -168,8 +152,7 @@ fn bad_request(msg: impl Into<String>) -> ApiErr {
 pub fn router(state: AppState, gate: std::sync::Arc<crate::guard::Guard>) -> Router {
     let p = api::API_PREFIX;
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
+        .merge(crate::probes::routes())
         .route(&format!("{p}/apply"), post(apply))
         .route(&format!("{p}/events"), get(events))
         .route(&format!("{p}/{{plural}}"), get(list_or_watch).post(create))
@@ -194,6 +177,10 @@ pub fn router(state: AppState, gate: std::sync::Arc<crate::guard::Guard>) -> Rou
         })
         // Bodies are read (and limited) by `read_body`, which answers with an ApiError.
         .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(
+            state.health.clone(),
+            crate::probes::warn_if_stale,
+        ))
         .layer(middleware::from_fn_with_state(gate, crate::guard::guard))
         .layer(middleware::from_fn(log_request))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
@@ -225,23 +212,6 @@ async fn log_request(req: Request, next: Next) -> Response {
         )
     });
     resp
-}
-
-async fn readyz(State(st): State<AppState>) -> ApiResult {
-    let probe = async {
-        st.client
-            .kv_client()
-            .get(topo_schema::keys::fence(), None)
-            .await
-    };
-    match tokio::time::timeout(st.etcd_timeout, probe).await {
-        Ok(Ok(_)) => Ok("ok".into_response()),
-        Ok(Err(e)) => Err(etcd_unavailable(&e)),
-        Err(_) => Err(ApiErr(ApiError::new(
-            ErrorReason::ServiceUnavailable,
-            format!("etcd unavailable: no answer within {:?}", st.etcd_timeout),
-        ))),
-    }
 }
 
 type Params = Result<Query<HashMap<String, String>>, QueryRejection>;

@@ -46,6 +46,8 @@ const MAX_TXN_BYTES: usize = 1024 * 1024;
 /// Bytes of operations per intent chunk: values are JSON, and escaping them inside the
 /// chunk's JSON can double their size; etcd refuses requests over 1.5 MiB.
 const MAX_CHUNK_BYTES: usize = 512 * 1024;
+/// How long a writer waits for the cache to reach a revision etcd gave it.
+const CACHE_CATCH_UP: Duration = Duration::from_secs(5);
 /// How many times a commit recomputes after losing the fence before giving up.
 const MAX_ATTEMPTS: usize = 50;
 
@@ -304,7 +306,16 @@ impl Committer {
         for _ in 0..MAX_ATTEMPTS {
             let (cs, out) = compute(&snap)?;
             let Some(cs) = cs.filter(|c| !c.is_empty()) else {
-                return Ok((out, None, snap));
+                // Nothing to write, so the answer ("unchanged") rests on the snapshot alone:
+                // confirm it is current with a quorum read. While etcd is unreachable this
+                // fails as a write would, instead of answering from a stale cache.
+                match self.moved_fence(&snap).await? {
+                    None => return Ok((out, None, snap)),
+                    Some(current) => {
+                        snap = self.catch_up(current).await.map_err(E::from)?;
+                        continue;
+                    }
+                }
             };
             match self.commit(&snap, &cs, extra_compares()).await {
                 Ok(rev) => return Ok((out, Some(rev), snap)),
@@ -318,6 +329,13 @@ impl Committer {
         Err(CommitError::TooManyAttempts(MAX_ATTEMPTS).into())
     }
 
+    /// None when the fence (and so every fenced write) is where `snap` saw it; else the
+    /// fence's current revision.
+    async fn moved_fence(&self, snap: &Snapshot) -> Result<Option<i64>, CommitError> {
+        let (rev, pending) = read_fence(&self.client).await?;
+        Ok((rev != snap.fence_rev || pending.is_some()).then_some(rev))
+    }
+
     /// After losing the fence: roll forward whatever intent the fence names, then wait for
     /// the cache to reach the fence.
     async fn catch_up(&self, fence_rev: i64) -> Result<Arc<Snapshot>, CommitError> {
@@ -326,12 +344,9 @@ impl Committer {
             roll_forward(&self.client, &id, self.max_txn_ops).await?;
         }
         let target = rev.max(fence_rev);
-        match tokio::time::timeout(
-            Duration::from_secs(30),
-            self.cache.wait_for_revision(target),
-        )
-        .await
-        {
+        // etcd just answered, so the cache should follow at once; if it does not (etcd went
+        // away meanwhile), the write fails within the same bound as one etcd request.
+        match tokio::time::timeout(CACHE_CATCH_UP, self.cache.wait_for_revision(target)).await {
             Ok(s) => Ok(s),
             Err(_) => Err(CommitError::CacheLagging(target)),
         }

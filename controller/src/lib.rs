@@ -8,6 +8,8 @@
 //! * [`serve`], [`guard`], [`auth`], [`config`]: HTTPS only; authentication (client
 //!   certificates, bearer tokens), roles, audit, limits; the configuration file.
 //! * [`events`]: bounded event history.
+//! * [`health`], [`probes`]: whether etcd answers and the cache is current; `/healthz`,
+//!   `/readyz` and the stale-read warning.
 //! * [`ipam`], [`planner`], [`leader`]: addresses, derivation, and the leader's loop.
 
 pub mod api;
@@ -17,10 +19,12 @@ pub mod commit;
 pub mod config;
 pub mod events;
 pub mod guard;
+pub mod health;
 pub mod ipam;
 pub mod leader;
 pub mod pages;
 pub mod planner;
+pub mod probes;
 pub mod quota;
 pub mod registration;
 pub mod serve;
@@ -31,7 +35,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use backoff::backoff::Backoff;
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::Client;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -118,33 +122,43 @@ pub struct Controller {
     pub cache: Cache,
     pub committer: Committer,
     pub store: Store,
+    pub health: health::Health,
     pub id: String,
 }
 
 /// Connects to etcd over TLS with the controller's identity, retrying with backoff until it
 /// answers or `shutdown`. Every request carries the configured timeout (at most 5 s), so an
-/// etcd that hangs turns into a 503, not a hung client.
+/// etcd that hangs turns into a 503, not a hung client. With several endpoints the client
+/// stays on one member and fails over when it dies (`topo_watcher::failover`).
 pub async fn connect(
     endpoints: &[String],
     security: &config::Security,
     shutdown: &CancellationToken,
 ) -> Result<Client, ServerError> {
     topo_pki::etcd::check_endpoints(endpoints).map_err(ServerError::EtcdTls)?;
-    let base: ConnectOptions = security
-        .etcd_tls()
-        .connect_options()
-        .map_err(ServerError::EtcdTls)?;
+    let options = topo_watcher::failover::EndpointOptions {
+        tls: Some(
+            security
+                .etcd_tls()
+                .tls_options()
+                .map_err(ServerError::EtcdTls)?,
+        ),
+        connect_timeout: Some(Duration::from_secs(3)),
+        request_timeout: Some(security.limits.etcd_timeout()),
+        // A member that stops answering (paused, partitioned) is noticed within 8 s even
+        // by a watch that is otherwise idle.
+        keep_alive: Some((Duration::from_secs(5), Duration::from_secs(3))),
+        keep_alive_while_idle: true,
+    };
     let mut backoff = cache::new_backoff();
     loop {
-        let opts = base
-            .clone()
-            .with_timeout(security.limits.etcd_timeout())
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
         let attempt = async {
-            let mut c = Client::connect(endpoints, Some(opts)).await?;
-            // Connecting is lazy for some endpoints; make sure etcd answers.
-            c.status().await?;
-            Ok::<_, etcd_client::Error>(c)
+            let mut c = topo_watcher::failover::connect(endpoints, &options)
+                .await
+                .map_err(|e| e.to_string())?;
+            // Connecting is lazy; make sure etcd answers.
+            c.status().await.map_err(|e| health::etcd_summary(&e))?;
+            Ok::<_, String>(c)
         };
         match attempt.await {
             Ok(c) => return Ok(c),
@@ -180,11 +194,13 @@ pub async fn start_controller(
     ));
     let committer = Committer::new(client.clone(), cache.clone(), config.max_txn_ops);
     let store = Store::new(committer.clone()).with_quotas(config.security.quotas.clone());
+    let health = health::Health::start(client.clone(), cache.clone(), shutdown.clone());
     Ok(Controller {
         client,
         cache,
         committer,
         store,
+        health,
         id: config.id.clone(),
     })
 }
@@ -246,6 +262,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         cache: controller.cache.clone(),
         shutdown: shutdown.clone(),
         etcd_timeout: config.security.limits.etcd_timeout(),
+        health: controller.health.clone(),
     };
     let app = api::router(state, std::sync::Arc::new(gate));
     let sd = shutdown.clone();

@@ -25,8 +25,9 @@ use crate::commit::{ChangeSet, CommitError, Committer, EncodeError, encode};
 /// Largest stored object: etcd refuses requests over 1.5 MiB, and an intent chunk escapes it.
 pub const MAX_OBJECT_BYTES: usize = 512 * 1024;
 
-/// How long a write waits for the cache to show it before answering anyway.
-const READ_YOUR_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a write waits for the cache to show it before answering anyway (no longer than
+/// one etcd request may take: a write answers within that bound whatever etcd does).
+const READ_YOUR_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -11,8 +11,12 @@
 #     identity per node; admin.yaml is the TOPO_CONFIG the lab exports).
 #   root netns: Linux bridge topo-ul 192.168.100.254/24 (tx offload off), etcd on
 #     https://192.168.100.254:2379 + https://127.0.0.1:2379 (TLS, --client-cert-auth, auth
-#     enabled with the users and roles of `topo-pki etcd-setup`; peer 127.0.0.1:2380),
-#     topo-controller on https://192.168.100.254:8443 (config $DIR/pki/controller.yaml), a lab
+#     enabled with the users and roles of `topo-pki etcd-setup`; peer https://127.0.0.1:2380,
+#     TLS with client certificates too); with `--etcd 3`, members 2 and 3 on ports 12379/12380
+#     and 22379/22380 ($DIR/etcd2, $DIR/etcd3) and every client gets all three endpoints, agent
+#     (or replica) I with member ((I-1) mod 3)+1 first: clients stay on their first member;
+#     topo-controller on https://192.168.100.254:8443 (config $DIR/pki/controller.yaml; with
+#     `--controllers 2` a second replica on :8444, ids controller1, controller2), a lab
 #     containerd ($DIR/containerd.sock) + dockerd ($DIR/docker.sock, --bridge=none
 #     --iptables=false --ip-masq=false).
 #   netns nodeI: ul0 (veth, peer topo-ul-nI on topo-ul), ovsdb-server + ovs-vswitchd
@@ -32,11 +36,14 @@
 #   down (3 nodes, 3 containers)               0.8-2.2 s
 #   smoke.sh (up, plumbing, 6 pairs x 4 checks, down, leftover check)  20-24 s
 #
-# Subcommands: up [--nodes N] [--no-agents] [--no-controller] | down | add-node I [--no-agent]
+# Subcommands: up [--nodes N] [--etcd 1|3|5] [--controllers N] [--no-agents] [--no-controller]
+#   | down | add-node I [--no-agent]
 #   | remove-node I (the host leaves: its agent, Open vSwitch, namespace and underlay port go)
-#   | start-agent I | kill-agent I [SIG] | restart-agent I | start-controller
-#   | kill-controller [SIG] | restart-controller | restart-docker | restart-ovsdb I
-#   | restart-vswitchd I [--cleanup] | status | exec I CMD... | vsctl I ARGS...
+#   | start-agent I | kill-agent I [SIG] | restart-agent I | start-controller [I]
+#   | kill-controller [SIG] [I] | restart-controller [I] | controller-leader
+#   | kill-etcd I [SIG] (KILL, STOP, CONT, ...) | start-etcd I | etcd-leader
+#   | restart-docker | restart-ovsdb I | restart-vswitchd I [--cleanup]
+#   | status | exec I CMD... | vsctl I ARGS...
 #   | appctl I ARGS... | env
 # (dockerd runs with live-restore: restarting it leaves the containers running.)
 # Environment: TOPO_LAB_DIR, TOPO_BIN (default <repo>/target/debug), RUST_LOG (default info),
@@ -53,8 +60,42 @@ TOPO_BIN=${TOPO_BIN:-$REPO/target/debug}
 UL_BR=topo-ul
 UL_PREFIX=192.168.100
 UL_ROOT_IP=$UL_PREFIX.254
-ETCD_URL=https://$UL_ROOT_IP:2379
-CTRL_LISTEN=$UL_ROOT_IP:8443
+# etcd member I (1..ETCD_MEMBERS) serves clients on port 2379+(I-1)*10000 and peers on the next
+# port; replica I of the controller listens on 8442+I. ETCD_MEMBERS and CONTROLLERS come from
+# `up --etcd N --controllers N` and are kept in $DIR/lab.conf for the other subcommands.
+ETCD_MEMBERS=1
+CONTROLLERS=1
+if [[ -r $DIR/lab.conf ]]; then
+  ETCD_MEMBERS=$(sed -n 's/^ETCD=\([0-9]\+\)$/\1/p' "$DIR/lab.conf" | tail -n 1)
+  CONTROLLERS=$(sed -n 's/^CONTROLLERS_N=\([0-9]\+\)$/\1/p' "$DIR/lab.conf" | tail -n 1)
+  ETCD_MEMBERS=${ETCD_MEMBERS:-1}
+  CONTROLLERS=${CONTROLLERS:-1}
+fi
+etcd_port() { echo $((2379 + ($1 - 1) * 10000)); }
+etcd_url() { echo "https://$UL_ROOT_IP:$(etcd_port "$1")"; }
+etcd_urls() { # every member's client URL, comma-separated
+  local i urls=()
+  for ((i = 1; i <= ETCD_MEMBERS; i++)); do urls+=("$(etcd_url "$i")"); done
+  (IFS=,; echo "${urls[*]}")
+}
+etcd_urls_from() { # I: every member's URL, starting with member ((I-1) mod N)+1: the clients
+  # pin the first endpoint they are given, so agents and replicas spread over the members.
+  local i k urls=()
+  for ((k = 0; k < ETCD_MEMBERS; k++)); do
+    i=$(((($1 - 1 + k) % ETCD_MEMBERS) + 1))
+    urls+=("$(etcd_url "$i")")
+  done
+  (IFS=,; echo "${urls[*]}")
+}
+etcd_base() { # the member's files: $DIR/etcd{,.pid,.log} for member 1, $DIR/etcdI... else
+  if (($1 == 1)); then echo "$DIR/etcd"; else echo "$DIR/etcd$1"; fi
+}
+ctrl_listen() { echo "$UL_ROOT_IP:$((8442 + ${1:-1}))"; }
+ctrl_base() { # controller replica I's pid/log file stem
+  if ((${1:-1} == 1)); then echo "$DIR/controller"; else echo "$DIR/controller$1"; fi
+}
+ETCD_URL=$(etcd_url 1)
+CTRL_LISTEN=$(ctrl_listen 1)
 CTRL_URL=https://$CTRL_LISTEN
 PKI=$DIR/pki
 DOCKER_SOCK=$DIR/docker.sock
@@ -343,7 +384,7 @@ pki_init() { # I...: the lab's identities (kept when they exist)
   log "PKI in $PKI (CA, controller, etcd, admin, viewer, ${#nodes[@]} node(s))"
   "$TOPO_BIN/topo-pki" init --dir "$PKI" --cluster topo-lab \
     --controller-san "$UL_ROOT_IP,127.0.0.1,localhost" --etcd-san "$UL_ROOT_IP,127.0.0.1,localhost" \
-    --server "$CTRL_URL" --etcd-endpoints "$ETCD_URL" "${args[@]}" >/dev/null
+    --server "$CTRL_URL" --etcd-endpoints "$(etcd_urls)" "${args[@]}" >/dev/null
 }
 pki_node() { # I: node I's identity, and its etcd user
   local i=$1
@@ -351,10 +392,13 @@ pki_node() { # I: node I's identity, and its etcd user
   etcd_users
 }
 etcd_users() { # root, the controller, one user per node; auth on (idempotent)
-  "$TOPO_BIN/topo-pki" etcd-setup --dir "$PKI" --etcd-endpoints "$ETCD_URL" >/dev/null
+  "$TOPO_BIN/topo-pki" etcd-setup --dir "$PKI" --etcd-endpoints "$(etcd_urls)" >/dev/null
 }
+# etcdctl with flags only: etcdctl 3.4 refuses a flag that an ETCDCTL_* variable also sets, and
+# `eval "$(lab.sh up)"` exports those for the controller's identity.
+etcdctl_flags() { env -u ETCDCTL_CACERT -u ETCDCTL_CERT -u ETCDCTL_KEY -u ETCDCTL_ENDPOINTS etcdctl "$@"; }
 etcdctl_root() {
-  etcdctl --endpoints="$ETCD_URL" --cacert "$PKI/ca.crt" --cert "$PKI/etcd-root.crt" \
+  etcdctl_flags --endpoints="$(etcd_urls)" --cacert "$PKI/ca.crt" --cert "$PKI/etcd-root.crt" \
     --key "$PKI/etcd-root.key" "$@"
 }
 
@@ -448,75 +492,128 @@ image_import() {
 }
 
 # ---------------------------------------------------------------- etcd
-etcd_up() {
-  log "etcd ($ETCD_URL, http://127.0.0.1:2379)"
-  local listening
-  listening=$(ss -Hltn 2>/dev/null | awk '{print $4}' || true)
-  if grep -qE '(^|[^0-9])(127\.0\.0\.1|192\.168\.100\.254|0\.0\.0\.0|\*|\[::\]):(2379|2380)$' <<<"$listening"; then
-    die "something already listens on port 2379/2380 (a system etcd? stop it: systemctl stop etcd / service etcd stop)"
-  fi
-  start_bg "$DIR/etcd.pid" "$DIR/etcd.log" etcd \
-    --name topo-lab --data-dir "$DIR/etcd" \
-    --listen-client-urls "$ETCD_URL,https://127.0.0.1:2379" \
-    --advertise-client-urls "$ETCD_URL" \
-    --listen-peer-urls http://127.0.0.1:2380 \
-    --initial-advertise-peer-urls http://127.0.0.1:2380 \
-    --initial-cluster topo-lab=http://127.0.0.1:2380 \
-    --initial-cluster-state new \
+# etcd_member_start I [new|existing]: member I of the cluster (TLS for clients and peers, both
+# with client certificates of the lab's CA). `existing` restarts a member that was stopped,
+# on its own data directory.
+etcd_member_start() {
+  local i=$1 state=${2:-new} base port peer cluster=() j
+  base=$(etcd_base "$i")
+  port=$(etcd_port "$i")
+  peer=$((port + 1))
+  for ((j = 1; j <= ETCD_MEMBERS; j++)); do
+    cluster+=("etcd$j=https://127.0.0.1:$(($(etcd_port "$j") + 1))")
+  done
+  start_bg "$base.pid" "$base.log" etcd \
+    --name "etcd$i" --data-dir "$base" \
+    --listen-client-urls "https://$UL_ROOT_IP:$port,https://127.0.0.1:$port" \
+    --advertise-client-urls "https://$UL_ROOT_IP:$port" \
+    --listen-peer-urls "https://127.0.0.1:$peer" \
+    --initial-advertise-peer-urls "https://127.0.0.1:$peer" \
+    --initial-cluster "$(IFS=,; echo "${cluster[*]}")" \
+    --initial-cluster-token topo-lab \
+    --initial-cluster-state "$state" \
     --client-cert-auth --trusted-ca-file "$PKI/ca.crt" \
-    --cert-file "$PKI/etcd.crt" --key-file "$PKI/etcd.key"
+    --cert-file "$PKI/etcd.crt" --key-file "$PKI/etcd.key" \
+    --peer-client-cert-auth --peer-trusted-ca-file "$PKI/ca.crt" \
+    --peer-cert-file "$PKI/etcd.crt" --peer-key-file "$PKI/etcd.key"
+}
+etcd_up() {
+  local i ports=()
+  for ((i = 1; i <= ETCD_MEMBERS; i++)); do ports+=("$(etcd_port "$i")" $(($(etcd_port "$i") + 1))); done
+  log "etcd: $ETCD_MEMBERS member(s) at $(etcd_urls) (TLS, client certificates, auth)"
+  local listening re
+  listening=$(ss -Hltn 2>/dev/null | awk '{print $4}' || true)
+  re="(^|[^0-9])(127\.0\.0\.1|192\.168\.100\.254|0\.0\.0\.0|\*|\[::\]):($(IFS='|'; echo "${ports[*]}"))$"
+  if grep -qE "$re" <<<"$listening"; then
+    die "something already listens on an etcd port (${ports[*]}) (a system etcd? stop it: systemctl stop etcd / service etcd stop)"
+  fi
+  for ((i = 1; i <= ETCD_MEMBERS; i++)); do etcd_member_start "$i" new; done
   local n
   for ((n = 0; n < 300; n++)); do
     if etcdctl_root --dial-timeout=1s --command-timeout=2s endpoint health >/dev/null 2>&1; then
       etcd_users || die "failed to set etcd's users and roles up"
       return 0
     fi
-    is_alive "$(cat "$DIR/etcd.pid")" || break
+    for ((i = 1; i <= ETCD_MEMBERS; i++)); do
+      is_alive "$(cat "$(etcd_base "$i").pid")" || break 2
+    done
     sleep 0.1
   done
-  tail_log "$DIR/etcd.log"
+  for ((i = 1; i <= ETCD_MEMBERS; i++)); do tail_log "$(etcd_base "$i").log"; done
   die "etcd is not healthy"
+}
+# etcd_member_signal I SIG: KILL waits until the member is gone; STOP/CONT pause and resume it.
+etcd_member_signal() {
+  local i=$1 sig=$2 p base
+  base=$(etcd_base "$i")
+  p=$(pidfile_pid "$base.pid") || {
+    log "etcd member $i is not running"
+    return 0
+  }
+  kill -s "$sig" "$p"
+  if [[ $sig == KILL || $sig == SIGKILL || $sig == 9 || $sig == TERM || $sig == SIGTERM ]]; then
+    local n
+    for ((n = 0; n < 100; n++)); do is_alive "$p" || break; sleep 0.1; done
+  fi
+}
+# etcd_leader: the index of the member that leads the raft group now (fails when none does).
+etcd_leader() {
+  local i st
+  for ((i = 1; i <= ETCD_MEMBERS; i++)); do
+    st=$(etcdctl_flags --endpoints="$(etcd_url "$i")" --cacert "$PKI/ca.crt" --cert "$PKI/etcd-root.crt" \
+      --key "$PKI/etcd-root.key" --dial-timeout=1s --command-timeout=2s endpoint status -w json 2>/dev/null) || continue
+    # One member's status: its own member_id and the leader's id.
+    if grep -q '"member_id":\([0-9]*\),.*"leader":\1[,}]' <<<"$(tr -d ' \n' <<<"$st")"; then
+      echo "$i"
+      return 0
+    fi
+  done
+  return 1
 }
 
 # ---------------------------------------------------------------- controller / agents
 need_bin() {
   [[ -x $TOPO_BIN/$1 ]] || die "$TOPO_BIN/$1 not found: build it (cargo build) or set TOPO_BIN"
 }
-controller_start() {
-  local p
+controller_start() { # [I]: replica I (default 1) on 192.168.100.254:(8442+I), id controllerI
+  local i=${1:-1} p base listen url
   need_bin topo-controller
-  if p=$(pidfile_pid "$DIR/controller.pid"); then
-    log "controller already runs (pid $p)"
+  base=$(ctrl_base "$i")
+  listen=$(ctrl_listen "$i")
+  url=https://$listen
+  if p=$(pidfile_pid "$base.pid"); then
+    log "controller $i already runs (pid $p)"
     return 0
   fi
   local listening
   listening=$(ss -Hltn 2>/dev/null | awk '{print $4}' || true)
-  if grep -qE '^(192\.168\.100\.254|0\.0\.0\.0|\*|\[::\]):8443$' <<<"$listening"; then
-    die "something else already listens on port 8443 for $UL_ROOT_IP (healthz would lie)"
+  if grep -qE "^(192\.168\.100\.254|0\.0\.0\.0|\*|\[::\]):${listen##*:}\$" <<<"$listening"; then
+    die "something else already listens on port ${listen##*:} for $UL_ROOT_IP (healthz would lie)"
   fi
-  log "topo-controller on $CTRL_LISTEN"
+  log "topo-controller $i on $listen"
   # shellcheck disable=SC2086
-  start_bg "$DIR/controller.pid" "$DIR/controller.log" env RUST_LOG="${RUST_LOG:-info}" \
-    "$TOPO_BIN/topo-controller" --config "$PKI/controller.yaml" --etcd-endpoints "$ETCD_URL" \
-    --listen "$CTRL_LISTEN" ${TOPO_LAB_CONTROLLER_ARGS:-}
+  start_bg "$base.pid" "$base.log" env RUST_LOG="${RUST_LOG:-info}" \
+    "$TOPO_BIN/topo-controller" --config "$PKI/controller.yaml" --etcd-endpoints "$(etcd_urls_from "$i")" \
+    --listen "$listen" --id "controller$i" ${TOPO_LAB_CONTROLLER_ARGS:-}
   local n pid
-  pid=$(cat "$DIR/controller.pid")
+  pid=$(cat "$base.pid")
   for ((n = 0; n < 600; n++)); do
-    http_ok "$CTRL_URL/healthz" && return 0
+    http_ok "$url/healthz" && return 0
     is_alive "$pid" || {
-      tail_log "$DIR/controller.log"
-      die "topo-controller exited"
+      tail_log "$base.log"
+      die "topo-controller $i exited"
     }
     sleep 0.1
   done
-  tail_log "$DIR/controller.log"
-  die "topo-controller: $CTRL_URL/healthz did not answer 200 within 60 s"
+  tail_log "$base.log"
+  die "topo-controller $i: $url/healthz did not answer 200 within 60 s"
 }
-controller_stop() { # [SIG]
-  local sig=${1:-TERM} p
+controller_stop() { # [SIG] [I]
+  local sig=${1:-TERM} i=${2:-1} p base
+  base=$(ctrl_base "$i")
   if [[ $sig == TERM ]]; then
-    stop_component 100 "$DIR/controller.pid" '^topo-controller$' "$CTRL_LISTEN" same-netns
-  elif p=$(pidfile_pid "$DIR/controller.pid"); then
+    stop_component 100 "$base.pid" '^topo-controller$' "--listen $(ctrl_listen "$i")" same-netns
+  elif p=$(pidfile_pid "$base.pid"); then
     kill -s "$sig" "$p"
     if [[ $sig == KILL || $sig == SIGKILL || $sig == 9 ]]; then
       local n
@@ -524,6 +621,15 @@ controller_stop() { # [SIG]
     fi
   fi
   return 0
+}
+# controller_leader: the replica index that holds the leader key now (fails when none).
+controller_leader() {
+  local id
+  id=$(etcdctl_flags --endpoints="$(etcd_urls)" --cacert "$PKI/ca.crt" --cert "$PKI/controller-etcd.crt" \
+    --key "$PKI/controller-etcd.key" --dial-timeout=1s --command-timeout=3s \
+    get /topo/v1/leader --print-value-only 2>/dev/null) || return 1
+  [[ $id =~ ^controller([0-9]+)$ ]] || return 1
+  echo "${BASH_REMATCH[1]}"
 }
 agent_start() {
   local i=$1 nd=$DIR/node$1 p
@@ -537,7 +643,7 @@ agent_start() {
   # shellcheck disable=SC2086
   start_bg "$nd/agent.pid" "$nd/agent.log" ip netns exec "node$i" env RUST_LOG="${RUST_LOG:-info}" \
     "$TOPO_BIN/topo-agent" --node "node$i" --address "$UL_PREFIX.$i" --datapath netdev \
-    --etcd-endpoints "$ETCD_URL" --etcd-ca "$PKI/ca.crt" --etcd-cert "$PKI/nodes/node$i.crt" \
+    --etcd-endpoints "$(etcd_urls_from "$i")" --etcd-ca "$PKI/ca.crt" --etcd-cert "$PKI/nodes/node$i.crt" \
     --etcd-key "$PKI/nodes/node$i.key" --ovsdb "unix:$nd/db.sock" --docker "unix://$DOCKER_SOCK" \
     ${TOPO_LAB_AGENT_ARGS:-}
 }
@@ -583,7 +689,7 @@ print_exports() {
   n=$(lab_nodes | wc -l)
   echo "export TOPO_SERVER=$CTRL_URL"
   echo "export TOPO_CONFIG=$PKI/admin.yaml"
-  echo "export TOPO_ETCD_ENDPOINTS=$ETCD_URL"
+  echo "export TOPO_ETCD_ENDPOINTS=$(etcd_urls)"
   # etcdctl as the controller's etcd user (reads and writes topo's keys, no user admin).
   echo "export ETCDCTL_CACERT=$PKI/ca.crt"
   echo "export ETCDCTL_CERT=$PKI/controller-etcd.crt"
@@ -591,10 +697,15 @@ print_exports() {
   echo "export DOCKER_HOST=unix://$DOCKER_SOCK"
   echo "export TOPO_LAB_DIR=$DIR"
   echo "export TOPO_LAB_NODES=$n"
+  echo "export TOPO_LAB_ETCD=$ETCD_MEMBERS"
+  echo "export TOPO_LAB_CONTROLLERS=$CONTROLLERS"
+  local i servers=()
+  for ((i = 1; i <= CONTROLLERS; i++)); do servers+=("https://$(ctrl_listen "$i")"); done
+  echo "export TOPO_LAB_SERVERS=$(IFS=,; echo "${servers[*]}")"
 }
 
 cmd_up() {
-  local nodes=3 agents=1 controller=1 i t0
+  local nodes=3 agents=1 controller=1 etcd=1 controllers=1 i t0
   while (($#)); do
     case $1 in
       --nodes)
@@ -613,10 +724,28 @@ cmd_up() {
         controller=0
         shift
         ;;
+      --etcd)
+        etcd=${2:-}
+        shift 2 || die "--etcd needs a value"
+        ;;
+      --etcd=*)
+        etcd=${1#--etcd=}
+        shift
+        ;;
+      --controllers)
+        controllers=${2:-}
+        shift 2 || die "--controllers needs a value"
+        ;;
+      --controllers=*)
+        controllers=${1#--controllers=}
+        shift
+        ;;
       *) die "up: unknown argument $1" ;;
     esac
   done
   [[ $nodes =~ ^[0-9]+$ ]] && ((nodes >= 1 && nodes <= 250)) || die "--nodes must be 1..250"
+  [[ $etcd =~ ^[1-7]$ ]] && ((etcd % 2 == 1)) || die "--etcd must be an odd number of members, 1..7 (a raft majority)"
+  [[ $controllers =~ ^[1-9]$ ]] || die "--controllers must be 1..9"
   [[ $(id -u) -eq 0 ]] || die "must run as root"
   ((${#DIR} < 80)) || die "TOPO_LAB_DIR too long for unix socket paths: $DIR"
   need_bin topo-pki
@@ -635,7 +764,10 @@ cmd_up() {
   fi
 
   mkdir -p "$DIR"
-  printf 'NODES=%s\nAGENTS=%s\nCONTROLLER=%s\n' "$nodes" "$agents" "$controller" >"$DIR/lab.conf"
+  ETCD_MEMBERS=$etcd
+  CONTROLLERS=$controllers
+  printf 'NODES=%s\nAGENTS=%s\nCONTROLLER=%s\nETCD=%s\nCONTROLLERS_N=%s\n' \
+    "$nodes" "$agents" "$controller" "$etcd" "$controllers" >"$DIR/lab.conf"
   : >"$DIR/netns.list"
   pki_init $(seq 1 "$nodes")
   underlay_up
@@ -643,13 +775,15 @@ cmd_up() {
   docker_up
   etcd_up
   for ((i = 1; i <= nodes; i++)); do node_tcp_check "$i"; done
-  ((controller == 0)) || controller_start
+  if ((controller)); then
+    for ((i = 1; i <= controllers; i++)); do controller_start "$i"; done
+  fi
   if ((agents)); then
     for ((i = 1; i <= nodes; i++)); do agent_start "$i"; done
     agent_check_alive $(seq 1 "$nodes")
   fi
   local ms=$((($(date +%s%N) - t0) / 1000000))
-  log "lab up with $nodes node(s) in $((ms / 1000)).$(printf '%03d' $((ms % 1000))) s"
+  log "lab up with $nodes node(s), $etcd etcd member(s), $((controller ? controllers : 0)) controller(s) in $((ms / 1000)).$(printf '%03d' $((ms % 1000))) s"
 }
 
 cmd_add_node() {
@@ -700,7 +834,10 @@ cmd_down() {
     stop_component 50 "$nd/agent.pid" '^topo-agent$' "$nd/db.sock"
   done
   stop_component 50 /dev/null '^topo-agent$' "$DIR/"
-  stop_component 50 "$DIR/controller.pid" '^topo-controller$' "$CTRL_LISTEN" same-netns
+  for ((i = 1; i <= CONTROLLERS; i++)); do
+    stop_component 50 "$(ctrl_base "$i").pid" '^topo-controller$' "--listen $(ctrl_listen "$i")" same-netns
+  done
+  stop_component 50 /dev/null '^topo-controller$' "$PKI/controller.yaml"
   # 2. containers, dockerd, containerd
   if [[ -S $DOCKER_SOCK ]] && timeout 5 "$DOCKER_CLI" -H "unix://$DOCKER_SOCK" info >/dev/null 2>&1; then
     mapfile -t ids < <(timeout 10 "$DOCKER_CLI" -H "unix://$DOCKER_SOCK" ps -aq 2>/dev/null || true)
@@ -726,7 +863,10 @@ cmd_down() {
   stop_component 50 /dev/null '^containerd-shim' "$CONTAINERD_SOCK"
   stop_component 50 "$DIR/containerd.pid" '^containerd$' "$DIR/"
   # 3. etcd
-  stop_component 50 "$DIR/etcd.pid" '^etcd$' "$DIR/etcd"
+  for ((i = 1; i <= ETCD_MEMBERS; i++)); do
+    stop_component 50 "$(etcd_base "$i").pid" '^etcd$' "$(etcd_base "$i")"
+  done
+  stop_component 50 /dev/null '^etcd$' "$DIR/etcd"
   # 4. Open vSwitch of every host
   for nd in "$DIR"/node*; do
     [[ -d $nd ]] || continue
@@ -778,10 +918,12 @@ cmd_status() {
   show() { # NAME PIDFILE
     if p=$(pidfile_pid "$2"); then echo "  $1: running (pid $p)"; else echo "  $1: not running"; fi
   }
-  show etcd "$DIR/etcd.pid"
+  for ((i = 1; i <= ETCD_MEMBERS; i++)); do show "etcd member $i ($(etcd_url "$i"))" "$(etcd_base "$i").pid"; done
   show containerd "$DIR/containerd.pid"
   show dockerd "$DIR/dockerd.pid"
-  show topo-controller "$DIR/controller.pid"
+  for ((i = 1; i <= CONTROLLERS; i++)); do
+    show "topo-controller $i (https://$(ctrl_listen "$i"))" "$(ctrl_base "$i").pid"
+  done
   if ip link show "$UL_BR" >/dev/null 2>&1; then
     echo "  underlay: $UL_BR $(ip -br addr show "$UL_BR" | awk '{print $3}')"
   else
@@ -837,7 +979,8 @@ main() {
       agent_stop "$1" TERM >&2
       agent_start "$1" >&2
       ;;
-    start-controller) controller_start >&2 ;;
+    start-controller) controller_start "${1:-1}" >&2 ;;
+    kill-controller) controller_stop "${1:-KILL}" "${2:-1}" >&2 ;;
     restart-docker) restart_docker >&2 ;;
     restart-ovsdb)
       check_index "${1:-}"
@@ -847,11 +990,24 @@ main() {
       check_index "${1:-}"
       restart_vswitchd "$1" "${2:-}" >&2
       ;;
-    kill-controller) controller_stop "${1:-KILL}" >&2 ;;
     restart-controller)
-      controller_stop TERM >&2
-      controller_start >&2
+      controller_stop TERM "${1:-1}" >&2
+      controller_start "${1:-1}" >&2
       ;;
+    controller-leader) controller_leader ;;
+    kill-etcd)
+      [[ ${1:-} =~ ^[0-9]+$ ]] && (($1 >= 1 && $1 <= ETCD_MEMBERS)) || die "bad etcd member '${1:-}' (1..$ETCD_MEMBERS)"
+      etcd_member_signal "$1" "${2:-KILL}" >&2
+      ;;
+    start-etcd)
+      [[ ${1:-} =~ ^[0-9]+$ ]] && (($1 >= 1 && $1 <= ETCD_MEMBERS)) || die "bad etcd member '${1:-}' (1..$ETCD_MEMBERS)"
+      if p=$(pidfile_pid "$(etcd_base "$1").pid"); then
+        log "etcd member $1 already runs (pid $p)"
+      else
+        etcd_member_start "$1" existing >&2
+      fi
+      ;;
+    etcd-leader) etcd_leader ;;
     status) cmd_status ;;
     env) print_exports ;;
     exec)

@@ -150,13 +150,25 @@ impl Lab {
     /// root, when a tool or a topo binary is missing, or when the lab does not come up.
     #[track_caller]
     pub fn up(name: &str, nodes: u32) -> Lab {
-        Self::up_with_env(name, nodes, &[])
+        Self::up_full(name, nodes, &[], &[])
     }
 
     /// [`Lab::up`] with `env` set for every lab command, and so for the agents and the
     /// controller lab.sh starts (`TOPO_IMAGE_PULL_PROGRESS_TIMEOUT=5s`, ...).
     #[track_caller]
     pub fn up_with_env(name: &str, nodes: u32, env: &[(&str, &str)]) -> Lab {
+        Self::up_full(name, nodes, &[], env)
+    }
+
+    /// [`Lab::up`] with more `lab.sh up` options (`--etcd 3`, `--controllers 2`, ...).
+    #[track_caller]
+    pub fn up_with(name: &str, nodes: u32, options: &[&str]) -> Lab {
+        Self::up_full(name, nodes, options, &[])
+    }
+
+    /// [`Lab::up`] with `lab.sh up` options and an environment for every lab command.
+    #[track_caller]
+    pub fn up_full(name: &str, nodes: u32, options: &[&str], env: &[(&str, &str)]) -> Lab {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .map(Path::to_path_buf)
@@ -195,11 +207,11 @@ impl Lab {
             is_down: AtomicBool::new(false),
         };
         // From here on, a panic drops `lab`, which tears down whatever came up.
-        lab.bring_up(nodes);
+        lab.bring_up(nodes, options);
         lab
     }
 
-    fn bring_up(&mut self, nodes: u32) {
+    fn bring_up(&mut self, nodes: u32, options: &[&str]) {
         let leftover = self.lab_sh(&["down"]);
         if !leftover.success() {
             eprintln!(
@@ -209,18 +221,18 @@ impl Lab {
         }
         let n = nodes.to_string();
         eprintln!(
-            "e2e[{}]: lab.sh up --nodes {n} (state in {}{})",
+            "e2e[{}]: lab.sh up --nodes {n} {} (state in {}{})",
             self.name,
+            options.join(" "),
             self.dir.display(),
             match &self.holder {
                 Some(h) => format!(", private namespace of pid {}", h.pid()),
                 None => ", root namespace".to_string(),
             }
         );
-        let out = self.run(
-            self.lab_sh_command(&["up", "--nodes", &n]),
-            Duration::from_secs(600),
-        );
+        let mut args = vec!["up", "--nodes", &n];
+        args.extend_from_slice(options);
+        let out = self.run(self.lab_sh_command(&args), Duration::from_secs(600));
         if !out.success() {
             panic!("the lab did not come up:\n{}", out.describe_failure());
         }
@@ -268,12 +280,17 @@ impl Lab {
         &self.repo
     }
 
-    /// The lab's state directory (`TOPO_LAB_DIR`).
-    /// Where the lab's programs are (TOPO_BIN): the ones the lab itself runs.
+    /// Where the topo binaries are (`TOPO_BIN`).
     pub fn bin(&self) -> &Path {
         &self.bin
     }
 
+    /// What `lab.sh up` exported (`TOPO_SERVER`, `TOPO_LAB_SERVERS`, ...).
+    pub fn exports(&self) -> &BTreeMap<String, String> {
+        &self.exports
+    }
+
+    /// The lab's state directory (`TOPO_LAB_DIR`).
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -10,10 +10,13 @@
 //! Traffic goes only to lab-assigned addresses.
 
 pub mod cmd;
+pub mod faults;
+pub mod integrity;
 pub mod lab;
 pub mod links;
 pub mod manifest;
 pub mod mesh;
+pub mod outage;
 pub mod parse;
 pub mod plumbing;
 pub mod poll;

@@ -7,13 +7,16 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use etcd_client::Client;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use topo_agent::backend::{DockerContainers, NetlinkInterfaces, NftNat, NodeSockets, OvsdbSwitch};
 use topo_agent::config::Cli;
 use topo_agent::reconcile::Backends;
+
+/// No etcd request of the agent waits longer (a stream: for its start); a member that hangs
+/// then costs one failed request and the client moves to another.
+const ETCD_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -108,13 +111,19 @@ async fn main() -> anyhow::Result<()> {
     // The channel connects lazily: an agent may start before etcd and catches up.
     // TLS with the node's own identity: its etcd user may read only this node's slice.
     topo_pki::etcd::check_endpoints(&cli.etcd_endpoints)?;
-    let options = cli
-        .etcd_tls()
-        .connect_options()
-        .context("failed to load the node's etcd identity")?
-        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
-        .with_keep_alive_while_idle(true);
-    let client = Client::connect(&cli.etcd_endpoints, Some(options))
+    // With several endpoints the client stays on one member and fails over when it dies.
+    let options = topo_watcher::failover::EndpointOptions {
+        tls: Some(
+            cli.etcd_tls()
+                .tls_options()
+                .context("failed to load the node's etcd identity")?,
+        ),
+        connect_timeout: Some(Duration::from_secs(3)),
+        request_timeout: Some(ETCD_REQUEST_TIMEOUT),
+        keep_alive: Some((Duration::from_secs(5), Duration::from_secs(3))),
+        keep_alive_while_idle: true,
+    };
+    let client = topo_watcher::failover::connect(&cli.etcd_endpoints, &options)
         .await
         .context("failed to set up the etcd client")?;
 

@@ -19,6 +19,7 @@
 //! and the agent and controller use it for their other etcd retries.
 
 pub mod etcd;
+pub mod failover;
 mod machine;
 
 pub use etcd::{EtcdSource, EtcdWatch, revision_gone, unchanged_between};

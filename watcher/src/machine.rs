@@ -209,6 +209,14 @@ impl<S: Source> Watcher<S> {
                 Ok(w) => {
                     if self.opened_once {
                         self.stats.rewatches += 1;
+                        // What the fault tests look for: a resumed watch, not a relist.
+                        tracing::info!(
+                            watcher = self.name,
+                            from_revision = revision + 1,
+                            rewatches = self.stats.rewatches,
+                            relists = self.stats.relists,
+                            "watch resumed from its revision"
+                        );
                     }
                     self.opened_once = true;
                     self.watch.insert(w)
