@@ -155,6 +155,7 @@ pub fn router(state: AppState, gate: std::sync::Arc<crate::guard::Guard>) -> Rou
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route(crate::metrics::PATH, get(crate::metrics::serve))
         .route(&format!("{p}/apply"), post(apply))
         .route(&format!("{p}/events"), get(events))
         .route(&format!("{p}/{{plural}}"), get(list_or_watch).post(create))

@@ -5,8 +5,9 @@
 //! * [`commit`]: fenced change sets, and the intent log for those too large for one txn.
 //! * [`store`]: apply/create/replace/delete computed against snapshots.
 //! * [`api`], [`watch`]: the HTTP API and its watch streams.
-//! * [`serve`], [`guard`], [`auth`], [`config`]: HTTPS only; authentication (client
-//!   certificates, bearer tokens), roles, audit, limits; the configuration file.
+//! * [`guard`], [`auth`], [`config`]: HTTPS only (`topo_pki::serve`); authentication
+//!   (client certificates, bearer tokens), roles, audit, limits; the configuration file.
+//! * [`metrics`]: `/metrics` (Prometheus text) for the `view` and `metrics` roles.
 //! * [`events`]: bounded event history.
 //! * [`ipam`], [`planner`], [`leader`]: addresses, derivation, and the leader's loop.
 
@@ -19,11 +20,11 @@ pub mod events;
 pub mod guard;
 pub mod ipam;
 pub mod leader;
+pub mod metrics;
 pub mod pages;
 pub mod planner;
 pub mod quota;
 pub mod registration;
-pub mod serve;
 pub mod store;
 pub mod watch;
 
@@ -251,7 +252,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let sd = shutdown.clone();
     let handle = tokio::spawn(async move {
         tracing::info!(%addr, "serving the API over HTTPS");
-        let served = serve::serve_tls(listener, tls, app, sd).await;
+        let peer =
+            |cert: Option<&[u8]>| guard::PeerIdentity(cert.and_then(auth::identity_from_cert));
+        let served = topo_pki::serve::serve_tls(listener, tls, app, sd, peer).await;
         if let Some(l) = leader {
             // The leader resigns on shutdown; wait so a successor does not wait out the lease.
             let _ = tokio::time::timeout(Duration::from_secs(5), l).await;

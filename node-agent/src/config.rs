@@ -78,6 +78,11 @@ pub struct Cli {
     #[arg(long, env = "TOPO_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Address of the agent's HTTPS endpoint (/healthz, /readyz, /metrics), served with the
+    /// node's identity (--etcd-cert); default: the node's --address, port 10250.
+    #[arg(long, env = "TOPO_AGENT_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+
     /// Log format: text or json. The level comes from RUST_LOG (default info).
     #[arg(long, env = "TOPO_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -86,6 +91,19 @@ pub struct Cli {
 impl Cli {
     pub fn etcd_tls(&self) -> topo_pki::etcd::EtcdTls {
         topo_pki::etcd::EtcdTls::new(&self.etcd_ca, &self.etcd_cert, &self.etcd_key)
+    }
+
+    /// The agent endpoint's address and TLS files (the node's identity, the cluster CA).
+    pub fn endpoint_config(&self) -> crate::endpoint::EndpointConfig {
+        crate::endpoint::EndpointConfig {
+            listen: self.listen.unwrap_or(std::net::SocketAddr::from((
+                self.address,
+                crate::endpoint::DEFAULT_PORT,
+            ))),
+            cert: self.etcd_cert.clone(),
+            key: self.etcd_key.clone(),
+            ca: self.etcd_ca.clone(),
+        }
     }
 
     pub fn agent_config(&self) -> AgentConfig {
@@ -178,6 +196,10 @@ mod tests {
         assert_eq!(cli.ovsdb_path().unwrap(), "/tmp/lab/node1/db.sock");
         assert_eq!(cli.resync, Duration::from_secs(300));
         assert_eq!(cli.heartbeat_ttl, Duration::from_secs(10));
+        assert_eq!(
+            cli.endpoint_config().listen,
+            "192.168.100.1:10250".parse().unwrap()
+        );
     }
 
     #[test]

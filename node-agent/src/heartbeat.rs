@@ -61,8 +61,7 @@ pub async fn register_node(
         node: name.into(),
         source,
     })?;
-    client
-        .put(keys::registration(name), value, None)
+    topo_watcher::metrics::etcd_timed("put", client.put(keys::registration(name), value, None))
         .await
         .map_err(|source| RegisterError::Write {
             node: name.into(),
@@ -222,12 +221,12 @@ impl HeartbeatSession {
 
     async fn put(&mut self, lease: i64) -> Result<(), HeartbeatError> {
         let value = serde_json::to_vec(&self.beat).map_err(HeartbeatError::Encode)?;
-        self.client
-            .put(
-                self.key.clone(),
-                value,
-                Some(PutOptions::new().with_lease(lease)),
-            )
+        let put = self.client.put(
+            self.key.clone(),
+            value,
+            Some(PutOptions::new().with_lease(lease)),
+        );
+        topo_watcher::metrics::etcd_timed("put", put)
             .await
             .map_err(HeartbeatError::Put)?;
         Ok(())

@@ -1,5 +1,6 @@
-//! `topo-agent`: parses the command line, connects the four host backends and etcd, and
-//! runs the agent (`agent.rs`) until SIGTERM or SIGINT.
+//! `topo-agent`: parses the command line, connects the four host backends and etcd, binds
+//! the agent's HTTPS endpoint (`endpoint.rs`), and runs the agent (`agent.rs`) until
+//! SIGTERM or SIGINT.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,6 +66,11 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("failed to set up the etcd client")?;
 
+    // Bound before anything runs: a taken port or a bad identity stops the agent here.
+    let endpoint = topo_agent::endpoint::Endpoint::bind(&cli.endpoint_config())
+        .await
+        .context("failed to start the agent endpoint")?;
+
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut term =
         signal(SignalKind::terminate()).context("failed to install the SIGTERM handler")?;
@@ -78,6 +84,12 @@ async fn main() -> anyhow::Result<()> {
         let _ = shutdown_tx.send(true);
     });
 
-    topo_agent::agent::run(cfg, client, backends, shutdown_rx, None).await;
-    Ok(())
+    let (handles_tx, handles_rx) = tokio::sync::oneshot::channel();
+    let serving = tokio::spawn(endpoint.serve(backends.clone(), handles_rx, shutdown_rx.clone()));
+    topo_agent::agent::run(cfg, client, backends, shutdown_rx, Some(handles_tx)).await;
+    match serving.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(anyhow::Error::new(e)),
+        Err(e) => Err(anyhow::anyhow!("the agent endpoint task failed: {e}")),
+    }
 }

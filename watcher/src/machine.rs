@@ -186,13 +186,14 @@ impl<S: Source> Watcher<S> {
 
     async fn list(&mut self) -> Step {
         let relist = self.state == State::Relisting;
-        let listing = match self.source.list().await {
+        let listing = match crate::metrics::etcd_timed("list", self.source.list()).await {
             Ok(l) => l,
             Err(e) => return self.retry(e),
         };
         self.stats.lists += 1;
         if relist {
             self.stats.relists += 1;
+            crate::metrics::watch_relisted(self.name);
         }
         self.watch = None;
         self.state = State::Watching {
@@ -209,6 +210,7 @@ impl<S: Source> Watcher<S> {
                 Ok(w) => {
                     if self.opened_once {
                         self.stats.rewatches += 1;
+                        crate::metrics::watch_restarted(self.name);
                     }
                     self.opened_once = true;
                     self.watch.insert(w)
