@@ -16,18 +16,15 @@
 //! This module is the only place the controller names metrics; its route is added in
 //! `api::router` with one line.
 
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 use topo_schema::Kind;
 use topo_schema::meta::ConditionStatus;
 
@@ -36,12 +33,6 @@ use crate::cache::Snapshot;
 
 /// The path, outside the API prefix as Prometheus expects it.
 pub const PATH: &str = "/metrics";
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ReconcileLabels {
-    kind: &'static str,
-    result: &'static str,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct KindLabels {
@@ -53,25 +44,9 @@ struct NetworkLabels {
     network: String,
 }
 
-/// A pass over the whole desired state takes milliseconds to seconds.
-fn reconcile_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.001, 2.0, 16))
-}
-
-static RECONCILES: LazyLock<Family<ReconcileLabels, Counter>> = LazyLock::new(Family::default);
-static RECONCILE_SECONDS: LazyLock<Family<ReconcileLabels, Histogram, fn() -> Histogram>> =
-    LazyLock::new(|| Family::new_with_constructor(reconcile_histogram as fn() -> Histogram));
-
 /// One reconcile of `kind` (`derive`: the leader's pass) finished.
 pub fn reconciled(kind: &'static str, ok: bool, took: Duration) {
-    let labels = ReconcileLabels {
-        kind,
-        result: if ok { "success" } else { "error" },
-    };
-    RECONCILES.get_or_create(&labels).inc();
-    RECONCILE_SECONDS
-        .get_or_create(&labels)
-        .observe(took.as_secs_f64());
+    topo_watcher::metrics::reconciled(kind, ok, took);
 }
 
 /// Addresses a network holds for containers: its cidr less network and broadcast address.
@@ -137,17 +112,6 @@ fn snapshot_gauges(reg: &mut Registry, snap: &Snapshot) {
 /// Every metric of this controller, in Prometheus's text format.
 pub fn scrape(snap: &Snapshot) -> String {
     let mut reg = topo_watcher::metrics::registry();
-    reg.register(
-        "reconciles",
-        "Reconciles by kind and result (derive: a pass of the leader)",
-        RECONCILES.clone(),
-    );
-    reg.register_with_unit(
-        "reconcile_duration",
-        "How long reconciles took, by kind and result",
-        Unit::Seconds,
-        RECONCILE_SECONDS.clone(),
-    );
     snapshot_gauges(&mut reg, snap);
     topo_watcher::metrics::render(&reg)
 }

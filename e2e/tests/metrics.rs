@@ -97,8 +97,11 @@ fn promtool_check(what: &str, text: &str) {
     );
 }
 
+/// A series and what its value must satisfy.
+type Want<'a> = (&'a str, fn(f64) -> bool);
+
 /// Polls the scrape of `url` until every series in `want` has a value `ok` accepts.
-fn scrape_until(sc: &Scenario, url: &str, want: &[(&str, fn(f64) -> bool)]) -> String {
+fn scrape_until(sc: &Scenario, url: &str, want: &[Want<'_>]) -> String {
     poll(&format!("the metrics of {url}"), secs(60), || {
         let (code, text) = get(sc, Some("metrics"), url);
         if code != 200 {

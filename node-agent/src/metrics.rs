@@ -24,8 +24,6 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Unit;
 use topo_schema::kinds::Kind;
 use topo_schema::slice::SliceKey;
 
@@ -36,24 +34,10 @@ use crate::watch::SliceStore;
 pub const DRIFT_REPAIRED: &str = "DriftRepaired";
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ReconcileLabels {
-    kind: &'static str,
-    result: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
 }
 
-/// One reconcile takes from a millisecond (nothing to do) to tens of seconds (an image).
-fn reconcile_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.001, 2.0, 16))
-}
-
-static RECONCILES: LazyLock<Family<ReconcileLabels, Counter>> = LazyLock::new(Family::default);
-static RECONCILE_SECONDS: LazyLock<Family<ReconcileLabels, Histogram, fn() -> Histogram>> =
-    LazyLock::new(|| Family::new_with_constructor(reconcile_histogram as fn() -> Histogram));
 static DRIFT_REPAIRS: LazyLock<Family<KindLabels, Counter>> = LazyLock::new(Family::default);
 /// GRE port name → whether its last reconcile succeeded.
 static TUNNELS: LazyLock<Mutex<HashMap<String, bool>>> = LazyLock::new(Default::default);
@@ -80,14 +64,7 @@ fn entry_kind(key: &SliceKey) -> &'static str {
 
 /// The runner finished one reconcile of `key`.
 pub fn reconciled(key: &Key, ok: bool, took: Duration) {
-    let labels = ReconcileLabels {
-        kind: key_kind(key),
-        result: if ok { "success" } else { "error" },
-    };
-    RECONCILES.get_or_create(&labels).inc();
-    RECONCILE_SECONDS
-        .get_or_create(&labels)
-        .observe(took.as_secs_f64());
+    topo_watcher::metrics::reconciled(key_kind(key), ok, took);
     if let Key::Tunnel(port) = key {
         let mut t = TUNNELS.lock().unwrap_or_else(|e| e.into_inner());
         t.insert(port.clone(), ok);
@@ -106,17 +83,6 @@ pub fn drift_repaired(kind: Kind) {
 /// Every metric of this agent, in Prometheus's text format.
 pub fn scrape(slice: &SliceStore) -> String {
     let mut reg = topo_watcher::metrics::registry();
-    reg.register(
-        "reconciles",
-        "Reconciles by key kind and result",
-        RECONCILES.clone(),
-    );
-    reg.register_with_unit(
-        "reconcile_duration",
-        "How long reconciles took, by key kind and result",
-        Unit::Seconds,
-        RECONCILE_SECONDS.clone(),
-    );
     reg.register(
         "drift_repairs",
         "Changes made outside topo that the agent undid, by object kind",

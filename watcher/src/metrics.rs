@@ -1,9 +1,9 @@
 //! The metrics every topo program shares, and how they are served.
 //!
-//! The list/watch machine counts its own restarts and relists, and every etcd request that
-//! goes through [`etcd_timed`] lands in one latency histogram: both the controller and the
-//! agents talk to etcd through this crate, so the families live here, once, as process-wide
-//! statics (a family is cheap to clone and every clone counts into the same cells). Each
+//! The list/watch machine counts its own restarts and relists, every etcd request that
+//! goes through [`etcd_timed`] lands in one latency histogram, and both programs count
+//! their reconciles with [`reconciled`] (the agent per key, the controller per leader
+//! pass): the families live here, once, as process-wide statics (a family is cheap to clone and every clone counts into the same cells). Each
 //! program registers them with [`register_shared`] next to its own families and answers
 //! `/metrics` with [`render`], Prometheus's text format 0.0.4 (what `promtool check
 //! metrics` and every Prometheus version read). Names carry the `topo_` prefix of the
@@ -32,7 +32,20 @@ pub struct EtcdLabels {
     pub op: &'static str,
 }
 
+/// Labels of one reconcile: what was reconciled and how it ended (success, error).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    pub kind: &'static str,
+    pub result: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// One reconcile takes from a millisecond (nothing to do) to tens of seconds (an image
+/// pulled, a large pass of the leader).
+fn reconcile_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
 
 /// Request latencies from 0.5 ms to about 8 s (etcd's own timeout is at most 5 s).
 fn etcd_histogram() -> Histogram {
@@ -43,6 +56,22 @@ static WATCH_RESTARTS: LazyLock<Family<WatchLabels, Counter>> = LazyLock::new(Fa
 static WATCH_RELISTS: LazyLock<Family<WatchLabels, Counter>> = LazyLock::new(Family::default);
 static ETCD_REQUESTS: LazyLock<HistogramFamily<EtcdLabels>> =
     LazyLock::new(|| Family::new_with_constructor(etcd_histogram as fn() -> Histogram));
+
+static RECONCILES: LazyLock<Family<ReconcileLabels, Counter>> = LazyLock::new(Family::default);
+static RECONCILE_SECONDS: LazyLock<HistogramFamily<ReconcileLabels>> =
+    LazyLock::new(|| Family::new_with_constructor(reconcile_histogram as fn() -> Histogram));
+
+/// One reconcile of `kind` finished after `took`.
+pub fn reconciled(kind: &'static str, ok: bool, took: std::time::Duration) {
+    let labels = ReconcileLabels {
+        kind,
+        result: if ok { "success" } else { "error" },
+    };
+    RECONCILES.get_or_create(&labels).inc();
+    RECONCILE_SECONDS
+        .get_or_create(&labels)
+        .observe(took.as_secs_f64());
+}
 
 /// A watch was opened again from a kept revision (after a disconnect).
 pub(crate) fn watch_restarted(watch: &'static str) {
@@ -68,6 +97,17 @@ pub async fn etcd_timed<T>(op: &'static str, request: impl Future<Output = T>) -
 /// A registry with the `topo_` prefix holding the shared families.
 pub fn registry() -> Registry {
     let mut reg = Registry::with_prefix("topo");
+    reg.register(
+        "reconciles",
+        "Reconciles by kind and result (agent: per key kind; controller: derive, a pass of the leader)",
+        RECONCILES.clone(),
+    );
+    reg.register_with_unit(
+        "reconcile_duration",
+        "How long reconciles took, by kind and result",
+        Unit::Seconds,
+        RECONCILE_SECONDS.clone(),
+    );
     reg.register(
         "watch_restarts",
         "Watches of etcd opened again from a kept revision after a disconnect",
