@@ -3,6 +3,7 @@
 //! `topo-pki init` issues, checked by `promtool check metrics` (Debian's prometheus
 //! package, installed by e2e/lab/install-deps.sh) and refused to everyone else.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -204,6 +205,86 @@ fn scrape(sc: &Scenario) {
     .0;
     promtool_check("agent", &text);
     sc.step("a GRE port deleted by hand is repaired and counted");
+
+    let (_, controller) = get(sc, Some("metrics"), &controller_url("/metrics"));
+    dashboard_queries_only_served_metrics(sc, &[&controller, &text]);
+    prometheus_config_checks(sc);
+}
+
+/// The names of the samples in scraped texts (`topo_x_total`, `topo_y_bucket`, ...).
+fn sample_names(texts: &[&str]) -> BTreeSet<String> {
+    texts
+        .iter()
+        .flat_map(|t| t.lines())
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every `topo_` name a query of deploy/grafana/topo.json uses is one a scrape served.
+fn dashboard_queries_only_served_metrics(sc: &Scenario, texts: &[&str]) {
+    let served = sample_names(texts);
+    let path = sc.repo().join("deploy/grafana/topo.json");
+    let raw = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("failed to read {}: {e}", path.display()));
+    let dash: serde_json::Value = serde_json::from_str(&raw)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    let exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{} has no panels", path.display()))
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        exprs.len() >= 10,
+        "the dashboard has {} queries",
+        exprs.len()
+    );
+    let mut unknown = BTreeSet::new();
+    for e in &exprs {
+        for (i, _) in e.match_indices("topo_") {
+            let name: String = e[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !served.contains(&name) {
+                unknown.insert(name);
+            }
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "the dashboard queries metrics nobody serves: {unknown:?}; served: {served:?}"
+    );
+    sc.step("every metric the Grafana dashboard queries is served");
+}
+
+/// deploy/prometheus/prometheus.yml with the lab's PKI in place of /etc/topo/pki passes
+/// `promtool check config` (which also opens the certificate files).
+fn prometheus_config_checks(sc: &Scenario) {
+    let path = sc.repo().join("deploy/prometheus/prometheus.yml");
+    let raw = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("failed to read {}: {e}", path.display()));
+    let pki = sc.pki_dir();
+    let text = raw.replace("/etc/topo/pki", &pki.to_string_lossy());
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("failed to make a temp dir: {e}"));
+    let file = dir.path().join("prometheus.yml");
+    std::fs::write(&file, text).unwrap_or_else(|e| panic!("failed to write {file:?}: {e}"));
+    let out = Command::new("promtool")
+        .args(["check", "config"])
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| panic!("failed to run promtool: {e}"));
+    assert!(
+        out.status.success(),
+        "promtool check config refused deploy/prometheus/prometheus.yml:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sc.step("deploy/prometheus/prometheus.yml passes promtool check config");
 }
 
 fn who_may_scrape(sc: &Scenario) {

@@ -144,6 +144,7 @@ pub struct Watcher<S: Source> {
 
 impl<S: Source> Watcher<S> {
     pub fn new(name: &'static str, source: S, backoff: ExponentialBackoff) -> Self {
+        crate::metrics::watch_created(name);
         Watcher {
             name,
             source,

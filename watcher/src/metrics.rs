@@ -73,6 +73,14 @@ pub fn reconciled(kind: &'static str, ok: bool, took: std::time::Duration) {
         .observe(took.as_secs_f64());
 }
 
+/// A machine named `watch` exists: its series start at 0, so a dashboard shows a flat
+/// line rather than no data until the first restart.
+pub(crate) fn watch_created(watch: &'static str) {
+    let labels = WatchLabels { watch };
+    WATCH_RESTARTS.get_or_create(&labels);
+    WATCH_RELISTS.get_or_create(&labels);
+}
+
 /// A watch was opened again from a kept revision (after a disconnect).
 pub(crate) fn watch_restarted(watch: &'static str) {
     WATCH_RESTARTS.get_or_create(&WatchLabels { watch }).inc();
