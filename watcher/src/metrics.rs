@@ -77,8 +77,8 @@ pub fn reconciled(kind: &'static str, ok: bool, took: std::time::Duration) {
 /// line rather than no data until the first restart.
 pub(crate) fn watch_created(watch: &'static str) {
     let labels = WatchLabels { watch };
-    WATCH_RESTARTS.get_or_create(&labels);
-    WATCH_RELISTS.get_or_create(&labels);
+    let _ = WATCH_RESTARTS.get_or_create(&labels);
+    let _ = WATCH_RELISTS.get_or_create(&labels);
 }
 
 /// A watch was opened again from a kept revision (after a disconnect).
