@@ -164,6 +164,10 @@ pub fn router(state: AppState, gate: std::sync::Arc<crate::guard::Guard>) -> Rou
             get(get_one).put(replace).delete(delete_one),
         )
         .route(&format!("{p}/{{plural}}/{{name}}/reports"), get(reports_of))
+        .route(
+            &format!("{p}/{{plural}}/{{name}}/log"),
+            get(crate::logs::container_log),
+        )
         .fallback(|| async {
             ApiErr(ApiError::new(
                 ErrorReason::NotFound,

@@ -7,7 +7,7 @@
 //!
 //! Authorization: roles bound to users and groups in the configuration.
 //! * `admin`: everything.
-//! * `view`: get, list, watch (objects, their reports, events).
+//! * `view`: get, list, watch (objects, their reports, events, container logs).
 //! * `metrics`: only `/metrics` (a scrape identity that reads no object).
 //! * `node`: only for a user `node:<name>`: get and watch its own Node and its reports, and
 //!   list or watch the events of its own Node. The agent itself talks to etcd with the same
@@ -221,6 +221,8 @@ pub enum Target {
     Manifests,
     /// The controller's `/metrics`.
     Metrics,
+    /// A container's log (read from its node's agent).
+    Logs(ObjectRef),
 }
 
 impl fmt::Display for Target {
@@ -236,6 +238,7 @@ impl fmt::Display for Target {
             Target::Events(Some(r)) => write!(f, "the events of {r}"),
             Target::Manifests => write!(f, "manifests"),
             Target::Metrics => write!(f, "metrics"),
+            Target::Logs(r) => write!(f, "the log of {r}"),
         }
     }
 }
@@ -385,6 +388,17 @@ mod tests {
                 .is_ok()
         );
         assert!(a.authorize(&bob, Verb::Get, &Target::Metrics).is_ok());
+        let log = Target::Logs(ObjectRef::new(Kind::Container, "web"));
+        assert!(a.authorize(&bob, Verb::Get, &log).is_ok());
+        let e = a
+            .authorize(&id("node:n1", &["topo:nodes"]), Verb::Get, &log)
+            .unwrap_err();
+        assert!(
+            e.message
+                .starts_with("user \"node:n1\" cannot get the log of container/web"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

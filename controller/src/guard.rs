@@ -237,6 +237,10 @@ pub fn classify(method: &Method, path: &str, query: &str) -> Option<(Verb, Targe
             let name = Some(name.to_string());
             Some((verb, Target::Objects { kind, name }))
         }
+        (&Method::GET, [plural, name, "log"]) => Some((
+            Verb::Get,
+            Target::Logs(ObjectRef::new(Kind::parse(plural)?, *name)),
+        )),
         (&Method::GET, [plural, name, "reports"]) => Some((
             Verb::Get,
             Target::Reports(ObjectRef::new(Kind::parse(plural)?, *name)),

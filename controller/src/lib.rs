@@ -8,6 +8,7 @@
 //! * [`guard`], [`auth`], [`config`]: HTTPS only (`topo_pki::serve`); authentication
 //!   (client certificates, bearer tokens), roles, audit, limits; the configuration file.
 //! * [`metrics`]: `/metrics` (Prometheus text) for the `view` and `metrics` roles.
+//! * [`logs`]: a container's log, read from its node's agent endpoint.
 //! * [`events`]: bounded event history.
 //! * [`ipam`], [`planner`], [`leader`]: addresses, derivation, and the leader's loop.
 
@@ -20,6 +21,7 @@ pub mod events;
 pub mod guard;
 pub mod ipam;
 pub mod leader;
+pub mod logs;
 pub mod metrics;
 pub mod pages;
 pub mod planner;
@@ -248,7 +250,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         shutdown: shutdown.clone(),
         etcd_timeout: config.security.limits.etcd_timeout(),
     };
-    let app = api::router(state, std::sync::Arc::new(gate));
+    let agents = logs::AgentClient::new(&config.security).map_err(ServerError::Tls)?;
+    let app = api::router(state, std::sync::Arc::new(gate))
+        .layer(axum::Extension(std::sync::Arc::new(agents)));
     let sd = shutdown.clone();
     let handle = tokio::spawn(async move {
         tracing::info!(%addr, "serving the API over HTTPS");

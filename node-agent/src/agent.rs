@@ -34,6 +34,9 @@ pub struct AgentConfig {
     pub workers: usize,
     /// How long in-flight reconciles may take to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// The agent endpoint's address (`endpoint.rs`), announced in the heartbeat so that
+    /// the controller can reach it; None when it does not serve one (tests).
+    pub endpoint: Option<std::net::SocketAddr>,
 }
 
 /// Handles a test (or main) can watch while the agent runs.
@@ -76,6 +79,7 @@ pub async fn run(
             node: node.clone(),
             ttl: cfg.heartbeat_ttl,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            endpoint: cfg.endpoint.map(|a| a.to_string()),
         },
         shutdown.clone(),
         lease_tx,

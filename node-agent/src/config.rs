@@ -115,6 +115,7 @@ impl Cli {
             resync: self.resync,
             workers: self.workers,
             shutdown_grace: self.shutdown_grace,
+            endpoint: Some(self.endpoint_config().listen),
         }
     }
 

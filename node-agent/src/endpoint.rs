@@ -11,11 +11,21 @@
 //! |---|---|
 //! | `/healthz`, `/readyz` | anyone: probes carry no credentials, and the answers name nothing but the agent's own state |
 //! | `/metrics` | a certificate in group `topo:metrics` (the scrape identity `topo-pki init` issues as `metrics.crt`) |
+//! | `/containers/NAME/logs` | the controller only (CN=topo-controller, its client identity) |
 //! | anything else | 404 after authentication |
 //!
 //! Without a client certificate the answer is 401, with one of another group (an admin, a
 //! viewer, another node) 403 naming the user: the agent does not know the controller's role
 //! bindings, so it grants by group, and only the one group that reads nothing but numbers.
+//!
+//! `topoctl logs` reaches a container's log through the controller, which authenticates and
+//! authorizes the user (the `view` role may read logs) and then asks the agent of the
+//! container's node with its own client certificate, naming the user in `Topo-User` (for
+//! this side's log line only: the agent cannot check a user it did not authenticate, so it
+//! trusts the controller's decision and nobody else's). The agent serves only containers of
+//! its own slice that it finds among its own Docker containers; anything else is 404. The
+//! log streams as plain bytes (stdout and stderr interleaved as the engine keeps them, as
+//! `kubectl logs` prints them), over chunked HTTP: one direction needs no upgrade.
 //!
 //! `/readyz` is 200 when the first list of the slice has arrived and the Docker engine,
 //! ovsdb-server and netlink each answer a read within [`PROBE_TIMEOUT`]; else 503 with one
@@ -27,18 +37,26 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures::StreamExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use topo_pki::serve::Peer;
+use topo_schema::slice::{SliceEntry, SliceKey};
 
 use crate::agent::AgentHandles;
+use crate::backend::LogRequest;
 use crate::reconcile::Backends;
+
+/// The header in which the controller names the user it asks on behalf of.
+pub const USER_HEADER: &str = "topo-user";
 
 /// The port the agent listens on unless `--listen` says otherwise.
 pub const DEFAULT_PORT: u16 = 10250;
@@ -145,6 +163,7 @@ fn router(state: EndpointState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/containers/{name}/logs", get(container_logs))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such path\n") })
         .layer(middleware::from_fn(gate))
         .with_state(state)
@@ -155,6 +174,7 @@ fn router(state: EndpointState) -> Router {
 enum Access {
     Anyone,
     Metrics,
+    Controller,
     Authenticated,
 }
 
@@ -162,6 +182,7 @@ fn access(path: &str) -> Access {
     match path {
         "/healthz" | "/readyz" => Access::Anyone,
         "/metrics" => Access::Metrics,
+        p if p.starts_with("/containers/") => Access::Controller,
         _ => Access::Authenticated,
     }
 }
@@ -187,6 +208,14 @@ fn authorize(path: &str, caller: Option<&Peer>) -> Result<(), (StatusCode, Strin
                 topo_pki::METRICS_GROUP
             ),
         )),
+        Access::Controller if peer.user != topo_pki::CONTROLLER_ETCD_USER => Err((
+            StatusCode::FORBIDDEN,
+            format!(
+                "user {:?} cannot get {path} on this agent: only the controller ({}) may",
+                peer.user,
+                topo_pki::CONTROLLER_ETCD_USER
+            ),
+        )),
         _ => Ok(()),
     }
 }
@@ -203,6 +232,107 @@ async fn gate(req: Request, next: Next) -> Response {
             (status, format!("{message}\n")).into_response()
         }
     }
+}
+
+/// The query of `/containers/NAME/logs` (the names of kube's pod log options).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct LogQuery {
+    #[serde(default)]
+    follow: bool,
+    tail_lines: Option<u64>,
+    since_seconds: Option<u64>,
+    /// RFC 3339.
+    since_time: Option<String>,
+}
+
+impl LogQuery {
+    fn request(&self, now: chrono::DateTime<chrono::Utc>) -> Result<LogRequest, String> {
+        let since = match (&self.since_seconds, &self.since_time) {
+            (Some(_), Some(_)) => {
+                return Err("give sinceSeconds or sinceTime, not both".to_string());
+            }
+            (Some(s), None) => Some(now.timestamp() - i64::try_from(*s).unwrap_or(i64::MAX / 2)),
+            (None, Some(t)) => Some(
+                chrono::DateTime::parse_from_rfc3339(t)
+                    .map_err(|e| format!("invalid sinceTime {t:?}: {e} (expected RFC 3339)"))?
+                    .timestamp(),
+            ),
+            (None, None) => None,
+        };
+        Ok(LogRequest {
+            follow: self.follow,
+            tail: self.tail_lines,
+            since,
+        })
+    }
+}
+
+fn plain(status: StatusCode, message: String) -> Response {
+    (status, format!("{message}\n")).into_response()
+}
+
+/// The Docker id of container `name`, if it is in this node's slice and its Docker
+/// container is one of ours.
+async fn own_container(st: &EndpointState, name: &str) -> Result<String, Response> {
+    let Some(h) = st.handles.get() else {
+        return Err(plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent has not started its slice watch yet".into(),
+        ));
+    };
+    let entry = h.store.get(&SliceKey::Container(name.to_string()));
+    let Some(SliceEntry::Container(c)) = entry.as_ref().and_then(|v| v.entry()) else {
+        return Err(plain(
+            StatusCode::NOT_FOUND,
+            format!("container {name} is not on this node"),
+        ));
+    };
+    match st.backends.containers.get(&c.docker_name).await {
+        Ok(Some(o)) => Ok(o.id),
+        Ok(None) => Err(plain(
+            StatusCode::NOT_FOUND,
+            format!("container {name} has no Docker container on this node yet"),
+        )),
+        Err(e) => Err(plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            crate::error_chain::error_chain(&e),
+        )),
+    }
+}
+
+async fn container_logs(
+    State(st): State<EndpointState>,
+    Path(name): Path<String>,
+    query: Result<Query<LogQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let request = match query
+        .map_err(|e| e.body_text())
+        .and_then(|Query(q)| q.request(chrono::Utc::now()))
+    {
+        Ok(r) => r,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, e),
+    };
+    let id = match own_container(&st, &name).await {
+        Ok(id) => id,
+        Err(resp) => return resp,
+    };
+    let user = headers
+        .get(USER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info!(container = %name, %user, follow = request.follow, "serving a container log");
+    let stream =
+        st.backends.containers.logs(&id, &request).map(|chunk| {
+            chunk.map_err(|e| std::io::Error::other(crate::error_chain::error_chain(&e)))
+        });
+    let mut resp = Body::from_stream(stream).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
 }
 
 async fn metrics(State(st): State<EndpointState>) -> Response {
@@ -299,5 +429,46 @@ mod tests {
             authorize("/other", None).unwrap_err().0,
             StatusCode::UNAUTHORIZED
         );
+        let controller = peer(topo_pki::CONTROLLER_ETCD_USER, &[]);
+        let logs = "/containers/web/logs";
+        assert!(authorize(logs, Some(&controller)).is_ok());
+        assert!(authorize("/metrics", Some(&controller)).is_err());
+        for other in [&admin, &node2, &scraper] {
+            let (status, msg) = authorize(logs, Some(other)).unwrap_err();
+            assert_eq!(status, StatusCode::FORBIDDEN);
+            assert!(msg.contains("only the controller"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn log_queries() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:01:00Z")
+            .unwrap()
+            .to_utc();
+        let q = LogQuery {
+            follow: true,
+            tail_lines: Some(5),
+            since_seconds: Some(60),
+            since_time: None,
+        };
+        let r = q.request(now).unwrap();
+        assert_eq!((r.follow, r.tail), (true, Some(5)));
+        assert_eq!(r.since, Some(now.timestamp() - 60));
+        let q = LogQuery {
+            since_time: Some("2026-01-01T00:00:00Z".into()),
+            ..Default::default()
+        };
+        assert_eq!(q.request(now).unwrap().since, Some(now.timestamp() - 60));
+        let q = LogQuery {
+            since_time: Some("yesterday".into()),
+            ..Default::default()
+        };
+        assert!(q.request(now).unwrap_err().contains("RFC 3339"));
+        let q = LogQuery {
+            since_seconds: Some(1),
+            since_time: Some("2026-01-01T00:00:00Z".into()),
+            ..Default::default()
+        };
+        assert!(q.request(now).is_err());
     }
 }

@@ -93,6 +93,8 @@ pub struct HeartbeatConfig {
     pub node: String,
     pub ttl: Duration,
     pub agent_version: String,
+    /// The agent endpoint's address, announced to the controller.
+    pub endpoint: Option<String>,
 }
 
 /// Keeps the heartbeat alive until `shutdown` turns true, then revokes the lease.
@@ -109,6 +111,7 @@ pub async fn run_heartbeat(
         node: cfg.node.clone(),
         agent_version: cfg.agent_version.clone(),
         started: Utc::now(),
+        endpoint: cfg.endpoint.clone(),
     };
     let key = keys::heartbeat(&cfg.node);
     let mut backoff = crate::watch::watch_backoff(
