@@ -10,6 +10,7 @@
 //! Traffic goes only to lab-assigned addresses.
 
 pub mod cmd;
+pub mod https;
 pub mod lab;
 pub mod links;
 pub mod manifest;

@@ -7,8 +7,9 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+use topo_e2e::https::{agent_url, controller_url, get_as};
 use topo_e2e::manifest::{docs, network, on, web};
-use topo_e2e::{Lab, Scenario, converge, node_address, poll, run_scenarios, secs};
+use topo_e2e::{Lab, Scenario, converge, poll, run_scenarios, secs};
 use topo_schema::names::{bridge_name, gre_port_name};
 
 const NET: &str = "e2e-metrics";
@@ -22,42 +23,8 @@ fn metrics() {
     );
 }
 
-fn controller_url(path: &str) -> String {
-    format!("https://192.168.100.254:8443{path}")
-}
-
-fn agent_url(node: u32, path: &str) -> String {
-    format!("https://{}:10250{path}", node_address(node))
-}
-
-/// GET `url` as `who` (a PKI file base name such as `metrics` or `nodes/node2`; None: no
-/// client certificate): the status code and the body.
 fn get(sc: &Scenario, who: Option<&str>, url: &str) -> (u16, String) {
-    let pki = sc.pki_dir();
-    let mut c = sc.command("curl");
-    c.args([
-        "-sS",
-        "--max-time",
-        "10",
-        "-w",
-        "\n%{http_code}",
-        "--cacert",
-    ])
-    .arg(pki.join("ca.crt"));
-    if let Some(who) = who {
-        c.arg("--cert")
-            .arg(pki.join(format!("{who}.crt")))
-            .arg("--key")
-            .arg(pki.join(format!("{who}.key")));
-    }
-    c.arg(url);
-    let out = sc.run(c, secs(20)).ok();
-    let (body, code) = out.stdout.rsplit_once('\n').unwrap_or(("", ""));
-    let code = code
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("no status code from curl {url}: {}", out.stdout));
-    (code, body.to_string())
+    get_as(sc, who, url)
 }
 
 /// The value of the sample `series` (name with its labels, as printed), if present.
