@@ -440,6 +440,48 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn readyz_names_what_is_not_ready() {
+        use crate::backend::fake::{
+            FakeContainers, FakeHostPorts, FakeInterfaces, FakeNat, FakeOvs,
+        };
+        let docker = Arc::new(FakeContainers::new("node1"));
+        let st = EndpointState {
+            backends: Backends {
+                containers: docker.clone(),
+                interfaces: Arc::new(FakeInterfaces::new()),
+                ovs: Arc::new(FakeOvs::new("node1")),
+                nat: Arc::new(FakeNat::new()),
+                host_ports: Arc::new(FakeHostPorts::new()),
+            },
+            handles: Arc::new(OnceLock::new()),
+        };
+        let problems = not_ready(&st).await;
+        assert_eq!(problems, ["the agent has not started its slice watch yet"]);
+        let (synced_tx, synced) = watch::channel(false);
+        let (_lease_tx, lease) = watch::channel(0i64);
+        let handles = AgentHandles {
+            store: crate::watch::SliceStore::new(),
+            queue: crate::queue::WorkQueue::new(),
+            synced,
+            lease,
+        };
+        assert!(st.handles.set(handles).is_ok());
+        docker.fail_next(
+            "list",
+            crate::backend::ContainerError::NotOwned { id: "x".into() },
+        );
+        let problems = not_ready(&st).await;
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("has not been listed"), "{problems:?}");
+        assert!(
+            problems[1].starts_with("the Docker engine does not answer"),
+            "{problems:?}"
+        );
+        synced_tx.send_replace(true);
+        assert!(not_ready(&st).await.is_empty());
+    }
+
     #[test]
     fn log_queries() {
         let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:01:00Z")
