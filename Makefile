@@ -6,7 +6,7 @@ NODES ?= 3
 LAB := e2e/lab/lab.sh
 export TOPO_BIN ?= $(CURDIR)/target/debug
 
-.PHONY: all deps build test test-unit test-e2e bench lint fmt demo lab-up lab-down clean
+.PHONY: all deps build test test-unit test-e2e bench lint fmt demo lab-up lab-down clean deb
 
 all: build
 
@@ -45,6 +45,7 @@ bench: deps
 	./target/release/topo-bench | tee target/bench/controller.md
 	TOPO_BIN=$(CURDIR)/target/release ./target/release/lab-bench | tee target/bench/lab.md
 	TOPO_BIN=$(CURDIR)/target/release ./target/release/rewire-bench --rewires 20 | tee target/bench/rewire.md
+	TOPO_BIN=$(CURDIR)/target/release ./target/release/dataplane-bench --secs 10 --rounds 5 | tee target/bench/dataplane.md
 	@echo "results in target/bench/*.md; BENCHMARKS.md quotes them with the machine"
 
 ## lab-up: eval "$$(make -s lab-up NODES=3)" — prints only export lines on stdout
@@ -56,5 +57,10 @@ lab-down:
 	@bash $(LAB) down
 
 ## demo: a three-host lab, manifests/demo.yaml applied, Ready waited for, reachability shown
+## deb: Debian packages (topo-controller, topo-agent, topoctl) into target/debian/ (docs/deploy.md)
+deb: deps
+	$(CARGO) build --release -p topo-controller -p topo-agent -p topoctl -p topo-pki --bins
+	@bash deploy/build-debs.sh
+
 demo: deps build
 	@bash e2e/demo.sh

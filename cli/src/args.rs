@@ -69,6 +69,9 @@ pub enum Command {
     /// Describe a kind or one of its fields: type, description and fields, from the schema.
     #[command(after_help = examples::EXPLAIN)]
     Explain(ExplainArgs),
+    /// Draw the topology: nodes, networks, containers, links, tunnels, coloured by Ready.
+    #[command(after_help = examples::GRAPH)]
+    Graph(GraphArgs),
     /// Print the JSON Schema of the manifests, for editors and CI validation.
     #[command(after_help = examples::SCHEMA)]
     Schema(SchemaArgs),
@@ -164,6 +167,12 @@ Examples:
   topoctl explain container.spec.networks       # one field: type, description, fields
   topoctl explain network.spec.blockSize
   topoctl explain link --recursive              # every field, nested";
+
+    pub const GRAPH: &str = "\
+Examples:
+  topoctl graph | dot -Tpng > topo.png          # Graphviz DOT (the default)
+  topoctl graph -o svg > topo.svg               # SVG, no Graphviz needed
+  topoctl graph -l app=web -o svg               # only the containers and links picked";
 
     pub const SCHEMA: &str = "\
 Examples:
@@ -442,6 +451,23 @@ pub struct ExplainArgs {
     /// List every field below, nested, with its type.
     #[arg(long)]
     pub recursive: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GraphArgs {
+    /// Output format: dot (Graphviz) or svg (laid out here, no Graphviz needed).
+    #[arg(short, long, value_enum, default_value = "dot")]
+    pub output: GraphFormat,
+
+    /// Only the containers and links whose labels match (nodes, networks, tunnels always).
+    #[arg(short = 'l', long = "selector")]
+    pub selector: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GraphFormat {
+    Dot,
+    Svg,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ pub(crate) mod edit;
 pub(crate) mod events;
 pub(crate) mod explain;
 pub(crate) mod get;
+pub(crate) mod graph;
 pub(crate) mod label;
 pub(crate) mod logs;
 
@@ -49,6 +50,8 @@ pub enum CliError {
     Edit(#[from] edit::EditError),
     #[error(transparent)]
     Explain(#[from] crate::explain::ExplainError),
+    #[error(transparent)]
+    Graph(#[from] crate::graph::GraphError),
     /// Manifests that do not parse or validate here; nothing was sent.
     #[error("{}", format_api_error(.0))]
     Invalid(ApiError),

@@ -392,7 +392,8 @@ mod tests {
         );
         let e = explain("container.spec.zzzzzzzz", false).unwrap_err();
         assert!(
-            e.to_string().contains("; it has: command, env, image"),
+            e.to_string()
+                .contains("; it has: allowPrivilegeEscalation, capabilities, command, env, image"),
             "{e}"
         );
         let e = explain("container.spec.node.x", false).unwrap_err();

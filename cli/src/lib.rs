@@ -2,7 +2,7 @@
 //!
 //! Rendering is kept apart from I/O so it can be tested: [`output`] (tables, `-o`),
 //! [`printer`] (`-o jsonpath|custom-columns`, `--sort-by`) over [`jsonpath`] (kubectl's
-//! template dialect), [`explain`], [`describe`], [`diff`], [`timefmt`]; [`client`] speaks
+//! template dialect), [`explain`], [`graph`] (DOT and SVG), [`describe`], [`diff`], [`timefmt`]; [`client`] speaks
 //! the controller's HTTP API and [`watch`] keeps a watch going across disconnects and
 //! compactions. [`run`] dispatches a parsed command line to the verbs of [`cmd`].
 
@@ -13,6 +13,7 @@ pub mod config;
 pub mod describe;
 pub mod diff;
 pub mod explain;
+pub mod graph;
 pub mod inputs;
 pub mod jsonpath;
 pub mod manifests;
@@ -47,6 +48,7 @@ pub async fn run(cli: Cli, env: Env) -> Result<i32, CliError> {
         Command::Annotate(a) => label::label(&ctx, label::Which::Annotations, a).await,
         Command::Edit(a) => edit::edit(&ctx, a).await,
         Command::Explain(a) => cmd::explain::explain(a),
+        Command::Graph(a) => cmd::graph::graph(&ctx, a).await,
         Command::Schema(a) => cmd::schema(a),
         Command::Completion(a) => cmd::completion(a),
         Command::Version(a) => cmd::version(&ctx, a).await,

@@ -133,7 +133,22 @@ impl IntoResponse for ApiErr {
 type ApiResult = Result<Response, ApiErr>;
 
 fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let (status, bytes) = match serde_json::to_vec(body) {
+        Ok(bytes) => (status, bytes),
+        // Only a type that cannot be JSON gets here; say so instead of sending an empty body.
+        Err(e) => {
+            tracing::error!(error = %e, "failed to encode a response body");
+            let err = serde_json::json!({
+                "reason": ErrorReason::InternalError,
+                "code": 500,
+                "message": format!("failed to encode the response: {e}"),
+            });
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                err.to_string().into_bytes(),
+            )
+        }
+    };
     let mut resp = (status, bytes).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

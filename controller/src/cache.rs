@@ -26,6 +26,7 @@ use tokio::sync::{Notify, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use topo_schema::api::{Heartbeat, ObservedReport, Registration};
 use topo_schema::keys::{self, AddrValue, BlockValue, Fence, IpamKey};
+use topo_schema::limits;
 use topo_schema::{Kind, ObjectRef, Resource};
 use topo_watcher::{EtcdSource, Kv, KvEvent, Listing, Step, Watcher};
 
@@ -173,7 +174,9 @@ impl Snapshot {
             }
         } else if let Some((node, kind, name)) = keys::parse_report_key(key) {
             match serde_json::from_slice::<ObservedReport>(value) {
-                Ok(rep) => {
+                Ok(mut rep) => {
+                    rep.reason = limits::bounded(rep.reason, limits::MAX_REPORT_REASON);
+                    rep.message = limits::bounded(rep.message, limits::MAX_REPORT_MESSAGE);
                     self.reports.insert(
                         (node.to_string(), ObjectRef::new(kind, name)),
                         Arc::new(rep),

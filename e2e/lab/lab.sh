@@ -35,8 +35,10 @@
 # Subcommands: up [--nodes N] [--no-agents] [--no-controller] | down | add-node I [--no-agent]
 #   | remove-node I (the host leaves: its agent, Open vSwitch, namespace and underlay port go)
 #   | start-agent I | kill-agent I [SIG] | restart-agent I | start-controller
-#   | kill-controller [SIG] | restart-controller | status | exec I CMD... | vsctl I ARGS...
+#   | kill-controller [SIG] | restart-controller | restart-docker | restart-ovsdb I
+#   | restart-vswitchd I [--cleanup] | status | exec I CMD... | vsctl I ARGS...
 #   | appctl I ARGS... | env
+# (dockerd runs with live-restore: restarting it leaves the containers running.)
 # Environment: TOPO_LAB_DIR, TOPO_BIN (default <repo>/target/debug), RUST_LOG (default info),
 #   TOPO_LAB_CONTROLLER_ARGS / TOPO_LAB_AGENT_ARGS (extra args, word-split).
 set -euo pipefail
@@ -252,6 +254,17 @@ node_up() {
 
   # Open vSwitch of this host: everything under $nd.
   ovsdb-tool create "$nd/conf.db" "$OVS_SCHEMA"
+  ovsdb_start "$i"
+  vsctl "$i" --no-wait init
+  vsctl "$i" --no-wait set Open_vSwitch . external_ids:system-id="node$i" external_ids:hostname="node$i"
+  vswitchd_start "$i"
+  vsctl "$i" -- --may-exist add-br br-phy -- set bridge br-phy datapath_type=netdev \
+    -- --may-exist add-port br-phy ul0
+  underlay_address "$i"
+}
+# ovsdb_start I: node I's ovsdb-server on its db file (kept across restarts).
+ovsdb_start() {
+  local i=$1 nd=$DIR/node$1
   start_ovs "$i" "$nd/ovsdb-server.log" ovsdb-server "$nd/conf.db" \
     --remote="punix:$nd/db.sock" --remote=db:Open_vSwitch,Open_vSwitch,manager_options \
     --pidfile="$nd/ovsdb-server.pid" --unixctl="$nd/ovsdb-server.ctl" \
@@ -260,9 +273,11 @@ node_up() {
       tail_log "$nd/ovsdb-server.log"
       die "node$i: ovsdb-server failed"
     }
-  vsctl "$i" --no-wait init
-  vsctl "$i" --no-wait set Open_vSwitch . external_ids:system-id="node$i" external_ids:hostname="node$i"
-  # --disable-system: no kernel datapath here (no openvswitch module); only netdev bridges.
+}
+# vswitchd_start I: node I's ovs-vswitchd. --disable-system: no kernel datapath here (no
+# openvswitch module); only netdev bridges.
+vswitchd_start() {
+  local i=$1 nd=$DIR/node$1
   start_ovs "$i" "$nd/ovs-vswitchd.log" ovs-vswitchd "unix:$nd/db.sock" \
     --disable-system --pidfile="$nd/ovs-vswitchd.pid" --unixctl="$nd/ovs-vswitchd.ctl" \
     --log-file="$nd/ovs-vswitchd.log" --detach --no-chdir ||
@@ -270,16 +285,45 @@ node_up() {
       tail_log "$nd/ovs-vswitchd.log"
       die "node$i: ovs-vswitchd failed"
     }
-  vsctl "$i" -- --may-exist add-br br-phy -- set bridge br-phy datapath_type=netdev \
-    -- --may-exist add-port br-phy ul0
+}
+# underlay_address I: the host's underlay address on br-phy's internal port, as an
+# administrator's network configuration would put it (again after ovs-vswitchd restarted
+# and made the port anew); idempotent.
+underlay_address() {
+  local i=$1 nd=$DIR/node$1
   wait_until 100 "node$i br-phy device" nsx "$i" ip link show br-phy || die "node$i: no br-phy"
   nsx "$i" ethtool -K br-phy tx off >/dev/null 2>&1 || true
-  nsx "$i" ip addr add "$UL_PREFIX.$i/24" dev br-phy
+  nsx "$i" ip addr replace "$UL_PREFIX.$i/24" dev br-phy
   nsx "$i" ip link set br-phy up
   if ! wait_until 100 "node$i to ping $UL_ROOT_IP" nsx "$i" busybox ping -c 1 -W 1 "$UL_ROOT_IP"; then
     tail_log "$nd/ovs-vswitchd.log"
     die "node$i cannot reach $UL_ROOT_IP"
   fi
+}
+# restart_ovsdb I: stop node I's ovsdb-server and start it again on the same db file.
+restart_ovsdb() {
+  local i=$1 nd=$DIR/node$1 t0
+  t0=$(date +%s%N)
+  stop_component 50 "$nd/ovsdb-server.pid" '^ovsdb-server$' "$nd/"
+  ovsdb_start "$i"
+  wait_until 100 "node$i ovsdb-server" vsctl "$i" --no-wait show || die "node$i: ovsdb-server did not come back"
+  log "node$i: ovsdb-server restarted in $((($(date +%s%N) - t0) / 1000000)) ms"
+}
+# restart_vswitchd I [--cleanup]: stop node I's ovs-vswitchd and start it again. The db keeps
+# every bridge and port; the datapath is made anew. The userspace datapath's internal ports
+# (taps) persist across a plain restart; with --cleanup (`ovs-appctl exit --cleanup`, as an
+# upgrade or a crash that took them) they are deleted and made anew without their addresses.
+restart_vswitchd() {
+  local i=$1 nd=$DIR/node$1 t0 p
+  t0=$(date +%s%N)
+  if [[ ${2:-} == --cleanup ]] && p=$(pidfile_pid "$nd/ovs-vswitchd.pid"); then
+    nsx "$i" ovs-appctl -t "$nd/ovs-vswitchd.ctl" exit --cleanup >/dev/null 2>&1 || true
+    wait_until 50 "node$i ovs-vswitchd to exit" bash -c "! kill -0 $p 2>/dev/null" || true
+  fi
+  stop_component 50 "$nd/ovs-vswitchd.pid" '^ovs-vswitchd$' "$nd/"
+  vswitchd_start "$i"
+  underlay_address "$i"
+  log "node$i: ovs-vswitchd restarted in $((($(date +%s%N) - t0) / 1000000)) ms"
 }
 # TCP from a host namespace to the root namespace (trap 4), through etcd (TLS with the
 # node's own identity; /version needs no etcd permission).
@@ -339,14 +383,22 @@ EOF
     tail_log "$DIR/containerd.log"
     die "containerd did not start"
   }
-  echo '{}' >"$dd/daemon.json"
+  # live-restore: containers keep running while dockerd restarts (as production engines are
+  # set up); the agent then adopts them, restarting nothing.
+  echo '{"live-restore": true}' >"$dd/daemon.json"
+  dockerd_start
+  if ! dk image inspect "$IMAGE" >/dev/null 2>&1; then
+    image_import
+  fi
+}
+dockerd_start() {
+  local dd=$DIR/docker n
   start_bg "$DIR/dockerd.pid" "$DIR/dockerd.log" dockerd \
     --config-file "$dd/daemon.json" \
     --containerd "$CONTAINERD_SOCK" \
     --data-root "$dd/data" --exec-root "$dd/exec" --pidfile "$dd/dockerd.pid" \
     -H "unix://$DOCKER_SOCK" \
     --bridge=none --iptables=false --ip6tables=false --ip-masq=false --ip-forward=false
-  local n
   for ((n = 0; n < 300; n++)); do
     dk info >/dev/null 2>&1 && break
     is_alive "$(cat "$DIR/dockerd.pid")" || {
@@ -359,9 +411,15 @@ EOF
     tail_log "$DIR/dockerd.log"
     die "dockerd did not answer on $DOCKER_SOCK"
   }
-  if ! dk image inspect "$IMAGE" >/dev/null 2>&1; then
-    image_import
-  fi
+}
+# restart_docker: stop dockerd (containerd and the containers keep running: live-restore)
+# and start it again.
+restart_docker() {
+  local t0
+  t0=$(date +%s%N)
+  stop_component 150 "$DIR/dockerd.pid" '^dockerd$' "$DIR/"
+  dockerd_start
+  log "dockerd restarted in $((($(date +%s%N) - t0) / 1000000)) ms"
 }
 image_import() {
   local bb root=$DIR/image-rootfs a
@@ -780,6 +838,15 @@ main() {
       agent_start "$1" >&2
       ;;
     start-controller) controller_start >&2 ;;
+    restart-docker) restart_docker >&2 ;;
+    restart-ovsdb)
+      check_index "${1:-}"
+      restart_ovsdb "$1" >&2
+      ;;
+    restart-vswitchd)
+      check_index "${1:-}"
+      restart_vswitchd "$1" "${2:-}" >&2
+      ;;
     kill-controller) controller_stop "${1:-KILL}" >&2 ;;
     restart-controller)
       controller_stop TERM >&2

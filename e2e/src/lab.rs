@@ -76,6 +76,8 @@ pub struct Lab {
     holder: Option<Holder>,
     nodes: AtomicU32,
     exports: BTreeMap<String, String>,
+    /// Extra environment of every lab command (so of the daemons lab.sh starts).
+    env: Vec<(String, String)>,
     docker_cli: String,
     keep: bool,
     is_down: AtomicBool,
@@ -148,6 +150,13 @@ impl Lab {
     /// root, when a tool or a topo binary is missing, or when the lab does not come up.
     #[track_caller]
     pub fn up(name: &str, nodes: u32) -> Lab {
+        Self::up_with_env(name, nodes, &[])
+    }
+
+    /// [`Lab::up`] with `env` set for every lab command, and so for the agents and the
+    /// controller lab.sh starts (`TOPO_IMAGE_PULL_PROGRESS_TIMEOUT=5s`, ...).
+    #[track_caller]
+    pub fn up_with_env(name: &str, nodes: u32, env: &[(&str, &str)]) -> Lab {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .map(Path::to_path_buf)
@@ -177,6 +186,10 @@ impl Lab {
             holder,
             nodes: AtomicU32::new(nodes),
             exports: BTreeMap::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             docker_cli,
             keep: env_flag("TOPO_E2E_KEEP", false),
             is_down: AtomicBool::new(false),
@@ -256,6 +269,11 @@ impl Lab {
     }
 
     /// The lab's state directory (`TOPO_LAB_DIR`).
+    /// Where the lab's programs are (TOPO_BIN): the ones the lab itself runs.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -315,6 +333,7 @@ impl Lab {
                 c
             }
         };
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
         c.env("TOPO_LAB_DIR", &self.dir)
             .env("TOPO_BIN", &self.bin)
             .env("TOPO_SERVER", self.server())

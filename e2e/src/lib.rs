@@ -16,8 +16,10 @@ pub mod links;
 pub mod manifest;
 pub mod mesh;
 pub mod parse;
+pub mod plumbing;
 pub mod poll;
 pub mod probe;
+pub mod registry;
 pub mod scenario;
 pub mod stats;
 

@@ -34,13 +34,25 @@ pub fn on_static<'a>(network: &'a str, ip: &'a str) -> Attach<'a> {
     }
 }
 
-/// A Container object.
+/// A Container object of the lab's image.
 pub fn container(name: &str, node: &str, command: &[String], networks: &[Attach<'_>]) -> String {
+    container_of(name, node, "topo/busybox:latest", command, networks)
+}
+
+/// A Container object of `image`.
+pub fn container_of(
+    name: &str,
+    node: &str,
+    image: &str,
+    command: &[String],
+    networks: &[Attach<'_>],
+) -> String {
     let mut s = format!(
-        "apiVersion: topo.dev/v1alpha1\nkind: Container\nmetadata:\n  name: {}\n  labels: {}\nspec:\n  node: {}\n  image: topo/busybox:latest\n  command: {}\n",
+        "apiVersion: topo.dev/v1alpha1\nkind: Container\nmetadata:\n  name: {}\n  labels: {}\nspec:\n  node: {}\n  image: {}\n  command: {}\n",
         j(name),
         j(json!({"topo-e2e": "true"})),
         j(node),
+        j(image),
         j(command)
     );
     if !networks.is_empty() {
@@ -77,6 +89,18 @@ pub fn web(name: &str, node: &str, networks: &[Attach<'_>]) -> String {
 /// Documents joined into one multi-document manifest.
 pub fn docs(parts: &[String]) -> String {
     parts.join("---\n")
+}
+
+/// A Link from the consumer `from` to port `port` of container `to`, listening at `listen`
+/// (`ip:port`) inside the consumer.
+pub fn link(name: &str, from: &str, to: &str, port: u16, listen: &str) -> String {
+    format!(
+        "apiVersion: topo.dev/v1alpha1\nkind: Link\nmetadata:\n  name: {}\nspec:\n  from: {}\n  to: {{container: {}, port: {port}}}\n  listen: {}\n",
+        j(name),
+        j(from),
+        j(to),
+        j(listen)
+    )
 }
 
 #[cfg(test)]

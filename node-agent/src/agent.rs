@@ -18,6 +18,7 @@ use topo_schema::kinds::Datapath;
 
 use crate::events::{EtcdEvents, Recorder};
 use crate::heartbeat::{HeartbeatConfig, register_node, run_heartbeat};
+use crate::pulls::PullConfig;
 use crate::queue::WorkQueue;
 use crate::reconcile::{Backends, Context, Runner};
 use crate::report::{EtcdReports, Reporter};
@@ -37,6 +38,8 @@ pub struct AgentConfig {
     /// The agent endpoint's address (`endpoint.rs`), announced in the heartbeat so that
     /// the controller can reach it; None when it does not serve one (tests).
     pub endpoint: Option<std::net::SocketAddr>,
+    /// Image pull deadlines and backoff.
+    pub image_pulls: PullConfig,
 }
 
 /// Handles a test (or main) can watch while the agent runs.
@@ -75,12 +78,7 @@ pub async fn run(
     let (lease_tx, lease_rx) = watch::channel(0i64);
     let heartbeat = tokio::spawn(run_heartbeat(
         client.clone(),
-        HeartbeatConfig {
-            node: node.clone(),
-            ttl: cfg.heartbeat_ttl,
-            agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            endpoint: cfg.endpoint.map(|a| a.to_string()),
-        },
+        heartbeat_config(&cfg),
         shutdown.clone(),
         lease_tx,
     ));
@@ -96,14 +94,17 @@ pub async fn run(
     let store = SliceStore::new();
     let queue = WorkQueue::new();
     let recorder = Recorder::new(Arc::new(EtcdEvents::new(client.clone(), &node)), &node);
-    let ctx = Arc::new(Context::new(
-        &node,
-        backends.clone(),
-        store.clone(),
-        reporter,
-        recorder,
-        queue.clone(),
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            &node,
+            backends.clone(),
+            store.clone(),
+            reporter,
+            recorder,
+            queue.clone(),
+        )
+        .with_pull_config(cfg.image_pulls),
+    );
     let runner = Runner::new(ctx.clone());
     let (synced_tx, synced_rx) = watch::channel(false);
     if let Some(ready) = ready {
@@ -146,9 +147,20 @@ pub async fn run(
     tracing::info!(node = %node, "shutting down: finishing in-flight reconciles");
     queue.shutdown();
     tasks.abort_all();
+    ctx.watches.stop_all();
+    ctx.pulls.stop_all();
     drain(workers, cfg.shutdown_grace).await;
     let _ = tokio::time::timeout(Duration::from_secs(3), heartbeat).await;
     tracing::info!(node = %node, "stopped; containers keep running");
+}
+
+fn heartbeat_config(cfg: &AgentConfig) -> HeartbeatConfig {
+    HeartbeatConfig {
+        node: cfg.node.clone(),
+        ttl: cfg.heartbeat_ttl,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        endpoint: cfg.endpoint.map(|a| a.to_string()),
+    }
 }
 
 /// Tries `attempt` until it succeeds, backing off between failures; None when `shutdown`

@@ -9,6 +9,7 @@ use clap::Parser;
 use topo_schema::kinds::Datapath;
 
 use crate::agent::AgentConfig;
+use crate::pulls::PullConfig;
 
 /// topo's node agent: keeps this host's Docker containers, veth pairs and addresses, Open
 /// vSwitch bridges and GRE ports, and nftables NAT equal to the node's slice in etcd.
@@ -82,6 +83,18 @@ pub struct Cli {
     /// node's identity (--etcd-cert); default: the node's --address, port 10250.
     #[arg(long, env = "TOPO_AGENT_LISTEN")]
     pub listen: Option<std::net::SocketAddr>,
+    /// An image pull that sends no progress for this long has stalled: it is abandoned and
+    /// retried after a backoff (10 s doubling to 5 min).
+    #[arg(long, env = "TOPO_IMAGE_PULL_PROGRESS_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub image_pull_progress_timeout: Duration,
+
+    /// An image pull not finished after this long is abandoned and retried after a backoff.
+    #[arg(long, env = "TOPO_IMAGE_PULL_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub image_pull_timeout: Duration,
+
+    /// How often a long image pull's progress becomes a `Pulling` event.
+    #[arg(long, env = "TOPO_IMAGE_PULL_PROGRESS_EVENTS", default_value = "15s", value_parser = parse_duration)]
+    pub image_pull_progress_events: Duration,
 
     /// Log format: text or json. The level comes from RUST_LOG (default info).
     #[arg(long, env = "TOPO_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
@@ -116,6 +129,12 @@ impl Cli {
             workers: self.workers,
             shutdown_grace: self.shutdown_grace,
             endpoint: Some(self.endpoint_config().listen),
+            image_pulls: PullConfig {
+                progress_timeout: self.image_pull_progress_timeout,
+                timeout: self.image_pull_timeout,
+                progress_events: self.image_pull_progress_events,
+                ..PullConfig::default()
+            },
         }
     }
 
@@ -201,6 +220,10 @@ mod tests {
             cli.endpoint_config().listen,
             "192.168.100.1:10250".parse().unwrap()
         );
+        let pulls = cli.agent_config().image_pulls;
+        assert_eq!(pulls.progress_timeout, Duration::from_secs(60));
+        assert_eq!(pulls.timeout, Duration::from_secs(600));
+        assert_eq!(pulls.progress_events, Duration::from_secs(15));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!   the list/watch machine shared with the controller (`topo-watcher`); keys are typed
 //!   ([`key::Key`]) from here on.
 //! * [`queue`]: the work queue of keys, in work order; [`host_events`]: backend event
-//!   streams → keys (so changes made by hand are repaired), and the periodic resync.
+//!   streams → keys (so changes made by hand are repaired), and the periodic resync;
+//!   [`pulls`]: image pulls, run off the workers with deadlines and backoff.
 //! * [`reconcile`]: one module per resource (bridge, tunnel, container, node NAT, garbage
 //!   collection), each observe → plan → apply through one executor; the error policy and the
 //!   runner that drives them from the queue.
@@ -28,6 +29,7 @@ pub mod heartbeat;
 pub mod host_events;
 pub mod key;
 pub mod metrics;
+pub mod pulls;
 pub mod queue;
 pub mod reconcile;
 pub mod report;

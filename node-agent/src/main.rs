@@ -1,6 +1,6 @@
-//! `topo-agent`: parses the command line, connects the four host backends and etcd, binds
-//! the agent's HTTPS endpoint (`endpoint.rs`), and runs the agent (`agent.rs`) until
-//! SIGTERM or SIGINT.
+//! `topo-agent`: parses the command line, connects the four host backends (waiting for the
+//! Docker engine and ovsdb-server if they are not up yet) and etcd, binds the agent's HTTPS
+//! endpoint (`endpoint.rs`), and runs the agent (`agent.rs`) until SIGTERM or SIGINT.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +28,36 @@ fn init_tracing(format: &str) {
     }
 }
 
+/// Calls `connect` until it succeeds — the Docker engine or ovsdb-server may start after the
+/// agent, or be restarting — backing off (200 ms doubling to 5 s) between attempts; None when
+/// `shutdown` comes first.
+async fn connect_retrying<T, E, Fut>(
+    what: &str,
+    shutdown: &mut watch::Receiver<bool>,
+    mut connect: impl FnMut() -> Fut,
+) -> Option<T>
+where
+    E: std::error::Error,
+    Fut: Future<Output = Result<T, E>>,
+{
+    use backoff::backoff::Backoff;
+    let mut backoff =
+        topo_watcher::jittered_backoff(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        match connect().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                let delay = backoff.next_backoff().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(error = %topo_agent::error_chain::error_chain(&e), ?delay, "failed to connect to {what}; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => return None,
+                }
+            }
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -36,14 +66,36 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(node = %cfg.node, address = %cfg.address, datapath = cfg.datapath.ovs_type(),
         etcd = ?cli.etcd_endpoints, version = env!("CARGO_PKG_VERSION"), "topo-agent starting");
 
+    let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+    let mut term =
+        signal(SignalKind::terminate()).context("failed to install the SIGTERM handler")?;
+    let mut int =
+        signal(SignalKind::interrupt()).context("failed to install the SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        let _ = shutdown_tx.send(true);
+    });
+
     let ovsdb = cli.ovsdb_path().map_err(anyhow::Error::msg)?;
-    let containers = DockerContainers::connect(cli.docker.as_deref(), &cfg.node)
-        .await
-        .context("failed to connect to the Docker engine")?;
+    let docker = cli.docker.as_deref();
+    let Some(containers) = connect_retrying("the Docker engine", &mut shutdown_rx, || {
+        DockerContainers::connect(docker, &cfg.node)
+    })
+    .await
+    else {
+        return Ok(());
+    };
     let interfaces = NetlinkInterfaces::new().context("failed to open netlink")?;
-    let ovs = OvsdbSwitch::connect(ovsdb, &cfg.node)
-        .await
-        .context("failed to connect to ovsdb-server")?;
+    let Some(ovs) = connect_retrying("ovsdb-server", &mut shutdown_rx, || {
+        OvsdbSwitch::connect(ovsdb, &cfg.node)
+    })
+    .await
+    else {
+        return Ok(());
+    };
     let nat = NftNat::new();
     let backends = Backends {
         containers: Arc::new(containers),
@@ -66,24 +118,10 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("failed to set up the etcd client")?;
 
-    // Bound before anything runs: a taken port or a bad identity stops the agent here.
+    // A taken port or a bad identity stops the agent here, before it reconciles anything.
     let endpoint = topo_agent::endpoint::Endpoint::bind(&cli.endpoint_config())
         .await
         .context("failed to start the agent endpoint")?;
-
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let mut term =
-        signal(SignalKind::terminate()).context("failed to install the SIGTERM handler")?;
-    let mut int =
-        signal(SignalKind::interrupt()).context("failed to install the SIGINT handler")?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
-        }
-        let _ = shutdown_tx.send(true);
-    });
-
     let (handles_tx, handles_rx) = tokio::sync::oneshot::channel();
     let serving = tokio::spawn(endpoint.serve(backends.clone(), handles_rx, shutdown_rx.clone()));
     topo_agent::agent::run(cfg, client, backends, shutdown_rx, Some(handles_tx)).await;

@@ -10,7 +10,12 @@ use std::time::{Duration, Instant};
 
 use backend_support::{require_root, require_tool, run, try_run};
 use futures::StreamExt;
-use topo_agent::backend::{ContainerError, ContainerEvent, Containers, DockerContainers};
+use std::os::fd::AsRawFd;
+
+use topo_agent::backend::netns::{open_container_netns, run_in_container};
+use topo_agent::backend::{
+    ContainerError, ContainerEvent, ContainerNs, Containers, DockerContainers,
+};
 use topo_schema::kinds::PullPolicy;
 use topo_schema::slice::{ContainerEntry, Hardening, HostEntry};
 
@@ -196,19 +201,16 @@ fn backend_docker_lifecycle_ownership_and_events() {
         .expect("connect");
 
     rt.block_on(async {
-        // No image yet: Never says so; IfNotPresent tries a pull, which fails here (no registry).
-        let e = docker
-            .ensure_image(IMAGE, PullPolicy::Never)
-            .await
-            .unwrap_err();
-        assert!(matches!(e, ContainerError::ImagePullFailed { .. }), "{e}");
+        // No image yet; a pull fails here (no registry), with the engine's words.
+        assert!(!docker.image_present(IMAGE).await.unwrap());
         let t = Instant::now();
-        let e = docker
-            .ensure_image("topo/does-not-exist:1", PullPolicy::IfNotPresent)
-            .await
-            .unwrap_err();
+        let pulled: Vec<_> = docker.pull("topo/does-not-exist:1").collect().await;
+        let e = match pulled.last() {
+            Some(Err(e)) => e.to_string(),
+            other => panic!("the pull did not fail: {other:?}"),
+        };
         assert!(
-            matches!(&e, ContainerError::ImagePullFailed { reason, .. } if !reason.is_empty()),
+            matches!(pulled.last(), Some(Err(ContainerError::ImagePullFailed { reason, .. })) if !reason.is_empty()),
             "{e}"
         );
         eprintln!("failed pull took {:?}: {e}", t.elapsed());
@@ -221,11 +223,7 @@ fn backend_docker_lifecycle_ownership_and_events() {
     engine.import_busybox();
 
     rt.block_on(async {
-        docker.ensure_image(IMAGE, PullPolicy::Never).await.unwrap();
-        docker
-            .ensure_image(IMAGE, PullPolicy::IfNotPresent)
-            .await
-            .unwrap();
+        assert!(docker.image_present(IMAGE).await.unwrap());
         let mut events = docker.watch();
 
         let web = entry("web");
@@ -276,16 +274,49 @@ fn backend_docker_lifecycle_ownership_and_events() {
                 == "none no"
         );
 
+        // Its namespace is entered through the confirmed process: the thread that runs the
+        // closure is in the container's network namespace.
+        let ns = ContainerNs::new(pid, id.clone());
+        let container_net = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+        let entered = run_in_container(&ns, || std::fs::read_link("/proc/thread-self/ns/net"))
+            .await
+            .expect("enter the running container's namespace")
+            .unwrap();
+        assert_eq!(entered, container_net);
+
         // Killed outside topo: a die event, then a start brings it back with a new process.
         engine.cli(&["kill", &id]);
         let ev = next_event(&mut events, "die").await.expect("die event");
         assert!(matches!(ev, ContainerEvent::Changed { ref name, .. } if name == "web"));
         let stopped = docker.get("topo-web").await.unwrap().unwrap();
         assert!(!stopped.running && stopped.pid.is_none() && stopped.finished_at.is_some());
+        // Issue 9: the dead container's pid is never entered — whether it is free now or
+        // already another process's, it is found gone, and the closure never runs.
+        let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let r = {
+            let ran = ran.clone();
+            run_in_container(&ns, move || {
+                ran.store(true, std::sync::atomic::Ordering::SeqCst)
+            })
+            .await
+        };
+        let e = r.expect_err("entered the namespace of a dead container's pid");
+        assert!(e.is_gone(), "{e}");
+        assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
         docker.start(&id).await.unwrap();
         docker.start(&id).await.unwrap();
         let again = docker.get("topo-web").await.unwrap().unwrap();
         assert!(again.running && again.pid.is_some() && again.pid != Some(pid));
+        // The restarted container is entered by its new process, not its old pid.
+        let e = open_container_netns(&ns).expect_err("the old pid still opened");
+        assert!(e.is_gone(), "{e}");
+        let new_pid = again.pid.unwrap();
+        let (file, _pidfd) = open_container_netns(&ContainerNs::new(new_pid, id.clone()))
+            .expect("open the restarted container's namespace");
+        assert_eq!(
+            std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap(),
+            std::fs::read_link(format!("/proc/{new_pid}/ns/net")).unwrap()
+        );
 
         // Another node's agent sees nothing of it and collides by name (lab: one engine).
         assert!(other.list().await.unwrap().is_empty());

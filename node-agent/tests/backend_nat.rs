@@ -4,7 +4,10 @@
 mod backend_support;
 
 use backend_support::{NetNs, Sleeper, fetch, ns_of_pid, require_root, require_tool, run, serve};
-use topo_agent::backend::{LinkDnat, Nat, NatRules, NetNs as Ns, NftNat, PortDnat};
+use futures::StreamExt;
+use topo_agent::backend::{
+    ContainerNs, LinkDnat, Nat, NatEvent, NatRules, NetNs as Ns, NftNat, NftObject, PortDnat,
+};
 use topo_schema::kinds::Protocol;
 
 /// Joins two namespaces with a veth pair: `a_if` with `a_addr` in A, `b_if` with `b_addr` in
@@ -68,7 +71,7 @@ fn backend_nat_link_in_container_namespace() {
         ],
         ..Default::default()
     };
-    let pid = consumer.pid();
+    let cns = consumer.ns();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -76,7 +79,7 @@ fn backend_nat_link_in_container_namespace() {
         .unwrap();
     rt.block_on(async {
         let nat = NftNat::new();
-        let ns = Ns::Pid(pid);
+        let ns = &Ns::Container(cns.clone());
         let before = nat.observe(ns).await.unwrap();
         assert!(!before.table_exists && !before.route_localnet);
         assert!(!before.satisfies(&rules));
@@ -135,7 +138,7 @@ fn backend_nat_link_in_container_namespace() {
     serve(&t, 6381, "second-target");
     rt.block_on(async {
         let nat = NftNat::new();
-        let ns = Ns::Pid(pid);
+        let ns = &Ns::Container(cns.clone());
         let o = nat.observe(ns).await.unwrap();
         assert!(
             !o.exact && !o.satisfies(&rules),
@@ -151,13 +154,15 @@ fn backend_nat_link_in_container_namespace() {
 
     rt.block_on(async {
         let nat = NftNat::new();
-        let ns = Ns::Pid(pid);
+        let ns = &Ns::Container(cns.clone());
         nat.remove(ns).await.unwrap();
         nat.remove(ns).await.unwrap();
         let o = nat.observe(ns).await.unwrap();
         assert!(!o.table_exists && o.satisfies(&NatRules::default()));
         assert!(
-            nat.observe(Ns::Pid(u32::MAX - 1)).await.is_err(),
+            nat.observe(&Ns::Container(ContainerNs::new(u32::MAX - 1, "gone")))
+                .await
+                .is_err(),
             "a gone process is an error"
         );
     });
@@ -260,9 +265,9 @@ fn backend_nat_node_masquerade_and_published_port() {
     let r2 = rules.clone();
     node.block_on(move || async move {
         let nat = NftNat::new();
-        assert!(!nat.observe(Ns::Node).await.unwrap().table_exists);
-        nat.apply(Ns::Node, &r2).await.unwrap();
-        let o = nat.observe(Ns::Node).await.unwrap();
+        assert!(!nat.observe(&Ns::Node).await.unwrap().table_exists);
+        nat.apply(&Ns::Node, &r2).await.unwrap();
+        let o = nat.observe(&Ns::Node).await.unwrap();
         assert!(o.satisfies(&r2), "{o:?}");
         assert!(o.exact && o.rules == r2.clone().normalized(), "{o:?}");
     });
@@ -300,8 +305,122 @@ fn backend_nat_node_masquerade_and_published_port() {
 
     node.block_on(move || async move {
         let nat = NftNat::new();
-        nat.apply(Ns::Node, &NatRules::default()).await.unwrap();
-        assert!(!nat.observe(Ns::Node).await.unwrap().table_exists);
+        nat.apply(&Ns::Node, &NatRules::default()).await.unwrap();
+        assert!(!nat.observe(&Ns::Node).await.unwrap().table_exists);
     });
     assert_eq!(fetch(&x, "192.168.77.1:50000"), None);
+}
+
+/// The next event of `w` within 5 s that `want` accepts (None if none came).
+async fn heard(
+    w: &mut futures::stream::BoxStream<'static, NatEvent>,
+    want: impl Fn(&NatEvent) -> bool,
+) -> Option<NatEvent> {
+    tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Some(ev) = w.next().await {
+            if want(&ev) {
+                return Some(ev);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+fn link_rules() -> NatRules {
+    NatRules {
+        links: vec![LinkDnat {
+            listen: "127.0.0.1:6379".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            target: "10.88.0.2:6380".parse().unwrap(),
+        }],
+        ..Default::default()
+    }
+}
+
+/// Issue 9: the `topo` table deleted or flushed by hand, in the node's namespace or in a
+/// container's, is heard through nftables notifications (not found at the next resync);
+/// others' tables are not; a container's stream ends with its process.
+#[test]
+fn backend_nat_notifications_of_node_and_container() {
+    require_root();
+    require_tool("nft");
+    require_tool("nsenter");
+    let node = NetNs::new("tnn");
+    let container = Sleeper::new();
+    let cns = container.ns();
+    let node_name = node.name.clone();
+    let cpath = format!("--net={}", ns_of_pid(container.pid()));
+    node.block_on(move || async move {
+        let nat = NftNat::new();
+        let in_node = |args: &[&str]| {
+            let mut a = vec!["netns", "exec", node_name.as_str(), "nft"];
+            a.extend_from_slice(args);
+            run("ip", &a);
+        };
+        // The node's stream subscribes in the background: our own writes show when it has.
+        let mut w = nat.watch();
+        let mut subscribed = false;
+        for _ in 0..50 {
+            nat.apply(&Ns::Node, &link_rules()).await.unwrap();
+            if heard(&mut w, |_| true).await.is_some() {
+                subscribed = true;
+                break;
+            }
+        }
+        assert!(subscribed, "no notification of the agent's own table");
+        while tokio::time::timeout(std::time::Duration::from_millis(300), w.next())
+            .await
+            .is_ok()
+        {}
+        in_node(&["add", "table", "ip", "someone-else"]);
+        in_node(&["flush", "table", "ip", "topo"]);
+        let ev = heard(&mut w, |_| true).await;
+        assert_eq!(
+            ev,
+            Some(NatEvent::Changed {
+                object: NftObject::Rule,
+                deleted: true
+            }),
+            "the flush, and nothing of the other table first"
+        );
+        in_node(&["delete", "table", "ip", "topo"]);
+        let table_deleted = |e: &NatEvent| {
+            *e == NatEvent::Changed {
+                object: NftObject::Table,
+                deleted: true,
+            }
+        };
+        assert!(
+            heard(&mut w, table_deleted).await.is_some(),
+            "no table deletion heard"
+        );
+        in_node(&["delete", "table", "ip", "someone-else"]);
+
+        // A container's: subscribed before the call returns.
+        let mut cw = nat.watch_container(&cns).await.unwrap();
+        nat.apply(&Ns::Container(cns.clone()), &link_rules())
+            .await
+            .unwrap();
+        assert!(heard(&mut cw, |_| true).await.is_some());
+        run("nsenter", &[&cpath, "nft", "delete", "table", "ip", "topo"]);
+        assert!(
+            heard(&mut cw, table_deleted).await.is_some(),
+            "no deletion heard in the container"
+        );
+        // Its process exits: the stream ends.
+        let mut container = container;
+        container.kill();
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while cw.next().await.is_some() {}
+        })
+        .await;
+        assert!(ended.is_ok(), "the container's stream outlived its process");
+        assert!(
+            nat.watch_container(&cns).await.is_err(),
+            "a dead container is not entered"
+        );
+    });
 }

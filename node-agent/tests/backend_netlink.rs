@@ -11,7 +11,8 @@ use backend_support::{NetNs, Sleeper, require_root, require_tool, run, unique};
 use futures::StreamExt;
 use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, socket};
 use topo_agent::backend::{
-    InterfaceError, Interfaces, LinkChangeKind, LinkEvent, NetlinkInterfaces,
+    ContainerNs, InterfaceError, Interfaces, LinkChangeKind, LinkEvent, NamespaceChange,
+    NetlinkInterfaces, NsError,
 };
 use topo_schema::slice::AttachmentEntry;
 
@@ -96,7 +97,7 @@ fn backend_netlink_veth_into_container_namespace() {
     let node = NetNs::new("tbn");
     let c1 = Sleeper::new();
     let c2 = Sleeper::new();
-    let (pid1, pid2) = (c1.pid(), c2.pid());
+    let (pid1, ns1, ns2) = (c1.pid(), c1.ns(), c2.ns());
     let veth = unique("tv-t");
     let att = attachment(&veth);
     let node_name = node.name.clone();
@@ -135,11 +136,11 @@ fn backend_netlink_veth_into_container_namespace() {
         let ifs = NetlinkInterfaces::new().expect("netlink");
         let mut events = ifs.watch();
 
-        let before = ifs.observe_attachment(pid1, &att).await.unwrap();
+        let before = ifs.observe_attachment(&ns1, &att).await.unwrap();
         assert!(!before.host_exists && before.peer.is_none());
-        let changed = ifs.ensure_attachment(pid1, &att).await.unwrap();
+        let changed = ifs.ensure_attachment(&ns1, &att).await.unwrap();
         assert!(!changed.is_empty());
-        let obs = ifs.observe_attachment(pid1, &att).await.unwrap();
+        let obs = ifs.observe_attachment(&ns1, &att).await.unwrap();
         assert!(
             obs.differences(&att).is_empty(),
             "{:?}",
@@ -149,12 +150,12 @@ fn backend_netlink_veth_into_container_namespace() {
         check_created();
 
         // Nothing to do: no change reported.
-        assert!(ifs.ensure_attachment(pid1, &att).await.unwrap().is_empty());
+        assert!(ifs.ensure_attachment(&ns1, &att).await.unwrap().is_empty());
 
         // Drift inside the container: the address (and so the route) is flushed by hand.
         in_c("ip", &["addr", "flush", "dev", "eth0"]);
         let diffs = ifs
-            .observe_attachment(pid1, &att)
+            .observe_attachment(&ns1, &att)
             .await
             .unwrap()
             .differences(&att);
@@ -163,7 +164,7 @@ fn backend_netlink_veth_into_container_namespace() {
             "{diffs:?}"
         );
         let cap = arp_capture(&veth);
-        let changed = ifs.ensure_attachment(pid1, &att).await.unwrap();
+        let changed = ifs.ensure_attachment(&ns1, &att).await.unwrap();
         assert!(
             changed.iter().any(|d| d.to_string().contains("no address")),
             "{changed:?}"
@@ -176,7 +177,7 @@ fn backend_netlink_veth_into_container_namespace() {
 
         // On demand (the runtime's, once the port is on the bridge): from the container's
         // interface, so it leaves through the host veth.
-        ifs.announce(pid1, &att).await.unwrap();
+        ifs.announce(&ns1, &att).await.unwrap();
         assert!(
             wait_announcement(&cap, Ipv4Addr::new(10, 77, 1, 5)),
             "no gratuitous ARP seen on {veth} after announce"
@@ -184,7 +185,7 @@ fn backend_netlink_veth_into_container_namespace() {
         let mut missing = att.clone();
         missing.interface = "eth9".into();
         assert!(matches!(
-            ifs.announce(pid1, &missing).await,
+            ifs.announce(&ns1, &missing).await,
             Err(InterfaceError::NotFound { .. })
         ));
 
@@ -206,27 +207,27 @@ fn backend_netlink_veth_into_container_namespace() {
             }
         }
         assert!(saw_removed, "no Removed notification for {veth}");
-        let obs = ifs.observe_attachment(pid1, &att).await.unwrap();
+        let obs = ifs.observe_attachment(&ns1, &att).await.unwrap();
         assert!(
             !obs.host_exists && obs.peer.is_none(),
             "deleting one end removes the pair"
         );
-        ifs.ensure_attachment(pid1, &att).await.unwrap();
+        ifs.ensure_attachment(&ns1, &att).await.unwrap();
         check_created();
 
         // The "container" was replaced (new process, new namespace): the pair moves.
-        let stale = ifs.observe_attachment(pid2, &att).await.unwrap();
+        let stale = ifs.observe_attachment(&ns2, &att).await.unwrap();
         assert!(stale.host_exists && stale.peer.is_none());
-        ifs.ensure_attachment(pid2, &att).await.unwrap();
+        ifs.ensure_attachment(&ns2, &att).await.unwrap();
         assert!(
-            ifs.observe_attachment(pid2, &att)
+            ifs.observe_attachment(&ns2, &att)
                 .await
                 .unwrap()
                 .differences(&att)
                 .is_empty()
         );
         assert!(
-            ifs.observe_attachment(pid1, &att)
+            ifs.observe_attachment(&ns1, &att)
                 .await
                 .unwrap()
                 .peer
@@ -246,7 +247,7 @@ fn backend_netlink_veth_into_container_namespace() {
         ifs.remove_host_veth(&veth).await.unwrap();
         ifs.remove_host_veth(&veth).await.unwrap();
         assert!(
-            !ifs.observe_attachment(pid2, &att)
+            !ifs.observe_attachment(&ns2, &att)
                 .await
                 .unwrap()
                 .host_exists
@@ -254,7 +255,8 @@ fn backend_netlink_veth_into_container_namespace() {
 
         // A gone process is a namespace error, not a panic.
         assert!(matches!(
-            ifs.observe_attachment(u32::MAX - 1, &att).await,
+            ifs.observe_attachment(&ContainerNs::new(u32::MAX - 1, "gone"), &att)
+                .await,
             Err(InterfaceError::Namespace { .. })
         ));
     });
@@ -314,4 +316,107 @@ fn backend_netlink_gateway_on_bridge_interface() {
         shown.contains("10.78.1.1/16") && !shown.contains("10.99.9.9"),
         "{shown}"
     );
+}
+
+/// Issue 9: a dead container's pid is never used to enter a namespace. A container whose
+/// process was killed (reaped or not), or whose pid now names a process of another cgroup
+/// (the pid reused), is refused before anything is created — and the namespace watch hears
+/// changes made inside a live container and ends when its process exits.
+#[test]
+fn backend_netlink_dead_container_is_detected_not_entered() {
+    require_root();
+    require_tool("ip");
+    require_tool("nsenter");
+    let node = NetNs::new("tbd");
+    let mut zombie = Sleeper::new();
+    let mut reaped = Sleeper::new();
+    let live = Sleeper::new();
+    let stranger = Sleeper::new();
+    let (zombie_ns, reaped_ns, live_ns) = (zombie.ns(), reaped.ns(), live.ns());
+    // The stranger holds a pid the container named: as if the container died and its pid
+    // went to another process (which has a cgroup of its own).
+    let reused = ContainerNs::new(stranger.pid(), live.container_id());
+    zombie.kill_unreaped();
+    reaped.kill();
+    let veth = unique("tv-d");
+    let att = attachment(&veth);
+    node.block_on(move || async move {
+        let ifs = NetlinkInterfaces::new().expect("netlink");
+        for (what, ns) in [
+            ("zombie", &zombie_ns),
+            ("reaped", &reaped_ns),
+            ("reused", &reused),
+        ] {
+            let err = ifs.ensure_attachment(ns, &att).await.unwrap_err();
+            match (&err, what) {
+                (
+                    InterfaceError::Namespace {
+                        source: NsError::Exited { .. },
+                        ..
+                    },
+                    "zombie" | "reaped",
+                ) => {}
+                (
+                    InterfaceError::Namespace {
+                        source: NsError::NotTheContainer { .. },
+                        ..
+                    },
+                    "reused",
+                ) => {}
+                _ => panic!("{what}: {err:?}"),
+            }
+            assert!(
+                ifs.list_owned()
+                    .await
+                    .unwrap()
+                    .iter()
+                    .all(|i| i.name != veth),
+                "{what}: a veth was created for a dead container"
+            );
+        }
+
+        // A live container: its namespace watch hears an address added inside it.
+        let mut watch = ifs.watch_container(&live_ns).await.unwrap();
+        ifs.ensure_attachment(&live_ns, &att).await.unwrap();
+        let p = live_ns.pid.to_string();
+        run(
+            "nsenter",
+            &[
+                "-t",
+                &p,
+                "-n",
+                "ip",
+                "addr",
+                "add",
+                "10.77.9.9/16",
+                "dev",
+                "eth0",
+            ],
+        );
+        let mut heard = false;
+        while let Ok(Some(ch)) = tokio::time::timeout(Duration::from_secs(5), watch.next()).await {
+            if ch == NamespaceChange::Address {
+                heard = true;
+                break;
+            }
+        }
+        assert!(heard, "no address notification from inside the container");
+        // The container's process exits: the watch ends (its socket must not keep the dead
+        // namespace alive).
+        let mut live = live;
+        live.kill();
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            while watch.next().await.is_some() {}
+        })
+        .await;
+        assert!(ended.is_ok(), "the watch outlived the container's process");
+        assert!(matches!(
+            ifs.observe_attachment(&live_ns, &att).await,
+            Err(InterfaceError::Namespace {
+                source: NsError::Exited { .. },
+                ..
+            })
+        ));
+    });
+    drop((stranger, zombie, reaped));
 }

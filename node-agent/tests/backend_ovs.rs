@@ -224,6 +224,7 @@ fn backend_ovs_bridge_gre_monitor_and_ownership() {
     let a = Sleeper::new();
     let b = Sleeper::new();
     let (pid_a, pid_b) = (a.pid(), b.pid());
+    let (cns_a, cns_b) = (a.ns(), b.ns());
     let (ns_a, ns_b) = (ns_of_pid(pid_a), ns_of_pid(pid_b));
     let node_ns = sw.ns.path().display().to_string();
     let sock = sw.sock();
@@ -303,8 +304,8 @@ fn backend_ovs_bridge_gre_monitor_and_ownership() {
             // when it appears).
             let att_a = attachment("tv-a", "10.2.1.10/16");
             let att_b = attachment("tv-b", "10.2.1.11/16");
-            ifs.ensure_attachment(pid_a, &att_a).await.unwrap();
-            ifs.ensure_attachment(pid_b, &att_b).await.unwrap();
+            ifs.ensure_attachment(&cns_a, &att_a).await.unwrap();
+            ifs.ensure_attachment(&cns_b, &att_b).await.unwrap();
             serve(&ns_b, 7000, "from-b");
             // TCP across the netdev bridge (checksum offload off: PLATFORM.md trap 1), from
             // the other container and from the node through the gateway.
@@ -332,9 +333,9 @@ fn backend_ovs_bridge_gre_monitor_and_ownership() {
             // the same name and its OVS port must be re-added (see Ovs::reattach_port).
             let a2 = Sleeper::new();
             let ns_a2 = ns_of_pid(a2.pid());
-            let obs = ifs.observe_attachment(a2.pid(), &att_a).await.unwrap();
+            let obs = ifs.observe_attachment(&a2.ns(), &att_a).await.unwrap();
             assert!(obs.needs_new_pair());
-            ifs.ensure_attachment(a2.pid(), &att_a).await.unwrap();
+            ifs.ensure_attachment(&a2.ns(), &att_a).await.unwrap();
             ovs.reattach_port("tb-net", "tv-a").await.unwrap();
             let st = ovs.observe().await.unwrap();
             assert!(

@@ -212,6 +212,7 @@ async fn the_agent_follows_its_slice_and_reports_through_etcd() {
         workers: 4,
         shutdown_grace: Duration::from_secs(5),
         endpoint: None,
+        image_pulls: topo_agent::pulls::PullConfig::default(),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = oneshot::channel();

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use runtime_support::*;
-use topo_agent::backend::NetNs;
 use topo_agent::backend::OvsError;
+use topo_agent::backend::fake::{FakeNat, NsKey};
 use topo_schema::api::EventType;
 use topo_schema::kinds::{Kind, ObjectRef};
 use topo_schema::names;
@@ -49,7 +49,7 @@ async fn a_deleted_gre_port_is_recreated_and_reported() {
     assert_eq!(
         msgs,
         vec![format!(
-            "GRE port {port} was deleted outside topo; recreated"
+            "GRE port {port} was deleted outside topo; recreated [drift: GrePortDeleted]"
         )]
     );
     assert_eq!(
@@ -97,7 +97,10 @@ async fn a_deleted_bridge_is_rebuilt_with_its_ports() {
     let msgs = drift_messages(&f, Kind::Network, "overlay");
     assert_eq!(
         msgs,
-        vec!["bridge tb-overlay was deleted outside topo; recreated".to_string()]
+        vec![
+            "bridge tb-overlay was deleted outside topo; recreated [drift: BridgeDeleted]"
+                .to_string()
+        ]
     );
     assert!(f.docker.writes().is_empty());
 }
@@ -167,17 +170,22 @@ async fn a_killed_container_is_restarted_and_counted() {
         f.ifs.host().attachments[&names::veth_host_name("app", "eth0")].0,
         pid
     );
-    assert_eq!(f.nat.rules(NetNs::Pid(pid)).links.len(), 1);
+    assert_eq!(f.nat.rules(NsKey::Pid(pid)).links.len(), 1);
     assert_port_readded(&f, &names::veth_host_name("app", "eth0"));
     let msgs = drift_messages(&f, Kind::Container, "app");
     assert_eq!(msgs.len(), 1);
     assert!(
-        msgs[0].contains("exited (code 137); restarted (restart 1)"),
+        msgs[0].contains("exited (code 137); restarted")
+            && msgs[0].contains("[drift: ContainerExited"),
         "{msgs:?}"
     );
+    // The old process's namespace is no longer watched; the new one's is.
+    assert_eq!(f.ifs.namespace_watches(before.pid.unwrap()), 0);
+    assert_eq!(f.ifs.namespace_watches(pid), 1);
+    assert_eq!(f.nat.namespace_watches(pid), 1);
 
-    // A second quick exit backs off instead of restarting in a tight loop.
-    f.docker.kill("app", 1);
+    // A second exit backs off (the test's schedule: 1 s) instead of restarting at once.
+    f.docker.kill("app", 137);
     agent.settle().await;
     assert!(!f.docker.container("app").unwrap().running);
     let r = f.report(Kind::Container, "app").unwrap();
@@ -187,12 +195,104 @@ async fn a_killed_container_is_restarted_and_counted() {
     agent.settle().await;
     assert!(f.docker.container("app").unwrap().running);
     assert_eq!(f.report(Kind::Container, "app").unwrap().restart_count, 2);
+    // Repeats are counted on one event, not recorded anew (as Kubernetes does).
+    let restarted: Vec<_> = f
+        .events("DriftRepaired")
+        .into_iter()
+        .filter(|e| e.object == ObjectRef::new(Kind::Container, "app"))
+        .collect();
+    assert_eq!(restarted.len(), 1, "{restarted:?}");
+    assert_eq!(restarted[0].count, 2);
+    let backoff = f.events("BackOff");
+    assert_eq!(backoff.len(), 1, "{backoff:?}");
+    assert!(backoff[0].message.contains("exit code 137"));
+}
+
+/// Issue 9: an address changed inside a container's namespace makes no event in the node's:
+/// the container's own namespace watch hears it, and the reconcile it queues restores it.
+#[tokio::test]
+async fn an_address_changed_inside_a_container_is_restored_by_its_namespace_watch() {
+    let (f, agent) = running().await;
+    let veth = names::veth_host_name("web", "eth0");
+    f.ifs
+        .readdress_in_container(&veth, "10.2.9.9/16".parse().unwrap());
+    agent.settle().await;
+    let addrs = f.ifs.host().attachments[&veth]
+        .1
+        .peer
+        .clone()
+        .unwrap()
+        .addresses;
+    assert_eq!(addrs, vec!["10.2.1.5/16".parse().unwrap()]);
+    let msgs = drift_messages(&f, Kind::Container, "web");
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert!(
+        msgs[0].ends_with("[drift: AddressMissing, StrayAddress]"),
+        "{msgs:?}"
+    );
+}
+
+/// Issue 9: the node's `topo` table deleted or flushed by hand is heard (nftables
+/// notifications) and restored without waiting for the periodic resync.
+#[tokio::test]
+async fn the_node_nat_table_deleted_or_flushed_is_restored_by_event() {
+    let (f, agent) = running().await;
+    let want = f.nat.rules(NsKey::Node);
+    for (tamper, kind) in [
+        (
+            FakeNat::delete_by_hand as fn(&FakeNat, NsKey),
+            "NodeNatTableDeleted",
+        ),
+        (FakeNat::flush_by_hand, "NodeNatTableFlushed"),
+    ] {
+        f.events.clear();
+        tamper(&f.nat, NsKey::Node);
+        agent.settle().await;
+        assert_eq!(f.nat.rules(NsKey::Node), want);
+        let msgs = drift_messages(&f, Kind::Node, NODE);
+        assert_eq!(msgs.len(), 1, "{msgs:?}");
+        assert!(msgs[0].ends_with(&format!("[drift: {kind}]")), "{msgs:?}");
+    }
+}
+
+/// Issue 9: a link's table removed inside its consumer is heard in the consumer's namespace
+/// and restored.
+#[tokio::test]
+async fn a_link_table_removed_inside_its_consumer_is_restored_by_event() {
+    let (f, agent) = running().await;
+    let pid = f.docker.container("app").unwrap().pid.unwrap();
+    let want = f.nat.rules(NsKey::Pid(pid));
+    assert_eq!(want.links.len(), 1);
+    f.nat.delete_by_hand(NsKey::Pid(pid));
+    agent.settle().await;
+    assert_eq!(f.nat.rules(NsKey::Pid(pid)), want);
+    let msgs = drift_messages(&f, Kind::Container, "app");
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert!(msgs[0].ends_with("[drift: LinkTableDeleted]"), "{msgs:?}");
+}
+
+/// A removed container's namespace is watched no more.
+#[tokio::test]
+async fn removing_a_container_ends_its_namespace_watch() {
+    let (f, agent) = running().await;
+    let pid = f.docker.container("web").unwrap().pid.unwrap();
+    assert_eq!(f.ifs.namespace_watches(pid), 1);
+    agent.delete("containers/web");
+    agent.settle().await;
+    assert!(f.docker.container("web").is_none());
+    assert_eq!(f.ifs.namespace_watches(pid), 0);
+    assert_eq!(f.nat.namespace_watches(pid), 0);
+    assert!(
+        agent.ctx.watches.watched().iter().all(|(n, _)| n != "web"),
+        "{:?}",
+        agent.ctx.watches.watched()
+    );
 }
 
 #[tokio::test]
 async fn a_tampered_nat_table_is_restored_on_resync() {
     let (f, agent) = running().await;
-    f.nat.tamper(NetNs::Node);
+    f.nat.tamper(NsKey::Node);
     agent.resync().await;
     assert_eq!(f.nat.writes().len(), 1, "{:?}", f.nat.writes());
     assert_eq!(drift_messages(&f, Kind::Node, NODE).len(), 1);

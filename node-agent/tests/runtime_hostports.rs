@@ -7,7 +7,7 @@ mod runtime_support;
 use std::time::Duration;
 
 use runtime_support::*;
-use topo_agent::backend::NetNs;
+use topo_agent::backend::fake::NsKey;
 use topo_agent::key::Key;
 use topo_agent::reconcile::Action;
 use topo_schema::kinds::{Kind, Protocol};
@@ -15,7 +15,7 @@ use topo_schema::slice::SliceEntry;
 
 fn nat_ports(f: &Fakes) -> Vec<u16> {
     f.nat
-        .rules(NetNs::Node)
+        .rules(NsKey::Node)
         .ports
         .iter()
         .map(|p| p.host_port)
@@ -60,7 +60,7 @@ async fn a_port_a_process_listens_on_waits_until_it_is_free() {
         "held ports are rechecked: {results:?}"
     );
     // Masquerade and isolation do not wait for the port.
-    assert_eq!(f.nat.rules(NetNs::Node).masquerade.len(), 1);
+    assert_eq!(f.nat.rules(NsKey::Node).masquerade.len(), 1);
 
     // Still held: the next recheck waits longer and changes nothing.
     agent.queue.add(Key::Nat);

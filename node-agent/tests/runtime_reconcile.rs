@@ -3,8 +3,11 @@
 
 mod runtime_support;
 
+use std::time::Duration;
+
 use runtime_support::*;
-use topo_agent::backend::{NatRules, NetNs, Ovs, OvsChange, PortKind};
+use topo_agent::backend::fake::NsKey;
+use topo_agent::backend::{NatRules, Ovs, OvsChange, PortKind};
 use topo_agent::watch::SliceValue;
 use topo_schema::api::EventType;
 use topo_schema::kinds::{Kind, PullPolicy};
@@ -55,17 +58,17 @@ async fn reconcile_from_an_empty_host_builds_everything() {
     assert_eq!(gw.mtu, 1458);
     assert!(f.ifs.host().attachments.contains_key(&web_port()));
     // NAT: masquerade + published port on the node, the link in app's namespace.
-    let node_nat = f.nat.rules(NetNs::Node);
+    let node_nat = f.nat.rules(NsKey::Node);
     assert_eq!(node_nat.masquerade, vec!["10.2.0.0/16".parse().unwrap()]);
     assert_eq!(node_nat.ports.len(), 1);
     assert_eq!(node_nat.ports[0].host_port, 50000);
     let app_pid = f.docker.container("app").unwrap().pid.unwrap();
-    let app_nat = f.nat.rules(NetNs::Pid(app_pid));
+    let app_nat = f.nat.rules(NsKey::Pid(app_pid));
     assert_eq!(app_nat.links.len(), 1);
     assert_eq!(app_nat.links[0].target, "10.2.1.5:80".parse().unwrap());
     let web_pid = f.docker.container("web").unwrap().pid.unwrap();
     assert_eq!(
-        f.nat.rules(NetNs::Pid(web_pid)),
+        f.nat.rules(NsKey::Pid(web_pid)),
         NatRules::default(),
         "no links, no table"
     );
@@ -172,7 +175,7 @@ async fn removal_from_the_slice_cleans_the_host() {
             .contains_key(&names::gre_port_name("overlay", "node2"))
     );
     assert!(
-        f.nat.rules(NetNs::Node).ports.is_empty(),
+        f.nat.rules(NsKey::Node).ports.is_empty(),
         "published port no longer DNATed"
     );
     assert!(f.report(Kind::Container, "web").is_none(), "report deleted");
@@ -199,7 +202,7 @@ async fn removing_the_bridge_removes_it_and_everything_on_it() {
     assert!(!ovs.bridges.contains_key("tb-overlay"));
     assert!(ovs.bridges.contains_key("br-phy"));
     assert_eq!(
-        f.nat.rules(NetNs::Node),
+        f.nat.rules(NsKey::Node),
         NatRules::default(),
         "empty table removed"
     );
@@ -257,7 +260,7 @@ async fn a_link_rewire_reprograms_without_recreating() {
     assert_eq!(after.started_at, before.started_at);
     assert!(f.docker.writes().is_empty(), "{:?}", f.docker.writes());
     assert!(f.ovs.writes().is_empty() && f.ifs.writes().is_empty());
-    let rules = f.nat.rules(NetNs::Pid(after.pid.unwrap()));
+    let rules = f.nat.rules(NsKey::Pid(after.pid.unwrap()));
     assert_eq!(rules.links[0].target, "10.2.3.9:6379".parse().unwrap());
     let l = f.report(Kind::Link, "app-to-web").unwrap();
     assert_eq!(l.endpoint.as_deref(), Some("10.2.3.9:6379"));
@@ -281,7 +284,7 @@ async fn a_link_rewire_reprograms_without_recreating() {
     app.links = vec![link_rule("app-to-web", None)];
     agent.put(SliceEntry::Container(app));
     agent.runner.run_until_idle().await;
-    assert!(f.nat.rules(NetNs::Pid(after.pid.unwrap())).links.is_empty());
+    assert!(f.nat.rules(NsKey::Pid(after.pid.unwrap())).links.is_empty());
     let l = f.report(Kind::Link, "app-to-web").unwrap();
     assert!(!l.ready);
     assert_eq!(l.reason, "TargetNotFound");
@@ -337,7 +340,7 @@ async fn an_alias_change_recreates_the_consumer_and_rewires_never_do() {
     );
     assert_eq!(recreations(&f), 1);
     // The new container's namespace got the link rules again.
-    let rules = f.nat.rules(NetNs::Pid(aliased.pid.unwrap()));
+    let rules = f.nat.rules(NsKey::Pid(aliased.pid.unwrap()));
     assert_eq!(rules.links[0].target, "10.2.1.5:80".parse().unwrap());
 
     // Rewires: the target moves (new address), then the link points elsewhere.
@@ -351,7 +354,7 @@ async fn an_alias_change_recreates_the_consumer_and_rewires_never_do() {
         assert_eq!(now.id, aliased.id, "rewire to {target} kept the consumer");
         assert_eq!(now.started_at, aliased.started_at);
         assert!(f.docker.writes().is_empty(), "{:?}", f.docker.writes());
-        let rules = f.nat.rules(NetNs::Pid(now.pid.unwrap()));
+        let rules = f.nat.rules(NsKey::Pid(now.pid.unwrap()));
         assert_eq!(rules.links[0].target, target.parse().unwrap());
         let l = f.report(Kind::Link, "app-to-web").unwrap();
         assert_eq!(l.endpoint.as_deref(), Some(target));
@@ -379,12 +382,14 @@ async fn an_alias_change_recreates_the_consumer_and_rewires_never_do() {
         "removing an alias recreates the consumer"
     );
     assert_eq!(recreations(&f), 2);
-    let rules = f.nat.rules(NetNs::Pid(plain.pid.unwrap()));
+    let rules = f.nat.rules(NsKey::Pid(plain.pid.unwrap()));
     assert_eq!(rules.links[0].target, "10.2.3.9:6379".parse().unwrap());
 }
 
+/// Issue 9: a failed pull is `ImagePullBackOff` with the registry's error, one counted
+/// event per error, and is retried after the backoff; the other container is not held back.
 #[tokio::test]
-async fn a_missing_image_is_image_pull_failed_and_retried() {
+async fn a_missing_image_backs_off_with_the_registrys_error_and_is_retried() {
     let f = Fakes::new();
     let mut entries = slice();
     if let SliceEntry::Container(c) = &mut entries[3] {
@@ -393,10 +398,17 @@ async fn a_missing_image_is_image_pull_failed_and_retried() {
     }
     let agent = Agent::new(&f, entries);
     agent.start().await;
+    agent.settle().await;
     let r = f.report(Kind::Container, "web").unwrap();
     assert!(!r.ready);
-    assert_eq!(r.reason, "ImagePullFailed");
-    assert!(r.message.contains("nope:1"), "{}", r.message);
+    assert_eq!(r.reason, "ImagePullBackOff");
+    assert!(
+        r.message
+            .contains("pull access denied for nope:1, repository does not exist"),
+        "{}",
+        r.message
+    );
+    assert_eq!(f.events("Pulling").len(), 1);
     let ev = f.events("ImagePullFailed");
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0].type_, EventType::Warning);
@@ -404,11 +416,75 @@ async fn a_missing_image_is_image_pull_failed_and_retried() {
     // The other container is not held back.
     assert!(f.report(Kind::Container, "app").unwrap().ready);
 
-    // Once the image can be pulled, the retry succeeds.
+    // The retry after the backoff fails the same way: counted on the same event.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    agent.settle().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    agent.settle().await;
+    let ev = f.events("ImagePullFailed");
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].count, 2, "{ev:?}");
+
+    // Once the image can be pulled, the next retry succeeds.
     f.docker.host().registry.insert("nope:1".into());
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    agent.settle().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
     agent.settle().await;
     assert!(f.report(Kind::Container, "web").unwrap().ready);
+    assert_eq!(f.events("Pulled").len(), 1);
+}
+
+/// Issue 9: a registry that accepts the pull and then sends nothing holds up no reconcile
+/// (the pull runs off the worker), is pulled once for every container that wants the image,
+/// and is abandoned after the progress deadline as `ImagePullBackOff`.
+#[tokio::test]
+async fn a_stalled_pull_blocks_nothing_and_is_abandoned() {
+    let f = Fakes::new();
+    f.docker.host().stalled.insert("stall:1".into());
+    let mut entries = slice();
+    let mut second = container("second", "10.2.1.7");
+    second.image = "stall:1".into();
+    entries.push(SliceEntry::Container(second));
+    if let SliceEntry::Container(c) = &mut entries[3] {
+        c.image = "stall:1".into();
+    }
+    let agent = Agent::new(&f, entries);
+    // With the pull inline this would never return: the stream never ends.
+    tokio::time::timeout(Duration::from_secs(5), agent.start())
+        .await
+        .expect("the first pass waited for the stalled pull");
+    assert!(f.report(Kind::Container, "app").unwrap().ready);
+    for name in ["web", "second"] {
+        let r = f.report(Kind::Container, name).unwrap();
+        assert_eq!(r.reason, "ImagePulling", "{name}: {r:?}");
+        assert!(r.message.contains("pulling image stall:1"), "{}", r.message);
+    }
+    let pulls = |f: &Fakes| {
+        f.docker
+            .writes()
+            .iter()
+            .filter(|w| *w == "pull stall:1")
+            .count()
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(pulls(&f), 1, "one pull for both: {:?}", f.docker.writes());
+
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    agent.settle().await;
+    for name in ["web", "second"] {
+        let r = f.report(Kind::Container, name).unwrap();
+        assert_eq!(r.reason, "ImagePullBackOff", "{name}: {r:?}");
+        assert!(
+            r.message.contains("sent nothing for 0.3 s"),
+            "{}",
+            r.message
+        );
+    }
+    let failed = f.events("ImagePullFailed");
+    assert_eq!(failed.len(), 2, "one per waiting container: {failed:?}");
+    assert!(failed[0].message.contains("stalled"), "{failed:?}");
+    assert!(f.docker.container("web").is_none());
 }
 
 #[tokio::test]

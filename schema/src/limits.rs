@@ -28,6 +28,25 @@ pub const MAX_USER: usize = 65;
 /// Entries of `capabilities.add` and of `capabilities.drop` (Linux has 41 capabilities).
 pub const MAX_CAPABILITIES: usize = 64;
 
+/// An agent's report reason and message as the controller keeps them: a node's credential
+/// may write its reports, but not make every status read carry megabytes.
+pub const MAX_REPORT_REASON: usize = 128;
+pub const MAX_REPORT_MESSAGE: usize = 4096;
+
+/// `s` cut to at most `max` bytes at a character boundary, with "…" when cut.
+pub fn bounded(mut s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push('…');
+    s
+}
+
 fn too_long(field: String, what: &str, len: usize, max: usize) -> FieldError {
     FieldError::new(
         field,
@@ -216,6 +235,15 @@ mod tests {
             "apiVersion: topo.dev/v1alpha1\nkind: Container\nmetadata: {{name: c}}\nspec:\n  node: n\n  image: busybox\n{extra}"
         );
         Resource::from_value(serde_yaml::from_str(&y).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn bounded_cuts_at_a_character_boundary() {
+        assert_eq!(bounded("short".into(), 10), "short");
+        let cut = bounded("é".repeat(10), 8);
+        assert!(cut.len() <= 8, "{cut}");
+        assert_eq!(cut, "éé…");
+        assert_eq!(bounded("abcdefghijkl".into(), 6), "abc…");
     }
 
     #[test]

@@ -572,10 +572,15 @@ fn generate(size: Size, topology: TopologyArg, fanout: usize) -> (String, usize)
             n % 250 + 1
         );
     }
-    for (net, cidr) in [("net-a", "10.0.0.0/8"), ("net-b", "172.16.0.0/12")] {
+    for (net, cidr, prefix) in [("net-a", "10.0.0.0/8", 8), ("net-b", "172.16.0.0/12", 12)] {
+        // /24 blocks, or narrower ones when the cidr has fewer /24s than there are nodes
+        // (a /12 holds 4,096: the 5,000-node run needs /25s in net-b).
+        let block = (24..=28)
+            .find(|b| 1usize << (b - prefix) >= nodes)
+            .unwrap_or(28);
         let _ = write!(
             y,
-            "---\napiVersion: topo.dev/v1alpha1\nkind: Network\nmetadata: {{name: {net}}}\nspec: {{cidr: {cidr}, blockSize: 24, topology: {topo}}}\n"
+            "---\napiVersion: topo.dev/v1alpha1\nkind: Network\nmetadata: {{name: {net}}}\nspec: {{cidr: {cidr}, blockSize: {block}, topology: {topo}}}\n"
         );
     }
     let mut tunnels = 0;

@@ -7,7 +7,10 @@
 //!    create/start, veth, address, OVS port, report, status). Both in the same run, on the
 //!    same lab, so the difference of the medians is topo's cost per container.
 //! 2. Drift repair: a GRE port and a container's veth deleted by hand, time until they are
-//!    back (OVSDB `wait-until` / polling the namespace's links), repeated.
+//!    back (OVSDB `wait-until` / polling the namespace's links), repeated. Then the drift
+//!    that only an event inside the right namespace reveals (issue 9): the node's `topo`
+//!    table deleted, a container's address deleted inside its namespace, a link's table
+//!    deleted inside its consumer — each polled every few milliseconds until it is back.
 //! 3. The agent at rest: CPU seconds over an idle minute and its RSS.
 //!
 //! Usage: `lab-bench [--containers 30] [--repairs 20] [--idle-secs 60]`
@@ -164,6 +167,7 @@ fn main() {
     }
     let (g_med, g_p99) = median_p99(gre_times.iter().copied());
     let (v_med, v_p99) = median_p99(veth_times.iter().copied());
+    let by_event = drift_by_event(&lab, args.repairs);
 
     // ---- 3. The agent at rest.
     let pid = lab
@@ -211,6 +215,10 @@ fn main() {
     );
     println!("| drift: GRE port deleted → recreated | {g_med:.0} ms | {g_p99:.0} ms |");
     println!("| drift: container veth deleted → recreated | {v_med:.0} ms | {v_p99:.0} ms |");
+    for (what, times) in &by_event {
+        let (med, p99) = median_p99(times.iter().copied());
+        println!("| drift by event: {what} | {med:.0} ms | {p99:.0} ms |");
+    }
     println!();
     println!(
         "Agent at rest (node1, {} containers on it): {:.2} CPU-seconds over {} s ({:.2} % of a core), RSS {:.1} MiB.",
@@ -220,6 +228,82 @@ fn main() {
         (cpu1 - cpu0) / args.idle_secs as f64 * 100.0,
         rss as f64 / 1024.0
     );
+}
+
+/// How long after `tamper` (which must succeed) `restored` holds, checked every 5 ms.
+fn time_repair(
+    what: &str,
+    tamper: impl Fn() -> topo_e2e::cmd::Output,
+    restored: impl Fn() -> bool,
+) -> Duration {
+    let out = tamper();
+    assert!(out.success(), "{what}: {}", out.describe_failure());
+    let t = Instant::now();
+    while !restored() {
+        assert!(t.elapsed() < secs(30), "{what}: not repaired within 30 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let took = t.elapsed();
+    // Let the agent finish its reconcile before tampering again.
+    std::thread::sleep(Duration::from_millis(300));
+    took
+}
+
+/// Issue 9's drift, `repairs` times each: the node's nftables table deleted (heard by the
+/// node's nftables notifications), bench-0's address deleted inside its namespace (its
+/// rtnetlink watch), and the table of a link deleted inside its consumer bench-0 (the
+/// consumer's nftables notifications).
+fn drift_by_event(lab: &Lab, repairs: usize) -> Vec<(&'static str, Vec<Duration>)> {
+    let link = topo_e2e::manifest::link("bench-link", "bench-0", "bench-1", 80, "127.0.0.1:8081");
+    lab.apply(&link, secs(120));
+    let pid = lab
+        .container_pid("bench-0")
+        .unwrap_or_else(|| panic!("bench-0 is not running"))
+        .to_string();
+    let in_bench0 = |args: &[&str]| {
+        let mut a = vec!["-t", pid.as_str(), "-n", "--"];
+        a.extend_from_slice(args);
+        lab.sh("nsenter", &a)
+    };
+    let addr = lab.address("bench-0", NETWORK);
+    let cidr = in_bench0(&["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
+        .stdout
+        .split_whitespace()
+        .find(|w| w.starts_with(&format!("{addr}/")))
+        .unwrap_or_else(|| panic!("bench-0 has no {addr} on eth0"))
+        .to_string();
+    let table = ["nft", "list", "table", "ip", "topo"];
+    let delete = ["nft", "delete", "table", "ip", "topo"];
+    let mut out = vec![
+        ("node's nft table deleted → restored", Vec::new()),
+        (
+            "container address deleted in its namespace → restored",
+            Vec::new(),
+        ),
+        ("link table deleted in its consumer → restored", Vec::new()),
+    ];
+    for _ in 0..repairs {
+        out[0].1.push(time_repair(
+            "node1's table",
+            || lab.on_node(1, &delete),
+            || lab.on_node(1, &table).success(),
+        ));
+        out[1].1.push(time_repair(
+            "bench-0's address",
+            || in_bench0(&["ip", "addr", "del", &cidr, "dev", "eth0"]),
+            || {
+                in_bench0(&["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
+                    .stdout
+                    .contains(&cidr)
+            },
+        ));
+        out[2].1.push(time_repair(
+            "bench-0's link table",
+            || in_bench0(&delete),
+            || in_bench0(&table).success(),
+        ));
+    }
+    out
 }
 
 /// utime + stime of `pid`, in seconds.

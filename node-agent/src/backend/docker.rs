@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, EventMessage, HostConfig, RestartPolicy,
-    RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerInspectResponse, CreateImageInfo, EventMessage, HostConfig,
+    RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions, LogsOptions,
@@ -22,11 +22,10 @@ use bollard::query_parameters::{
 use chrono::{DateTime, Datelike, Utc};
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use topo_schema::kinds::PullPolicy;
 use topo_schema::slice::{ContainerEntry, owner};
 use tracing::{debug, warn};
 
-use super::{ContainerEvent, Containers, LogRequest, ObservedContainer};
+use super::{ContainerEvent, Containers, LogRequest, ObservedContainer, PullProgress};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
@@ -305,33 +304,6 @@ impl DockerContainers {
         }
     }
 
-    async fn image_present(&self, image: &str) -> Result<bool, ContainerError> {
-        match self.docker.inspect_image(image).await {
-            Ok(_) => Ok(true),
-            Err(e) if status_code(&e) == Some(404) => Ok(false),
-            Err(e) => Err(ContainerError::docker(format!("inspect image {image}"), e)),
-        }
-    }
-
-    async fn pull(&self, image: &str) -> Result<(), ContainerError> {
-        let (repo, tag) = split_image(image);
-        let opts = CreateImageOptions {
-            from_image: Some(repo.to_string()),
-            tag: Some(tag.to_string()),
-            ..Default::default()
-        };
-        let mut s = self.docker.create_image(Some(opts), None, None);
-        while let Some(item) = s.next().await {
-            if let Err(e) = item {
-                return Err(ContainerError::ImagePullFailed {
-                    image: image.to_string(),
-                    reason: pull_reason(&e),
-                });
-            }
-        }
-        Ok(())
-    }
-
     /// What holds `docker_name` when a create collided.
     async fn collision(&self, docker_name: &str) -> ContainerError {
         match self.inspect(docker_name).await {
@@ -392,6 +364,59 @@ fn pull_reason(e: &DockerError) -> String {
     }
 }
 
+/// One message of the engine's pull stream; an error message (the registry's, relayed) is
+/// `ImagePullFailed`.
+pub fn pull_progress(image: &str, info: CreateImageInfo) -> Result<PullProgress, ContainerError> {
+    if let Some(e) = info.error_detail.and_then(|d| d.message) {
+        return Err(ContainerError::ImagePullFailed {
+            image: image.to_string(),
+            reason: e,
+        });
+    }
+    let detail = info.progress_detail.unwrap_or_default();
+    let bytes = |v: Option<i64>| v.and_then(|n| u64::try_from(n).ok());
+    Ok(PullProgress {
+        layer: info.id,
+        status: info.status.unwrap_or_default(),
+        current: bytes(detail.current),
+        total: bytes(detail.total),
+    })
+}
+
+/// Forwards the engine's pull of `image` into `tx` until it ends, fails or `tx` closes
+/// (dropping the engine's stream closes the request, and the engine cancels the pull).
+async fn forward_pull(
+    docker: Docker,
+    image: String,
+    tx: tokio::sync::mpsc::Sender<Result<PullProgress, ContainerError>>,
+) {
+    let (repo, tag) = split_image(&image);
+    let opts = CreateImageOptions {
+        from_image: Some(repo.to_string()),
+        tag: Some(tag.to_string()),
+        ..Default::default()
+    };
+    let mut s = docker.create_image(Some(opts), None, None);
+    loop {
+        let item = tokio::select! {
+            _ = tx.closed() => return,
+            item = s.next() => item,
+        };
+        let msg = match item {
+            None => return,
+            Some(Ok(info)) => pull_progress(&image, info),
+            Some(Err(e)) => Err(ContainerError::ImagePullFailed {
+                image: image.clone(),
+                reason: pull_reason(&e),
+            }),
+        };
+        let failed = msg.is_err();
+        if tx.send(msg).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
 #[async_trait]
 impl Containers for DockerContainers {
     async fn list(&self) -> Result<Vec<ObservedContainer>, ContainerError> {
@@ -426,27 +451,18 @@ impl Containers for DockerContainers {
             .and_then(|c| observed_from_inspect(&self.node, &c)))
     }
 
-    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), ContainerError> {
-        match policy {
-            PullPolicy::Always => self.pull(image).await,
-            PullPolicy::IfNotPresent => {
-                if self.image_present(image).await? {
-                    Ok(())
-                } else {
-                    self.pull(image).await
-                }
-            }
-            PullPolicy::Never => {
-                if self.image_present(image).await? {
-                    Ok(())
-                } else {
-                    Err(ContainerError::ImagePullFailed {
-                        image: image.to_string(),
-                        reason: "the image is not present and imagePullPolicy is Never".to_string(),
-                    })
-                }
-            }
+    async fn image_present(&self, image: &str) -> Result<bool, ContainerError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(e) if status_code(&e) == Some(404) => Ok(false),
+            Err(e) => Err(ContainerError::docker(format!("inspect image {image}"), e)),
         }
+    }
+
+    fn pull(&self, image: &str) -> BoxStream<'static, Result<PullProgress, ContainerError>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(forward_pull(self.docker.clone(), image.to_string(), tx));
+        tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
     }
 
     async fn create_and_start(&self, entry: &ContainerEntry) -> Result<String, ContainerError> {
@@ -570,64 +586,79 @@ impl Containers for DockerContainers {
     }
 
     fn watch(&self) -> BoxStream<'static, ContainerEvent> {
-        let docker = self.docker.clone();
-        let node = self.node.clone();
-        let filters = HashMap::from([
-            ("type".to_string(), vec!["container".to_string()]),
-            (
-                "label".to_string(),
-                vec![
-                    format!("{}=true", owner::MANAGED),
-                    format!("{}={}", owner::NODE, node),
-                ],
-            ),
-        ]);
         let (tx, rx) = tokio::sync::mpsc::channel(256);
-        tokio::spawn(async move {
-            let mut first = true;
-            let mut delay = Duration::from_secs(1);
-            loop {
-                if !first && tx.send(ContainerEvent::Resync).await.is_err() {
-                    return;
-                }
-                first = false;
-                let connected = tokio::time::Instant::now();
-                let opts = EventsOptions {
-                    filters: Some(filters.clone()),
-                    ..Default::default()
-                };
-                let mut events = docker.events(Some(opts));
-                loop {
-                    tokio::select! {
-                        _ = tx.closed() => return,
-                        item = events.next() => match item {
-                            Some(Ok(m)) => {
-                                if let Some(ev) = event_from_message(&node, &m)
-                                    && tx.send(ev).await.is_err()
-                                {
-                                    return;
-                                }
-                            }
-                            Some(Err(e)) => {
-                                warn!(error = %e, "docker event stream failed; reconnecting");
-                                break;
-                            }
-                            None => {
-                                debug!("docker event stream ended; reconnecting");
-                                break;
-                            }
+        tokio::spawn(watch_events(self.docker.clone(), self.node.clone(), tx));
+        tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+    }
+}
+
+/// The engine's events of this node's containers into `tx`, reconnecting with a jittered
+/// backoff (100 ms doubling to 5 s) while the engine is away (dockerd restarted). A `Resync`
+/// follows every reconnect, once the engine answers again: the events of the gap are lost,
+/// and everything reconciled before the engine was back would only have failed.
+async fn watch_events(docker: Docker, node: String, tx: tokio::sync::mpsc::Sender<ContainerEvent>) {
+    use backoff::backoff::Backoff;
+    let filters = HashMap::from([
+        ("type".to_string(), vec!["container".to_string()]),
+        (
+            "label".to_string(),
+            vec![
+                format!("{}=true", owner::MANAGED),
+                format!("{}={}", owner::NODE, node),
+            ],
+        ),
+    ]);
+    let mut backoff =
+        topo_watcher::jittered_backoff(Duration::from_millis(100), Duration::from_secs(5));
+    let mut first = true;
+    loop {
+        if !first {
+            let delay = backoff.next_backoff().unwrap_or(Duration::from_secs(5));
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            if docker.ping().await.is_err() {
+                continue;
+            }
+            debug!("the Docker engine answers again; resyncing");
+            if tx.send(ContainerEvent::Resync).await.is_err() {
+                return;
+            }
+        }
+        first = false;
+        let opts = EventsOptions {
+            filters: Some(filters.clone()),
+            ..Default::default()
+        };
+        let mut events = docker.events(Some(opts));
+        let connected = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tx.closed() => return,
+                item = events.next() => match item {
+                    Some(Ok(m)) => {
+                        if let Some(ev) = event_from_message(&node, &m)
+                            && tx.send(ev).await.is_err()
+                        {
+                            return;
                         }
                     }
+                    Some(Err(e)) => {
+                        warn!(error = %e, "docker event stream failed; reconnecting");
+                        break;
+                    }
+                    None => {
+                        debug!("docker event stream ended; reconnecting");
+                        break;
+                    }
                 }
-                // While the engine is away, retry (and ask for a resync) at most every 10 s.
-                if connected.elapsed() > Duration::from_secs(30) {
-                    delay = Duration::from_secs(1);
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
             }
-        });
-        tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+        }
+        // A stream that lasted was a good connection: the next outage starts the backoff over.
+        if connected.elapsed() > Duration::from_secs(10) {
+            backoff.reset();
+        }
     }
 }
 
@@ -635,7 +666,11 @@ impl Containers for DockerContainers {
 mod tests {
     use std::collections::BTreeMap;
 
-    use bollard::models::{ContainerConfig, ContainerState, ContainerStateStatusEnum, EventActor};
+    use bollard::models::{
+        ContainerConfig, ContainerState, ContainerStateStatusEnum, ErrorDetail, EventActor,
+        ProgressDetail,
+    };
+    use topo_schema::kinds::PullPolicy;
     use topo_schema::slice::{Hardening, HostEntry};
 
     use super::*;
@@ -797,6 +832,40 @@ mod tests {
             })
         );
         assert_eq!(event_from_message("node2", &m), None);
+    }
+
+    #[test]
+    fn pull_messages_and_the_registrys_error() {
+        let p = pull_progress(
+            "reg:5000/x:1",
+            CreateImageInfo {
+                id: Some("a1b2c3".into()),
+                status: Some("Downloading".into()),
+                progress_detail: Some(ProgressDetail {
+                    current: Some(100),
+                    total: Some(1000),
+                }),
+                error_detail: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(p.layer.as_deref(), Some("a1b2c3"));
+        assert_eq!((p.current, p.total), (Some(100), Some(1000)));
+        let e = pull_progress(
+            "reg:5000/x:1",
+            CreateImageInfo {
+                error_detail: Some(ErrorDetail {
+                    code: None,
+                    message: Some("manifest unknown".into()),
+                }),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "failed to pull image reg:5000/x:1: manifest unknown"
+        );
     }
 
     #[test]

@@ -8,7 +8,6 @@
 //! (`fail_next`), and feeds its `watch()` streams from `emit()` and the tamper helpers.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::io;
 use std::net::Ipv4Addr;
 use std::sync::{Mutex, MutexGuard};
 
@@ -18,17 +17,17 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
-use topo_schema::kinds::{Protocol, PullPolicy};
+use topo_schema::kinds::Protocol;
 use topo_schema::slice::{AttachmentEntry, ContainerEntry, owner};
 
 use super::ovs::{check_changes, effective_changes};
 use super::{
-    AttachmentDrift, ContainerError, ContainerEvent, Containers, GatewayDrift, HostInterface,
-    HostPorts, HostPortsError, HostPortsView, InterfaceError, Interfaces, LinkChangeKind,
-    LinkEvent, Listener, Nat, NatError, NatRules, NetNs, NodeProcess, ObservedAttachment,
-    ObservedBridge, ObservedContainer, ObservedGateway, ObservedInterface, ObservedNat,
-    ObservedPeer, ObservedPort, Ovs, OvsChange, OvsError, OvsEvent, OvsState, OvsTable, PortKind,
-    RowChange,
+    AttachmentDrift, ContainerError, ContainerEvent, ContainerNs, Containers, GatewayDrift,
+    HostInterface, HostPorts, HostPortsError, HostPortsView, InterfaceError, Interfaces,
+    LinkChangeKind, LinkEvent, Listener, NamespaceChange, Nat, NatError, NatEvent, NatRules, NetNs,
+    NftObject, NodeProcess, NsError, ObservedAttachment, ObservedBridge, ObservedContainer,
+    ObservedGateway, ObservedInterface, ObservedNat, ObservedPeer, ObservedPort, Ovs, OvsChange,
+    OvsError, OvsEvent, OvsState, OvsTable, PortKind, PullProgress, RowChange,
 };
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -51,6 +50,44 @@ impl<T: Clone + Send + 'static> Watchers<T> {
     fn emit(&self, ev: T) {
         lock(&self.0).retain(|tx| tx.send(ev.clone()).is_ok());
     }
+}
+
+/// Subscribers of the per-namespace `watch_container()` streams, by container pid; a
+/// namespace's streams end when its process is killed.
+struct NsWatchers<T>(Mutex<BTreeMap<u32, Vec<mpsc::UnboundedSender<T>>>>);
+
+impl<T: Clone + Send + 'static> NsWatchers<T> {
+    fn new() -> Self {
+        NsWatchers(Mutex::new(BTreeMap::new()))
+    }
+    fn subscribe(&self, pid: u32) -> BoxStream<'static, T> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.0).entry(pid).or_default().push(tx);
+        tokio_stream::wrappers::UnboundedReceiverStream::new(rx).boxed()
+    }
+    fn emit(&self, pid: u32, ev: T) {
+        if let Some(v) = lock(&self.0).get_mut(&pid) {
+            v.retain(|tx| tx.send(ev.clone()).is_ok());
+        }
+    }
+    /// Ends the streams of `pid`'s namespace (its process exited).
+    fn end(&self, pid: u32) {
+        lock(&self.0).remove(&pid);
+    }
+    /// Open streams of `pid`'s namespace.
+    fn open(&self, pid: u32) -> usize {
+        lock(&self.0)
+            .get_mut(&pid)
+            .map(|v| {
+                v.retain(|tx| !tx.is_closed());
+                v.len()
+            })
+            .unwrap_or(0)
+    }
+}
+
+fn gone(pid: u32) -> NsError {
+    NsError::Exited { pid }
 }
 
 /// The call log and the queued failures of one fake.
@@ -98,6 +135,8 @@ pub struct DockerHost {
     pub images: BTreeSet<String>,
     /// Images a pull succeeds for (none by default: no registry here either).
     pub registry: BTreeSet<String>,
+    /// Images whose pull stalls: accepted, then nothing more is ever sent.
+    pub stalled: BTreeSet<String>,
     /// Docker names held by containers that are not this node's: `Some(node)` for another
     /// node's, `None` for a container topo does not own.
     pub foreign_names: BTreeMap<String, Option<String>>,
@@ -233,32 +272,39 @@ impl Containers for FakeContainers {
             .cloned())
     }
 
-    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), ContainerError> {
-        lock(&self.log).call("ensure_image", image)?;
-        let mut h = self.host();
-        let present = h.images.contains(image);
-        let pull = match policy {
-            PullPolicy::Always => true,
-            PullPolicy::IfNotPresent => !present,
-            PullPolicy::Never if present => false,
-            PullPolicy::Never => {
-                return Err(ContainerError::ImagePullFailed {
-                    image: image.to_string(),
-                    reason: "the image is not present and imagePullPolicy is Never".to_string(),
-                });
-            }
+    async fn image_present(&self, image: &str) -> Result<bool, ContainerError> {
+        lock(&self.log).call("image_present", image)?;
+        Ok(self.host().images.contains(image))
+    }
+
+    fn pull(&self, image: &str) -> BoxStream<'static, Result<PullProgress, ContainerError>> {
+        let called = {
+            let mut l = lock(&self.log);
+            l.write(format!("pull {image}"));
+            l.call("pull", image)
         };
-        if pull {
-            lock(&self.log).write(format!("pull {image}"));
-            if !h.registry.contains(image) {
-                return Err(ContainerError::ImagePullFailed {
-                    image: image.to_string(),
-                    reason: format!("pull access denied for {image}, repository does not exist"),
-                });
-            }
-            h.images.insert(image.to_string());
+        if let Err(e) = called {
+            return futures::stream::iter([Err(e)]).boxed();
         }
-        Ok(())
+        let mut h = self.host();
+        if h.stalled.contains(image) {
+            return futures::stream::pending().boxed();
+        }
+        if !h.registry.contains(image) {
+            let e = ContainerError::ImagePullFailed {
+                image: image.to_string(),
+                reason: format!("pull access denied for {image}, repository does not exist"),
+            };
+            return futures::stream::iter([Err(e)]).boxed();
+        }
+        h.images.insert(image.to_string());
+        let done = PullProgress {
+            layer: Some("0123456789ab".into()),
+            status: "Pull complete".into(),
+            current: None,
+            total: None,
+        };
+        futures::stream::iter([Ok(done)]).boxed()
     }
 
     async fn create_and_start(&self, entry: &ContainerEntry) -> Result<String, ContainerError> {
@@ -389,6 +435,7 @@ pub struct FakeInterfaces {
     host: Mutex<InterfacesHost>,
     log: Mutex<Log<InterfaceError>>,
     watchers: Watchers<LinkEvent>,
+    ns_watchers: NsWatchers<NamespaceChange>,
     announced: Mutex<Vec<Announcement>>,
     port_probe: Mutex<Option<PortProbe>>,
 }
@@ -438,6 +485,7 @@ impl FakeInterfaces {
             host: Mutex::new(InterfacesHost::default()),
             log: Mutex::new(Log::default()),
             watchers: Watchers::new(),
+            ns_watchers: NsWatchers::new(),
             announced: Mutex::new(Vec::new()),
             port_probe: Mutex::new(None),
         }
@@ -505,6 +553,33 @@ impl FakeInterfaces {
         });
     }
 
+    /// Changes the container-side address inside the container's namespace (only the
+    /// namespace's own watch hears of it: no host interface changes).
+    pub fn readdress_in_container(&self, host_veth: &str, address: Ipv4Net) {
+        let pid = {
+            let mut h = self.host();
+            let Some((pid, a)) = h.attachments.get_mut(host_veth) else {
+                return;
+            };
+            if let Some(p) = a.peer.as_mut() {
+                p.addresses = vec![address];
+            }
+            *pid
+        };
+        self.ns_watchers.emit(pid, NamespaceChange::Address);
+    }
+
+    /// The process of `pid` exited: its namespace is gone and its watches end.
+    pub fn kill_pid(&self, pid: u32) {
+        self.host().dead_pids.insert(pid);
+        self.ns_watchers.end(pid);
+    }
+
+    /// How many `watch_container` streams of `pid`'s namespace are open.
+    pub fn namespace_watches(&self, pid: u32) -> usize {
+        self.ns_watchers.open(pid)
+    }
+
     fn observe(
         &self,
         pid: u32,
@@ -514,7 +589,7 @@ impl FakeInterfaces {
         if h.dead_pids.contains(&pid) {
             return Err(InterfaceError::Namespace {
                 pid,
-                source: io::Error::from_raw_os_error(libc::ENOENT),
+                source: gone(pid),
             });
         }
         Ok(match h.attachments.get(&att.host_veth) {
@@ -532,18 +607,19 @@ impl FakeInterfaces {
 impl Interfaces for FakeInterfaces {
     async fn observe_attachment(
         &self,
-        pid: u32,
+        ns: &ContainerNs,
         att: &AttachmentEntry,
     ) -> Result<ObservedAttachment, InterfaceError> {
         lock(&self.log).call("observe_attachment", &att.host_veth)?;
-        self.observe(pid, att)
+        self.observe(ns.pid, att)
     }
 
     async fn ensure_attachment(
         &self,
-        pid: u32,
+        ns: &ContainerNs,
         att: &AttachmentEntry,
     ) -> Result<Vec<AttachmentDrift>, InterfaceError> {
+        let pid = ns.pid;
         lock(&self.log).call("ensure_attachment", &att.host_veth)?;
         let diffs = self.observe(pid, att)?.differences(att);
         if !diffs.is_empty() {
@@ -558,7 +634,12 @@ impl Interfaces for FakeInterfaces {
         Ok(diffs)
     }
 
-    async fn announce(&self, pid: u32, att: &AttachmentEntry) -> Result<(), InterfaceError> {
+    async fn announce(
+        &self,
+        ns: &ContainerNs,
+        att: &AttachmentEntry,
+    ) -> Result<(), InterfaceError> {
+        let pid = ns.pid;
         lock(&self.log).call("announce", &att.host_veth)?;
         let present = self
             .host()
@@ -666,6 +747,20 @@ impl Interfaces for FakeInterfaces {
 
     fn watch(&self) -> BoxStream<'static, LinkEvent> {
         self.watchers.subscribe()
+    }
+
+    async fn watch_container(
+        &self,
+        ns: &ContainerNs,
+    ) -> Result<BoxStream<'static, NamespaceChange>, InterfaceError> {
+        lock(&self.log).call("watch_container", &ns.pid.to_string())?;
+        if self.host().dead_pids.contains(&ns.pid) {
+            return Err(InterfaceError::Namespace {
+                pid: ns.pid,
+                source: gone(ns.pid),
+            });
+        }
+        Ok(self.ns_watchers.subscribe(ns.pid))
     }
 }
 
@@ -927,9 +1022,28 @@ impl Ovs for FakeOvs {
 // ====================================================================== NAT
 
 pub struct FakeNat {
-    tables: Mutex<BTreeMap<NetNs, ObservedNat>>,
+    /// By namespace: `node`, or the container's pid.
+    tables: Mutex<BTreeMap<NsKey, ObservedNat>>,
     dead_pids: Mutex<BTreeSet<u32>>,
     log: Mutex<Log<NatError>>,
+    node_watchers: Watchers<NatEvent>,
+    ns_watchers: NsWatchers<NatEvent>,
+}
+
+/// A namespace of the fake: the node's, or a container's by pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NsKey {
+    Node,
+    Pid(u32),
+}
+
+impl From<&NetNs> for NsKey {
+    fn from(ns: &NetNs) -> Self {
+        match ns {
+            NetNs::Node => NsKey::Node,
+            NetNs::Container(c) => NsKey::Pid(c.pid),
+        }
+    }
 }
 
 impl Default for FakeNat {
@@ -944,16 +1058,18 @@ impl FakeNat {
             tables: Mutex::new(BTreeMap::new()),
             dead_pids: Mutex::new(BTreeSet::new()),
             log: Mutex::new(Log::default()),
+            node_watchers: Watchers::new(),
+            ns_watchers: NsWatchers::new(),
         }
     }
 
     /// What each namespace holds (absent: never touched).
-    pub fn tables(&self) -> MutexGuard<'_, BTreeMap<NetNs, ObservedNat>> {
+    pub fn tables(&self) -> MutexGuard<'_, BTreeMap<NsKey, ObservedNat>> {
         lock(&self.tables)
     }
 
     /// The rules in force in `ns` (empty when no table).
-    pub fn rules(&self, ns: NetNs) -> NatRules {
+    pub fn rules(&self, ns: NsKey) -> NatRules {
         self.tables()
             .get(&ns)
             .filter(|o| o.table_exists)
@@ -961,16 +1077,52 @@ impl FakeNat {
             .unwrap_or_default()
     }
 
-    /// Makes the namespace of `pid` unreachable (the container is gone).
+    /// Makes the namespace of `pid` unreachable (the container is gone); its watches end.
     pub fn kill_pid(&self, pid: u32) {
         lock(&self.dead_pids).insert(pid);
+        self.ns_watchers.end(pid);
     }
 
-    /// Marks the table of `ns` as edited by hand (observe reports it not exact).
-    pub fn tamper(&self, ns: NetNs) {
+    /// Marks the table of `ns` as edited by hand (observe reports it not exact), and
+    /// notifies as the kernel would.
+    pub fn tamper(&self, ns: NsKey) {
         if let Some(o) = self.tables().get_mut(&ns) {
             o.exact = false;
         }
+        self.notify(ns, NftObject::Rule, false);
+    }
+
+    /// Deletes the table of `ns` by hand (`nft delete table ip topo`), and notifies.
+    pub fn delete_by_hand(&self, ns: NsKey) {
+        if let Some(o) = self.tables().get_mut(&ns) {
+            *o = ObservedNat {
+                route_localnet: o.route_localnet,
+                ip_forward: o.ip_forward,
+                ..ObservedNat::default()
+            };
+        }
+        self.notify(ns, NftObject::Table, true);
+    }
+
+    /// Flushes the table of `ns` by hand (`nft flush table ip topo`: chains stay), and notifies.
+    pub fn flush_by_hand(&self, ns: NsKey) {
+        if let Some(o) = self.tables().get_mut(&ns) {
+            o.rules = NatRules::default();
+        }
+        self.notify(ns, NftObject::Rule, true);
+    }
+
+    fn notify(&self, ns: NsKey, object: NftObject, deleted: bool) {
+        let ev = NatEvent::Changed { object, deleted };
+        match ns {
+            NsKey::Node => self.node_watchers.emit(ev),
+            NsKey::Pid(pid) => self.ns_watchers.emit(pid, ev),
+        }
+    }
+
+    /// How many `watch_container` streams of `pid`'s namespace are open.
+    pub fn namespace_watches(&self, pid: u32) -> usize {
+        self.ns_watchers.open(pid)
     }
 
     /// Every call: `observe NS`, `apply NS`, `remove NS` (NS: `node` or `pid:N`).
@@ -993,35 +1145,37 @@ impl FakeNat {
         lock(&self.log).failures.push_back((op.to_string(), err));
     }
 
-    fn check_ns(&self, ns: NetNs) -> Result<(), NatError> {
-        if let NetNs::Pid(pid) = ns
+    fn check_ns(&self, ns: NsKey) -> Result<(), NatError> {
+        if let NsKey::Pid(pid) = ns
             && lock(&self.dead_pids).contains(&pid)
         {
             return Err(NatError::Namespace {
                 pid,
-                source: io::Error::from_raw_os_error(libc::ENOENT),
+                source: gone(pid),
             });
         }
         Ok(())
     }
 }
 
-fn ns_name(ns: NetNs) -> String {
+fn ns_name(ns: NsKey) -> String {
     match ns {
-        NetNs::Node => "node".to_string(),
-        NetNs::Pid(p) => format!("pid:{p}"),
+        NsKey::Node => "node".to_string(),
+        NsKey::Pid(p) => format!("pid:{p}"),
     }
 }
 
 #[async_trait]
 impl Nat for FakeNat {
-    async fn observe(&self, ns: NetNs) -> Result<ObservedNat, NatError> {
+    async fn observe(&self, ns: &NetNs) -> Result<ObservedNat, NatError> {
+        let ns = NsKey::from(ns);
         lock(&self.log).call("observe", &ns_name(ns))?;
         self.check_ns(ns)?;
         Ok(self.tables().get(&ns).cloned().unwrap_or_default())
     }
 
-    async fn apply(&self, ns: NetNs, rules: &NatRules) -> Result<(), NatError> {
+    async fn apply(&self, ns: &NetNs, rules: &NatRules) -> Result<(), NatError> {
+        let ns = NsKey::from(ns);
         lock(&self.log).call("apply", &ns_name(ns))?;
         self.check_ns(ns)?;
         let rules = rules.clone().normalized();
@@ -1047,16 +1201,31 @@ impl Nat for FakeNat {
         Ok(())
     }
 
-    async fn remove(&self, ns: NetNs) -> Result<(), NatError> {
+    async fn remove(&self, ns: &NetNs) -> Result<(), NatError> {
+        let ns = NsKey::from(ns);
         lock(&self.log).call("remove", &ns_name(ns))?;
         self.check_ns(ns)?;
         self.remove_table(ns);
         Ok(())
     }
+
+    fn watch(&self) -> BoxStream<'static, NatEvent> {
+        self.node_watchers.subscribe()
+    }
+
+    async fn watch_container(
+        &self,
+        ns: &ContainerNs,
+    ) -> Result<BoxStream<'static, NatEvent>, NatError> {
+        let key = NsKey::Pid(ns.pid);
+        lock(&self.log).call("watch_container", &ns_name(key))?;
+        self.check_ns(key)?;
+        Ok(self.ns_watchers.subscribe(ns.pid))
+    }
 }
 
 impl FakeNat {
-    fn remove_table(&self, ns: NetNs) {
+    fn remove_table(&self, ns: NsKey) {
         let mut t = self.tables();
         let Some(o) = t.get_mut(&ns) else { return };
         if o.table_exists {
@@ -1189,7 +1358,7 @@ mod tests {
             image: "topo/busybox:latest".into(),
             command: vec![],
             env: Map::new(),
-            pull_policy: PullPolicy::IfNotPresent,
+            pull_policy: topo_schema::kinds::PullPolicy::IfNotPresent,
             hosts: vec![],
             attachments: vec![],
             ports: vec![],
@@ -1202,15 +1371,13 @@ mod tests {
     async fn containers_record_and_collide() {
         let f = FakeContainers::new("node1").with_image("topo/busybox:latest");
         let mut events = f.watch();
-        f.ensure_image("topo/busybox:latest", PullPolicy::IfNotPresent)
-            .await
-            .unwrap();
+        assert!(f.image_present("topo/busybox:latest").await.unwrap());
         assert!(f.writes().is_empty());
-        let err = f
-            .ensure_image("nope:1", PullPolicy::IfNotPresent)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, ContainerError::ImagePullFailed { .. }));
+        let pulled: Vec<_> = f.pull("nope:1").collect().await;
+        assert!(matches!(
+            pulled.as_slice(),
+            [Err(ContainerError::ImagePullFailed { .. })]
+        ));
         let id = f.create_and_start(&entry("web")).await.unwrap();
         assert!(
             matches!(events.next().await, Some(ContainerEvent::Changed { action, .. }) if action == "start")
@@ -1249,24 +1416,25 @@ mod tests {
     async fn interfaces_write_only_differences() {
         let f = FakeInterfaces::new();
         let att = attachment("web", "net", "10.2.1.5/16");
-        let changed = f.ensure_attachment(100, &att).await.unwrap();
+        let (c100, c101) = (ContainerNs::new(100, "c100"), ContainerNs::new(101, "c101"));
+        let changed = f.ensure_attachment(&c100, &att).await.unwrap();
         assert_eq!(
             changed.iter().map(ToString::to_string).collect::<Vec<_>>(),
             vec![format!("host veth {} is missing", att.host_veth)]
         );
         assert!(
-            f.observe_attachment(100, &att)
+            f.observe_attachment(&c100, &att)
                 .await
                 .unwrap()
                 .differences(&att)
                 .is_empty()
         );
         f.clear_log();
-        assert!(f.ensure_attachment(100, &att).await.unwrap().is_empty());
+        assert!(f.ensure_attachment(&c100, &att).await.unwrap().is_empty());
         assert!(f.writes().is_empty());
         // A new container process: the old pair is not in its namespace.
         assert!(
-            f.observe_attachment(101, &att)
+            f.observe_attachment(&c101, &att)
                 .await
                 .unwrap()
                 .peer
@@ -1346,15 +1514,19 @@ mod tests {
             }],
             ..Default::default()
         };
-        let ns = NetNs::Pid(42);
+        let c = ContainerNs::new(42, "c42");
+        let ns = &NetNs::Container(c.clone());
+        let mut watch = f.watch_container(&c).await.unwrap();
         assert!(!f.observe(ns).await.unwrap().satisfies(&rules));
         f.apply(ns, &rules).await.unwrap();
         assert!(f.observe(ns).await.unwrap().satisfies(&rules));
-        f.tamper(ns);
+        f.tamper(NsKey::Pid(42));
+        assert!(matches!(watch.next().await, Some(NatEvent::Changed { .. })));
         assert!(!f.observe(ns).await.unwrap().satisfies(&rules));
         f.apply(ns, &NatRules::default()).await.unwrap();
         assert!(f.observe(ns).await.unwrap().satisfies(&NatRules::default()));
         f.kill_pid(42);
+        assert_eq!(watch.next().await, None, "a dead namespace's watch ends");
         assert!(matches!(
             f.observe(ns).await,
             Err(NatError::Namespace { pid: 42, .. })

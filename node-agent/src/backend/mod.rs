@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use ipnet::Ipv4Net;
-use topo_schema::kinds::{Datapath, Protocol, PullPolicy};
+use topo_schema::kinds::{Datapath, Protocol};
 use topo_schema::slice::{AttachmentEntry, ContainerEntry, PublishedPort};
 
 pub mod docker;
@@ -31,6 +31,7 @@ pub mod fake;
 pub mod nat;
 pub mod netlink;
 pub mod netns;
+pub mod nft_events;
 pub mod ovs;
 pub mod ovsdb_rpc;
 pub mod sockets;
@@ -38,6 +39,8 @@ pub mod sockets;
 pub use docker::{ContainerError, DockerContainers};
 pub use nat::{NatError, NftNat};
 pub use netlink::{InterfaceError, NetlinkInterfaces};
+pub use netns::{ContainerNs, NsError};
+pub use nft_events::{NatEvent, NftObject};
 pub use ovs::{OvsError, OvsdbSwitch};
 pub use sockets::{HostPortsError, NodeSockets};
 
@@ -69,6 +72,18 @@ pub struct ObservedContainer {
     pub status: String,
 }
 
+/// One message of an image pull as the engine reports it (per layer, or about the image).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PullProgress {
+    /// The layer the message is about (None: the image as a whole).
+    pub layer: Option<String>,
+    /// The engine's word: "Pulling fs layer", "Downloading", "Pull complete", ...
+    pub status: String,
+    /// Bytes done and in all, while downloading or extracting.
+    pub current: Option<u64>,
+    pub total: Option<u64>,
+}
+
 /// What happened to a container outside the agent's own calls (or because of them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ContainerEvent {
@@ -89,9 +104,13 @@ pub trait Containers: Send + Sync {
     async fn list(&self) -> Result<Vec<ObservedContainer>, ContainerError>;
     /// One container by its Docker name, if it exists and is ours.
     async fn get(&self, docker_name: &str) -> Result<Option<ObservedContainer>, ContainerError>;
-    /// Makes `image` present per `policy`; a missing image with `Never` or a failed pull is
-    /// `ContainerError::ImagePullFailed`.
-    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), ContainerError>;
+    /// Whether the engine has `image` locally.
+    async fn image_present(&self, image: &str) -> Result<bool, ContainerError>;
+    /// Pulls `image`: the engine's progress messages, then the end of the stream on success,
+    /// or an `ImagePullFailed` item carrying the registry's error. Dropping the stream
+    /// abandons the pull (the engine cancels it when its client goes). Deadlines are the
+    /// caller's (`pulls.rs`): a stalled registry just sends nothing.
+    fn pull(&self, image: &str) -> BoxStream<'static, Result<PullProgress, ContainerError>>;
     /// Creates (networking disabled, ownership labels, restart policy "no") and starts the
     /// container of `entry`; returns its id. A container of that name owned by another node
     /// is `ContainerError::NameOwnedByOtherNode` (retry later); one not owned by topo is
@@ -308,6 +327,28 @@ pub enum AttachmentDrift {
     },
 }
 
+impl AttachmentDrift {
+    /// The variant's name, as events name the drift.
+    pub fn kind(&self) -> &'static str {
+        use AttachmentDrift as D;
+        match self {
+            D::HostVethMissing { .. } => "HostVethMissing",
+            D::HostNotVeth { .. } => "HostNotVeth",
+            D::PeerMissing { .. } => "PeerMissing",
+            D::NotPaired { .. } => "NotPaired",
+            D::HostVethMtu { .. } => "HostVethMtu",
+            D::HostVethDown { .. } => "HostVethDown",
+            D::PeerMtu { .. } => "PeerMtu",
+            D::PeerDown { .. } => "PeerDown",
+            D::AddressMissing { .. } => "AddressMissing",
+            D::StrayAddress { .. } => "StrayAddress",
+            D::DefaultRouteMissing { .. } => "DefaultRouteMissing",
+            D::UnwantedDefaultRoute { .. } => "UnwantedDefaultRoute",
+            D::TxChecksumOn { .. } => "TxChecksumOn",
+        }
+    }
+}
+
 impl std::fmt::Display for AttachmentDrift {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use AttachmentDrift as D;
@@ -399,6 +440,20 @@ pub enum GatewayDrift {
     TxChecksumOn,
 }
 
+impl GatewayDrift {
+    /// The variant's name, as events name the drift.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GatewayDrift::Missing => "Missing",
+            GatewayDrift::Mtu { .. } => "Mtu",
+            GatewayDrift::Down => "Down",
+            GatewayDrift::AddressMissing { .. } => "AddressMissing",
+            GatewayDrift::StrayAddress { .. } => "StrayAddress",
+            GatewayDrift::TxChecksumOn => "TxChecksumOn",
+        }
+    }
+}
+
 impl std::fmt::Display for GatewayDrift {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -442,12 +497,23 @@ pub enum LinkEvent {
     },
 }
 
+/// What changed inside a container's network namespace (its interfaces, addresses or
+/// routes): the container's reconcile looks at everything it owns there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamespaceChange {
+    Link,
+    Address,
+    Route,
+    /// Notifications were lost (the socket overran): look again.
+    Resync,
+}
+
 #[async_trait]
 pub trait Interfaces: Send + Sync {
-    /// Host veth + peer in the namespace of process `pid`; reads only.
+    /// Host veth + peer in the container's namespace; reads only.
     async fn observe_attachment(
         &self,
-        pid: u32,
+        ns: &ContainerNs,
         att: &AttachmentEntry,
     ) -> Result<ObservedAttachment, InterfaceError>;
     /// Makes the attachment as desired, changing only what differs (a healthy one costs no
@@ -456,7 +522,7 @@ pub trait Interfaces: Send + Sync {
     /// Sends a gratuitous ARP when it created or re-addressed the interface.
     async fn ensure_attachment(
         &self,
-        pid: u32,
+        ns: &ContainerNs,
         att: &AttachmentEntry,
     ) -> Result<Vec<AttachmentDrift>, InterfaceError>;
     /// Broadcasts a gratuitous ARP (an RFC 5227 announcement) for the attachment's address
@@ -464,7 +530,8 @@ pub trait Interfaces: Send + Sync {
     /// address (after a move or a restart the address keeps its name but gets a new MAC).
     /// Only useful once the host veth's port is on the bridge: the runtime calls it then.
     /// A missing interface is `InterfaceError::NotFound`.
-    async fn announce(&self, pid: u32, att: &AttachmentEntry) -> Result<(), InterfaceError>;
+    async fn announce(&self, ns: &ContainerNs, att: &AttachmentEntry)
+    -> Result<(), InterfaceError>;
     /// Every topo-owned interface of the node's namespace (for garbage collection).
     async fn list_owned(&self) -> Result<Vec<HostInterface>, InterfaceError>;
     /// Deletes a host veth (names with the `tv-` prefix only; absent is fine).
@@ -482,6 +549,13 @@ pub trait Interfaces: Send + Sync {
     ) -> Result<Vec<GatewayDrift>, InterfaceError>;
     /// Link and IPv4 address notifications for topo-owned names in the node's namespace.
     fn watch(&self) -> BoxStream<'static, LinkEvent>;
+    /// Link, IPv4 address and route notifications of the container's namespace, from a
+    /// socket opened in it. The stream ends when the container's process exits (the socket,
+    /// which keeps the namespace alive, is closed then) or when it is dropped.
+    async fn watch_container(
+        &self,
+        ns: &ContainerNs,
+    ) -> Result<BoxStream<'static, NamespaceChange>, InterfaceError>;
 }
 
 // ====================================================================== Open vSwitch
@@ -770,12 +844,21 @@ fn add_port(bridge: &str, p: &DesiredPort) -> OvsChange {
 // ====================================================================== NAT
 
 /// Which network namespace a NAT table lives in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum NetNs {
     /// The agent's own namespace (the node's).
     Node,
-    /// The namespace of this process (a container's init).
-    Pid(u32),
+    /// A container's.
+    Container(ContainerNs),
+}
+
+impl NetNs {
+    pub fn container(&self) -> Option<&ContainerNs> {
+        match self {
+            NetNs::Node => None,
+            NetNs::Container(c) => Some(c),
+        }
+    }
 }
 
 /// A geard link as programmed in the consumer's namespace.
@@ -901,17 +984,117 @@ impl ObservedNat {
             && (!desired.needs_route_localnet() || self.route_localnet)
             && (!desired.needs_forwarding() || self.ip_forward)
     }
+
+    /// What differs from `desired`; empty exactly when [`ObservedNat::satisfies`] holds.
+    pub fn differences(&self, desired: &NatRules) -> Vec<NatDrift> {
+        let desired = desired.clone().normalized();
+        if desired.is_empty() {
+            return if self.table_exists {
+                vec![NatDrift::Unwanted]
+            } else {
+                vec![]
+            };
+        }
+        if !self.table_exists {
+            return vec![NatDrift::TableDeleted];
+        }
+        let mut d = Vec::new();
+        if self.exact && self.rules.is_empty() {
+            d.push(NatDrift::TableFlushed);
+        } else if !self.exact || self.rules != desired {
+            let in_force = nat::items(&self.rules);
+            let missing = nat::items(&desired)
+                .iter()
+                .filter(|i| !in_force.contains(i))
+                .count();
+            d.push(NatDrift::RulesChanged {
+                missing,
+                foreign: !self.exact,
+            });
+        }
+        if desired.needs_route_localnet() && !self.route_localnet {
+            d.push(NatDrift::SysctlOff {
+                key: "net.ipv4.conf.all.route_localnet",
+            });
+        }
+        if desired.needs_forwarding() && !self.ip_forward {
+            d.push(NatDrift::SysctlOff {
+                key: "net.ipv4.ip_forward",
+            });
+        }
+        d
+    }
+}
+
+/// One way a namespace's `topo` table differs from the rules wanted in it (see
+/// [`ObservedNat::differences`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NatDrift {
+    /// The table is gone (`nft delete table`, or the whole ruleset flushed).
+    TableDeleted,
+    /// The table and its chains are there without a rule (`nft flush table`).
+    TableFlushed,
+    /// Wanted rules are missing or were edited (`missing` of them), or the table holds
+    /// something topo did not put there (`foreign`).
+    RulesChanged { missing: usize, foreign: bool },
+    /// A table no rule wants.
+    Unwanted,
+    /// A switch the rules depend on was turned off.
+    SysctlOff { key: &'static str },
+}
+
+impl NatDrift {
+    /// The variant's name, as events name the drift.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NatDrift::TableDeleted => "TableDeleted",
+            NatDrift::TableFlushed => "TableFlushed",
+            NatDrift::RulesChanged { .. } => "RulesChanged",
+            NatDrift::Unwanted => "TableUnwanted",
+            NatDrift::SysctlOff { .. } => "SysctlOff",
+        }
+    }
+}
+
+impl std::fmt::Display for NatDrift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NatDrift::TableDeleted => f.write_str("table ip topo was deleted"),
+            NatDrift::TableFlushed => f.write_str("table ip topo was flushed"),
+            NatDrift::RulesChanged { missing, foreign } => {
+                write!(
+                    f,
+                    "table ip topo was edited ({missing} rule(s) missing or changed"
+                )?;
+                if *foreign {
+                    f.write_str(", foreign chains or rules")?;
+                }
+                f.write_str(")")
+            }
+            NatDrift::Unwanted => f.write_str("table ip topo exists and no rule wants it"),
+            NatDrift::SysctlOff { key } => write!(f, "{key} was turned off"),
+        }
+    }
 }
 
 #[async_trait]
 pub trait Nat: Send + Sync {
-    async fn observe(&self, ns: NetNs) -> Result<ObservedNat, NatError>;
+    async fn observe(&self, ns: &NetNs) -> Result<ObservedNat, NatError>;
     /// Replaces the `topo` table of `ns` atomically with `rules` (one nft transaction), and sets
     /// route_localnet=1 when a link listens on loopback and ip_forward=1 when packets are
     /// forwarded (masquerade, published ports). Empty rules delete the table.
-    async fn apply(&self, ns: NetNs, rules: &NatRules) -> Result<(), NatError>;
+    async fn apply(&self, ns: &NetNs, rules: &NatRules) -> Result<(), NatError>;
     /// Deletes the `topo` table of `ns` if present.
-    async fn remove(&self, ns: NetNs) -> Result<(), NatError>;
+    async fn remove(&self, ns: &NetNs) -> Result<(), NatError>;
+    /// nftables notifications about the `topo` table of the node's namespace (it deleted,
+    /// flushed or edited by anyone). Reconnects by itself and then yields `Resync`.
+    fn watch(&self) -> BoxStream<'static, NatEvent>;
+    /// The same for a container's namespace, from a socket opened in it; the stream ends when
+    /// the container's process exits or when it is dropped.
+    async fn watch_container(
+        &self,
+        ns: &ContainerNs,
+    ) -> Result<BoxStream<'static, NatEvent>, NatError>;
 }
 
 // ====================================================================== Host ports

@@ -15,13 +15,15 @@ use std::io;
 use std::net::SocketAddrV4;
 
 use async_trait::async_trait;
+use futures::stream::BoxStream;
 use ipnet::Ipv4Net;
 use serde_json::{Value, json};
 use topo_schema::kinds::Protocol;
 use topo_schema::slice::owner;
 use tracing::debug;
 
-use super::netns::run_in_ns_of;
+use super::netns::{ContainerNs, NsError, run_in_ns_of};
+use super::nft_events::{self, NatEvent};
 use super::{LinkDnat, Nat, NatRules, NetNs, ObservedNat, PortDnat};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +32,7 @@ pub enum NatError {
     Namespace {
         pid: u32,
         #[source]
-        source: io::Error,
+        source: NsError,
     },
     #[error("failed to {what}")]
     Nft {
@@ -454,18 +456,15 @@ impl NftNat {
 
     async fn run<T: Send + 'static>(
         &self,
-        ns: NetNs,
+        ns: &NetNs,
         f: impl FnOnce(Option<&str>) -> Result<T, NatError> + Send + 'static,
     ) -> Result<T, NatError> {
         let nft = self.nft.clone();
-        let pid = match ns {
-            NetNs::Node => None,
-            NetNs::Pid(p) => Some(p),
-        };
-        run_in_ns_of(pid, move || f(nft.as_deref()))
+        let container = ns.container();
+        run_in_ns_of(container, move || f(nft.as_deref()))
             .await
             .map_err(|source| NatError::Namespace {
-                pid: pid.unwrap_or(0),
+                pid: container.map_or(0, |c| c.pid),
                 source,
             })?
     }
@@ -473,11 +472,11 @@ impl NftNat {
 
 #[async_trait]
 impl Nat for NftNat {
-    async fn observe(&self, ns: NetNs) -> Result<ObservedNat, NatError> {
+    async fn observe(&self, ns: &NetNs) -> Result<ObservedNat, NatError> {
         self.run(ns, observe_here).await
     }
 
-    async fn apply(&self, ns: NetNs, rules: &NatRules) -> Result<(), NatError> {
+    async fn apply(&self, ns: &NetNs, rules: &NatRules) -> Result<(), NatError> {
         let rules = rules.clone().normalized();
         debug!(?ns, items = items(&rules).len(), "replacing nft table");
         if rules.is_empty() {
@@ -486,8 +485,24 @@ impl Nat for NftNat {
         self.run(ns, move |nft| apply_here(nft, &rules)).await
     }
 
-    async fn remove(&self, ns: NetNs) -> Result<(), NatError> {
+    async fn remove(&self, ns: &NetNs) -> Result<(), NatError> {
         self.run(ns, remove_here).await
+    }
+
+    fn watch(&self) -> BoxStream<'static, NatEvent> {
+        nft_events::watch_node()
+    }
+
+    async fn watch_container(
+        &self,
+        ns: &ContainerNs,
+    ) -> Result<BoxStream<'static, NatEvent>, NatError> {
+        nft_events::watch_container(ns)
+            .await
+            .map_err(|source| NatError::Namespace {
+                pid: ns.pid,
+                source,
+            })
     }
 }
 

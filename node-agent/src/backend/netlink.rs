@@ -34,10 +34,12 @@ use topo_schema::names::IFACE_PREFIXES;
 use topo_schema::slice::AttachmentEntry;
 use tracing::{debug, warn};
 
-use super::netns::{open_netns, run_in_netns};
+use super::netns::{
+    ContainerNs, NsError, open_container_netns, run_in_container, run_in_container_pinned,
+};
 use super::{
     AttachmentDrift, GatewayDrift, HostInterface, Interfaces, LinkChangeKind, LinkEvent,
-    ObservedAttachment, ObservedGateway, ObservedPeer,
+    NamespaceChange, ObservedAttachment, ObservedGateway, ObservedPeer,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +50,7 @@ pub enum InterfaceError {
     Namespace {
         pid: u32,
         #[source]
-        source: io::Error,
+        source: NsError,
     },
     #[error("failed to {what}")]
     Netlink {
@@ -320,10 +322,11 @@ impl Drop for NsSockets {
     }
 }
 
-async fn enter(pid: u32) -> Result<NsSockets, InterfaceError> {
+async fn enter(ns: &ContainerNs) -> Result<NsSockets, InterfaceError> {
     let rt = tokio::runtime::Handle::current();
-    let opened = run_in_netns(
-        pid,
+    let pid = ns.pid;
+    let opened = run_in_container(
+        ns,
         move || -> io::Result<(TokioSocket, OwnedFd, OwnedFd)> {
             // The netlink socket registers with the agent's reactor from this thread.
             let _rt = rt.enter();
@@ -344,8 +347,8 @@ async fn enter(pid: u32) -> Result<NsSockets, InterfaceError> {
         },
     )
     .await
-    .and_then(|r| r)
-    .map_err(|source| InterfaceError::Namespace { pid, source })?;
+    .map_err(|source| InterfaceError::Namespace { pid, source })?
+    .map_err(InterfaceError::Socket)?;
     let (nl_sock, inet, packet) = opened;
     let (conn, handle, _) = rtnetlink::from_socket(nl_sock);
     let conn = tokio::spawn(conn);
@@ -445,9 +448,15 @@ impl NetlinkInterfaces {
         })
     }
 
-    async fn create_pair(&self, pid: u32, att: &AttachmentEntry) -> Result<(), InterfaceError> {
-        let ns: File =
-            open_netns(pid).map_err(|source| InterfaceError::Namespace { pid, source })?;
+    async fn create_pair(
+        &self,
+        container: &ContainerNs,
+        att: &AttachmentEntry,
+    ) -> Result<(), InterfaceError> {
+        let pid = container.pid;
+        // Confirmed like every entry (see `netns`); the file then names the namespace itself.
+        let (ns, _pidfd): (File, _) = open_container_netns(container)
+            .map_err(|source| InterfaceError::Namespace { pid, source })?;
         // The peer is born in the container's namespace under its final name: no move, no
         // rename, so nothing in the container ever sees a temporary interface. It cannot be
         // created up: the kernel opens it before the pair is joined (ENOTCONN); ensure brings
@@ -477,7 +486,7 @@ impl NetlinkInterfaces {
 
     async fn ensure_in(
         &self,
-        pid: u32,
+        container: &ContainerNs,
         ns: &NsSockets,
         att: &AttachmentEntry,
     ) -> Result<Vec<AttachmentDrift>, InterfaceError> {
@@ -493,7 +502,7 @@ impl NetlinkInterfaces {
             .is_some_and(|p| p.is_veth && p.paired_with_host);
         let mut announce = false;
         if !paired {
-            self.replace_pair(pid, ns, att, &f).await?;
+            self.replace_pair(container, ns, att, &f).await?;
             f = self.find(ns, att).await?;
             announce = true;
         }
@@ -527,7 +536,7 @@ impl NetlinkInterfaces {
     /// ends we own and makes the pair anew.
     async fn replace_pair(
         &self,
-        pid: u32,
+        container: &ContainerNs,
         ns: &NsSockets,
         att: &AttachmentEntry,
         f: &Found,
@@ -550,7 +559,7 @@ impl NetlinkInterfaces {
                 .or_else(ignore_enodev)
                 .map_err(nl(format!("delete stale {} in the container", p.name)))?;
         }
-        self.create_pair(pid, att).await
+        self.create_pair(container, att).await
     }
 
     async fn gateway_link(
@@ -596,16 +605,16 @@ fn ignore_esrch(e: rtnetlink::Error) -> Result<(), rtnetlink::Error> {
 impl Interfaces for NetlinkInterfaces {
     async fn observe_attachment(
         &self,
-        pid: u32,
+        container: &ContainerNs,
         att: &AttachmentEntry,
     ) -> Result<ObservedAttachment, InterfaceError> {
-        let ns = enter(pid).await?;
+        let ns = enter(container).await?;
         Ok(self.find(&ns, att).await?.obs)
     }
 
     async fn ensure_attachment(
         &self,
-        pid: u32,
+        container: &ContainerNs,
         att: &AttachmentEntry,
     ) -> Result<Vec<AttachmentDrift>, InterfaceError> {
         if !att.host_veth.starts_with("tv-") {
@@ -613,12 +622,16 @@ impl Interfaces for NetlinkInterfaces {
                 name: att.host_veth.clone(),
             });
         }
-        let ns = enter(pid).await?;
-        self.ensure_in(pid, &ns, att).await
+        let ns = enter(container).await?;
+        self.ensure_in(container, &ns, att).await
     }
 
-    async fn announce(&self, pid: u32, att: &AttachmentEntry) -> Result<(), InterfaceError> {
-        let ns = enter(pid).await?;
+    async fn announce(
+        &self,
+        container: &ContainerNs,
+        att: &AttachmentEntry,
+    ) -> Result<(), InterfaceError> {
+        let ns = enter(container).await?;
         let peer = get_link(&ns.handle, &att.interface).await?.ok_or_else(|| {
             InterfaceError::NotFound {
                 name: att.interface.clone(),
@@ -806,6 +819,68 @@ impl Interfaces for NetlinkInterfaces {
         });
         tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
     }
+
+    async fn watch_container(
+        &self,
+        container: &ContainerNs,
+    ) -> Result<BoxStream<'static, NamespaceChange>, InterfaceError> {
+        let pid = container.pid;
+        let rt = tokio::runtime::Handle::current();
+        let (sock, pidfd) = run_in_container_pinned(container, move || {
+            // Registered with the agent's reactor, bound to the namespace of this thread.
+            let _rt = rt.enter();
+            let mut sock = TokioSocket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
+            sock.socket_mut()
+                .bind(&netlink_sys::SocketAddr::new(0, CONTAINER_GROUPS))?;
+            Ok::<_, io::Error>(sock)
+        })
+        .await
+        .map_err(|source| InterfaceError::Namespace { pid, source })?;
+        let sock = sock.map_err(InterfaceError::Socket)?;
+        let (conn, _handle, mut messages) = rtnetlink::from_socket(sock);
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let conn = tokio::spawn(conn);
+            let exited = pidfd.wait_exit();
+            tokio::pin!(exited);
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => break,
+                    _ = &mut exited => break,
+                    m = messages.next() => {
+                        let Some((msg, _)) = m else { break };
+                        let NetlinkPayload::InnerMessage(inner) = msg.payload else { continue };
+                        if let Some(ch) = namespace_change(&inner)
+                            && tx.send(ch).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                }
+            }
+            // Closing the socket lets a dead container's namespace go.
+            conn.abort();
+        });
+        Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
+    }
+}
+
+/// The rtnetlink groups a container's namespace is watched on (RTMGRP_* bits).
+const CONTAINER_GROUPS: u32 =
+    (libc::RTMGRP_LINK | libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV4_ROUTE) as u32;
+
+/// What a notification from a container's namespace is about.
+pub fn namespace_change(m: &RouteNetlinkMessage) -> Option<NamespaceChange> {
+    Some(match m {
+        RouteNetlinkMessage::NewLink(_) | RouteNetlinkMessage::DelLink(_) => NamespaceChange::Link,
+        RouteNetlinkMessage::NewAddress(_) | RouteNetlinkMessage::DelAddress(_) => {
+            NamespaceChange::Address
+        }
+        RouteNetlinkMessage::NewRoute(_) | RouteNetlinkMessage::DelRoute(_) => {
+            NamespaceChange::Route
+        }
+        _ => return None,
+    })
 }
 
 /// The event of a notification about a topo-owned interface.

@@ -981,9 +981,14 @@ impl Ovs for OvsdbSwitch {
         let path = self.path.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         tokio::spawn(async move {
+            use backoff::backoff::Backoff;
             let mut first = true;
-            let mut delay = Duration::from_millis(100);
+            // While ovsdb-server is away (restarted), reconnect with a jittered backoff that
+            // starts over after a session that lasted.
+            let mut backoff =
+                topo_watcher::jittered_backoff(Duration::from_millis(100), Duration::from_secs(5));
             loop {
+                let started = tokio::time::Instant::now();
                 match monitor_once(&path, &tx, first).await {
                     Ok(()) => return, // the receiver is gone
                     Err(e) => {
@@ -994,8 +999,11 @@ impl Ovs for OvsdbSwitch {
                 if tx.is_closed() {
                     return;
                 }
+                if started.elapsed() > Duration::from_secs(10) {
+                    backoff.reset();
+                }
+                let delay = backoff.next_backoff().unwrap_or(Duration::from_secs(5));
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         });
         tokio_stream::wrappers::ReceiverStream::new(rx).boxed()

@@ -10,7 +10,7 @@ use topo_schema::slice::{BridgeEntry, SliceEntry};
 
 use super::Action;
 use super::context::Context;
-use super::drift::{Drift, describe};
+use super::drift::{Drift, describe, with_kinds};
 use super::error::ReconcileError;
 use super::executor::Change;
 use crate::backend::{ObservedGateway, OvsChange, OvsState};
@@ -134,7 +134,11 @@ pub async fn reconcile(
     let object = ObjectRef::new(Kind::Network, &b.network);
     if steady && !drift.is_empty() {
         ctx.recorder
-            .warning(object, "DriftRepaired", describe(&drift))
+            .warning(
+                object,
+                "DriftRepaired",
+                with_kinds(describe(&drift), &drift),
+            )
             .await;
     } else if switch.created {
         ctx.recorder

@@ -1,6 +1,7 @@
 //! What every reconcile shares: the backends, the slice, the report and event writers, the
-//! queue, and the agent's memory of what it did (the entry each key last applied, restart
-//! counts, the node NAT rules in force, veths whose OVS port must be re-added).
+//! queue, the watches inside containers' namespaces, and the agent's memory of what it did
+//! (the entry each key last applied, restart counts, the node NAT rules in force, veths whose
+//! OVS port must be re-added).
 //!
 //! The memory is only ever a hint for telling drift from configuration and for counting:
 //! a fresh process starts with it empty and adopts the host as it finds it.
@@ -14,11 +15,14 @@ use topo_schema::kinds::{Kind, ObjectRef};
 use topo_schema::slice::{SliceEntry, SliceKey};
 
 use super::Backends;
+pub use super::container::lifecycle::CrashBackoff;
 use super::executor::Executor;
 use super::hostports::{Hold, recheck_after};
 use crate::backend::{NatRules, PortDnat};
 use crate::events::Recorder;
+use crate::host_events::namespaces::NamespaceWatches;
 use crate::key::Key;
+use crate::pulls::{ImagePulls, PullConfig};
 use crate::queue::WorkQueue;
 use crate::report::Reporter;
 use crate::watch::SliceStore;
@@ -29,8 +33,9 @@ pub struct RestartState {
     /// The Docker container the counts are about.
     pub id: String,
     pub count: u32,
-    /// Consecutive exits within `MIN_UPTIME` of their start.
-    pub quick_exits: u32,
+    /// Exits since the container last ran [`CrashBackoff::reset_after`] without exiting:
+    /// they set how long the next restart waits.
+    pub backoff_exits: u32,
     /// `finished_at` of the last exit counted, so one exit is counted once.
     pub last_exit: Option<chrono::DateTime<Utc>>,
 }
@@ -83,6 +88,13 @@ pub struct Context {
     pub reporter: Reporter,
     pub recorder: Recorder,
     pub queue: Arc<WorkQueue>,
+    /// Watches inside each plumbed container's namespace (see `host_events::namespaces`).
+    pub watches: NamespaceWatches,
+    /// How restarts of a crash-looping container back off (kubelet's, unless a test sets
+    /// shorter ones).
+    pub crash_backoff: CrashBackoff,
+    /// Image pulls, off the workers.
+    pub pulls: ImagePulls,
     memory: Mutex<Memory>,
 }
 
@@ -95,6 +107,17 @@ impl Context {
         recorder: Recorder,
         queue: Arc<WorkQueue>,
     ) -> Self {
+        let watches = NamespaceWatches::new(
+            backends.interfaces.clone(),
+            backends.nat.clone(),
+            queue.clone(),
+        );
+        let pulls = ImagePulls::new(
+            backends.containers.clone(),
+            queue.clone(),
+            recorder.clone(),
+            PullConfig::default(),
+        );
         Context {
             node: node.to_string(),
             backends,
@@ -102,8 +125,28 @@ impl Context {
             reporter,
             recorder,
             queue,
+            watches,
+            crash_backoff: CrashBackoff::default(),
+            pulls,
             memory: Mutex::new(Memory::default()),
         }
+    }
+
+    /// With other pull deadlines and backoff (the agent's flags; tests use short ones).
+    pub fn with_pull_config(mut self, config: PullConfig) -> Self {
+        self.pulls = ImagePulls::new(
+            self.backends.containers.clone(),
+            self.queue.clone(),
+            self.recorder.clone(),
+            config,
+        );
+        self
+    }
+
+    /// With another crash-loop backoff (tests use a short one).
+    pub fn with_crash_backoff(mut self, backoff: CrashBackoff) -> Self {
+        self.crash_backoff = backoff;
+        self
     }
 
     pub fn executor(&self) -> Executor<'_> {

@@ -3,11 +3,13 @@
 //! Plans return drift typed, and the reconcile decides what it means: a difference found
 //! while the entry was already in force is a repair of a change made outside topo (a
 //! `DriftRepaired` warning event), one found because the entry changed is configuration (a
-//! `Configured` event). Only the events turn it into words, through [`Display`].
+//! `Configured` event). Only the events turn it into words, through [`Display`], and each
+//! event ends with the drift's kinds ([`Drift::kind`], `... [drift: NodeNatTableDeleted]`)
+//! so tools and tests can tell repairs apart without reading prose.
 
 use std::fmt;
 
-use crate::backend::{AttachmentDrift, GatewayDrift};
+use crate::backend::{AttachmentDrift, GatewayDrift, NatDrift};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Drift {
@@ -32,11 +34,11 @@ pub enum Drift {
     GrePortChanged {
         port: String,
     },
-    /// The container had exited and was started again.
+    /// The container had exited and was started again (the count is in its status, not
+    /// here: repeated restarts fold into one counted event).
     Restarted {
         docker_name: String,
         exit_code: Option<i64>,
-        restart: u32,
     },
     /// A container's veth pair, address, MTU, route or offload.
     Attachment(AttachmentDrift),
@@ -52,14 +54,36 @@ pub enum Drift {
         bridge: String,
         port: String,
     },
-    /// The link rules in a container differ from the ones in force.
-    LinkRulesTampered {
+    /// The link table in a container differs from the one in force.
+    LinkRules {
         container: String,
+        drift: NatDrift,
     },
     /// The link rules in a container follow a changed entry.
     LinkRulesStale,
     /// The node's nftables table differs from the one in force.
-    NodeNat,
+    NodeNat(NatDrift),
+}
+
+impl Drift {
+    /// The drift's kind, CamelCase, as events name it.
+    pub fn kind(&self) -> String {
+        match self {
+            Drift::BridgeDeleted { .. } => "BridgeDeleted".into(),
+            Drift::BridgeSettings { .. } => "BridgeSettingsChanged".into(),
+            Drift::Gateway { drift, .. } => format!("Gateway{}", drift.kind()),
+            Drift::GrePortDeleted { .. } => "GrePortDeleted".into(),
+            Drift::GrePortChanged { .. } => "GrePortChanged".into(),
+            Drift::Restarted { .. } => "ContainerExited".into(),
+            Drift::Attachment(d) => d.kind().into(),
+            Drift::PortMissing { .. } => "PortMissing".into(),
+            Drift::PortChanged { .. } => "PortChanged".into(),
+            Drift::PortLeft { .. } => "PortLeft".into(),
+            Drift::LinkRules { drift, .. } => format!("Link{}", drift.kind()),
+            Drift::LinkRulesStale => "LinkRulesStale".into(),
+            Drift::NodeNat(d) => format!("NodeNat{}", d.kind()),
+        }
+    }
 }
 
 impl fmt::Display for Drift {
@@ -92,12 +116,11 @@ impl fmt::Display for Drift {
             Drift::Restarted {
                 docker_name,
                 exit_code,
-                restart,
             } => {
                 let code = exit_code.map_or_else(|| "unknown".to_string(), |c| c.to_string());
                 write!(
                     f,
-                    "container {docker_name} had exited (code {code}); restarted (restart {restart})"
+                    "container {docker_name} had exited (code {code}); restarted"
                 )
             }
             Drift::Attachment(d) => d.fmt(f),
@@ -106,14 +129,11 @@ impl fmt::Display for Drift {
             }
             Drift::PortChanged { port } => write!(f, "OVS port {port} was changed"),
             Drift::PortLeft { bridge, port } => write!(f, "OVS port {port} left bridge {bridge}"),
-            Drift::LinkRulesTampered { container } => write!(
-                f,
-                "link rules in container {container} were changed outside topo"
-            ),
-            Drift::LinkRulesStale => f.write_str("link rules reprogrammed"),
-            Drift::NodeNat => {
-                f.write_str("nftables table topo of the node was changed outside topo; restored")
+            Drift::LinkRules { container, drift } => {
+                write!(f, "link rules of {container}: {drift} outside topo")
             }
+            Drift::LinkRulesStale => f.write_str("link rules reprogrammed"),
+            Drift::NodeNat(d) => write!(f, "the node's nftables {d} outside topo; restored"),
         }
     }
 }
@@ -127,6 +147,17 @@ pub fn describe(drift: &[Drift]) -> String {
         .join("; ")
 }
 
+/// `text` followed by the kinds of `drift` (`text [drift: A, B]`), each kind once.
+pub fn with_kinds(text: impl fmt::Display, drift: &[Drift]) -> String {
+    let mut kinds: Vec<String> = Vec::new();
+    for k in drift.iter().map(Drift::kind) {
+        if !kinds.contains(&k) {
+            kinds.push(k);
+        }
+    }
+    format!("{text} [drift: {}]", kinds.join(", "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,17 +169,26 @@ mod tests {
                 Drift::Restarted {
                     docker_name: "topo-app".into(),
                     exit_code: Some(137),
-                    restart: 1,
                 },
-                "container topo-app had exited (code 137); restarted (restart 1)",
+                "container topo-app had exited (code 137); restarted",
             ),
             (
                 Drift::Restarted {
                     docker_name: "topo-app".into(),
                     exit_code: None,
-                    restart: 2,
                 },
-                "container topo-app had exited (code unknown); restarted (restart 2)",
+                "container topo-app had exited (code unknown); restarted",
+            ),
+            (
+                Drift::NodeNat(NatDrift::TableDeleted),
+                "the node's nftables table ip topo was deleted outside topo; restored",
+            ),
+            (
+                Drift::LinkRules {
+                    container: "app".into(),
+                    drift: NatDrift::TableFlushed,
+                },
+                "link rules of app: table ip topo was flushed outside topo",
             ),
             (
                 Drift::Gateway {
@@ -182,6 +222,36 @@ mod tests {
                 Drift::PortChanged { port: "p".into() }
             ]),
             "link rules reprogrammed; OVS port p was changed"
+        );
+    }
+
+    #[test]
+    fn events_name_each_kind_once() {
+        let d = [
+            Drift::NodeNat(NatDrift::TableFlushed),
+            Drift::NodeNat(NatDrift::SysctlOff {
+                key: "net.ipv4.ip_forward",
+            }),
+            Drift::Attachment(AttachmentDrift::StrayAddress {
+                interface: "eth0".into(),
+                address: "10.9.9.9/16".parse().unwrap(),
+            }),
+            Drift::Attachment(AttachmentDrift::StrayAddress {
+                interface: "eth1".into(),
+                address: "10.9.9.8/16".parse().unwrap(),
+            }),
+            Drift::Gateway {
+                bridge: "tb-ov".into(),
+                drift: GatewayDrift::Down,
+            },
+            Drift::LinkRules {
+                container: "app".into(),
+                drift: NatDrift::TableDeleted,
+            },
+        ];
+        assert_eq!(
+            with_kinds("x", &d),
+            "x [drift: NodeNatTableFlushed, NodeNatSysctlOff, StrayAddress, GatewayDown, LinkTableDeleted]"
         );
     }
 }

@@ -16,6 +16,25 @@ pub enum ReconcileError {
         #[source]
         source: Box<ContainerError>,
     },
+    /// The image is being pulled (off the worker); the key is queued when the pull ends.
+    #[error("pulling image {image} for container {container}: {progress}")]
+    ImagePulling {
+        container: String,
+        image: String,
+        progress: String,
+    },
+    /// The last pull failed with `error` (the registry's words, or a deadline); the next
+    /// attempt is in `retry_in`.
+    #[error(
+        "back-off pulling image {image} for container {container}: {error} (failed {failures} time(s); next attempt in {} s)", retry_in.as_secs()
+    )]
+    ImagePullBackOff {
+        container: String,
+        image: String,
+        error: String,
+        failures: u32,
+        retry_in: Duration,
+    },
     #[error("failed to create container {container}: {source}")]
     ContainerCreate {
         container: String,
@@ -126,6 +145,8 @@ impl ReconcileError {
     pub fn reason(&self) -> &'static str {
         match self {
             ReconcileError::ImagePull { .. } => "ImagePullFailed",
+            ReconcileError::ImagePulling { .. } => "ImagePulling",
+            ReconcileError::ImagePullBackOff { .. } => "ImagePullBackOff",
             ReconcileError::ContainerCreate { source, .. }
                 if matches!(**source, ContainerError::NameOwnedByOtherNode { .. }) =>
             {

@@ -8,28 +8,29 @@
 //! drivers do: removing one thing must not be held up by another that cannot go yet.
 
 use ipnet::Ipv4Net;
-use topo_schema::kinds::{Protocol, PullPolicy};
+use topo_schema::kinds::Protocol;
 use topo_schema::slice::{AttachmentEntry, ContainerEntry};
 
 use super::Backends;
 use super::error::ReconcileError;
 use crate::backend::{
-    ContainerError, HostInterface, HostPortsView, InterfaceError, NatError, NatRules, NetNs,
-    ObservedAttachment, ObservedContainer, ObservedGateway, ObservedNat, OvsChange, OvsState,
+    ContainerError, ContainerNs, HostInterface, HostPortsView, InterfaceError, NatError, NatRules,
+    NetNs, ObservedAttachment, ObservedContainer, ObservedGateway, ObservedNat, OvsChange,
+    OvsState,
 };
 
 /// Whose nftables table: the node's, or the one in a container's namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NatScope {
     Node,
-    Container { name: String, pid: u32 },
+    Container { name: String, ns: ContainerNs },
 }
 
 impl NatScope {
     fn ns(&self) -> NetNs {
         match self {
             NatScope::Node => NetNs::Node,
-            NatScope::Container { pid, .. } => NetNs::Pid(*pid),
+            NatScope::Container { ns, .. } => NetNs::Container(ns.clone()),
         }
     }
 }
@@ -57,7 +58,7 @@ pub enum Change {
     /// A container's veth pair as its attachment wants it.
     Attachment {
         container: String,
-        pid: u32,
+        ns: ContainerNs,
         attachment: AttachmentEntry,
     },
     RemoveVeth {
@@ -70,11 +71,6 @@ pub enum Change {
     Nat {
         scope: NatScope,
         rules: NatRules,
-    },
-    EnsureImage {
-        container: String,
-        image: String,
-        policy: PullPolicy,
     },
     StartContainer {
         container: String,
@@ -144,11 +140,11 @@ impl<'a> Executor<'a> {
                 .map_err(|source| gateway_error(&bridge, gateway, source)),
             Change::Attachment {
                 container,
-                pid,
+                ns,
                 attachment,
             } => b
                 .interfaces
-                .ensure_attachment(pid, &attachment)
+                .ensure_attachment(&ns, &attachment)
                 .await
                 .map(drop)
                 .map_err(|e| plumbing_error(&container, &attachment, e)),
@@ -172,22 +168,9 @@ impl<'a> Executor<'a> {
             }
             Change::Nat { scope, rules } => b
                 .nat
-                .apply(scope.ns(), &rules)
+                .apply(&scope.ns(), &rules)
                 .await
                 .map_err(|e| nat_error(&scope, e)),
-            Change::EnsureImage {
-                container,
-                image,
-                policy,
-            } => b
-                .containers
-                .ensure_image(&image, policy)
-                .await
-                .map_err(|source| ReconcileError::ImagePull {
-                    container,
-                    image,
-                    source: Box::new(source),
-                }),
             Change::StartContainer { container, id } => {
                 b.containers
                     .start(&id)
@@ -242,6 +225,23 @@ impl<'a> Executor<'a> {
             .map_err(inspect_error)
     }
 
+    /// Whether the engine has `image` (for container `container`'s errors).
+    pub async fn image_present(
+        &self,
+        container: &str,
+        image: &str,
+    ) -> Result<bool, ReconcileError> {
+        self.backends
+            .containers
+            .image_present(image)
+            .await
+            .map_err(|source| ReconcileError::ImagePull {
+                container: container.to_string(),
+                image: image.to_string(),
+                source: Box::new(source),
+            })
+    }
+
     pub async fn containers(&self) -> Result<Vec<ObservedContainer>, ReconcileError> {
         self.backends.containers.list().await.map_err(inspect_error)
     }
@@ -249,12 +249,12 @@ impl<'a> Executor<'a> {
     pub async fn attachment(
         &self,
         container: &str,
-        pid: u32,
+        ns: &ContainerNs,
         attachment: &AttachmentEntry,
     ) -> Result<ObservedAttachment, ReconcileError> {
         self.backends
             .interfaces
-            .observe_attachment(pid, attachment)
+            .observe_attachment(ns, attachment)
             .await
             .map_err(|e| plumbing_error(container, attachment, e))
     }
@@ -274,7 +274,7 @@ impl<'a> Executor<'a> {
     pub async fn nat(&self, scope: &NatScope) -> Result<ObservedNat, ReconcileError> {
         self.backends
             .nat
-            .observe(scope.ns())
+            .observe(&scope.ns())
             .await
             .map_err(|e| nat_error(scope, e))
     }
@@ -326,8 +326,11 @@ fn gateway_error(bridge: &str, gateway: Ipv4Net, source: InterfaceError) -> Reco
 }
 
 fn plumbing_error(container: &str, att: &AttachmentEntry, e: InterfaceError) -> ReconcileError {
-    if let InterfaceError::Namespace { .. } = e {
-        // The container died between inspect and plumbing: its die event follows.
+    if let InterfaceError::Namespace { source, .. } = &e
+        && source.is_gone()
+    {
+        // The container died between inspect and plumbing (its pid may even belong to
+        // another process now): its die event follows.
         return ReconcileError::ContainerGone {
             container: container.to_string(),
         };
@@ -345,7 +348,7 @@ fn nat_error(scope: &NatScope, e: NatError) -> ReconcileError {
             source: Box::new(e),
         },
         // The container's namespace went away under us: its die event follows.
-        NatScope::Container { name, .. } if matches!(e, NatError::Namespace { .. }) => {
+        NatScope::Container { name, .. } if matches!(&e, NatError::Namespace { source, .. } if source.is_gone()) => {
             ReconcileError::ContainerGone {
                 container: name.clone(),
             }
@@ -360,6 +363,7 @@ fn nat_error(scope: &NatScope, e: NatError) -> ReconcileError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::NsError;
     use crate::backend::fake::{FakeContainers, FakeHostPorts, FakeInterfaces, FakeNat, FakeOvs};
     use std::sync::Arc;
 
@@ -418,24 +422,37 @@ mod tests {
     #[test]
     fn a_namespace_that_went_away_is_a_gone_container() {
         let att = crate::backend::fake::attachment("a", "ov", "10.2.1.5/16");
-        let gone = plumbing_error(
+        let exited = || NsError::Exited { pid: 7 };
+        let reused = || NsError::NotTheContainer {
+            pid: 7,
+            container: "c1".into(),
+        };
+        for source in [exited(), reused()] {
+            let gone = plumbing_error("a", &att, InterfaceError::Namespace { pid: 7, source });
+            assert!(matches!(gone, ReconcileError::ContainerGone { .. }));
+        }
+        // A namespace the agent could not join is the agent's failure, not a gone container.
+        let refused = plumbing_error(
             "a",
             &att,
             InterfaceError::Namespace {
                 pid: 7,
-                source: std::io::Error::from_raw_os_error(libc::ENOENT),
+                source: NsError::Join {
+                    pid: 7,
+                    source: std::io::Error::from_raw_os_error(libc::EPERM),
+                },
             },
         );
-        assert!(matches!(gone, ReconcileError::ContainerGone { .. }));
+        assert!(matches!(refused, ReconcileError::Plumbing { .. }));
         let scope = NatScope::Container {
             name: "a".into(),
-            pid: 7,
+            ns: ContainerNs::new(7, "c1"),
         };
         let nat = nat_error(
             &scope,
             NatError::Namespace {
                 pid: 7,
-                source: std::io::Error::from_raw_os_error(libc::ENOENT),
+                source: reused(),
             },
         );
         assert!(matches!(nat, ReconcileError::ContainerGone { .. }));
@@ -444,7 +461,7 @@ mod tests {
                 &NatScope::Node,
                 NatError::Namespace {
                     pid: 7,
-                    source: std::io::Error::from_raw_os_error(libc::ENOENT),
+                    source: exited(),
                 }
             ),
             ReconcileError::NodeNat { .. }

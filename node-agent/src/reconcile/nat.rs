@@ -12,7 +12,7 @@ use topo_schema::slice::SliceEntry;
 
 use super::Action;
 use super::context::{Context, HoldChange};
-use super::drift::Drift;
+use super::drift::{Drift, describe, with_kinds};
 use super::error::ReconcileError;
 use super::executor::{Change, NatScope};
 use super::hostports::{self, Hold};
@@ -43,10 +43,11 @@ pub fn rules(entries: &[SliceEntry]) -> NatRules {
 #[derive(Debug, PartialEq)]
 pub enum Plan {
     InForce,
-    /// Put `rules` in force; `drift` when the table in force was changed outside topo.
+    /// Put `rules` in force; `drift` is how the table in force was changed outside topo
+    /// (empty when the rules themselves changed, or nothing is known to be in force).
     Apply {
         rules: NatRules,
-        drift: Option<Drift>,
+        drift: Vec<Drift>,
     },
 }
 
@@ -55,7 +56,15 @@ pub fn plan(want: NatRules, observed: &ObservedNat, in_force: Option<&NatRules>)
     if observed.satisfies(&want) {
         return Plan::InForce;
     }
-    let drift = (in_force == Some(&want)).then_some(Drift::NodeNat);
+    let drift = if in_force == Some(&want) {
+        observed
+            .differences(&want)
+            .into_iter()
+            .map(Drift::NodeNat)
+            .collect()
+    } else {
+        vec![]
+    };
     Plan::Apply { rules: want, drift }
 }
 
@@ -131,17 +140,13 @@ pub async fn reconcile(ctx: &Context) -> Result<Action, ReconcileError> {
         })
         .await?;
         let object = ObjectRef::new(Kind::Node, &ctx.node);
-        match drift {
-            Some(d) => {
-                ctx.recorder
-                    .warning(object, "DriftRepaired", d.to_string())
-                    .await
-            }
-            None => {
-                ctx.recorder
-                    .normal(object, "NatProgrammed", programmed_message(&rules))
-                    .await
-            }
+        if drift.is_empty() {
+            ctx.recorder
+                .normal(object, "NatProgrammed", programmed_message(&rules))
+                .await
+        } else {
+            let message = with_kinds(describe(&drift), &drift);
+            ctx.recorder.warning(object, "DriftRepaired", message).await
         }
     }
     for change in ctx.set_port_verdicts(&published, holds) {
@@ -199,6 +204,7 @@ fn programmed_message(rules: &NatRules) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::NatDrift;
     use crate::reconcile::fixtures;
     use topo_schema::kinds::Protocol;
     use topo_schema::slice::PublishedPort;
@@ -254,25 +260,32 @@ mod tests {
             exact: false,
             ..in_force.clone()
         };
+        let flushed = ObservedNat {
+            rules: NatRules::default(),
+            ..in_force.clone()
+        };
+        let deleted = ObservedNat {
+            ip_forward: true,
+            ..ObservedNat::default()
+        };
+        let apply = |drift: Vec<NatDrift>| Plan::Apply {
+            rules: want.clone(),
+            drift: drift.into_iter().map(Drift::NodeNat).collect(),
+        };
         let table = [
             (&in_force, Some(&want), Plan::InForce),
             (&in_force, None, Plan::InForce),
             (
                 &tampered,
                 Some(&want),
-                Plan::Apply {
-                    rules: want.clone(),
-                    drift: Some(Drift::NodeNat),
-                },
+                apply(vec![NatDrift::RulesChanged {
+                    missing: 0,
+                    foreign: true,
+                }]),
             ),
-            (
-                &tampered,
-                None,
-                Plan::Apply {
-                    rules: want.clone(),
-                    drift: None,
-                },
-            ),
+            (&flushed, Some(&want), apply(vec![NatDrift::TableFlushed])),
+            (&deleted, Some(&want), apply(vec![NatDrift::TableDeleted])),
+            (&tampered, None, apply(vec![])),
         ];
         for (observed, before, expected) in table {
             assert_eq!(plan(want.clone(), observed, before), expected);

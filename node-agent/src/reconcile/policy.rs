@@ -14,6 +14,9 @@ use super::error::ReconcileError;
 use crate::backend::ContainerError;
 use crate::key::Key;
 
+/// How often the status of a container waiting for its image shows the pull's progress.
+pub const PULL_STATUS_EVERY: Duration = Duration::from_secs(5);
+
 /// A key's own schedule: 250 ms doubling to a minute.
 pub fn key_backoff() -> ExponentialBackoff {
     topo_watcher::jittered_backoff(Duration::from_millis(250), Duration::from_secs(60))
@@ -23,8 +26,11 @@ pub fn key_backoff() -> ExponentialBackoff {
 pub fn error_policy(err: &ReconcileError, backoff: &mut ExponentialBackoff) -> Action {
     let next = backoff.next_backoff().unwrap_or(backoff.max_interval);
     match err {
-        // The crash loop carries its own schedule.
+        // The crash loop and the image backoff carry their own schedules.
         ReconcileError::CrashLoop { wait, .. } => Action::Requeue(*wait),
+        ReconcileError::ImagePullBackOff { retry_in, .. } => Action::Requeue(*retry_in),
+        // The pull queues the key when it ends; meanwhile the status shows its progress.
+        ReconcileError::ImagePulling { .. } => Action::Requeue(PULL_STATUS_EVERY),
         // Another node's agent is removing the old container of a moved one: look again
         // soon rather than backing off to a minute.
         ReconcileError::ContainerCreate { source, .. }

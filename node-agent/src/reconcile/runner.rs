@@ -55,7 +55,12 @@ impl Runner {
                     Action::Requeue(d) => d,
                     Action::AwaitChange => Duration::ZERO,
                 };
-                tracing::warn!(parent: &span, elapsed_ms, reason = err.reason(), error = %error_chain(&err), ?delay, "reconcile failed");
+                if let ReconcileError::ImagePulling { .. } = err {
+                    // Waiting for a pull is not a failure; its status says how it goes.
+                    tracing::debug!(parent: &span, elapsed_ms, error = %error_chain(&err), ?delay, "waiting for an image");
+                } else {
+                    tracing::warn!(parent: &span, elapsed_ms, reason = err.reason(), error = %error_chain(&err), ?delay, "reconcile failed");
+                }
                 if let Action::Requeue(d) = action {
                     self.ctx.queue.add_after(key.clone(), d);
                 }

@@ -8,7 +8,7 @@ use topo_schema::slice::TunnelEntry;
 use super::Action;
 use super::bridge;
 use super::context::Context;
-use super::drift::Drift;
+use super::drift::{Drift, with_kinds};
 use super::error::ReconcileError;
 use super::executor::Change;
 use super::reports;
@@ -106,7 +106,8 @@ fn event(t: &TunnelEntry, outcome: &PortOutcome, steady: bool) -> Option<(&'stat
     match (outcome, steady) {
         (PortOutcome::Unchanged, _) => None,
         (PortOutcome::Added, true) => {
-            Some(("DriftRepaired", Drift::GrePortDeleted { port }.to_string()))
+            let d = Drift::GrePortDeleted { port };
+            Some(("DriftRepaired", with_kinds(&d, std::slice::from_ref(&d))))
         }
         (PortOutcome::Added, false) => Some((
             "TunnelCreated",
@@ -116,7 +117,8 @@ fn event(t: &TunnelEntry, outcome: &PortOutcome, steady: bool) -> Option<(&'stat
             ),
         )),
         (PortOutcome::Updated, true) => {
-            Some(("DriftRepaired", Drift::GrePortChanged { port }.to_string()))
+            let d = Drift::GrePortChanged { port };
+            Some(("DriftRepaired", with_kinds(&d, std::slice::from_ref(&d))))
         }
         (PortOutcome::Updated, false) => Some((
             "TunnelConfigured",
@@ -295,7 +297,7 @@ mod tests {
                 true,
                 Some((
                     "DriftRepaired",
-                    "GRE port tg-n2 was deleted outside topo; recreated",
+                    "GRE port tg-n2 was deleted outside topo; recreated [drift: GrePortDeleted]",
                 )),
             ),
             (PortOutcome::Added, false, Some(("TunnelCreated", ""))),
@@ -304,7 +306,7 @@ mod tests {
                 true,
                 Some((
                     "DriftRepaired",
-                    "GRE port tg-n2 was changed outside topo; restored",
+                    "GRE port tg-n2 was changed outside topo; restored [drift: GrePortChanged]",
                 )),
             ),
             (PortOutcome::Updated, false, Some(("TunnelConfigured", ""))),

@@ -132,9 +132,67 @@ impl Drop for NetNs {
     }
 }
 
-/// A process in a network namespace of its own: the stand-in for a container.
+/// A cgroup of its own for a stand-in container: the agent confirms a container's process by
+/// its cgroup naming the container's id (as Docker's do), so each stand-in gets one named
+/// after its made-up id. Created in the unified (v2) hierarchy when there is one, else in v1's
+/// `pids`; removed on drop.
+pub struct TestCgroup {
+    pub id: String,
+    dir: PathBuf,
+}
+
+fn cgroup_hierarchy() -> PathBuf {
+    for dir in [
+        "/sys/fs/cgroup",
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup/pids",
+    ] {
+        let d = PathBuf::from(dir);
+        if d.join("cgroup.procs").is_file() {
+            return d;
+        }
+    }
+    panic!("no writable cgroup hierarchy under /sys/fs/cgroup (the namespace checks need one)");
+}
+
+impl TestCgroup {
+    pub fn new() -> TestCgroup {
+        let id = unique("topo-test-container-");
+        let dir = cgroup_hierarchy().join(&id);
+        std::fs::create_dir(&dir)
+            .unwrap_or_else(|e| panic!("failed to create cgroup {}: {e}", dir.display()));
+        TestCgroup { id, dir }
+    }
+
+    /// Moves process `pid` into the cgroup.
+    pub fn adopt(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).unwrap_or_else(|e| {
+            panic!(
+                "failed to move {pid} into cgroup {}: {e}",
+                self.dir.display()
+            )
+        });
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Its processes are gone by now (the sleeper is killed first); retry briefly while
+        // the kernel lets go of them.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A process in a network namespace of its own: the stand-in for a container, with a cgroup
+/// named after its made-up container id.
 pub struct Sleeper {
     child: Child,
+    cgroup: Option<TestCgroup>,
 }
 
 impl Sleeper {
@@ -165,7 +223,10 @@ impl Sleeper {
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn unshare --net sleep");
-        let s = Sleeper { child };
+        let mut s = Sleeper {
+            child,
+            cgroup: None,
+        };
         // Wait until the exec happened and the namespace differs from ours.
         let deadline = Instant::now() + Duration::from_secs(5);
         let mine = std::fs::read_link("/proc/self/ns/net").ok();
@@ -182,11 +243,51 @@ impl Sleeper {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+        let cgroup = TestCgroup::new();
+        cgroup.adopt(s.pid());
+        s.cgroup = Some(cgroup);
         s
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The made-up container id its cgroup is named after.
+    pub fn container_id(&self) -> String {
+        self.cgroup
+            .as_ref()
+            .map(|c| c.id.clone())
+            .unwrap_or_default()
+    }
+
+    /// Its namespace as the agent names a container's.
+    pub fn ns(&self) -> topo_agent::backend::ContainerNs {
+        topo_agent::backend::ContainerNs::new(self.pid(), self.container_id())
+    }
+
+    /// Kills the process without reaping it: a zombie, whose pid is not free yet.
+    pub fn kill_unreaped(&mut self) {
+        let _ = self.child.kill();
+        let pid = self.pid();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if state
+                .rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the stand-in container {pid} did not turn into a zombie");
+    }
+
+    /// Kills and reaps the process: its pid is free for anyone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Runs CMD inside the sleeper's namespace (nsenter; fine in tests).
@@ -209,6 +310,8 @@ impl Drop for Sleeper {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The cgroup goes after its process.
+        self.cgroup.take();
     }
 }
 

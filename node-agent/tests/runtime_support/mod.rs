@@ -11,7 +11,9 @@ use tokio::sync::watch;
 use topo_agent::backend::fake::{FakeContainers, FakeHostPorts, FakeInterfaces, FakeNat, FakeOvs};
 use topo_agent::events::{MemoryEvents, Recorder};
 use topo_agent::key::Key;
+use topo_agent::pulls::PullConfig;
 use topo_agent::queue::WorkQueue;
+use topo_agent::reconcile::context::CrashBackoff;
 use topo_agent::reconcile::{Backends, Context, Runner};
 use topo_agent::report::{MemoryReports, Reporter};
 use topo_agent::watch::{SliceStore, SliceValue};
@@ -30,6 +32,23 @@ pub fn key(text: &str) -> SliceKey {
 }
 
 pub const NODE: &str = "node1";
+
+/// Pull deadlines and backoff in tenths of a second.
+pub const TEST_PULLS: PullConfig = PullConfig {
+    progress_timeout: Duration::from_millis(300),
+    timeout: Duration::from_secs(5),
+    backoff_initial: Duration::from_millis(300),
+    backoff_max: Duration::from_secs(1),
+    parallel: 2,
+    progress_events: Duration::from_millis(100),
+};
+
+/// Kubelet's schedule in seconds where kubelet's is in tens of them: 0, 1, 2, 4 s.
+pub const TEST_CRASH_BACKOFF: CrashBackoff = CrashBackoff {
+    initial: Duration::from_secs(1),
+    max: Duration::from_secs(4),
+    reset_after: Duration::from_secs(600),
+};
 pub const IMAGE: &str = "topo/busybox:latest";
 
 pub fn node() -> SliceEntry {
@@ -233,14 +252,18 @@ impl Agent {
     pub fn new(f: &Fakes, entries: Vec<SliceEntry>) -> Self {
         let store = SliceStore::from_entries(entries);
         let queue = WorkQueue::new();
-        let ctx = Arc::new(Context::new(
-            NODE,
-            f.backends(),
-            store.clone(),
-            Reporter::new(f.reports.clone(), NODE),
-            Recorder::new(f.events.clone(), NODE),
-            queue.clone(),
-        ));
+        let ctx = Arc::new(
+            Context::new(
+                NODE,
+                f.backends(),
+                store.clone(),
+                Reporter::new(f.reports.clone(), NODE),
+                Recorder::new(f.events.clone(), NODE),
+                queue.clone(),
+            )
+            .with_crash_backoff(TEST_CRASH_BACKOFF)
+            .with_pull_config(TEST_PULLS),
+        );
         let runner = Runner::new(ctx.clone());
         let (shutdown, _) = watch::channel(false);
         Agent {

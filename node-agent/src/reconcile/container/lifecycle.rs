@@ -1,6 +1,6 @@
 //! The Docker container itself: keep it, create it (replacing one made for an earlier
-//! object or an earlier configuration), or start it again after it exited — backing off when
-//! it keeps exiting soon after its start (a crash loop).
+//! object or an earlier configuration), or start it again after it exited — backing off as
+//! kubelet does when it keeps exiting (a crash loop), however long each run lasted.
 
 use std::time::{Duration, Instant};
 
@@ -12,12 +12,40 @@ use super::super::context::{Context, RestartState};
 use super::super::drift::Drift;
 use super::super::error::ReconcileError;
 use super::super::executor::Change;
-use crate::backend::ObservedContainer;
+use crate::backend::{ContainerNs, ObservedContainer};
 
-/// A container that exits sooner than this after its start, twice in a row, is crash-looping:
-/// its restarts back off (1 s, 2 s, 4 s, ... up to [`MAX_CRASH_BACKOFF`]).
-pub const MIN_UPTIME: Duration = Duration::from_secs(10);
-pub const MAX_CRASH_BACKOFF: Duration = Duration::from_secs(300);
+/// Kubelet's restart backoff: the first restart after an exit is at once (a container killed
+/// by hand is drift, not a crash loop); each further one waits `initial`, then twice as long
+/// each time up to `max`, counted from the exit. A run of `reset_after` without an exit starts
+/// the schedule over. The length of each run does not matter otherwise: a container that
+/// crashes after 30 s backs off like one that crashes at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrashBackoff {
+    pub initial: Duration,
+    pub max: Duration,
+    pub reset_after: Duration,
+}
+
+impl Default for CrashBackoff {
+    fn default() -> Self {
+        CrashBackoff {
+            initial: Duration::from_secs(10),
+            max: Duration::from_secs(300),
+            reset_after: Duration::from_secs(600),
+        }
+    }
+}
+
+impl CrashBackoff {
+    /// The wait before the restart that follows the `exits`-th exit of a run of exits.
+    pub fn delay(&self, exits: u32) -> Duration {
+        if exits <= 1 {
+            return Duration::ZERO;
+        }
+        let doublings = (exits - 2).min(30);
+        self.initial.saturating_mul(1u32 << doublings).min(self.max)
+    }
+}
 
 /// Why a container of the entry's name is removed before the entry's is created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +91,7 @@ pub fn plan(
     c: &ContainerEntry,
     observed: Option<&ObservedContainer>,
     restart: Option<RestartState>,
+    backoff: &CrashBackoff,
     now: DateTime<Utc>,
 ) -> Plan {
     let Some(o) = observed else {
@@ -85,7 +114,7 @@ pub fn plan(
         id: o.id.clone(),
         ..Default::default()
     });
-    let wait = crash_wait(&mut state, o, now);
+    let wait = crash_wait(&mut state, o, backoff, now);
     if !wait.is_zero() {
         return Plan::CrashLoop {
             exit_code: o.exit_code.unwrap_or(-1),
@@ -101,31 +130,32 @@ pub fn plan(
     }
 }
 
-/// How long to wait before restarting a container that exited, given how long it ran.
-fn crash_wait(s: &mut RestartState, o: &ObservedContainer, now: DateTime<Utc>) -> Duration {
+/// How long to wait before restarting a container that exited: counts the exit (once) and
+/// looks the wait up in `backoff`, less the time since the exit.
+fn crash_wait(
+    s: &mut RestartState,
+    o: &ObservedContainer,
+    backoff: &CrashBackoff,
+    now: DateTime<Utc>,
+) -> Duration {
     if o.finished_at.is_some() && o.finished_at != s.last_exit {
         s.last_exit = o.finished_at;
-        let uptime = match (o.started_at, o.finished_at) {
+        let ran = match (o.started_at, o.finished_at) {
             (Some(a), Some(b)) => (b - a).to_std().unwrap_or_default(),
-            _ => MIN_UPTIME,
+            _ => Duration::ZERO,
         };
-        s.quick_exits = if uptime < MIN_UPTIME {
-            s.quick_exits + 1
+        s.backoff_exits = if ran >= backoff.reset_after {
+            1
         } else {
-            0
+            s.backoff_exits + 1
         };
     }
-    // The first quick exit restarts at once (a kill is drift, not a crash loop); the ones
-    // that follow wait 1 s, 2 s, 4 s, ...
-    if s.quick_exits <= 1 {
-        return Duration::ZERO;
-    }
-    let backoff = Duration::from_secs(1 << (s.quick_exits - 2).min(9)).min(MAX_CRASH_BACKOFF);
+    let delay = backoff.delay(s.backoff_exits);
     let since_exit = o
         .finished_at
         .and_then(|f| (now - f).to_std().ok())
-        .unwrap_or(backoff);
-    backoff.saturating_sub(since_exit)
+        .unwrap_or(delay);
+    delay.saturating_sub(since_exit)
 }
 
 pub fn short_id(id: &str) -> &str {
@@ -135,7 +165,8 @@ pub fn short_id(id: &str) -> &str {
 /// The running container the rest of the reconcile plumbs.
 pub struct Running {
     pub container: ObservedContainer,
-    pub pid: u32,
+    /// Its namespace, by its init process and its id (confirmed on every entry).
+    pub ns: ContainerNs,
     /// Created by this reconcile (so nothing found on it is drift).
     pub created: bool,
     /// Docker's share of a new container's start, and when it ended (the plumbing's time
@@ -154,7 +185,13 @@ pub async fn converge(ctx: &Context, c: &ContainerEntry) -> Result<Running, Reco
         _ => None,
     };
     let (mut created, mut docker_time, mut restarted) = (false, None, None);
-    match plan(c, observed.as_ref(), restart, Utc::now()) {
+    match plan(
+        c,
+        observed.as_ref(),
+        restart,
+        &ctx.crash_backoff,
+        Utc::now(),
+    ) {
         Plan::Keep => {}
         Plan::Create { replace } => {
             docker_time = Some(create(ctx, c, replace).await?);
@@ -173,7 +210,6 @@ pub async fn converge(ctx: &Context, c: &ContainerEntry) -> Result<Running, Reco
             restarted = Some(Drift::Restarted {
                 docker_name: c.docker_name.clone(),
                 exit_code,
-                restart: state.count,
             });
             ctx.save_restart_state(&c.name, state);
         }
@@ -183,6 +219,14 @@ pub async fn converge(ctx: &Context, c: &ContainerEntry) -> Result<Running, Reco
             state,
         } => {
             ctx.save_restart_state(&c.name, state);
+            // One message per exit code: repeats fold into one counted event.
+            let message = format!(
+                "back-off restarting failed container {} (exit code {exit_code})",
+                c.docker_name
+            );
+            ctx.recorder
+                .warning(ObjectRef::new(Kind::Container, &c.name), "BackOff", message)
+                .await;
             return Err(ReconcileError::CrashLoop {
                 container: c.name.clone(),
                 exit_code,
@@ -205,8 +249,8 @@ pub async fn converge(ctx: &Context, c: &ContainerEntry) -> Result<Running, Reco
         .filter(|_| container.running)
         .ok_or_else(not_running)?;
     Ok(Running {
+        ns: ContainerNs::new(pid, &container.id),
         container,
-        pid,
         created,
         docker_time,
         restarted,
@@ -222,6 +266,10 @@ async fn create(
 ) -> Result<(Duration, Instant), ReconcileError> {
     let exec = ctx.executor();
     let object = ObjectRef::new(Kind::Container, &c.name);
+    let started = Instant::now();
+    // The image first: a container being replaced keeps running until its successor's image
+    // is there (a stalled pull must not leave nothing running).
+    super::image::converge(ctx, c).await?;
     if let Some((id, why)) = replace {
         exec.run(Change::RemoveContainer {
             container: c.name.clone(),
@@ -239,13 +287,6 @@ async fn create(
             .await;
         ctx.forget_restarts(&c.name);
     }
-    let started = Instant::now();
-    exec.run(Change::EnsureImage {
-        container: c.name.clone(),
-        image: c.image.clone(),
-        policy: c.pull_policy,
-    })
-    .await?;
     let id = exec.create_container(c).await?;
     let docker_time = (started.elapsed(), Instant::now());
     let state = RestartState {
@@ -323,49 +364,93 @@ mod tests {
             ),
         ];
         for (o, want) in table {
-            assert_eq!(plan(&c, o.as_ref(), None, now), want, "{o:?}");
+            assert_eq!(
+                plan(&c, o.as_ref(), None, &CrashBackoff::default(), now),
+                want,
+                "{o:?}"
+            );
         }
     }
 
+    /// The wait before each restart of a container that keeps exiting after `ran` seconds:
+    /// exit after exit, what the plan says at the moment of the exit.
+    fn schedule(ran: i64, exits: usize) -> Vec<Option<u64>> {
+        let c = entry();
+        let backoff = CrashBackoff::default();
+        let mut state = None;
+        let mut t = Utc::now();
+        let mut out = Vec::new();
+        for _ in 0..exits {
+            t += chrono::Duration::seconds(ran);
+            let mut o = observed(false, ran, 0);
+            o.started_at = Some(t - chrono::Duration::seconds(ran));
+            o.finished_at = Some(t);
+            match plan(&c, Some(&o), state.clone(), &backoff, t) {
+                Plan::Restart { state: s, .. } => {
+                    out.push(Some(0));
+                    state = Some(s);
+                }
+                Plan::CrashLoop { wait, state: s, .. } => {
+                    out.push(Some(wait.as_secs()));
+                    // Restarted once the wait is over.
+                    t += chrono::Duration::from_std(wait).unwrap();
+                    let Plan::Restart { state: s, .. } = plan(&c, Some(&o), Some(s), &backoff, t)
+                    else {
+                        panic!("not restarted after the wait")
+                    };
+                    state = Some(s);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        out
+    }
+
     #[test]
-    fn an_exit_restarts_at_once_and_a_second_quick_one_backs_off() {
+    fn crash_loops_back_off_like_kubelet_whatever_the_uptime() {
+        let kubelet = vec![0, 10, 20, 40, 80, 160, 300, 300];
+        for ran in [1, 5, 30, 300] {
+            let waits: Vec<u64> = schedule(ran, 8).into_iter().flatten().collect();
+            assert_eq!(
+                waits, kubelet,
+                "a container that runs {ran} s before each exit"
+            );
+        }
+        // Ten minutes of running start the schedule over: every exit restarts at once.
+        let waits: Vec<u64> = schedule(600, 4).into_iter().flatten().collect();
+        assert_eq!(waits, vec![0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn an_exit_is_counted_once_and_the_wait_counts_from_it() {
         let c = entry();
         let now = Utc::now();
+        let backoff = CrashBackoff::default();
         // Killed after a long run: restarted, counted.
         let o = observed(false, 60, 0);
-        let Plan::Restart { state, .. } = plan(&c, Some(&o), None, now) else {
+        let Plan::Restart { state, .. } = plan(&c, Some(&o), None, &backoff, now) else {
             panic!()
         };
-        assert_eq!((state.count, state.quick_exits), (1, 0));
-        // A quick exit: restarted at once (it may be a kill).
-        let o = observed(false, 1, 0);
-        let Plan::Restart {
-            state, exit_code, ..
-        } = plan(&c, Some(&o), Some(state), now)
+        assert_eq!((state.count, state.backoff_exits), (1, 1));
+        // The same exit seen again (another event) is not counted twice.
+        let Plan::Restart { state: again, .. } =
+            plan(&c, Some(&o), Some(state.clone()), &backoff, now)
         else {
             panic!()
         };
-        assert_eq!(
-            (state.count, state.quick_exits, exit_code),
-            (2, 1, Some(137))
-        );
-        // The same exit seen again is not counted twice.
-        let Plan::Restart { state: again, .. } = plan(&c, Some(&o), Some(state.clone()), now)
-        else {
-            panic!()
-        };
-        assert_eq!(again.quick_exits, 1);
-        // A second quick exit: wait 1 s from the exit.
+        assert_eq!(again.backoff_exits, 1);
+        // A second exit, 4 s after it: 6 s left of the 10.
         let o2 = ObservedContainer {
-            finished_at: o.finished_at.map(|f| f + chrono::Duration::seconds(2)),
             started_at: o.finished_at,
+            finished_at: o.finished_at.map(|f| f + chrono::Duration::seconds(2)),
             ..o.clone()
         };
-        match plan(&c, Some(&o2), Some(state), o2.finished_at.unwrap()) {
+        let at = o2.finished_at.unwrap() + chrono::Duration::seconds(4);
+        match plan(&c, Some(&o2), Some(state), &backoff, at) {
             Plan::CrashLoop {
                 wait, exit_code, ..
             } => {
-                assert_eq!(wait, Duration::from_secs(1));
+                assert_eq!(wait, Duration::from_secs(6));
                 assert_eq!(exit_code, 137);
             }
             other => panic!("{other:?}"),
@@ -373,19 +458,12 @@ mod tests {
     }
 
     #[test]
-    fn crash_backoff_doubles_up_to_its_bound() {
-        let o = observed(false, 1, 0);
-        let waits: Vec<u64> = [2u32, 3, 4, 11, 30]
+    fn backoff_doubles_up_to_its_bound() {
+        let b = CrashBackoff::default();
+        let waits: Vec<u64> = [0u32, 1, 2, 3, 4, 7, 8, 40, u32::MAX]
             .iter()
-            .map(|q| {
-                let mut s = RestartState {
-                    quick_exits: *q,
-                    last_exit: o.finished_at,
-                    ..Default::default()
-                };
-                crash_wait(&mut s, &o, o.finished_at.unwrap()).as_secs()
-            })
+            .map(|n| b.delay(*n).as_secs())
             .collect();
-        assert_eq!(waits, vec![1, 2, 4, 300, 300]);
+        assert_eq!(waits, vec![0, 0, 10, 20, 40, 300, 300, 300, 300]);
     }
 }

@@ -31,7 +31,7 @@ pub struct Plan {
     /// The table to put in force, if the namespace's differs.
     pub apply: Option<NatRules>,
     /// Why it differs: changed outside topo (drift), or the entry changed (configuration).
-    pub drift: Option<Drift>,
+    pub drift: Vec<Drift>,
     pub configured: Option<Drift>,
     /// (link, message) for each link whose target is new to it.
     pub rewired: Vec<(String, String)>,
@@ -59,9 +59,14 @@ pub fn plan(
     let in_force = previous.map(rules);
     if in_force.as_ref() == Some(&want) {
         if !created && !restarted {
-            plan.drift = Some(Drift::LinkRulesTampered {
-                container: c.name.clone(),
-            });
+            plan.drift = observed
+                .differences(&want)
+                .into_iter()
+                .map(|drift| Drift::LinkRules {
+                    container: c.name.clone(),
+                    drift,
+                })
+                .collect();
         }
     } else if !created {
         plan.configured = Some(Drift::LinkRulesStale);
@@ -92,6 +97,7 @@ fn rewired(c: &ContainerEntry, previous: Option<&ContainerEntry>) -> Vec<(String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::NatDrift;
     use crate::reconcile::fixtures::{container, link};
 
     fn consumer(target: Option<&str>) -> ContainerEntry {
@@ -159,9 +165,10 @@ mod tests {
                 restarted: false,
                 want: Plan {
                     apply: Some(rules(&old)),
-                    drift: Some(Drift::LinkRulesTampered {
+                    drift: vec![Drift::LinkRules {
                         container: "app".into(),
-                    }),
+                        drift: NatDrift::TableDeleted,
+                    }],
                     ..Plan::default()
                 },
             },

@@ -1,7 +1,8 @@
 //! A container and its plumbing (`containers/<name>`), in phases, each observe → plan →
 //! apply, each needing the one before:
 //!
-//! 1. [`lifecycle`]: the Docker container running with the entry's configuration;
+//! 1. [`lifecycle`]: the Docker container running with the entry's configuration (its
+//!    image first, [`image`]: pulled off the worker);
 //! 2. [`plumbing`]: its veth pairs in its namespace and their ports on the bridges;
 //! 3. [`links`]: the link rules in its namespace;
 //! 4. reports and events: what was found and done, as drift repaired (the entry was already in
@@ -9,6 +10,7 @@
 //!
 //! Removal ([`remove`]) is a teardown: it goes on past failures and returns them all.
 
+pub mod image;
 pub mod lifecycle;
 pub mod links;
 pub mod plumbing;
@@ -18,7 +20,7 @@ use topo_schema::slice::{ContainerEntry, owner};
 
 use super::Action;
 use super::context::Context;
-use super::drift::{Drift, describe};
+use super::drift::{Drift, describe, with_kinds};
 use super::error::ReconcileError;
 use super::executor::{Change, NatScope};
 use super::hostports::Hold;
@@ -60,7 +62,7 @@ pub async fn reconcile(
     findings.repairs.extend(running.restarted.clone());
     let restarts = ctx.restart_state(&c.name, &running.container.id).await;
 
-    let plumbing = plumbing::converge(ctx, c, previous, running.pid).await?;
+    let plumbing = plumbing::converge(ctx, c, previous, &running.ns).await?;
     if !running.created {
         findings.found(plumbing, outside_topo);
     }
@@ -68,7 +70,7 @@ pub async fn reconcile(
     let exec = ctx.executor();
     let scope = NatScope::Container {
         name: c.name.clone(),
-        pid: running.pid,
+        ns: running.ns.clone(),
     };
     let observed = exec.nat(&scope).await?;
     let links = links::plan(c, previous, &observed, running.created, restarted);
@@ -102,6 +104,8 @@ pub async fn reconcile(
         .await
         .map_err(|source| ReconcileError::Report { source })?;
     record(ctx, c, findings, links.rewired).await;
+    // From now on a change inside the container's namespace is heard at once.
+    ctx.watches.ensure(&c.name, &running.ns).await;
     Ok(Action::AwaitChange)
 }
 
@@ -126,7 +130,8 @@ async fn held_ports(ctx: &Context, c: &ContainerEntry) -> Result<Vec<Hold>, Reco
 async fn record(ctx: &Context, c: &ContainerEntry, f: Findings, rewired: Vec<(String, String)>) {
     let object = ObjectRef::new(Kind::Container, &c.name);
     if !f.repairs.is_empty() {
-        let message = format!("container {}: {}; repaired", c.name, describe(&f.repairs));
+        let text = format!("container {}: {}; repaired", c.name, describe(&f.repairs));
+        let message = with_kinds(text, &f.repairs);
         ctx.recorder
             .warning(object.clone(), "DriftRepaired", message)
             .await;
@@ -172,6 +177,8 @@ pub fn plan_port_removal(c: &ContainerEntry, state: &OvsState) -> Vec<OvsChange>
 /// The entry left the slice: the container, its host veths (usually gone with its
 /// namespace) and its ports go, each whatever the others do.
 pub async fn remove(ctx: &Context, c: &ContainerEntry) -> Result<(), ReconcileError> {
+    // Its end is no news: the watch must not queue the key when the process exits.
+    ctx.watches.forget(&c.name);
     let exec = ctx.executor();
     let mut errors = Vec::new();
     match exec.container(&c.docker_name).await {

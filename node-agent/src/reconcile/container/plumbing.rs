@@ -19,7 +19,7 @@ use super::super::context::Context;
 use super::super::drift::Drift;
 use super::super::error::ReconcileError;
 use super::super::executor::Change;
-use crate::backend::{Interfaces, ObservedAttachment, OvsChange, OvsState, PortKind};
+use crate::backend::{ContainerNs, Interfaces, ObservedAttachment, OvsChange, OvsState, PortKind};
 use crate::error_chain::error_chain;
 
 #[derive(Debug, Default, PartialEq)]
@@ -37,7 +37,7 @@ pub struct VethPlan {
 pub fn plan_veths(
     c: &ContainerEntry,
     previous: Option<&ContainerEntry>,
-    pid: u32,
+    ns: &ContainerNs,
     observed: &[ObservedAttachment],
 ) -> VethPlan {
     let mut plan = VethPlan::default();
@@ -52,7 +52,7 @@ pub fn plan_veths(
         }
         plan.changes.push(Change::Attachment {
             container: c.name.clone(),
-            pid,
+            ns: ns.clone(),
             attachment: att.clone(),
         });
         plan.drift.extend(diffs.into_iter().map(Drift::Attachment));
@@ -187,7 +187,7 @@ pub async fn converge(
     ctx: &Context,
     c: &ContainerEntry,
     previous: Option<&ContainerEntry>,
-    pid: u32,
+    ns: &ContainerNs,
 ) -> Result<Vec<Drift>, ReconcileError> {
     let exec = ctx.executor();
     let state = exec.switch().await?;
@@ -196,9 +196,9 @@ pub async fn converge(
     }
     let mut observed = Vec::with_capacity(c.attachments.len());
     for att in &c.attachments {
-        observed.push(exec.attachment(&c.name, pid, att).await?);
+        observed.push(exec.attachment(&c.name, ns, att).await?);
     }
-    let veths = plan_veths(c, previous, pid, &observed);
+    let veths = plan_veths(c, previous, ns, &observed);
     ctx.mark_stale_ports(veths.new_pairs.iter().cloned());
     exec.apply(veths.changes).await?;
     let veth_names: Vec<&String> = c.attachments.iter().map(|a| &a.host_veth).collect();
@@ -231,7 +231,7 @@ pub async fn converge(
         .cloned()
         .collect();
     if !announce.is_empty() {
-        spawn_announcements(ctx.backends.interfaces.clone(), &c.name, pid, announce);
+        spawn_announcements(ctx.backends.interfaces.clone(), &c.name, ns, announce);
     }
     Ok(drift)
 }
@@ -251,17 +251,18 @@ const ANNOUNCE_AT: [Duration; 3] = [
 fn spawn_announcements(
     interfaces: Arc<dyn Interfaces>,
     container: &str,
-    pid: u32,
+    ns: &ContainerNs,
     atts: Vec<AttachmentEntry>,
 ) {
-    let span = tracing::debug_span!("announce", container = %container, pid);
+    let span = tracing::debug_span!("announce", container = %container, pid = ns.pid);
+    let ns = ns.clone();
     tokio::spawn(
         async move {
             let start = tokio::time::Instant::now();
             for at in ANNOUNCE_AT {
                 tokio::time::sleep_until(start + at).await;
                 for att in &atts {
-                    if let Err(e) = interfaces.announce(pid, att).await {
+                    if let Err(e) = interfaces.announce(&ns, att).await {
                         // The container went away or was replumbed again: that reconcile
                         // announces for itself.
                         tracing::debug!(interface = %att.interface, error = %error_chain(&e), "gratuitous ARP not sent");
@@ -291,9 +292,10 @@ mod tests {
             p.addresses.clear();
         }
         let missing = ObservedAttachment::default();
+        let ns = ContainerNs::new(7, "c1");
         let ensure = Change::Attachment {
             container: "web".into(),
-            pid: 7,
+            ns: ns.clone(),
             attachment: att.clone(),
         };
         // observed → (changes, new pair, drift)
@@ -318,7 +320,7 @@ mod tests {
             ),
         ];
         for (o, changes, new_pair, drift) in table {
-            let p = plan_veths(&c, None, 7, &[o]);
+            let p = plan_veths(&c, None, &ns, &[o]);
             assert_eq!(p.changes, changes);
             assert_eq!(p.new_pairs.len(), usize::from(new_pair));
             assert_eq!(p.replumbed.len(), usize::from(!drift.is_empty()));
@@ -326,7 +328,7 @@ mod tests {
         }
         // An attachment the entry dropped: its host veth goes.
         let before = entry("web", &["ov", "other"]);
-        let p = plan_veths(&c, Some(&before), 7, &[healthy]);
+        let p = plan_veths(&c, Some(&before), &ns, &[healthy]);
         assert_eq!(
             p.changes,
             vec![Change::RemoveVeth {

@@ -1,11 +1,16 @@
 //! Host events: changes made to the host (by topo or outside it), noticed through the
-//! backends' event streams (Docker events, netlink link/address notifications, OVSDB monitor
-//! updates) rather than by polling. Each event is mapped to the keys whose entries own what
-//! it touches and those are queued; the reconcile that follows repairs the difference and
-//! records `DriftRepaired`. Events caused
-//! by the agent's own changes map to keys whose reconcile then finds nothing to do.
+//! backends' event streams rather than by polling — Docker events, netlink link/address
+//! notifications of the node's namespace, OVSDB monitor updates, nftables notifications of
+//! the node's namespace (its `topo` table) here, and the watches inside each container's
+//! namespace in [`namespaces`]. Each event is mapped to the keys whose entries own what it
+//! touches and those are queued; the reconcile that follows repairs the difference and
+//! records `DriftRepaired` with the typed drift. Events caused by the agent's own changes map
+//! to keys whose reconcile then finds nothing to do.
 //!
-//! A `Resync` item (a stream reconnected, notifications may be lost) queues every key.
+//! A `Resync` item (a stream reconnected, notifications may be lost) queues every key (the
+//! nftables stream's only the node's NAT key: that is all it covers).
+
+pub mod namespaces;
 
 use std::sync::Arc;
 
@@ -14,7 +19,7 @@ use tokio::sync::watch;
 use topo_schema::kinds::Kind;
 use topo_schema::slice::{SliceEntry, SliceKey};
 
-use crate::backend::{ContainerEvent, LinkEvent, OvsEvent};
+use crate::backend::{ContainerEvent, LinkEvent, NatEvent, OvsEvent};
 use crate::key::Key;
 use crate::queue::WorkQueue;
 use crate::reconcile::{Backends, Context};
@@ -99,6 +104,11 @@ pub fn keys_for_ovs_event(store: &SliceStore, ev: &OvsEvent) -> Option<Vec<Key>>
     }
 }
 
+/// Any change to the node's `topo` table, or lost notifications, is the NAT key's business.
+pub fn keys_for_nat_event(_ev: &NatEvent) -> Vec<Key> {
+    vec![Key::Nat]
+}
+
 fn enqueue(ctx: &Context, source: &str, keys: Option<Vec<Key>>, what: &dyn std::fmt::Debug) {
     match keys {
         None => {
@@ -115,7 +125,7 @@ fn enqueue(ctx: &Context, source: &str, keys: Option<Vec<Key>>, what: &dyn std::
     }
 }
 
-/// Forwards the three event streams into the queue until `shutdown`.
+/// Forwards the four event streams of the node into the queue until `shutdown`.
 pub async fn run_host_events(
     ctx: Arc<Context>,
     backends: Backends,
@@ -124,8 +134,10 @@ pub async fn run_host_events(
     let mut docker = backends.containers.watch();
     let mut links = backends.interfaces.watch();
     let mut ovs = backends.ovs.watch();
+    let mut nat = backends.nat.watch();
     let (mut docker_open, mut links_open, mut ovs_open) = (true, true, true);
-    while docker_open || links_open || ovs_open {
+    let mut nat_open = true;
+    while docker_open || links_open || ovs_open || nat_open {
         tokio::select! {
             _ = shutdown.changed() => return,
             ev = docker.next(), if docker_open => match ev {
@@ -139,6 +151,10 @@ pub async fn run_host_events(
             ev = ovs.next(), if ovs_open => match ev {
                 Some(ev) => enqueue(&ctx, "ovsdb", keys_for_ovs_event(&ctx.store, &ev), &ev),
                 None => { ovs_open = false; tracing::warn!("the OVSDB event stream ended"); }
+            },
+            ev = nat.next(), if nat_open => match ev {
+                Some(ev) => enqueue(&ctx, "nftables", Some(keys_for_nat_event(&ev)), &ev),
+                None => { nat_open = false; tracing::warn!("the nftables event stream ended"); }
             },
         }
     }
