@@ -54,6 +54,9 @@ pub enum Command {
     /// Recent events: object, type, reason, age, count, message (newest last).
     #[command(after_help = examples::EVENTS)]
     Events(EventsArgs),
+    /// Print a container's log (through the controller, from its node's agent).
+    #[command(after_help = examples::LOGS)]
+    Logs(LogsArgs),
     /// Set (KEY=VALUE) or remove (KEY-) labels of objects.
     #[command(after_help = examples::LABEL)]
     Label(MetaArgs),
@@ -102,6 +105,13 @@ Examples:
   topoctl get c --sort-by=.status.restartCount  # numbers sort as numbers
   topoctl get c -w                              # keep printing changes
   topoctl get --raw /apis/topo.dev/v1alpha1/networks";
+
+    pub const LOGS: &str = "\
+Examples:
+  topoctl logs db                               # the whole log of container db
+  topoctl logs db --tail 20                     # its last 20 lines
+  topoctl logs db -f --since 5m                 # the last five minutes, then follow
+  topoctl logs db --since 2026-11-28T19:00:00Z  # since a point in time";
 
     pub const DESCRIBE: &str = "\
 Examples:
@@ -352,6 +362,42 @@ pub struct WaitArgs {
     /// How long to wait before giving up.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration_arg)]
     pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The container (NAME or container/NAME).
+    #[arg(value_name = "NAME")]
+    pub name: String,
+
+    /// Keep printing new lines as the container writes them.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+
+    /// Only the last N lines.
+    #[arg(long, value_name = "N")]
+    pub tail: Option<u64>,
+
+    /// Only lines written within DURATION (5s, 2m, 3h) or since TIME (RFC 3339, e.g.
+    /// 2026-11-28T19:00:00Z).
+    #[arg(long, value_name = "DURATION|TIME", value_parser = since_arg)]
+    pub since: Option<Since>,
+}
+
+/// `--since`: a duration back from now, or a point in time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Since {
+    Duration(Duration),
+    Time(chrono::DateTime<chrono::Utc>),
+}
+
+pub fn since_arg(s: &str) -> Result<Since, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(Since::Time(t.to_utc()));
+    }
+    duration_arg(s).map(Since::Duration).map_err(|e| {
+        format!("{e}; expected a duration such as 5m or a time such as 2026-11-28T19:00:00Z")
+    })
 }
 
 #[derive(Debug, Args)]

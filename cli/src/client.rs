@@ -455,6 +455,19 @@ impl Client {
         self.open_watch(url).await
     }
 
+    /// A container's log (`topoctl logs`), its body left to read; `query` holds kube's
+    /// pod-log options (`follow`, `tailLines`, `sinceSeconds`, `sinceTime`). A follow is
+    /// not time-limited.
+    pub async fn logs(&self, name: &str, query: &[(&str, &str)]) -> Result<RawBody, ClientError> {
+        let url = self.url(&[Kind::Container.plural(), name, "log"], query)?;
+        let follow = query.contains(&("follow", "true"));
+        let resp = self.send(self.http.get(url), !follow).await?;
+        Ok(RawBody {
+            client: self.clone(),
+            body: Box::pin(resp.bytes_stream()),
+        })
+    }
+
     /// GET of any path of the controller (`get --raw`), its body left to read. A watch
     /// (`?watch=true`) is not time-limited.
     pub async fn raw(&self, path_and_query: &str) -> Result<RawBody, ClientError> {

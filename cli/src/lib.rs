@@ -43,6 +43,7 @@ pub async fn run(cli: Cli, env: Env) -> Result<i32, CliError> {
         Command::Diff(a) => cmd::diff(&ctx, a).await,
         Command::Wait(a) => cmd::wait(&ctx, a).await,
         Command::Events(a) => events::events(&ctx, a).await,
+        Command::Logs(a) => cmd::logs::logs(&ctx, a).await,
         Command::Label(a) => label::label(&ctx, label::Which::Labels, a).await,
         Command::Annotate(a) => label::label(&ctx, label::Which::Annotations, a).await,
         Command::Edit(a) => edit::edit(&ctx, a).await,

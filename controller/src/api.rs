@@ -153,6 +153,7 @@ pub fn router(state: AppState, gate: std::sync::Arc<crate::guard::Guard>) -> Rou
     let p = api::API_PREFIX;
     Router::new()
         .merge(crate::probes::routes())
+        .route(crate::metrics::PATH, get(crate::metrics::serve))
         .route(&format!("{p}/apply"), post(apply))
         .route(&format!("{p}/events"), get(events))
         .route(&format!("{p}/{{plural}}"), get(list_or_watch).post(create))
@@ -161,6 +162,10 @@ pub fn router(state: AppState, gate: std::sync::Arc<crate::guard::Guard>) -> Rou
             get(get_one).put(replace).delete(delete_one),
         )
         .route(&format!("{p}/{{plural}}/{{name}}/reports"), get(reports_of))
+        .route(
+            &format!("{p}/{{plural}}/{{name}}/log"),
+            get(crate::logs::container_log),
+        )
         .fallback(|| async {
             ApiErr(ApiError::new(
                 ErrorReason::NotFound,

@@ -7,7 +7,8 @@
 //!
 //! Authorization: roles bound to users and groups in the configuration.
 //! * `admin`: everything.
-//! * `view`: get, list, watch (objects, their reports, events).
+//! * `view`: get, list, watch (objects, their reports, events, container logs).
+//! * `metrics`: only `/metrics` (a scrape identity that reads no object).
 //! * `node`: only for a user `node:<name>`: get and watch its own Node and its reports, and
 //!   list or watch the events of its own Node. The agent itself talks to etcd with the same
 //!   identity, where etcd's role confines it likewise.
@@ -28,6 +29,7 @@ pub enum Role {
     Admin,
     View,
     Node,
+    Metrics,
 }
 
 impl Role {
@@ -36,6 +38,7 @@ impl Role {
             Role::Admin => "admin",
             Role::View => "view",
             Role::Node => "node",
+            Role::Metrics => "metrics",
         }
     }
 
@@ -44,6 +47,7 @@ impl Role {
             Role::Admin => "everything",
             Role::View => "get, list, watch",
             Role::Node => "get and watch of its own node, its reports and events",
+            Role::Metrics => "get of /metrics",
         }
     }
 }
@@ -57,21 +61,10 @@ pub struct Identity {
 
 /// The identity of a verified client certificate: CN and every O.
 pub fn identity_from_cert(der: &[u8]) -> Option<Identity> {
-    use x509_parser::prelude::{FromDer, X509Certificate};
-    let (_, cert) = X509Certificate::from_der(der).ok()?;
-    let user = cert
-        .subject()
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_string();
-    let groups = cert
-        .subject()
-        .iter_organization()
-        .filter_map(|o| o.as_str().ok().map(str::to_string))
-        .collect();
-    (!user.is_empty()).then_some(Identity { user, groups })
+    topo_pki::serve::peer_of_cert(der).map(|p| Identity {
+        user: p.user,
+        groups: p.groups,
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -226,6 +219,10 @@ pub enum Target {
     Events(Option<ObjectRef>),
     /// Manifest files (whatever they hold).
     Manifests,
+    /// The controller's `/metrics`.
+    Metrics,
+    /// A container's log (read from its node's agent).
+    Logs(ObjectRef),
 }
 
 impl fmt::Display for Target {
@@ -240,6 +237,8 @@ impl fmt::Display for Target {
             Target::Events(None) => write!(f, "events"),
             Target::Events(Some(r)) => write!(f, "the events of {r}"),
             Target::Manifests => write!(f, "manifests"),
+            Target::Metrics => write!(f, "metrics"),
+            Target::Logs(r) => write!(f, "the log of {r}"),
         }
     }
 }
@@ -307,6 +306,7 @@ fn allows(role: Role, id: &Identity, verb: Verb, target: &Target) -> bool {
     match role {
         Role::Admin => true,
         Role::View => matches!(verb, Verb::Get | Verb::List | Verb::Watch),
+        Role::Metrics => verb == Verb::Get && *target == Target::Metrics,
         Role::Node => {
             let Some(me) = topo_pki::node_of_user(&id.user) else {
                 return false;
@@ -387,6 +387,44 @@ mod tests {
             a.authorize(&id("alice", &[]), Verb::Apply, &Target::Manifests)
                 .is_ok()
         );
+        assert!(a.authorize(&bob, Verb::Get, &Target::Metrics).is_ok());
+        let log = Target::Logs(ObjectRef::new(Kind::Container, "web"));
+        assert!(a.authorize(&bob, Verb::Get, &log).is_ok());
+        let e = a
+            .authorize(&id("node:n1", &["topo:nodes"]), Verb::Get, &log)
+            .unwrap_err();
+        assert!(
+            e.message
+                .starts_with("user \"node:n1\" cannot get the log of container/web"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn the_metrics_role_reads_metrics_and_nothing_else() {
+        let mut bindings = authz().bindings;
+        bindings.push(Binding {
+            role: Role::Metrics,
+            users: vec![],
+            groups: vec!["topo:metrics".into()],
+        });
+        let a = Authorizer::new(bindings);
+        let scraper = id("metrics", &["topo:metrics"]);
+        assert!(a.authorize(&scraper, Verb::Get, &Target::Metrics).is_ok());
+        let e = a
+            .authorize(&scraper, Verb::Get, &obj(Kind::Container, "web"))
+            .unwrap_err();
+        assert_eq!(
+            e.message,
+            "user \"metrics\" cannot get container/web: role metrics allows get of /metrics"
+        );
+        assert!(
+            a.authorize(&scraper, Verb::List, &Target::Events(None))
+                .is_err()
+        );
+        let node = id("node:node1", &["topo:nodes"]);
+        assert!(a.authorize(&node, Verb::Get, &Target::Metrics).is_err());
     }
 
     #[test]

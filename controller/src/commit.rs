@@ -402,10 +402,8 @@ impl Committer {
             .when(compares)
             .and_then(then)
             .or_else(vec![TxnOp::get(fence.as_str(), None)]);
-        let resp = self
-            .client
-            .kv_client()
-            .txn(txn)
+        let mut kv = self.client.kv_client();
+        let resp = topo_watcher::metrics::etcd_timed("txn", kv.txn(txn))
             .await
             .map_err(etcd("commit a change set"))?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);

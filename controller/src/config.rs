@@ -184,6 +184,7 @@ impl Security {
                 bind(Role::Admin, topo_pki::ADMINS_GROUP),
                 bind(Role::View, topo_pki::VIEWERS_GROUP),
                 bind(Role::Node, topo_pki::NODES_GROUP),
+                bind(Role::Metrics, topo_pki::METRICS_GROUP),
             ],
             quotas: DEFAULT_QUOTAS.into_iter().collect(),
             limits: Limits::default(),

@@ -198,6 +198,9 @@ fn percent_decode(s: &str) -> String {
 
 /// The verb and target of an API request; None for paths the router answers 404.
 pub fn classify(method: &Method, path: &str, query: &str) -> Option<(Verb, Target)> {
+    if path == crate::metrics::PATH {
+        return (method == Method::GET).then_some((Verb::Get, Target::Metrics));
+    }
     let rest = path.strip_prefix(api::API_PREFIX)?.trim_start_matches('/');
     let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let watch = matches!(
@@ -234,6 +237,10 @@ pub fn classify(method: &Method, path: &str, query: &str) -> Option<(Verb, Targe
             let name = Some(name.to_string());
             Some((verb, Target::Objects { kind, name }))
         }
+        (&Method::GET, [plural, name, "log"]) => Some((
+            Verb::Get,
+            Target::Logs(ObjectRef::new(Kind::parse(plural)?, *name)),
+        )),
         (&Method::GET, [plural, name, "reports"]) => Some((
             Verb::Get,
             Target::Reports(ObjectRef::new(Kind::parse(plural)?, *name)),
@@ -326,5 +333,9 @@ mod tests {
             Some(Verb::Apply)
         );
         assert_eq!(c(Method::GET, "/pods", ""), None);
+        assert_eq!(
+            classify(&Method::GET, "/metrics", ""),
+            Some((Verb::Get, Target::Metrics))
+        );
     }
 }

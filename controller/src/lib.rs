@@ -5,8 +5,10 @@
 //! * [`commit`]: fenced change sets, and the intent log for those too large for one txn.
 //! * [`store`]: apply/create/replace/delete computed against snapshots.
 //! * [`api`], [`watch`]: the HTTP API and its watch streams.
-//! * [`serve`], [`guard`], [`auth`], [`config`]: HTTPS only; authentication (client
-//!   certificates, bearer tokens), roles, audit, limits; the configuration file.
+//! * [`guard`], [`auth`], [`config`]: HTTPS only (`topo_pki::serve`); authentication
+//!   (client certificates, bearer tokens), roles, audit, limits; the configuration file.
+//! * [`metrics`]: `/metrics` (Prometheus text) for the `view` and `metrics` roles.
+//! * [`logs`]: a container's log, read from its node's agent endpoint.
 //! * [`events`]: bounded event history.
 //! * [`health`], [`probes`]: whether etcd answers and the cache is current; `/healthz`,
 //!   `/readyz` and the stale-read warning.
@@ -22,12 +24,13 @@ pub mod guard;
 pub mod health;
 pub mod ipam;
 pub mod leader;
+pub mod logs;
+pub mod metrics;
 pub mod pages;
 pub mod planner;
 pub mod probes;
 pub mod quota;
 pub mod registration;
-pub mod serve;
 pub mod store;
 pub mod watch;
 
@@ -264,11 +267,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         etcd_timeout: config.security.limits.etcd_timeout(),
         health: controller.health.clone(),
     };
-    let app = api::router(state, std::sync::Arc::new(gate));
+    let agents = logs::AgentClient::new(&config.security).map_err(ServerError::Tls)?;
+    let app = api::router(state, std::sync::Arc::new(gate))
+        .layer(axum::Extension(std::sync::Arc::new(agents)));
     let sd = shutdown.clone();
     let handle = tokio::spawn(async move {
         tracing::info!(%addr, "serving the API over HTTPS");
-        let served = serve::serve_tls(listener, tls, app, sd).await;
+        let peer =
+            |cert: Option<&[u8]>| guard::PeerIdentity(cert.and_then(auth::identity_from_cert));
+        let served = topo_pki::serve::serve_tls(listener, tls, app, sd, peer).await;
         if let Some(l) = leader {
             // The leader resigns on shutdown; wait so a successor does not wait out the lease.
             let _ = tokio::time::timeout(Duration::from_secs(5), l).await;

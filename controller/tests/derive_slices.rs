@@ -215,6 +215,7 @@ async fn mesh_tunnels_slices_and_statuses() {
         node: "n1".into(),
         agent_version: "0.1.0".into(),
         started: chrono::Utc::now(),
+        endpoint: None,
     };
     kv.put(
         keys::heartbeat("n1"),

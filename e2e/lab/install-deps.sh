@@ -18,6 +18,7 @@ PKGS=(
   openvswitch-switch etcd-server etcd-client docker.io containerd runc
   protobuf-compiler libprotobuf-dev nftables iptables iproute2 ethtool busybox-static iperf3 jq
   build-essential curl procps util-linux kmod ca-certificates debootstrap git make
+  prometheus
 )
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -83,6 +84,7 @@ if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
       docker.io) units+=(docker.service docker.socket) ;;
       containerd) units+=(containerd.service) ;;
       openvswitch-switch) units+=(openvswitch-switch.service ovsdb-server.service ovs-vswitchd.service) ;;
+      prometheus) units+=(prometheus.service) ;;
     esac
   done
   for u in "${units[@]}"; do
@@ -92,7 +94,8 @@ fi
 
 # The lab needs these commands; make sure they are really there.
 for c in ovs-vsctl ovsdb-server ovs-vswitchd ovsdb-tool etcd etcdctl dockerd containerd \
-  docker protoc nft iptables ip ethtool busybox iperf3 jq curl sysctl nsenter setsid; do
+  docker protoc nft iptables ip ethtool busybox iperf3 jq curl sysctl nsenter setsid \
+  promtool; do
   command -v "$c" >/dev/null || fail "command $c missing after install"
 done
 rm -f "$LOG"

@@ -410,6 +410,12 @@ impl Lab {
 
     // ------------------------------------------------------------------ topoctl and the API
 
+    /// topoctl as the tests run it (for commands built by hand: another identity, a
+    /// background follow).
+    pub fn topoctl_bin(&self) -> PathBuf {
+        self.bin.join("topoctl")
+    }
+
     /// `topoctl ARGS...` against the lab's controller.
     #[track_caller]
     pub fn topoctl(&self, args: &[&str]) -> Output {

@@ -35,6 +35,9 @@ pub struct AgentConfig {
     pub workers: usize,
     /// How long in-flight reconciles may take to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// The agent endpoint's address (`endpoint.rs`), announced in the heartbeat so that
+    /// the controller can reach it; None when it does not serve one (tests).
+    pub endpoint: Option<std::net::SocketAddr>,
     /// Image pull deadlines and backoff.
     pub image_pulls: PullConfig,
 }
@@ -156,6 +159,7 @@ fn heartbeat_config(cfg: &AgentConfig) -> HeartbeatConfig {
         node: cfg.node.clone(),
         ttl: cfg.heartbeat_ttl,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        endpoint: cfg.endpoint.map(|a| a.to_string()),
     }
 }
 

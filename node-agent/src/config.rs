@@ -79,6 +79,10 @@ pub struct Cli {
     #[arg(long, env = "TOPO_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Address of the agent's HTTPS endpoint (/healthz, /readyz, /metrics), served with the
+    /// node's identity (--etcd-cert); default: the node's --address, port 10250.
+    #[arg(long, env = "TOPO_AGENT_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
     /// An image pull that sends no progress for this long has stalled: it is abandoned and
     /// retried after a backoff (10 s doubling to 5 min).
     #[arg(long, env = "TOPO_IMAGE_PULL_PROGRESS_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
@@ -102,6 +106,19 @@ impl Cli {
         topo_pki::etcd::EtcdTls::new(&self.etcd_ca, &self.etcd_cert, &self.etcd_key)
     }
 
+    /// The agent endpoint's address and TLS files (the node's identity, the cluster CA).
+    pub fn endpoint_config(&self) -> crate::endpoint::EndpointConfig {
+        crate::endpoint::EndpointConfig {
+            listen: self.listen.unwrap_or(std::net::SocketAddr::from((
+                self.address,
+                crate::endpoint::DEFAULT_PORT,
+            ))),
+            cert: self.etcd_cert.clone(),
+            key: self.etcd_key.clone(),
+            ca: self.etcd_ca.clone(),
+        }
+    }
+
     pub fn agent_config(&self) -> AgentConfig {
         AgentConfig {
             node: self.node.clone(),
@@ -111,6 +128,7 @@ impl Cli {
             resync: self.resync,
             workers: self.workers,
             shutdown_grace: self.shutdown_grace,
+            endpoint: Some(self.endpoint_config().listen),
             image_pulls: PullConfig {
                 progress_timeout: self.image_pull_progress_timeout,
                 timeout: self.image_pull_timeout,
@@ -198,6 +216,10 @@ mod tests {
         assert_eq!(cli.ovsdb_path().unwrap(), "/tmp/lab/node1/db.sock");
         assert_eq!(cli.resync, Duration::from_secs(300));
         assert_eq!(cli.heartbeat_ttl, Duration::from_secs(10));
+        assert_eq!(
+            cli.endpoint_config().listen,
+            "192.168.100.1:10250".parse().unwrap()
+        );
         let pulls = cli.agent_config().image_pulls;
         assert_eq!(pulls.progress_timeout, Duration::from_secs(60));
         assert_eq!(pulls.timeout, Duration::from_secs(600));

@@ -67,6 +67,9 @@ impl Recorder {
     ) {
         let now = Utc::now();
         let message = message.into();
+        if reason == crate::metrics::DRIFT_REPAIRED {
+            crate::metrics::drift_repaired(object.kind);
+        }
         match type_ {
             EventType::Normal => tracing::info!(%object, reason, %message, "event"),
             EventType::Warning => tracing::warn!(%object, reason, %message, "event"),
@@ -192,7 +195,11 @@ impl EventSink for EtcdEvents {
             let txn = Txn::new()
                 .when([compare])
                 .and_then([TxnOp::put(key.clone(), value, None)]);
-            if client.txn(txn).await.map_err(write)?.succeeded() {
+            if topo_watcher::metrics::etcd_timed("txn", client.txn(txn))
+                .await
+                .map_err(write)?
+                .succeeded()
+            {
                 if created {
                     self.trim(&prefix, &object).await?;
                 }

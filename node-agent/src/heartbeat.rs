@@ -61,8 +61,7 @@ pub async fn register_node(
         node: name.into(),
         source,
     })?;
-    client
-        .put(keys::registration(name), value, None)
+    topo_watcher::metrics::etcd_timed("put", client.put(keys::registration(name), value, None))
         .await
         .map_err(|source| RegisterError::Write {
             node: name.into(),
@@ -94,6 +93,8 @@ pub struct HeartbeatConfig {
     pub node: String,
     pub ttl: Duration,
     pub agent_version: String,
+    /// The agent endpoint's address, announced to the controller.
+    pub endpoint: Option<String>,
 }
 
 /// Keeps the heartbeat alive until `shutdown` turns true, then revokes the lease.
@@ -110,6 +111,7 @@ pub async fn run_heartbeat(
         node: cfg.node.clone(),
         agent_version: cfg.agent_version.clone(),
         started: Utc::now(),
+        endpoint: cfg.endpoint.clone(),
     };
     let key = keys::heartbeat(&cfg.node);
     let mut backoff = crate::watch::watch_backoff(
@@ -222,12 +224,12 @@ impl HeartbeatSession {
 
     async fn put(&mut self, lease: i64) -> Result<(), HeartbeatError> {
         let value = serde_json::to_vec(&self.beat).map_err(HeartbeatError::Encode)?;
-        self.client
-            .put(
-                self.key.clone(),
-                value,
-                Some(PutOptions::new().with_lease(lease)),
-            )
+        let put = self.client.put(
+            self.key.clone(),
+            value,
+            Some(PutOptions::new().with_lease(lease)),
+        );
+        topo_watcher::metrics::etcd_timed("put", put)
             .await
             .map_err(HeartbeatError::Put)?;
         Ok(())

@@ -15,16 +15,20 @@
 //! * [`backend`]: the host, one trait per thing it holds (Docker, netlink, OVSDB, nftables).
 //! * [`report`], [`events`]: observed reports and events for the controller.
 //! * [`heartbeat`]: Node registration and the heartbeat lease.
+//! * [`endpoint`]: the agent's own HTTPS endpoint (`/healthz`, `/readyz`, `/metrics`) with
+//!   the node's identity; [`metrics`]: what `/metrics` holds.
 //! * [`agent`]: wires it all and shuts down in order; [`config`]: the command line.
 
 pub mod agent;
 pub mod backend;
 pub mod config;
+pub mod endpoint;
 pub mod error_chain;
 pub mod events;
 pub mod heartbeat;
 pub mod host_events;
 pub mod key;
+pub mod metrics;
 pub mod pulls;
 pub mod queue;
 pub mod reconcile;

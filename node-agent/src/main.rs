@@ -1,6 +1,6 @@
 //! `topo-agent`: parses the command line, connects the four host backends (waiting for the
-//! Docker engine and ovsdb-server if they are not up yet) and etcd, and runs the agent
-//! (`agent.rs`) until SIGTERM or SIGINT.
+//! Docker engine and ovsdb-server if they are not up yet) and etcd, binds the agent's HTTPS
+//! endpoint (`endpoint.rs`), and runs the agent (`agent.rs`) until SIGTERM or SIGINT.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,6 +127,16 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("failed to set up the etcd client")?;
 
-    topo_agent::agent::run(cfg, client, backends, shutdown_rx, None).await;
-    Ok(())
+    // A taken port or a bad identity stops the agent here, before it reconciles anything.
+    let endpoint = topo_agent::endpoint::Endpoint::bind(&cli.endpoint_config())
+        .await
+        .context("failed to start the agent endpoint")?;
+    let (handles_tx, handles_rx) = tokio::sync::oneshot::channel();
+    let serving = tokio::spawn(endpoint.serve(backends.clone(), handles_rx, shutdown_rx.clone()));
+    topo_agent::agent::run(cfg, client, backends, shutdown_rx, Some(handles_tx)).await;
+    match serving.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(anyhow::Error::new(e)),
+        Err(e) => Err(anyhow::anyhow!("the agent endpoint task failed: {e}")),
+    }
 }

@@ -70,13 +70,13 @@ impl ReportSink for EtcdReports {
             object: object.clone(),
             source,
         })?;
-        self.client
-            .clone()
-            .put(
-                keys::report(node, report.object.kind, &report.object.name),
-                value,
-                None,
-            )
+        let mut client = self.client.clone();
+        let put = client.put(
+            keys::report(node, report.object.kind, &report.object.name),
+            value,
+            None,
+        );
+        topo_watcher::metrics::etcd_timed("put", put)
             .await
             .map_err(|source| ReportError::Write { object, source })?;
         Ok(())

@@ -84,6 +84,7 @@ async fn the_heartbeat_survives_a_lost_lease_and_is_revoked_on_shutdown() {
             node: NODE.into(),
             ttl: Duration::from_secs(3),
             agent_version: "test".into(),
+            endpoint: Some("192.168.100.1:10250".into()),
         },
         stop_rx,
         lease_tx,
@@ -93,6 +94,12 @@ async fn the_heartbeat_survives_a_lost_lease_and_is_revoked_on_shutdown() {
     let first = *lease_rx.borrow();
     let kv = c.get(key.clone(), None).await.unwrap().kvs()[0].clone();
     assert_eq!(kv.lease(), first);
+    let beat: topo_schema::api::Heartbeat = serde_json::from_slice(kv.value()).unwrap();
+    assert_eq!(
+        beat.endpoint.as_deref(),
+        Some("192.168.100.1:10250"),
+        "the heartbeat announces the agent endpoint"
+    );
     let beat: Heartbeat = serde_json::from_slice(kv.value()).unwrap();
     assert_eq!(beat.node, NODE);
 
@@ -204,6 +211,7 @@ async fn the_agent_follows_its_slice_and_reports_through_etcd() {
         resync: Duration::from_secs(300),
         workers: 4,
         shutdown_grace: Duration::from_secs(5),
+        endpoint: None,
         image_pulls: topo_agent::pulls::PullConfig::default(),
     };
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -77,6 +77,10 @@ pub fn init(o: &InitOptions) -> Result<Report, IssueError> {
             layout::viewer(dir),
             Subject::client("viewer", Some(crate::VIEWERS_GROUP)),
         ),
+        (
+            layout::metrics(dir),
+            Subject::client("metrics", Some(crate::METRICS_GROUP)),
+        ),
     ];
     for (pair, subject) in &identities {
         let out = issue::ensure(&ca, pair, subject, v, o.force)?;
@@ -180,10 +184,13 @@ bindings:
     groups: [\"{viewers}\"]
   - role: node
     groups: [\"{nodes}\"]
+  - role: metrics
+    groups: [\"{metrics}\"]
 ",
         admins = crate::ADMINS_GROUP,
         viewers = crate::VIEWERS_GROUP,
         nodes = crate::NODES_GROUP,
+        metrics = crate::METRICS_GROUP,
     )
 }
 

@@ -9,6 +9,7 @@
 //! etcd-root.crt etcd-root.key       etcd's root user (CN=root): bootstrap only, keep it offline
 //! admin.crt admin.key               CN=admin, O=topo:admins
 //! viewer.crt viewer.key             CN=viewer, O=topo:viewers
+//! metrics.crt metrics.key           CN=metrics, O=topo:metrics: Prometheus's scrape identity
 //! nodes/<name>.crt nodes/<name>.key CN=node:<name>, O=topo:nodes, client+server, SAN = address
 //! tokens.csv                        bearer tokens (token,user,uid,"group1,group2")
 //! controller.yaml                   a controller configuration using the files above
@@ -53,6 +54,10 @@ pub fn admin(dir: &Path) -> Pair {
 }
 pub fn viewer(dir: &Path) -> Pair {
     Pair::new(dir, "viewer")
+}
+/// The scrape identity Prometheus presents (CN=metrics, O=topo:metrics).
+pub fn metrics(dir: &Path) -> Pair {
+    Pair::new(dir, "metrics")
 }
 pub fn nodes_dir(dir: &Path) -> PathBuf {
     dir.join("nodes")

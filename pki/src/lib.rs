@@ -7,6 +7,8 @@
 //!   each node's etcd user reads only its slice and writes only its own reports, heartbeat,
 //!   registration and events).
 //! * [`tls`]: rustls configurations (ring provider) built from the PEM files.
+//! * [`serve`] (feature `serve`): the HTTPS-only accept loop of the controller's API and
+//!   the agent's endpoint.
 //! * [`testing`] (feature `testing`): a real etcd with TLS, client certificates and auth on,
 //!   for integration tests.
 //!
@@ -19,6 +21,8 @@ pub mod etcd;
 pub mod init;
 pub mod issue;
 pub mod layout;
+#[cfg(feature = "serve")]
+pub mod serve;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;
@@ -29,6 +33,8 @@ pub const NODE_USER_PREFIX: &str = "node:";
 pub const NODES_GROUP: &str = "topo:nodes";
 pub const ADMINS_GROUP: &str = "topo:admins";
 pub const VIEWERS_GROUP: &str = "topo:viewers";
+/// The group of scrape identities: the controller's `metrics` role and the agents' `/metrics`.
+pub const METRICS_GROUP: &str = "topo:metrics";
 /// The CN of the controller's etcd client certificate, also its etcd user.
 pub const CONTROLLER_ETCD_USER: &str = "topo-controller";
 

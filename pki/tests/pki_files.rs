@@ -38,6 +38,7 @@ fn init_makes_every_identity_once_with_private_keys() {
         layout::etcd_root(d.path()),
         layout::admin(d.path()),
         layout::viewer(d.path()),
+        layout::metrics(d.path()),
         layout::node(d.path(), "node1"),
     ] {
         let mode = std::fs::metadata(&pair.key).unwrap().permissions().mode() & 0o777;
@@ -48,6 +49,14 @@ fn init_makes_every_identity_once_with_private_keys() {
     assert!(node.subject.contains("O=topo:nodes"), "{}", node.subject);
     let admin = info_file(&layout::admin(d.path()).cert).unwrap();
     assert!(admin.subject.contains("CN=admin") && admin.subject.contains("O=topo:admins"));
+    let scraper = info_file(&layout::metrics(d.path()).cert).unwrap();
+    assert!(
+        scraper.subject.contains("CN=metrics") && scraper.subject.contains("O=topo:metrics"),
+        "{}",
+        scraper.subject
+    );
+    let controller = std::fs::read_to_string(layout::controller_config(d.path())).unwrap();
+    assert!(controller.contains("role: metrics"), "{controller}");
     let root = info_file(&layout::etcd_root(d.path()).cert).unwrap();
     assert_eq!(root.common_name.as_deref(), Some("root"));
     let config = std::fs::read_to_string(layout::topoctl_config(d.path(), "admin")).unwrap();

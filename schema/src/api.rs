@@ -366,6 +366,10 @@ pub struct Heartbeat {
     pub node: String,
     pub agent_version: String,
     pub started: DateTime<Utc>,
+    /// The agent's HTTPS endpoint (`ADDRESS:PORT`), where the controller reaches it for
+    /// `logs`; absent from agents older than the endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 /// A parsed `-l` selector: `a=b,c!=d,e,!f`.

@@ -15,12 +15,16 @@
 //! is the real one. Compaction is recognised the way etcd signals it (a watch response whose
 //! `compact_revision` is set, or the gRPC status of `ErrCompacted`), never by error text.
 //!
+//! [`metrics`] holds the families both programs share (watch restarts and relists, etcd
+//! latency) and renders a registry for `/metrics`.
+//!
 //! [`jittered_backoff`] is the one retry schedule: the machine uses it between failed steps,
 //! and the agent and controller use it for their other etcd retries.
 
 pub mod etcd;
 pub mod failover;
 mod machine;
+pub mod metrics;
 
 pub use etcd::{EtcdSource, EtcdWatch, revision_gone, unchanged_between};
 pub use machine::{

@@ -144,6 +144,7 @@ pub struct Watcher<S: Source> {
 
 impl<S: Source> Watcher<S> {
     pub fn new(name: &'static str, source: S, backoff: ExponentialBackoff) -> Self {
+        crate::metrics::watch_created(name);
         Watcher {
             name,
             source,
@@ -186,13 +187,14 @@ impl<S: Source> Watcher<S> {
 
     async fn list(&mut self) -> Step {
         let relist = self.state == State::Relisting;
-        let listing = match self.source.list().await {
+        let listing = match crate::metrics::etcd_timed("list", self.source.list()).await {
             Ok(l) => l,
             Err(e) => return self.retry(e),
         };
         self.stats.lists += 1;
         if relist {
             self.stats.relists += 1;
+            crate::metrics::watch_relisted(self.name);
         }
         self.watch = None;
         self.state = State::Watching {
@@ -217,6 +219,7 @@ impl<S: Source> Watcher<S> {
                             relists = self.stats.relists,
                             "watch resumed from its revision"
                         );
+                        crate::metrics::watch_restarted(self.name);
                     }
                     self.opened_once = true;
                     self.watch.insert(w)

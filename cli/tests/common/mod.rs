@@ -174,6 +174,7 @@ impl Lab {
             node: node.into(),
             agent_version: "fake-0.1".into(),
             started: chrono::Utc::now(),
+            endpoint: None,
         };
         let mut c = self.etcd.client().await;
         c.put(

@@ -76,7 +76,10 @@ impl Leader {
         let mut rx = cache.subscribe();
         loop {
             let snap = rx.borrow_and_update().clone();
-            self.reconcile(snap).await?;
+            let started = Instant::now();
+            let pass = self.reconcile(snap).await;
+            crate::metrics::reconciled("derive", pass.is_ok(), started.elapsed());
+            pass?;
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = self.term.lost.cancelled() => return Err(LeaderError::Deposed),

@@ -577,6 +577,7 @@ mod tests {
                 node: node.into(),
                 agent_version: "1.2".into(),
                 started: Utc::now(),
+                endpoint: None,
             }),
         );
     }

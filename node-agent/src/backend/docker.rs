@@ -16,7 +16,7 @@ use bollard::models::{
     RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions,
+    CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions, LogsOptions,
     RemoveContainerOptions, WaitContainerOptionsBuilder,
 };
 use chrono::{DateTime, Datelike, Utc};
@@ -25,7 +25,7 @@ use futures::stream::BoxStream;
 use topo_schema::slice::{ContainerEntry, owner};
 use tracing::{debug, warn};
 
-use super::{ContainerEvent, Containers, ObservedContainer, PullProgress};
+use super::{ContainerEvent, Containers, LogRequest, ObservedContainer, PullProgress};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
@@ -58,6 +58,8 @@ pub enum ContainerError {
     /// Another request was removing the container and it was still there after a while.
     #[error("failed to see container {id} removed within {secs} s (its removal was in progress)")]
     RemovalTimedOut { id: String, secs: u64 },
+    #[error("failed to read the log of container {id}: this backend keeps no logs")]
+    NoLogs { id: String },
 }
 
 impl ContainerError {
@@ -551,6 +553,36 @@ impl Containers for DockerContainers {
             Err(e) if status_code(&e) == Some(409) => self.wait_removed(id).await,
             Err(e) => Err(ContainerError::docker(format!("remove container {id}"), e)),
         }
+    }
+
+    fn logs(
+        &self,
+        id: &str,
+        request: &LogRequest,
+    ) -> BoxStream<'static, Result<bytes::Bytes, ContainerError>> {
+        let opts = LogsOptions {
+            follow: request.follow,
+            stdout: true,
+            stderr: true,
+            // The engine's API takes 32-bit UNIX seconds; 0 means from the start.
+            since: request
+                .since
+                .map_or(0, |s| i32::try_from(s.max(0)).unwrap_or(i32::MAX)),
+            until: 0,
+            timestamps: false,
+            tail: request
+                .tail
+                .map_or_else(|| "all".to_string(), |n| n.to_string()),
+        };
+        let what = format!("read the log of container {id}");
+        self.docker
+            .logs(id, Some(opts))
+            .map(move |chunk| {
+                chunk
+                    .map(|out| bytes::Bytes::copy_from_slice(out.as_ref()))
+                    .map_err(|e| ContainerError::docker(what.clone(), e))
+            })
+            .boxed()
     }
 
     fn watch(&self) -> BoxStream<'static, ContainerEvent> {

@@ -123,6 +123,30 @@ pub trait Containers: Send + Sync {
     async fn remove(&self, id: &str) -> Result<(), ContainerError>;
     /// Docker events of our containers (die, destroy, start, ...).
     fn watch(&self) -> BoxStream<'static, ContainerEvent>;
+    /// The log of one of our containers by Docker id, stdout and stderr interleaved as the
+    /// engine keeps them (`topoctl logs`). Backends without logs (the fakes) say so.
+    fn logs(
+        &self,
+        id: &str,
+        request: &LogRequest,
+    ) -> BoxStream<'static, Result<bytes::Bytes, ContainerError>> {
+        let _ = request;
+        let id = id.to_string();
+        Box::pin(futures::stream::once(async move {
+            Err(ContainerError::NoLogs { id })
+        }))
+    }
+}
+
+/// Which part of a container's log to read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogRequest {
+    /// Keep the stream open and send new lines as they come.
+    pub follow: bool,
+    /// Only the last N lines (all when None).
+    pub tail: Option<u64>,
+    /// Only lines written at or after this time (UNIX seconds).
+    pub since: Option<i64>,
 }
 
 // ====================================================================== Interfaces

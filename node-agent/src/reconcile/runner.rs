@@ -37,6 +37,7 @@ impl Runner {
         let span = tracing::info_span!("reconcile", key = %key, node = %self.ctx.node);
         let started = std::time::Instant::now();
         let result = reconcile(key, &self.ctx).instrument(span.clone()).await;
+        crate::metrics::reconciled(key, result.is_ok(), started.elapsed());
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         match result {
             Ok(action) => {

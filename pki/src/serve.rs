@@ -1,7 +1,8 @@
-//! Serving the API over HTTPS only: a TCP accept loop, rustls (ring provider), and hyper on
-//! each connection with the verified client certificate's identity attached to every request
-//! of that connection. A client that speaks plain HTTP gets one plain-text 400 saying to use
-//! https (rather than a confusing TLS alert) and the connection is closed.
+//! Serving HTTPS only, for the controller's API and the agent's endpoint alike: a TCP
+//! accept loop, rustls (ring provider), and hyper on each connection with what the caller
+//! makes of the verified client certificate (`peer`) attached to every request of that
+//! connection. A client that speaks plain HTTP gets one plain-text 400 saying to use https
+//! (rather than a confusing TLS alert) and the connection is closed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,9 +18,6 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::auth::identity_from_cert;
-use crate::guard::PeerIdentity;
-
 /// How long a client may take to send its first byte and finish the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests get after shutdown.
@@ -27,17 +25,24 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: 101\r\n\r\n{\"reason\":\"BadRequest\",\"code\":400,\"message\":\"this server speaks HTTPS only: use https:// in the URL\"}";
 
-/// Accepts until `shutdown`, then drains the connections.
-pub async fn serve_tls(
+/// Accepts until `shutdown`, then drains the connections. `peer` turns the client
+/// certificate the handshake verified (None: the client presented none) into the request
+/// extension handlers authenticate by.
+pub async fn serve_tls<P, T>(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     app: Router,
     shutdown: CancellationToken,
-) -> std::io::Result<()> {
+    peer: P,
+) -> std::io::Result<()>
+where
+    P: Fn(Option<&[u8]>) -> T + Clone + Send + 'static,
+    T: Clone + Send + Sync + 'static,
+{
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
     loop {
-        let (tcp, peer) = tokio::select! {
+        let (tcp, addr) = tokio::select! {
             _ = shutdown.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(c) => c,
@@ -52,17 +57,19 @@ pub async fn serve_tls(
         let acceptor = acceptor.clone();
         let app = app.clone();
         let watcher = graceful.watcher();
+        let identify = peer.clone();
         tokio::spawn(async move {
-            let Some(stream) = handshake(acceptor, tcp, peer).await else {
+            let Some(stream) = handshake(acceptor, tcp, addr).await else {
                 return;
             };
-            let identity = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| identity_from_cert(c.as_ref()));
-            let peer_identity = PeerIdentity(identity);
+            let peer_identity = identify(
+                stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| c.as_ref()),
+            );
             let svc = app.map_request(move |mut req: axum::http::Request<_>| {
                 req.extensions_mut().insert(peer_identity.clone());
                 req
@@ -73,7 +80,7 @@ pub async fn serve_tls(
                 TowerToHyperService::new(svc),
             );
             if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
             }
         });
     }
@@ -117,4 +124,30 @@ async fn handshake(
             None
         }
     }
+}
+
+/// Who a verified client certificate names: user = CN, groups = every O.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub user: String,
+    pub groups: Vec<String>,
+}
+
+/// The subject of a client certificate (DER); None when it has no CN.
+pub fn peer_of_cert(der: &[u8]) -> Option<Peer> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let user = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    let groups = cert
+        .subject()
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(str::to_string))
+        .collect();
+    (!user.is_empty()).then_some(Peer { user, groups })
 }
