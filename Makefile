@@ -39,6 +39,8 @@ test-e2e: deps build
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@# python3 comes with openvswitch-switch (install-deps.sh)
+	python3 .ci/module-cycles schema controller cli
 
 fmt:
 	$(CARGO) fmt --all

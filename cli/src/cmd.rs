@@ -47,7 +47,7 @@ pub enum CliError {
     #[error(transparent)]
     Printer(#[from] crate::printer::PrinterError),
     #[error(transparent)]
-    Edit(#[from] edit::EditError),
+    Edit(#[from] crate::editor::EditError),
     #[error(transparent)]
     Explain(#[from] crate::explain::ExplainError),
     #[error(transparent)]

@@ -12,6 +12,7 @@ pub mod cmd;
 pub mod config;
 pub mod describe;
 pub mod diff;
+pub mod editor;
 pub mod explain;
 pub mod graph;
 pub mod inputs;

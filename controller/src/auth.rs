@@ -21,8 +21,6 @@ use serde::Deserialize;
 use topo_schema::api::{ApiError, ErrorReason};
 use topo_schema::{Kind, ObjectRef};
 
-use crate::config::Binding;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -50,6 +48,17 @@ impl Role {
             Role::Metrics => "get of /metrics",
         }
     }
+}
+
+/// A role given to users and groups (the configuration's `bindings`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Binding {
+    pub role: Role,
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 /// An authenticated caller.

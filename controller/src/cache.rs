@@ -192,7 +192,7 @@ impl Snapshot {
                 Err(e) => tracing::warn!(%key, error = %e, "undecodable heartbeat"),
             }
         } else if let Some(node) = keys::parse_registration_key(key) {
-            crate::registration::apply_put(self, node, value);
+            apply_registration(self, node, value);
         }
     }
 
@@ -468,6 +468,22 @@ impl Informer {
         if pending.is_none() {
             self.tx.send_replace(Arc::new(self.state.clone()));
         }
+    }
+}
+
+/// An agent's registration (`keys::registration(node)`) into the snapshot; the leader
+/// turns it into a Node (registration.rs).
+fn apply_registration(snap: &mut Snapshot, node: &str, value: &[u8]) {
+    match serde_json::from_slice::<Registration>(value) {
+        Ok(r) if r.node == node => {
+            snap.registrations.insert(node.to_string(), Arc::new(r));
+        }
+        Ok(r) => tracing::warn!(
+            node,
+            claims = %r.node,
+            "a registration under another node's key; ignored"
+        ),
+        Err(e) => tracing::warn!(node, error = %e, "undecodable registration"),
     }
 }
 

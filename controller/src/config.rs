@@ -21,6 +21,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use topo_schema::Kind;
 
+pub use crate::auth::Binding;
 use crate::auth::Role;
 
 #[derive(Debug, thiserror::Error)]
@@ -59,16 +60,6 @@ pub struct EtcdSection {
     pub ca_file: PathBuf,
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Binding {
-    pub role: Role,
-    #[serde(default)]
-    pub users: Vec<String>,
-    #[serde(default)]
-    pub groups: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -15,6 +15,9 @@ use topo_schema::{Kind, ObjectRef};
 use crate::cache::MAX_MESSAGE_BYTES;
 use crate::commit::{EncodeError, encode};
 
+/// The `source` of the events the controller records (its own, not an agent's).
+pub const EVENT_SOURCE: &str = "controller";
+
 pub const MAX_PER_OBJECT: usize = 20;
 pub const MAX_TOTAL: usize = 1000;
 const MAX_ATTEMPTS: usize = 10;

@@ -16,8 +16,8 @@ use futures::StreamExt;
 use topo_schema::api::{self, ApiError, ErrorReason};
 use topo_schema::{Kind, ObjectRef};
 
-use crate::api::ApiErr;
 use crate::auth::{Authorizer, Identity, Target, Tokens, Verb};
+use crate::reply::ApiErr;
 
 /// The identity of the client certificate verified in the TLS handshake (set per
 /// connection by `serve`).

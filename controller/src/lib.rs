@@ -31,6 +31,7 @@ pub mod planner;
 pub mod probes;
 pub mod quota;
 pub mod registration;
+pub mod reply;
 pub mod store;
 pub mod watch;
 

@@ -28,8 +28,8 @@ use axum::response::{IntoResponse, Response};
 use topo_schema::api::{ApiError, ErrorReason};
 use topo_schema::{Kind, ObjectRef, Resource};
 
-use crate::api::{ApiErr, AppState};
 use crate::auth::Identity;
+use crate::reply::{ApiErr, AppState};
 
 /// The query keys passed on to the agent.
 const LOG_PARAMS: [&str; 4] = ["follow", "tailLines", "sinceSeconds", "sinceTime"];

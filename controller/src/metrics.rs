@@ -28,8 +28,8 @@ use prometheus_client::registry::Registry;
 use topo_schema::Kind;
 use topo_schema::meta::ConditionStatus;
 
-use crate::api::AppState;
 use crate::cache::Snapshot;
+use crate::reply::AppState;
 
 /// The path, outside the API prefix as Prometheus expects it.
 pub const PATH: &str = "/metrics";

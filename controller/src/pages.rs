@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use topo_schema::api::{ApiError, ErrorReason, Event, LabelSelector, List, ListMeta};
 use topo_schema::{Kind, ObjectRef, Resource, keys};
 
-use crate::api::{ApiErr, AppState, etcd_unavailable};
 use crate::cache::{MAX_MESSAGE_BYTES, decode_object};
+use crate::reply::{ApiErr, AppState, etcd_unavailable};
 
 /// The largest page; a bigger `limit` is cut to it.
 pub const MAX_LIMIT: usize = 5000;

@@ -16,8 +16,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use topo_schema::api::{self, ApiError, ErrorReason};
 
-use crate::api::{ApiErr, AppState};
 use crate::health::{Health, State as Verdict};
+use crate::reply::{ApiErr, AppState};
 
 /// `/healthz` and `/readyz`.
 pub fn routes() -> Router<AppState> {

@@ -9,8 +9,6 @@
 //! too, with a warning event; one that failed for a transient reason (etcd) stays for the
 //! next pass.
 
-use std::sync::Arc;
-
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use topo_schema::api::{EventType, Registration};
 use topo_schema::{Kind, NodeSpec, Object, ObjectRef, Resource};
@@ -18,21 +16,6 @@ use topo_schema::{Kind, NodeSpec, Object, ObjectRef, Resource};
 use crate::cache::Snapshot;
 use crate::commit::Committer;
 use crate::store::{Store, StoreError};
-
-/// Applies a put of `keys::registration(node)` to a snapshot (cache.rs calls this).
-pub fn apply_put(snap: &mut Snapshot, node: &str, value: &[u8]) {
-    match serde_json::from_slice::<Registration>(value) {
-        Ok(r) if r.node == node => {
-            snap.registrations.insert(node.to_string(), Arc::new(r));
-        }
-        Ok(r) => tracing::warn!(
-            node,
-            claims = %r.node,
-            "a registration under another node's key; ignored"
-        ),
-        Err(e) => tracing::warn!(node, error = %e, "undecodable registration"),
-    }
-}
 
 /// The Node an agent registers: what `topoctl apply` would store for its flags.
 pub fn node_from(reg: &Registration) -> Resource {
@@ -65,7 +48,7 @@ pub async fn fold(committer: &Committer, snap: &Snapshot) {
                 EventType::Warning,
                 "RegistrationDiffers",
                 &message,
-                crate::leader::EVENT_SOURCE,
+                crate::events::EVENT_SOURCE,
             );
             if let Err(e) = crate::events::record(committer.client(), ev).await {
                 tracing::warn!(object = %r, error = %e, "failed to record an event");
@@ -96,7 +79,7 @@ async fn create(store: &Store, reg: &Registration) -> (bool, Option<String>) {
                 "the agent registered {} ({}) but the Node cannot be created: {}",
                 reg.address,
                 reg.datapath.ovs_type(),
-                crate::api::one_line(&e)
+                crate::reply::one_line(&e)
             );
             tracing::warn!(object = %r, %msg, "registration refused");
             (true, Some(msg))

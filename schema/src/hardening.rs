@@ -6,10 +6,10 @@
 //! paths) and the resolution into the slice's [`Hardening`] ([`resolve`]) — so a value the
 //! apply accepted is exactly a value the agent can hand to Docker.
 
+use crate::field::FieldError;
 use crate::kinds::{ContainerSpec, Quantity};
 use crate::limits;
 use crate::slice::Hardening;
-use crate::validate::FieldError;
 
 /// Docker refuses a memory limit below 6 MiB.
 pub const MIN_MEMORY: i64 = 6 * 1024 * 1024;

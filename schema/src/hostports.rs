@@ -6,8 +6,8 @@
 
 use std::collections::HashMap;
 
+use crate::field::FieldError;
 use crate::kinds::{NodeSpec, ObjectRef, Resource};
-use crate::validate::FieldError;
 
 /// ssh, etcd's client and peer ports, the API's port.
 pub const DEFAULT_RESERVED_PORTS: [u16; 4] = [22, 2379, 2380, 8443];

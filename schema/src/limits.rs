@@ -4,8 +4,8 @@
 //! them (annotations: 256 KiB in all) and Docker's practice elsewhere. Label keys and values
 //! are limited by their syntax already (validate.rs).
 
+use crate::field::{FieldError, field_key};
 use crate::kinds::Resource;
-use crate::validate::{FieldError, field_key};
 
 pub const MAX_LABELS: usize = 64;
 pub const MAX_ANNOTATIONS: usize = 64;

@@ -19,6 +19,7 @@ use topo_schema::{ObjectRef, Resource};
 use super::{CliError, Ctx, emit, parse_refs, warn};
 use crate::args;
 use crate::client::Client;
+pub use crate::editor::EditError;
 use crate::output::{self, Format};
 
 /// The editor when neither $KUBE_EDITOR nor $EDITOR is set.
@@ -33,30 +34,6 @@ const HEADER: &str = "\
 # written by the controller: changes to them are ignored.
 #
 ";
-
-#[derive(Debug, thiserror::Error)]
-pub enum EditError {
-    #[error("failed to write the file to edit {path}: {source}")]
-    WriteFile {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("failed to read the edited file {path}: {source}")]
-    ReadFile {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("failed to start the editor {editor:?}: {source} (set KUBE_EDITOR or EDITOR)")]
-    EditorStart {
-        editor: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the editor {editor:?} failed ({status}); nothing was changed")]
-    EditorFailed { editor: String, status: String },
-}
 
 /// What was saved, compared with what was opened.
 #[derive(Debug, PartialEq, Eq)]

@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use crate::commit::{CommitError, EncodeError};
 
-/// The `source` of the events the controller records.
-pub const EVENT_SOURCE: &str = "controller";
+pub use crate::events::EVENT_SOURCE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaderError {
