@@ -35,7 +35,7 @@ test-unit: deps
 test-e2e: deps build
 	$(CARGO) test -p topo-e2e --no-fail-fast
 
-## lint: formatting and clippy, warnings are errors
+## lint: formatting, clippy (warnings are errors), no import cycles between modules
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
