@@ -8,7 +8,8 @@
 //! * [`serve`], [`guard`], [`auth`], [`config`]: HTTPS only; authentication (client
 //!   certificates, bearer tokens), roles, audit, limits; the configuration file.
 //! * [`events`]: bounded event history.
-//! * [`ipam`], [`planner`], [`leader`]: addresses, derivation, and the leader's loop.
+//! * [`ipam`], [`planner`], [`leader`]: addresses, derivation, and the leader's loop;
+//!   [`ifnames`]: the host interface names the planner hands out per node.
 
 pub mod api;
 pub mod auth;
@@ -17,6 +18,7 @@ pub mod commit;
 pub mod config;
 pub mod events;
 pub mod guard;
+pub mod ifnames;
 pub mod ipam;
 pub mod leader;
 pub mod pages;
