@@ -4,7 +4,8 @@
 //! * [`cache`]: the informer over etcd, publishing immutable snapshots.
 //! * [`commit`]: fenced change sets, and the intent log for those too large for one txn.
 //! * [`store`]: apply/create/replace/delete computed against snapshots.
-//! * [`api`], [`watch`]: the HTTP API and its watch streams.
+//! * [`api`], [`watch`]: the HTTP API and its watch streams; [`decode`]: what its requests
+//!   carry (query strings, bodies), pure, so it can be fuzzed.
 //! * [`serve`], [`guard`], [`auth`], [`config`]: HTTPS only; authentication (client
 //!   certificates, bearer tokens), roles, audit, limits; the configuration file.
 //! * [`events`]: bounded event history.
@@ -16,6 +17,7 @@ pub mod auth;
 pub mod cache;
 pub mod commit;
 pub mod config;
+pub mod decode;
 pub mod events;
 pub mod guard;
 pub mod ifnames;
