@@ -34,25 +34,142 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create or update every object in the files, all or nothing.
+    #[command(after_help = examples::APPLY)]
     Apply(ApplyArgs),
-    /// List objects as a table, or print them as YAML, JSON or names.
+    /// List objects as a table, or print them as YAML, JSON, names, JSONPath or columns.
+    #[command(after_help = examples::GET)]
     Get(GetArgs),
     /// Show one object in detail: spec, status, conditions and recent events.
+    #[command(after_help = examples::DESCRIBE)]
     Describe(DescribeArgs),
     /// Delete objects named on the command line or in files.
+    #[command(after_help = examples::DELETE)]
     Delete(DeleteArgs),
     /// Show what apply would change. Exit status: 0 no change, 1 changes, 2 error.
+    #[command(after_help = examples::DIFF)]
     Diff(DiffArgs),
     /// Block until objects meet a condition (or are deleted).
+    #[command(after_help = examples::WAIT)]
     Wait(WaitArgs),
     /// Recent events: object, type, reason, age, count, message (newest last).
+    #[command(after_help = examples::EVENTS)]
     Events(EventsArgs),
+    /// Set (KEY=VALUE) or remove (KEY-) labels of objects.
+    #[command(after_help = examples::LABEL)]
+    Label(MetaArgs),
+    /// Set (KEY=VALUE) or remove (KEY-) annotations of objects.
+    #[command(after_help = examples::ANNOTATE)]
+    Annotate(MetaArgs),
+    /// Edit an object in $KUBE_EDITOR or $EDITOR (else vi) and write it back on save.
+    #[command(after_help = examples::EDIT)]
+    Edit(EditArgs),
+    /// Describe a kind or one of its fields: type, description and fields, from the schema.
+    #[command(after_help = examples::EXPLAIN)]
+    Explain(ExplainArgs),
     /// Print the JSON Schema of the manifests, for editors and CI validation.
+    #[command(after_help = examples::SCHEMA)]
     Schema(SchemaArgs),
     /// Print a shell completion script.
+    #[command(after_help = examples::COMPLETION)]
     Completion(CompletionArgs),
     /// Print topoctl's version (and whether the controller answers).
+    #[command(after_help = examples::VERSION)]
     Version(VersionArgs),
+}
+
+/// The examples each verb's `--help` ends with.
+pub mod examples {
+    pub const APPLY: &str = "\
+Examples:
+  topoctl apply -f manifests/demo.yaml          # create or update what the file declares
+  topoctl apply -f manifests/ -R --wait         # a directory tree, then wait until Ready
+  cat app.yaml | topoctl apply -f -             # from standard input
+  topoctl apply -f app.yaml --dry-run=server    # let the controller check it, store nothing";
+
+    pub const GET: &str = "\
+Examples:
+  topoctl get containers -o wide                # more columns
+  topoctl get container/db network/overlay      # kinds mixed, KIND/NAME
+  topoctl get c,net -l app=web                  # several kinds, a label selector
+  topoctl get c db -o yaml                      # one object as YAML
+  topoctl get c -o jsonpath='{.items[*].metadata.name}'
+  topoctl get c -o jsonpath='{range .items[*]}{.metadata.name}{\"\\t\"}{.spec.node}{\"\\n\"}{end}'
+  topoctl get c -o jsonpath='{.items[?(@.spec.node==\"node1\")].metadata.name}'
+  topoctl get c -o custom-columns=NAME:.metadata.name,NODE:.spec.node
+  topoctl get c --sort-by=.status.restartCount  # numbers sort as numbers
+  topoctl get c -w                              # keep printing changes
+  topoctl get --raw /apis/topo.dev/v1alpha1/networks";
+
+    pub const DESCRIBE: &str = "\
+Examples:
+  topoctl describe container db                 # spec, status, conditions, events
+  topoctl describe networks -l tier=back        # every network the selector picks";
+
+    pub const DELETE: &str = "\
+Examples:
+  topoctl delete container db web               # by name
+  topoctl delete container/db link/app-to-db    # KIND/NAME, kinds mixed
+  topoctl delete -f app.yaml --wait             # what the file declares, until nodes removed it
+  topoctl delete c -l app=web --dry-run=server  # what a selector would delete";
+
+    pub const DIFF: &str = "\
+Examples:
+  topoctl diff -f app.yaml; echo $?             # 0 no change, 1 changes, 2 error";
+
+    pub const WAIT: &str = "\
+Examples:
+  topoctl wait container/db --for=condition=Ready --timeout=60s
+  topoctl wait c db web --for=delete";
+
+    pub const EVENTS: &str = "\
+Examples:
+  topoctl events                                # recent events, newest last
+  topoctl events --for container/db -w          # one object's, then as they happen";
+
+    pub const LABEL: &str = "\
+Examples:
+  topoctl label container/db tier=back          # add a label
+  topoctl label c db tier=front --overwrite     # change one that has a value
+  topoctl label c db tier-                      # remove it
+  topoctl label c -l app=web canary=true        # every container the selector picks
+  topoctl label c --all owner=ops --dry-run=server";
+
+    pub const ANNOTATE: &str = "\
+Examples:
+  topoctl annotate container/db description='the orders database'
+  topoctl annotate c db description='the main one' --overwrite
+  topoctl annotate c db description-            # remove it";
+
+    pub const EDIT: &str = "\
+Examples:
+  topoctl edit container/db                     # in $KUBE_EDITOR, else $EDITOR, else vi
+  KUBE_EDITOR='code -w' topoctl edit network overlay
+
+An invalid object reopens the editor with the errors at the top; saving it unchanged
+cancels. If the object changed meanwhile, the edit fails and the edited copy is kept.";
+
+    pub const EXPLAIN: &str = "\
+Examples:
+  topoctl explain containers                    # the kind and its fields
+  topoctl explain container.spec.networks       # one field: type, description, fields
+  topoctl explain network.spec.blockSize
+  topoctl explain link --recursive              # every field, nested";
+
+    pub const SCHEMA: &str = "\
+Examples:
+  topoctl schema > topo.schema.json             # any manifest document
+  topoctl schema Container                      # one kind";
+
+    pub const COMPLETION: &str = "\
+Examples:
+  source <(topoctl completion bash)
+  topoctl completion zsh > \"${fpath[1]}/_topoctl\"
+  topoctl completion fish > ~/.config/fish/completions/topoctl.fish";
+
+    pub const VERSION: &str = "\
+Examples:
+  topoctl version                               # and whether the controller answers
+  topoctl version --client";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -97,15 +214,16 @@ pub struct ApplyArgs {
 
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// nodes, networks, containers, links, tunnels or all (also singular, and the short
-    /// forms no, net, c, ln, tun).
-    pub kind: String,
+    /// What to get: KIND [NAME...], KIND/NAME... (kinds may be mixed: container/db
+    /// network/overlay), or KIND,KIND. Kinds: nodes, networks, containers, links, tunnels
+    /// or all (also singular, and the short forms no, net, c, ln, tun).
+    #[arg(value_name = "KIND[/NAME]", required_unless_present = "raw")]
+    pub targets: Vec<String>,
 
-    /// Only these objects.
-    pub names: Vec<String>,
-
-    /// Output format: wide (more columns), yaml, json, name (kind/name). Default: a table.
-    #[arg(short = 'o', long, value_name = "FORMAT", value_parser = ["wide", "yaml", "json", "name"])]
+    /// Output format: wide (more columns), yaml, json, name (kind/name),
+    /// jsonpath=TEMPLATE, jsonpath-file=FILE, custom-columns=HEADER:JSONPATH,...,
+    /// custom-columns-file=FILE. Default: a table.
+    #[arg(short = 'o', long, value_name = "FORMAT", value_parser = OutputFormatParser, hide_possible_values = true)]
     pub output: Option<String>,
 
     /// Label selector: key=value, key!=value, key, !key; comma-separated requirements all hold.
@@ -115,6 +233,49 @@ pub struct GetArgs {
     /// After listing, keep printing objects as they change.
     #[arg(short = 'w', long)]
     pub watch: bool,
+
+    /// Sort by the value a JSONPath reaches in each object (.metadata.name,
+    /// '{.status.restartCount}'); numbers sort as numbers, objects without the field first.
+    #[arg(long, value_name = "JSONPATH")]
+    pub sort_by: Option<String>,
+
+    /// With -o jsonpath: a field the template names but an object lacks prints nothing
+    /// (true) or is an error (false).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub allow_missing_template_keys: bool,
+
+    /// GET this path of the controller's API and print the body as it comes, e.g.
+    /// /apis/topo.dev/v1alpha1/containers or /readyz.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["targets", "output", "selector", "watch", "sort_by"])]
+    pub raw: Option<String>,
+}
+
+/// `-o`'s values: any string (checked by the verb, which reads the `-file=` forms), with the
+/// formats listed for shell completion.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputFormatParser;
+
+impl clap::builder::TypedValueParser for OutputFormatParser {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        clap::builder::StringValueParser::new().parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            crate::printer::FORMATS
+                .iter()
+                .map(|f| clap::builder::PossibleValue::new(*f)),
+        ))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -196,6 +357,48 @@ pub struct EventsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct MetaArgs {
+    /// The objects, then the changes: KIND NAME... or KIND/NAME... (or KIND with -l or
+    /// --all), then KEY=VALUE to set and KEY- to remove.
+    #[arg(value_name = "KIND/NAME|KEY=VALUE|KEY-", required = true)]
+    pub args: Vec<String>,
+
+    /// Change a key that already has another value (without it, that is an error).
+    #[arg(long)]
+    pub overwrite: bool,
+
+    /// With KIND: every object this label selector picks.
+    #[arg(short = 'l', long, value_name = "SELECTOR")]
+    pub selector: Option<String>,
+
+    /// With KIND: every object of the kind.
+    #[arg(long)]
+    pub all: bool,
+
+    /// client: only print what would change; server: the controller checks the change
+    /// without storing it; none: change.
+    #[arg(long, value_enum, value_name = "MODE", default_value = "none", num_args = 0..=1, default_missing_value = "client")]
+    pub dry_run: DryRun,
+}
+
+#[derive(Debug, Args)]
+pub struct EditArgs {
+    /// The object: KIND/NAME, or KIND NAME.
+    #[arg(value_name = "KIND/NAME", required = true)]
+    pub objects: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// KIND, or KIND.FIELD.SUBFIELD... (e.g. container.spec.networks).
+    pub path: String,
+
+    /// List every field below, nested, with its type.
+    #[arg(long)]
+    pub recursive: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct SchemaArgs {
     /// One kind's schema; the schema of any manifest document when absent.
     pub kind: Option<String>,
@@ -255,6 +458,47 @@ mod tests {
     }
 
     #[test]
+    fn every_verb_has_examples() {
+        for sub in Cli::command().get_subcommands() {
+            let help = sub
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(
+                help.starts_with("Examples:\n  ") && help.contains("topoctl "),
+                "topoctl {} --help has no examples",
+                sub.get_name()
+            );
+        }
+    }
+
+    #[test]
+    fn completion_knows_the_new_verbs_and_formats() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "topoctl", &mut buf);
+            let script = String::from_utf8_lossy(&buf);
+            for word in [
+                "label",
+                "annotate",
+                "edit",
+                "explain",
+                "sort-by",
+                "raw",
+                "overwrite",
+                "jsonpath=",
+                "custom-columns=",
+            ] {
+                assert!(script.contains(word), "{shell:?} completion lacks {word}");
+            }
+        }
+    }
+
+    #[test]
     fn parses_kubectl_like_lines() {
         let c = Cli::try_parse_from([
             "topoctl",
@@ -287,7 +531,6 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.server.as_deref(), Some("https://x:1"));
-        assert!(Cli::try_parse_from(["topoctl", "get", "c", "-o", "table"]).is_err());
         let c = Cli::try_parse_from([
             "topoctl",
             "wait",
@@ -300,5 +543,28 @@ mod tests {
             panic!("not wait")
         };
         assert_eq!(w.timeout, Duration::from_secs(5));
+
+        let c = Cli::try_parse_from(["topoctl", "get", "--raw", "/readyz"]).unwrap();
+        let Command::Get(g) = c.command else {
+            panic!("not get")
+        };
+        assert_eq!((g.raw.as_deref(), g.targets.len()), (Some("/readyz"), 0));
+        assert!(
+            Cli::try_parse_from(["topoctl", "get"]).is_err(),
+            "a kind or --raw"
+        );
+        assert!(Cli::try_parse_from(["topoctl", "get", "c", "--raw", "/x"]).is_err());
+        let c = Cli::try_parse_from(["topoctl", "get", "c", "--allow-missing-template-keys=false"])
+            .unwrap();
+        let Command::Get(g) = c.command else {
+            panic!("not get")
+        };
+        assert!(!g.allow_missing_template_keys);
+        let c =
+            Cli::try_parse_from(["topoctl", "label", "c/db", "a=b", "c-", "--overwrite"]).unwrap();
+        let Command::Label(l) = c.command else {
+            panic!("not label")
+        };
+        assert_eq!((l.args.len(), l.overwrite), (3, true));
     }
 }

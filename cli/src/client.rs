@@ -393,6 +393,19 @@ impl Client {
         self.send(self.http.delete(url), true).await.map(|_| ())
     }
 
+    /// PUT of a whole object; refused with a conflict when its resourceVersion is stale.
+    pub async fn replace(&self, r: &Resource, dry_run: bool) -> Result<Resource, ClientError> {
+        let query: &[(&str, &str)] = if dry_run { &[("dryRun", "All")] } else { &[] };
+        let url = self.url(&[r.kind().plural(), r.name()], query)?;
+        self.json(
+            Method::PUT,
+            url,
+            Some(r),
+            &format!("replace {}", r.object_ref()),
+        )
+        .await
+    }
+
     pub async fn apply(&self, req: &ApplyRequest) -> Result<ApplyResponse, ClientError> {
         let url = self.url(&["apply"], &[])?;
         self.json(Method::POST, url, Some(req), "apply").await
@@ -439,6 +452,23 @@ impl Client {
         }
         let url = self.url(&["events"], &query)?;
         self.open_watch(url).await
+    }
+
+    /// GET of any path of the controller (`get --raw`), its body left to read. A watch
+    /// (`?watch=true`) is not time-limited.
+    pub async fn raw(&self, path_and_query: &str) -> Result<RawBody, ClientError> {
+        let url = self
+            .base
+            .join(path_and_query)
+            .map_err(|_| ClientError::BadUrl(format!("{}{path_and_query}", self.server)))?;
+        let watching = url
+            .query_pairs()
+            .any(|(k, v)| k == "watch" && matches!(v.as_ref(), "" | "true" | "1"));
+        let resp = self.send(self.http.get(url), !watching).await?;
+        Ok(RawBody {
+            client: self.clone(),
+            body: Box::pin(resp.bytes_stream()),
+        })
     }
 
     async fn open_watch<T>(&self, url: Url) -> Result<WatchStream<T>, ClientError> {
@@ -488,6 +518,23 @@ pub fn api_error_from(status: StatusCode, body: &str) -> ApiError {
 }
 
 type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
+
+/// The body of a `get --raw`, chunk by chunk.
+pub struct RawBody {
+    client: Client,
+    body: ByteStream,
+}
+
+impl RawBody {
+    /// The next piece of the body; `None` at its end.
+    pub async fn next_chunk(&mut self) -> Result<Option<bytes::Bytes>, ClientError> {
+        match self.body.next().await {
+            Some(Ok(b)) => Ok(Some(b)),
+            Some(Err(e)) => Err(self.client.transport_error(e)),
+            None => Ok(None),
+        }
+    }
+}
 
 /// Newline-delimited watch events.
 pub struct WatchStream<T> {

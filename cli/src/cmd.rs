@@ -1,14 +1,17 @@
 //! The verbs: each parses its arguments, talks to the controller through [`Client`] and
 //! prints through [`crate::output`]; exit statuses and errors are [`CliError`]'s.
 //!
-//! The verbs with several phases (`get`, `delete`, `events`) live in modules of their own
-//! under `cmd/`; this file holds what they share and the short verbs. The dispatch is the
+//! The verbs with several phases (`get`, `delete`, `events`, `label`/`annotate`, `edit`,
+//! `explain`) live in modules of their own under `cmd/`; this file holds what they share and the short verbs. The dispatch is the
 //! crate's [`crate::run`], above both, so the verb modules use this one and not the other
 //! way round.
 
 pub(crate) mod delete;
+pub(crate) mod edit;
 pub(crate) mod events;
+pub(crate) mod explain;
 pub(crate) mod get;
+pub(crate) mod label;
 
 pub use self::events::{event_header, event_rows};
 
@@ -39,11 +42,20 @@ pub enum CliError {
     Input(#[from] InputError),
     #[error(transparent)]
     Output(#[from] OutputError),
+    #[error(transparent)]
+    Printer(#[from] crate::printer::PrinterError),
+    #[error(transparent)]
+    Edit(#[from] edit::EditError),
+    #[error(transparent)]
+    Explain(#[from] crate::explain::ExplainError),
     /// Manifests that do not parse or validate here; nothing was sent.
     #[error("{}", format_api_error(.0))]
     Invalid(ApiError),
     #[error("{} {:?} not found", .0.kind.as_str().to_ascii_lowercase(), .0.name)]
     NotFound(ObjectRef),
+    /// A failure about one object, on one line: `container/db: why`.
+    #[error("{object}: {message}")]
+    Object { object: ObjectRef, message: String },
     #[error("{0}")]
     Usage(String),
     #[error("timed out after {after} waiting for {pending_count} of {total} objects ({goal}):{}", list_pending(.pending))]
@@ -85,6 +97,27 @@ impl CliError {
         }
     }
 
+    /// The controller's refusal of a change to `r`, on one line naming it (kubectl's
+    /// habit); failures to reach the controller stay as they are.
+    pub(crate) fn object(r: &ObjectRef, e: ClientError) -> CliError {
+        let Some(api) = e.api() else {
+            return CliError::Client(e);
+        };
+        let prefix = format!("{r}: ");
+        let strip = |s: &str| s.strip_prefix(&prefix).unwrap_or(s).to_string();
+        let mut parts = vec![strip(&api.message)];
+        for c in &api.causes {
+            let c = strip(&c.to_string());
+            if !parts.contains(&c) {
+                parts.push(c);
+            }
+        }
+        CliError::Object {
+            object: r.clone(),
+            message: parts.join("; "),
+        }
+    }
+
     /// Output to a closed pipe (`topoctl get c | head`) is no failure worth reporting.
     pub fn is_broken_pipe(&self) -> bool {
         matches!(self, CliError::Write(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
@@ -95,6 +128,14 @@ impl CliError {
 pub(crate) fn emit(s: &str) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     out.write_all(s.as_bytes())
+        .and_then(|_| out.flush())
+        .map_err(CliError::Write)
+}
+
+/// Writes bytes (a raw body, maybe cut mid-character) to stdout.
+pub(crate) fn emit_bytes(b: &[u8]) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(b)
         .and_then(|_| out.flush())
         .map_err(CliError::Write)
 }
@@ -303,10 +344,6 @@ pub(crate) async fn apply(ctx: &Ctx, a: args::ApplyArgs) -> Result<i32, CliError
             pending,
         )),
     }
-}
-
-fn output_format(o: Option<&str>) -> Format {
-    o.and_then(Format::parse).unwrap_or(Format::Table)
 }
 
 pub(crate) async fn describe_cmd(ctx: &Ctx, a: args::DescribeArgs) -> Result<i32, CliError> {

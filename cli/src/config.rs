@@ -116,6 +116,8 @@ pub struct Env {
     pub topo_config: Option<PathBuf>,
     pub xdg_config_home: Option<PathBuf>,
     pub home: Option<PathBuf>,
+    /// The editor of `topoctl edit`: $KUBE_EDITOR, else $EDITOR (kubectl's order).
+    pub editor: Option<String>,
 }
 
 impl Env {
@@ -125,6 +127,9 @@ impl Env {
             topo_config: std::env::var_os(ENV_CONFIG).map(PathBuf::from),
             xdg_config_home: std::env::var_os("XDG_CONFIG_HOME").map(PathBuf::from),
             home: std::env::var_os("HOME").map(PathBuf::from),
+            editor: ["KUBE_EDITOR", "EDITOR"]
+                .into_iter()
+                .find_map(|v| std::env::var(v).ok().filter(|e| !e.trim().is_empty())),
         }
     }
 }
@@ -226,6 +231,7 @@ mod tests {
             topo_config: config.map(Path::to_path_buf),
             xdg_config_home: None,
             home: home.map(Path::to_path_buf),
+            editor: None,
         }
     }
 

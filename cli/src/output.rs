@@ -238,9 +238,11 @@ fn container_cells(c: &Container, wide: bool) -> Vec<String> {
             .spec
             .ports
             .iter()
-            .map(|p| match p.host_port {
-                Some(h) => format!("{h}:{}/{}", p.container_port, p.protocol),
-                None => format!("{}/{}", p.container_port, p.protocol),
+            .map(|p| match (p.host_ip, p.host_port) {
+                // As `docker run -p` writes them: [IP:]HOSTPORT:CONTAINERPORT.
+                (Some(ip), Some(h)) => format!("{ip}:{h}:{}/{}", p.container_port, p.protocol),
+                (None, Some(h)) => format!("{h}:{}/{}", p.container_port, p.protocol),
+                (_, None) => format!("{}/{}", p.container_port, p.protocol),
             })
             .collect();
         cells.push(or_none(ports.join(",")));
@@ -359,7 +361,9 @@ pub(crate) mod tests {
                     container_port: 6379,
                     host_port: Some(50000),
                     protocol: Protocol::Tcp,
+                    host_ip: None,
                 }],
+                ..Default::default()
             },
         );
         c.metadata.creation_timestamp = Some(created);

@@ -770,6 +770,7 @@ mod tests {
                     })
                     .collect(),
                 ports: vec![],
+                ..Default::default()
             },
         ))
     }

@@ -694,9 +694,13 @@ fn container_entry(
 ) -> Result<ContainerEntry, Reason> {
     let attachments = attachments(name, c, node, out, desired, assignment)?;
     let ports = match attachments.first() {
-        Some(first) => published_ports(c, first.address.addr()),
+        Some(first) => published_ports(c, node.spec.address, first.address.addr()),
         None => vec![],
     };
+    // The apply refuses a spec whose hardening Docker would refuse; one stored under older
+    // rules waits here, named, rather than reaching the agent.
+    let hardening = topo_schema::hardening::resolve(&c.spec)
+        .map_err(|e| Reason::new("InvalidSpec", e.to_string()))?;
     let (mut env, hosts) = link_environment(links);
     // The user's own environment wins over generated link variables.
     env.extend(c.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -716,6 +720,7 @@ fn container_entry(
         attachments,
         ports,
         links: link_rules(links, out),
+        hardening: Box::new(hardening),
     })
 }
 
@@ -768,13 +773,20 @@ fn attachments(
     Ok(attachments)
 }
 
-/// The host ports the container publishes, towards its first address.
-fn published_ports(c: &Container, container_ip: Ipv4Addr) -> Vec<PublishedPort> {
+/// The host ports the container publishes, towards its first address: on the port's hostIP,
+/// else only on the node's underlay address (never on every local address unasked, where it
+/// would take over the node's own services).
+fn published_ports(
+    c: &Container,
+    node_address: Ipv4Addr,
+    container_ip: Ipv4Addr,
+) -> Vec<PublishedPort> {
     c.spec
         .ports
         .iter()
         .filter_map(|p| {
             Some(PublishedPort {
+                host_ip: p.host_ip.unwrap_or(node_address),
                 host_port: u16::try_from(p.host_port?).ok()?,
                 container_port: u16::try_from(p.container_port).ok()?,
                 protocol: p.protocol,
@@ -892,6 +904,7 @@ mod tests {
                     })
                     .collect(),
                 ports: vec![],
+                ..Default::default()
             },
         );
         c.metadata.uid = Some(format!("uid-{name}"));
@@ -1033,12 +1046,26 @@ mod tests {
                 container_port: 80,
                 host_port: Some(8080),
                 protocol: Protocol::Tcp,
+                host_ip: None,
             });
             c.spec.ports.push(PortMapping {
                 container_port: 81,
                 host_port: None,
                 protocol: Protocol::Tcp,
+                host_ip: None,
             });
+            c.spec.ports.push(PortMapping {
+                container_port: 53,
+                host_port: Some(5353),
+                protocol: Protocol::Udp,
+                host_ip: Some(Ipv4Addr::UNSPECIFIED),
+            });
+            c.spec.resources = Some(Box::new(topo_schema::Resources {
+                memory: Some(topo_schema::Quantity("64Mi".into())),
+                cpus: None,
+                pids: Some(32),
+            }));
+            c.spec.read_only_root_filesystem = true;
         }
         objs.push(web);
         let p = plan_all(&objs);
@@ -1056,12 +1083,22 @@ mod tests {
         assert_eq!(a1.default_gateway, None);
         assert!(a0.tx_checksum_off, "n1 runs the netdev datapath");
         assert_eq!(a0.host_veth, names::veth_host_name("web", "eth0"));
-        assert_eq!(c.ports.len(), 1);
+        assert_eq!(c.ports.len(), 2);
         assert_eq!(
             c.ports[0].container_ip,
             "10.2.0.3".parse::<Ipv4Addr>().unwrap()
         );
         assert_eq!(c.ports[0].host_port, 8080);
+        assert_eq!(
+            c.ports[0].host_ip,
+            "192.168.100.1".parse::<Ipv4Addr>().unwrap(),
+            "without hostIP: only the node's underlay address"
+        );
+        assert_eq!(c.ports[1].host_ip, Ipv4Addr::UNSPECIFIED, "hostIP 0.0.0.0");
+        assert_eq!(c.hardening.memory_bytes, Some(64 << 20));
+        assert_eq!(c.hardening.pids_limit, Some(32));
+        assert!(c.hardening.read_only_root_filesystem);
+        assert!(!c.hardening.allow_privilege_escalation);
         // n1 now hosts "second" too; n2 does not.
         assert!(p.slices["n1"].contains_key("bridges/second"));
         assert!(!p.slices["n2"].contains_key("bridges/second"));

@@ -33,6 +33,7 @@
 #   smoke.sh (up, plumbing, 6 pairs x 4 checks, down, leftover check)  20-24 s
 #
 # Subcommands: up [--nodes N] [--no-agents] [--no-controller] | down | add-node I [--no-agent]
+#   | remove-node I (the host leaves: its agent, Open vSwitch, namespace and underlay port go)
 #   | start-agent I | kill-agent I [SIG] | restart-agent I | start-controller
 #   | kill-controller [SIG] | restart-controller | status | exec I CMD... | vsctl I ARGS...
 #   | appctl I ARGS... | env
@@ -240,6 +241,13 @@ node_up() {
   nsx "$i" ip link set lo up
   nsx "$i" sysctl -q -w net.bridge.bridge-nf-call-iptables=0 >/dev/null 2>&1 || true
   nsx "$i" ethtool -K ul0 tx off >/dev/null 2>&1 || true
+  # ul0 becomes a port of the userspace datapath, which reads it with an AF_PACKET socket:
+  # the kernel still sees every frame on it and would answer ARP for this host's address
+  # from ul0's own MAC too (ARP flux). A peer that caches that MAC sends its GRE packets to
+  # ul0, where ovs-vswitchd does not decapsulate them (it does for br-phy's MAC only), and the
+  # tunnel stays dark while the peer keeps that entry (issue 13, RELIABILITY.md). With ARP
+  # off on ul0, only br-phy answers.
+  nsx "$i" ip link set ul0 arp off
   nsx "$i" ip link set ul0 up
 
   # Open vSwitch of this host: everything under $nd.
@@ -604,6 +612,27 @@ cmd_add_node() {
   log "node$i added"
 }
 
+# The host leaves the lab: agent, ovs-vswitchd, ovsdb-server, namespace, underlay veth and
+# state. Its Node object stays in the API (delete it with topoctl, as an operator would).
+cmd_remove_node() {
+  local i=${1:-} nd pids=()
+  check_index "$i"
+  nd=$DIR/node$i
+  [[ -d $nd ]] || die "node$i is not part of the lab"
+  agent_stop "$i" TERM
+  stop_component 50 "$nd/ovs-vswitchd.pid" '^ovs-vswitchd$' "$nd/"
+  stop_component 50 "$nd/ovsdb-server.pid" '^ovsdb-server$' "$nd/"
+  if [[ -e /run/netns/node$i ]]; then
+    mapfile -t pids < <(ip netns pids "node$i" 2>/dev/null </dev/null || true)
+    ((${#pids[@]} == 0)) || stop_pids 30 "${pids[@]}" </dev/null
+    ip netns del "node$i" || die "could not delete netns node$i"
+  fi
+  ip link del "topo-ul-n$i" >/dev/null 2>&1 || true # trap 6
+  sed -i "/^node$i\$/d" "$DIR/netns.list"
+  rm -rf "$nd"
+  log "node$i removed"
+}
+
 cmd_down() {
   local i p ns nd
   [[ $(id -u) -eq 0 ]] || die "must run as root"
@@ -732,6 +761,7 @@ main() {
       ;;
     down) cmd_down >&2 ;;
     add-node) cmd_add_node "$@" >&2 ;;
+    remove-node) cmd_remove_node "$@" >&2 ;;
     start-agent)
       check_index "${1:-}"
       agent_start "$1" >&2

@@ -162,6 +162,12 @@ impl Background {
         })
     }
 
+    /// Its process id (the program's own when the launchers exec it, as nsenter and `ip
+    /// netns exec` do).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What it printed on stdout so far.
     pub fn stdout_so_far(&self) -> String {
         self.stdout.snapshot()

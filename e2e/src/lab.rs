@@ -16,7 +16,7 @@
 //! - `TOPO_E2E_DIR`: parent of the labs' state directories (default `/run/topo-e2e`).
 //! - `TOPO_E2E_ONLY=a,b`: run only these scenarios (see [`crate::run_scenarios`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::io::BufRead;
@@ -756,14 +756,21 @@ impl Lab {
             .and_then(|v| v.get(0).cloned())
     }
 
+    /// The pid of the container's main process (None when it does not run); its
+    /// `/proc/PID/ns/net` is the container's network namespace.
+    pub fn container_pid(&self, container: &str) -> Option<u32> {
+        self.inspect(container)
+            .and_then(|v| v.pointer("/State/Pid").and_then(Value::as_u64))
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 0)
+    }
+
     /// Runs the host's `ARGS...` (e.g. `ip route add ...`) in the container's network
     /// namespace: the container's own tools run without NET_ADMIN.
     #[track_caller]
     pub fn in_container_netns(&self, container: &str, args: &[&str]) -> Output {
         let pid = self
-            .inspect(container)
-            .and_then(|v| v.pointer("/State/Pid").and_then(Value::as_u64))
-            .filter(|p| *p > 0)
+            .container_pid(container)
             .unwrap_or_else(|| panic!("container {container} is not running"));
         let pid = pid.to_string();
         let mut a = vec!["-t", pid.as_str(), "-n", "--"];
@@ -911,11 +918,54 @@ impl Lab {
         parse::dump_ports(&out.stdout)
     }
 
+    /// The MAC addresses that answer an ARP request for host N's underlay address, asked
+    /// from the lab's root namespace (broadcasts only, so every interface that would answer
+    /// does). One is right: br-phy's (see lab.sh on ARP flux from ul0).
+    #[track_caller]
+    pub fn underlay_arp_macs(&self, node: u32) -> BTreeSet<String> {
+        let ip = node_address(node).to_string();
+        let out = self.sh(
+            "busybox",
+            &["arping", "-b", "-I", "topo-ul", "-c", "2", "-w", "3", &ip],
+        );
+        parse::arping_macs(&out.stdout)
+    }
+
+    /// The MAC address of host N's br-phy (the one its tunnels must be addressed to).
+    #[track_caller]
+    pub fn underlay_mac(&self, node: u32) -> String {
+        let out = self
+            .sh(
+                "ip",
+                &["-n", &node_name(node), "-br", "link", "show", "br-phy"],
+            )
+            .ok();
+        out.stdout
+            .split_whitespace()
+            .nth(2)
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+    }
+
     /// Adds host N (lab.sh add-node) with its agent.
     #[track_caller]
     pub fn add_node(&self, node: u32) {
         self.lab_sh(&["add-node", &node.to_string()]).ok();
         self.nodes.fetch_max(node, Ordering::SeqCst);
+    }
+
+    /// Removes host N (lab.sh remove-node): its agent, Open vSwitch, namespace and underlay
+    /// port. Its Node object stays in the API.
+    #[track_caller]
+    pub fn remove_node(&self, node: u32) {
+        self.lab_sh(&["remove-node", &node.to_string()]).ok();
+        // Hosts are numbered 1..=nodes(): only the last one can leave without a gap.
+        let _ = self.nodes.compare_exchange(
+            node,
+            node.saturating_sub(1),
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
     }
 
     /// The agent's pid on node N, when it runs.

@@ -13,8 +13,10 @@ pub mod cmd;
 pub mod lab;
 pub mod links;
 pub mod manifest;
+pub mod mesh;
 pub mod parse;
 pub mod poll;
+pub mod probe;
 pub mod scenario;
 pub mod stats;
 

@@ -1,8 +1,10 @@
 //! Parsers for what the tools print: busybox ping, `ovs-vsctl --format=json`,
-//! `ovs-ofctl --names dump-ports`, `ip -o link`.
+//! `ovs-ofctl --names dump-ports`, `ip -o link`, `ovsdb-client --timestamp monitor`,
+//! `ovs-appctl coverage/show` and `fdb/stats-show`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::Value;
 
 /// The summary line of a ping: `3 packets transmitted, 2 packets received, 33% packet loss`.
@@ -31,6 +33,31 @@ impl PingStats {
             received: number_before(" packets received").or_else(|| number_before(" received"))?,
         })
     }
+}
+
+/// The sequence numbers busybox ping printed a reply for (`64 bytes from A: seq=12 ...`).
+pub fn ping_reply_seqs(text: &str) -> Vec<u32> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.split_once(" seq=")?.1;
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// The MAC addresses that answered busybox `arping` (`Unicast reply from A [MAC] 0.006ms`).
+pub fn arping_macs(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| l.contains("reply from"))
+        .filter_map(|l| {
+            let open = l.find('[')?;
+            let close = l[open..].find(']')? + open;
+            Some(l[open + 1..close].to_ascii_lowercase())
+        })
+        .collect()
 }
 
 /// One row of `ovs-vsctl --format=json list TABLE`, with OVSDB's typed values flattened:
@@ -160,9 +187,192 @@ pub fn ip_links(text: &str) -> BTreeMap<String, u32> {
         .collect()
 }
 
+/// One row change that `ovsdb-client --timestamp monitor DB TABLE COLUMNS` printed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonitorChange {
+    /// When ovsdb-client received the update (it prints UTC).
+    pub time: DateTime<Utc>,
+    /// `initial`, `insert`, `delete` or `modify`.
+    pub action: String,
+    pub row: String,
+    /// The row's `name` column, when monitored.
+    pub name: String,
+    /// For `modify`: the columns whose value changed.
+    pub changed: Vec<String>,
+}
+
+/// The updates of ovsdb-client's text output: blocks of a timestamp line, a heading, a
+/// dashed line and rows whose cells start where their heading does (a modification is an
+/// `old` row holding only the changed columns, then a `new` row without the uuid).
+pub fn ovsdb_monitor(text: &str) -> Vec<MonitorChange> {
+    let mut out = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let Ok(naive) = NaiveDateTime::parse_from_str(line.trim(), "%Y-%m-%d %H:%M:%S%.3f") else {
+            continue;
+        };
+        let time = naive.and_utc();
+        let Some(heading) = lines.next() else { break };
+        let starts: Vec<usize> = heading
+            .char_indices()
+            .filter(|&(i, c)| c != ' ' && (i == 0 || heading.as_bytes()[i - 1] == b' '))
+            .map(|(i, _)| i)
+            .collect();
+        let names: Vec<&str> = heading.split_whitespace().collect();
+        let cells = |row: &str| -> BTreeMap<&str, String> {
+            names
+                .iter()
+                .zip(&starts)
+                .enumerate()
+                .map(|(k, (n, &a))| {
+                    let b = starts
+                        .get(k + 1)
+                        .copied()
+                        .unwrap_or(row.len())
+                        .min(row.len());
+                    (*n, row.get(a.min(b)..b).unwrap_or("").trim().to_string())
+                })
+                .collect()
+        };
+        let _dashes = lines.next();
+        let mut old: Option<BTreeMap<&str, String>> = None;
+        for row in lines.by_ref() {
+            if row.trim().is_empty() {
+                break;
+            }
+            let c = cells(row);
+            let action = c.get("action").cloned().unwrap_or_default();
+            if action == "old" {
+                old = Some(c);
+                continue;
+            }
+            let (row_id, action, changed) = match (action.as_str(), old.take()) {
+                ("new", Some(o)) => (
+                    o.get("row").cloned().unwrap_or_default(),
+                    "modify".to_string(),
+                    o.iter()
+                        .filter(|(k, v)| !matches!(**k, "row" | "action") && !v.is_empty())
+                        .map(|(k, _)| k.to_string())
+                        .collect(),
+                ),
+                _ => (
+                    c.get("row").cloned().unwrap_or_default(),
+                    action,
+                    Vec::new(),
+                ),
+            };
+            out.push(MonitorChange {
+                time,
+                action,
+                row: row_id,
+                name: c.get("name").cloned().unwrap_or_default(),
+                changed,
+            });
+        }
+    }
+    out
+}
+
+/// The `total:` of each event of `ovs-appctl coverage/show`.
+pub fn coverage_totals(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let (head, total) = l.rsplit_once("total:")?;
+            let name = head.split_whitespace().next()?;
+            Some((name.to_string(), total.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// `ovs-appctl fdb/stats-show BRIDGE` as label → first number (`Total number of learned MAC
+/// entries` → 6; `Current/maximum MAC entries in the table` → the current count).
+pub fn fdb_stats(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let (label, value) = l.split_once(':')?;
+            let n = value
+                .split(|c: char| !c.is_ascii_digit())
+                .find(|s| !s.is_empty())?
+                .parse()
+                .ok()?;
+            Some((label.trim().to_string(), n))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn monitor_text() {
+        let t = "2026-11-28 15:51:02.617
+row                                  action  name           type     options
+------------------------------------ ------- -------------- -------- ------------------------------------
+ed8da5d9-fe81-4240-ae97-818f4d7c2da5 initial tv-gre1b0351e  \"\"       {}
+5034f6b8-deaf-4611-8f64-c63438df45e0 initial tg-node39a74c1 gre      {key=\"1\", remote_ip=\"192.168.100.3\"}
+
+2026-11-28 15:51:03.689
+row                                  action name           type options                              ofport link_state
+------------------------------------ ------ -------------- ---- ------------------------------------ ------ ----------
+cd8cd2bc-6629-41c0-bf7f-aca625e262bd old                                                             []     []
+                                     new    tg-node476198b gre  {key=\"1\", remote_ip=\"192.168.100.4\"} 5      up
+
+2026-11-28 15:51:07.301
+row                                  action name           type
+------------------------------------ ------ -------------- ----
+cd8cd2bc-6629-41c0-bf7f-aca625e262bd delete tg-node476198b gre
+";
+        let c = ovsdb_monitor(t);
+        assert_eq!(c.len(), 4, "{c:?}");
+        assert_eq!(
+            (c[0].action.as_str(), c[0].name.as_str()),
+            ("initial", "tv-gre1b0351e")
+        );
+        assert_eq!(c[2].action, "modify");
+        assert_eq!(c[2].name, "tg-node476198b");
+        assert_eq!(c[2].row, "cd8cd2bc-6629-41c0-bf7f-aca625e262bd");
+        assert_eq!(c[2].changed, vec!["link_state", "ofport"]);
+        assert_eq!(c[3].action, "delete");
+        assert_eq!(c[3].time.format("%H:%M:%S%.3f").to_string(), "15:51:07.301");
+    }
+
+    #[test]
+    fn arping_answers() {
+        let t = "ARPING 192.168.100.2 from 192.168.100.254 topo-ul
+Unicast reply from 192.168.100.2 [d6:ba:07:da:90:f0] 0.006ms
+Unicast reply from 192.168.100.2 [86:4b:be:53:27:46] 1.013ms
+Unicast reply from 192.168.100.2 [D6:BA:07:DA:90:F0] 0.016ms
+Sent 2 probe(s) (0 broadcast(s))
+Received 3 response(s) (0 request(s), 0 broadcast(s))
+";
+        let m = arping_macs(t);
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert!(m.contains("d6:ba:07:da:90:f0") && m.contains("86:4b:be:53:27:46"));
+        assert!(arping_macs("Sent 2 probe(s)\nReceived 0 response(s)").is_empty());
+    }
+
+    #[test]
+    fn coverage_and_fdb() {
+        let cov =
+            "Event coverage, avg rate over last: 5 seconds, last minute, last hour,  hash=598aa3ab:
+bridge_reconfigure         0.0/sec     0.233/sec        0.0039/sec   total: 14
+mac_learning_learned       0.0/sec     0.200/sec        0.0033/sec   total: 12
+108 events never hit
+";
+        let c = coverage_totals(cov);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c["bridge_reconfigure"], 14);
+        let fdb = "Statistics for bridge \"tb-gre\":
+  Current/maximum MAC entries in the table: 6/8192
+  Total number of learned MAC entries     : 6
+  Total number of port moved MAC entries  : 0
+";
+        let f = fdb_stats(fdb);
+        assert_eq!(f["Current/maximum MAC entries in the table"], 6);
+        assert_eq!(f["Total number of learned MAC entries"], 6);
+        assert_eq!(f["Total number of port moved MAC entries"], 0);
+    }
 
     #[test]
     fn ping_summary() {
@@ -172,6 +382,7 @@ mod tests {
         assert_eq!(PingStats::parse("ping: sendto: Network unreachable"), None);
         let dup = "3 packets transmitted, 3 packets received, 2 duplicates, 0% packet loss";
         assert_eq!(PingStats::parse(dup).unwrap().received, 3);
+        assert_eq!(ping_reply_seqs(out), vec![0]);
     }
 
     #[test]

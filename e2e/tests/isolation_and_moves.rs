@@ -1,12 +1,16 @@
 //! Issue 3, "How it is checked": two networks are isolated; a container moved to another
 //! host keeps its static address and its reachability; a deleted container leaves no veth,
-//! OVS port or Docker container behind.
+//! OVS port or Docker container behind. Issue 8 (the agent's half of Trust): a host's own
+//! service keeps its port (HostPortInUse until it is free), a published port answers only at
+//! the node's underlay address unless hostIP says otherwise, and a hardened container really
+//! has its limits, read-only root, capabilities and no-new-privileges.
 
 use std::net::Ipv4Addr;
 
 use serde_json::Value;
+use topo_e2e::links::{node_nc, wait_node_nc};
 use topo_e2e::manifest::{docs, network, on, on_static, web};
-use topo_e2e::{Lab, Scenario, converge, node_name, poll, run_scenarios, secs};
+use topo_e2e::{Lab, Scenario, converge, node_address, node_name, poll, run_scenarios, secs};
 use topo_schema::names::{bridge_name, veth_host_name};
 
 #[test]
@@ -22,6 +26,8 @@ fn isolation_and_moves() {
             ),
             ("delete_leaves_nothing", delete_leaves_nothing),
             ("reapply_after_delete", reapply_after_delete),
+            ("host_port_in_use_then_free", host_port_in_use_then_free),
+            ("hardened_container", hardened_container),
         ],
     );
 }
@@ -380,4 +386,199 @@ fn reapply_after_delete(sc: &Scenario) {
                 .ok();
         }
     }
+}
+
+const HP_NET: &str = "e2e-hp";
+const HP_PORT: u16 = 50180;
+
+/// A container answering `hello-from-NAME` on TCP port 80 (busybox nc).
+fn nc_server(name: &str, node: &str, ports: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: topo.dev/v1alpha1\nkind: Container\nmetadata:\n  name: {name}\nspec:\n  node: {node}\n  image: topo/busybox:latest\n  command: [nc, -ll, -p, \"80\", -e, echo, hello-from-{name}]\n  networks:\n    - network: {HP_NET}\n  ports:\n{ports}{extra}"
+    )
+}
+
+/// The Ready condition of container `name`: (status, reason, message).
+fn ready_condition(sc: &Scenario, name: &str) -> Result<(String, String, String), String> {
+    let st = sc.get_json("container", name)?;
+    let c = st
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .ok_or_else(|| format!("container/{name} has no Ready condition: {st}"))?;
+    let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+    Ok((s("status"), s("reason"), s("message")))
+}
+
+/// Issue 8: a process of node1 listens on a port a container wants to publish. The port is
+/// not taken over and the container says who holds it; once the process is gone the port is
+/// published. It answers at node1's underlay address, from another host and from node1, and
+/// not at node1's other addresses (127.0.0.1, a second address) unless hostIP is 0.0.0.0.
+fn host_port_in_use_then_free(sc: &Scenario) {
+    let node1 = node_address(1).to_string();
+    let mut service = sc.command("ip");
+    let port = HP_PORT.to_string();
+    service.args([
+        "netns", "exec", "node1", "busybox", "nc", "-ll", "-p", &port, "-e",
+    ]);
+    service.args(["busybox", "echo", "node-service"]);
+    let service = sc.spawn(service);
+    let pid = service.pid();
+    wait_node_nc(sc, 1, "127.0.0.1", HP_PORT, "node-service", secs(20));
+    sc.step(&format!(
+        "node1's own service (pid {pid}) listens on {HP_PORT}"
+    ));
+
+    sc.apply_nowait(&docs(&[
+        network(HP_NET, "10.51.0.0/16"),
+        nc_server(
+            "hp",
+            "node1",
+            &format!("    - {{containerPort: 80, hostPort: {HP_PORT}}}\n"),
+            "",
+        ),
+    ]));
+    let (_, _, message) =
+        poll(
+            "container hp to report HostPortInUse",
+            secs(90),
+            || match ready_condition(sc, "hp")? {
+                (s, r, m) if s == "False" && r == "HostPortInUse" => Ok((s, r, m)),
+                other => Err(format!("Ready is {other:?}")),
+            },
+        )
+        .0;
+    let want = format!("hostPort {HP_PORT}/tcp is in use by busybox (pid {pid})");
+    assert!(
+        message.starts_with(&want),
+        "{message:?} does not start with {want:?}"
+    );
+    // Not taken over: node1's service still answers at node1's address, from node2 too.
+    for _ in 0..3 {
+        assert_eq!(
+            node_nc(sc, 2, &node1, HP_PORT).as_deref(),
+            Ok("node-service"),
+            "the port was taken over"
+        );
+    }
+    assert!(
+        sc.events()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .iter()
+            .any(|e| e.reason == "HostPortInUse" && e.object.name == "hp"),
+        "no HostPortInUse event"
+    );
+    sc.step("HostPortInUse names the process; the node's service keeps its port");
+
+    drop(service);
+    sc.wait_ready(&["container/hp"], secs(60));
+    wait_node_nc(sc, 2, &node1, HP_PORT, "hello-from-hp", secs(30));
+    wait_node_nc(sc, 1, &node1, HP_PORT, "hello-from-hp", secs(30));
+    sc.step("the port freed: published, from node2 and from node1 itself");
+
+    // Only at the underlay address: not at 127.0.0.1 nor at a second address of node1.
+    sc.on_node(1, &["ip", "addr", "add", "10.99.0.1/32", "dev", "lo"])
+        .ok();
+    let elsewhere = [
+        ("127.0.0.1", node_nc(sc, 1, "127.0.0.1", HP_PORT)),
+        ("10.99.0.1", node_nc(sc, 1, "10.99.0.1", HP_PORT)),
+    ];
+    // hostIP 0.0.0.0 asks for every address of the node.
+    sc.apply(
+        &nc_server(
+            "hpall",
+            "node1",
+            &format!(
+                "    - {{containerPort: 80, hostPort: {}, hostIP: 0.0.0.0}}\n",
+                HP_PORT + 1
+            ),
+            "",
+        ),
+        converge(),
+    );
+    wait_node_nc(
+        sc,
+        1,
+        "10.99.0.1",
+        HP_PORT + 1,
+        "hello-from-hpall",
+        secs(30),
+    );
+    sc.on_node(1, &["ip", "addr", "del", "10.99.0.1/32", "dev", "lo"])
+        .ok();
+    for (addr, got) in elsewhere {
+        assert!(
+            got.is_err(),
+            "{addr}:{HP_PORT} answered {got:?}: published beyond the underlay address"
+        );
+    }
+    sc.step("published at 192.168.100.1 only; hostIP 0.0.0.0 takes every address");
+}
+
+/// Issue 8: resources, user, read-only root, capabilities and no-new-privileges reach the
+/// container: Docker reports them and the container lives by them.
+fn hardened_container(sc: &Scenario) {
+    let hard = format!(
+        "apiVersion: topo.dev/v1alpha1\nkind: Container\nmetadata:\n  name: hard\nspec:\n  node: node2\n  image: topo/busybox:latest\n  command: [sleep, \"3600\"]\n  networks:\n    - network: {HP_NET}\n  resources: {{memory: 64Mi, cpus: \"0.5\", pids: 32}}\n  user: \"1000:1000\"\n  readOnlyRootFilesystem: true\n  capabilities: {{drop: [ALL], add: [NET_BIND_SERVICE]}}\n"
+    );
+    sc.apply(&docs(&[network(HP_NET, "10.51.0.0/16"), hard]), converge());
+    let i = sc.inspect("hard").expect("docker inspect topo-hard");
+    let hc = &i["HostConfig"];
+    assert_eq!(hc["Memory"], 67_108_864, "{hc}");
+    assert_eq!(hc["NanoCpus"], 500_000_000, "{hc}");
+    assert_eq!(hc["PidsLimit"], 32, "{hc}");
+    assert_eq!(hc["ReadonlyRootfs"], true, "{hc}");
+    assert_eq!(hc["CapDrop"], serde_json::json!(["ALL"]), "{hc}");
+    assert_eq!(
+        hc["CapAdd"],
+        serde_json::json!(["CAP_NET_BIND_SERVICE"]),
+        "{hc}"
+    );
+    assert_eq!(
+        hc["SecurityOpt"],
+        serde_json::json!(["no-new-privileges"]),
+        "{hc}"
+    );
+    assert_eq!(i["Config"]["User"], "1000:1000");
+    sc.step(
+        "docker inspect shows the limits, user, read-only root, capabilities, no-new-privileges",
+    );
+
+    let write = sc.exec("hard", &["sh", "-c", "echo x > /probe"]);
+    assert!(!write.success(), "a write to / succeeded");
+    assert!(
+        write.stderr.contains("Read-only file system"),
+        "{}",
+        write.describe_failure()
+    );
+    let status = sc.exec("hard", &["cat", "/proc/self/status"]).ok().stdout;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+    assert_eq!(field("CapBnd:"), "0000000000000400", "{status}");
+    assert_eq!(
+        field("Uid:").split_whitespace().next(),
+        Some("1000"),
+        "{status}"
+    );
+    // The pids limit holds: 40 sleepers cannot all start under a limit of 32.
+    let fork = sc.exec(
+        "hard",
+        &["sh", "-c", "for i in $(seq 40); do sleep 2 & done; wait"],
+    );
+    assert!(
+        fork.combined().contains("Resource temporarily unavailable")
+            || fork.combined().contains("can't fork"),
+        "40 processes started under pids 32: {}",
+        fork.describe_failure()
+    );
+    sc.step(
+        "inside: / is read-only, NoNewPrivs 1, only CAP_NET_BIND_SERVICE, uid 1000, pids capped",
+    );
 }

@@ -10,7 +10,7 @@ use etcd_client::Client;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use topo_agent::backend::{DockerContainers, NetlinkInterfaces, NftNat, OvsdbSwitch};
+use topo_agent::backend::{DockerContainers, NetlinkInterfaces, NftNat, NodeSockets, OvsdbSwitch};
 use topo_agent::config::Cli;
 use topo_agent::reconcile::Backends;
 
@@ -49,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
         interfaces: Arc::new(interfaces),
         ovs: Arc::new(ovs),
         nat: Arc::new(nat),
+        host_ports: Arc::new(NodeSockets::new()),
     };
 
     // The channel connects lazily: an agent may start before etcd and catches up.

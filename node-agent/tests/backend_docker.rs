@@ -12,7 +12,7 @@ use backend_support::{require_root, require_tool, run, try_run};
 use futures::StreamExt;
 use topo_agent::backend::{ContainerError, ContainerEvent, Containers, DockerContainers};
 use topo_schema::kinds::PullPolicy;
-use topo_schema::slice::{ContainerEntry, HostEntry};
+use topo_schema::slice::{ContainerEntry, Hardening, HostEntry};
 
 const IMAGE: &str = "topo/busybox:latest";
 
@@ -157,6 +157,7 @@ fn entry(name: &str) -> ContainerEntry {
         attachments: vec![],
         ports: vec![],
         links: vec![],
+        hardening: Default::default(),
     }
 }
 
@@ -319,7 +320,26 @@ fn backend_docker_lifecycle_ownership_and_events() {
         ));
         assert_eq!(docker.list().await.unwrap().len(), 1);
 
-        docker.remove(&id).await.unwrap();
+        // Removals asked at once, as a container's reconcile and the garbage collector may:
+        // each returns only once the container is gone, also those Docker answers "removal
+        // already in progress" (409), so no caller reports it removed while `docker ps -a`
+        // still lists it.
+        let removals: Vec<_> = (0..3)
+            .map(|_| {
+                let (d, id) = (docker.clone(), id.clone());
+                tokio::spawn(async move {
+                    d.remove(&id).await?;
+                    Ok::<_, ContainerError>(d.list().await?.iter().any(|c| c.id == id))
+                })
+            })
+            .collect();
+        for r in removals {
+            let still_listed = r.await.expect("removal task").expect("remove");
+            assert!(
+                !still_listed,
+                "remove returned while Docker still lists {id}"
+            );
+        }
         assert!(
             next_event(&mut events, "destroy").await.is_some(),
             "destroy event"
@@ -332,4 +352,101 @@ fn backend_docker_lifecycle_ownership_and_events() {
                 .contains(&foreign[..12])
         );
     });
+    rt.block_on(hardening(&engine, &docker));
+}
+
+/// The controller-derived limit of `controller` of process `pid` (cgroup v2, else v1).
+fn cgroup_value(pid: u32, v2_file: &str, v1: (&str, &str)) -> String {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let mut tried = Vec::new();
+    for line in cgroups.lines() {
+        let mut f = line.splitn(3, ':');
+        let (_, controllers, path) = (f.next(), f.next().unwrap_or(""), f.next().unwrap_or(""));
+        let file = if controllers.is_empty() {
+            format!("/sys/fs/cgroup{path}/{v2_file}")
+        } else if controllers.split(',').any(|c| c == v1.0) {
+            format!("/sys/fs/cgroup/{}{path}/{}", v1.0, v1.1)
+        } else {
+            continue;
+        };
+        if let Ok(v) = std::fs::read_to_string(&file) {
+            return v.trim().to_string();
+        }
+        tried.push(file);
+    }
+    panic!(
+        "no {v2_file} nor {} for pid {pid}; tried {tried:?}\n{cgroups}",
+        v1.1
+    )
+}
+
+/// Issue 8: a hardened entry's container really has its limits, user, read-only root,
+/// capabilities and no-new-privileges — as Docker reports them and as the kernel holds them.
+async fn hardening(engine: &Engine, docker: &DockerContainers) {
+    let mut hard = entry("hard");
+    *hard.hardening = Hardening {
+        memory_bytes: Some(64 << 20),
+        nano_cpus: Some(500_000_000),
+        pids_limit: Some(32),
+        user: Some("1000:1000".into()),
+        read_only_root_filesystem: true,
+        cap_add: vec!["CAP_NET_BIND_SERVICE".into()],
+        cap_drop: vec!["ALL".into()],
+        allow_privilege_escalation: false,
+    };
+    let id = docker.create_and_start(&hard).await.unwrap();
+    let inspected = engine.cli(&[
+        "inspect",
+        "-f",
+        "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} {{.HostConfig.PidsLimit}} {{.HostConfig.ReadonlyRootfs}} {{json .HostConfig.CapAdd}} {{json .HostConfig.CapDrop}} {{json .HostConfig.SecurityOpt}} {{.Config.User}}",
+        &id,
+    ]);
+    assert_eq!(
+        inspected.trim(),
+        r#"67108864 500000000 32 true ["CAP_NET_BIND_SERVICE"] ["ALL"] ["no-new-privileges"] 1000:1000"#
+    );
+    let c = docker.get("topo-hard").await.unwrap().unwrap();
+    assert_eq!(c.config_hash, hard.config_hash());
+    let pid = c.pid.unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+    assert_eq!(
+        field("CapBnd:"),
+        "0000000000000400",
+        "only CAP_NET_BIND_SERVICE (bit 10) is left"
+    );
+    assert_eq!(field("Uid:").split_whitespace().next(), Some("1000"));
+    assert_eq!(
+        cgroup_value(pid, "memory.max", ("memory", "memory.limit_in_bytes")),
+        "67108864"
+    );
+    assert_eq!(cgroup_value(pid, "pids.max", ("pids", "pids.max")), "32");
+    let h = engine.host();
+    let write = Command::new(docker_cli())
+        .args(["-H", &h, "exec", &id, "sh", "-c", "echo x > /probe"])
+        .output()
+        .unwrap();
+    assert!(!write.status.success(), "a write to / succeeded");
+    assert!(
+        String::from_utf8_lossy(&write.stderr).contains("Read-only file system"),
+        "{}",
+        String::from_utf8_lossy(&write.stderr)
+    );
+
+    // allowPrivilegeEscalation: true leaves no-new-privileges off.
+    let mut open = entry("open");
+    open.hardening.allow_privilege_escalation = true;
+    let id2 = docker.create_and_start(&open).await.unwrap();
+    let opt = engine.cli(&["inspect", "-f", "{{json .HostConfig.SecurityOpt}}", &id2]);
+    assert_eq!(opt.trim(), "null");
+    docker.remove(&id).await.unwrap();
+    docker.remove(&id2).await.unwrap();
 }

@@ -237,11 +237,20 @@ fn backend_nat_node_masquerade_and_published_port() {
 
     let rules = NatRules {
         masquerade: vec!["10.89.0.0/16".parse().unwrap()],
-        ports: vec![PortDnat {
-            host_port: 50000,
-            protocol: Protocol::Tcp,
-            target: "10.89.1.5:80".parse().unwrap(),
-        }],
+        ports: vec![
+            PortDnat {
+                host_port: 50000,
+                protocol: Protocol::Tcp,
+                host_ip: "192.168.77.1".parse().unwrap(),
+                target: "10.89.1.5:80".parse().unwrap(),
+            },
+            PortDnat {
+                host_port: 50001,
+                protocol: Protocol::Tcp,
+                host_ip: "0.0.0.0".parse().unwrap(),
+                target: "10.89.1.5:80".parse().unwrap(),
+            },
+        ],
         links: vec![],
         isolate: NatRules::isolation_pairs(&[
             "10.89.0.0/16".parse().unwrap(),
@@ -272,6 +281,14 @@ fn backend_nat_node_masquerade_and_published_port() {
     assert_eq!(
         fetch(&n, "192.168.77.1:50000").as_deref(),
         Some("published")
+    );
+    // Published on the node's address only: not at its other address (the gateway), which
+    // a rule matching every local address would have taken over; 0.0.0.0 takes every one.
+    assert_eq!(fetch(&n, "10.89.1.1:50000"), None, "not on another address");
+    assert_eq!(
+        fetch(&n, "10.89.1.1:50001").as_deref(),
+        Some("published"),
+        "hostIP 0.0.0.0: every local address"
     );
     // Egress: the container reaches the client host masqueraded as the node.
     serve(&x, 8080, "outside");

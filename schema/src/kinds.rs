@@ -85,10 +85,15 @@ impl std::fmt::Display for Kind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Object<S, St> {
+    /// The API version: topo.dev/v1alpha1.
     pub api_version: String,
+    /// The kind of the object: Node, Network, Container, Link or Tunnel.
     pub kind: String,
+    /// The object's name, labels and annotations, and the fields the server sets.
     pub metadata: ObjectMeta,
+    /// What the object should be: written by the user.
     pub spec: S,
+    /// What the object is: written by the controller from what the agents report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<St>,
 }
@@ -134,6 +139,7 @@ pub struct NodeSpec {
     #[serde(with = "crate::serde_ip::ipv4")]
     #[schemars(with = "String")]
     pub address: Ipv4Addr,
+    /// system (the kernel's, default) or netdev (OVS's userspace datapath).
     #[serde(default)]
     pub datapath: Datapath,
     /// Host ports no container may publish on this node. Absent: 22, 2379, 2380 and 8443
@@ -145,8 +151,10 @@ pub struct NodeSpec {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeStatus {
+    /// The metadata.generation the status was last computed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The object's conditions; Ready is the one every kind has.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// network → the node's address block in it.
@@ -169,9 +177,18 @@ pub enum Topology {
     Explicit,
 }
 
+// `blockSize` is optional in manifests and defaulted as it is read (`NetworkSpecWire`), so
+// every part — validation, IPAM, the agents, `get -o yaml` — sees the effective value and a
+// manifest that leaves it out applies `unchanged` again.
+/// The network's address range, how it is cut into per-node blocks, and how it is carried.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(
+    rename_all = "camelCase",
+    deny_unknown_fields,
+    from = "NetworkSpecWire"
+)]
 pub struct NetworkSpec {
+    /// The network's address range, an IPv4 CIDR such as 10.2.0.0/16.
     #[serde(with = "crate::serde_ip::cidr")]
     #[schemars(with = "String")]
     pub cidr: Ipv4Net,
@@ -180,6 +197,7 @@ pub struct NetworkSpec {
     /// Container MTU; default: underlay MTU minus the GRE overhead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// mesh: tunnels among all nodes that host the network; explicit: only Tunnel objects.
     #[serde(default)]
     pub topology: Topology,
     /// GRE key; unique per network; assigned by the controller when absent.
@@ -187,11 +205,65 @@ pub struct NetworkSpec {
     pub gre_key: Option<u32>,
 }
 
+/// The block prefix a network gets when its manifest names none: a /24 per node, never
+/// wider than the cidr itself (a /26 network is one /26 block).
+pub const DEFAULT_BLOCK_PREFIX: u8 = 24;
+
+impl NetworkSpec {
+    /// `blockSize` when absent: [`DEFAULT_BLOCK_PREFIX`], or the cidr's prefix when that is
+    /// narrower.
+    pub fn default_block_size(cidr: Ipv4Net) -> u8 {
+        DEFAULT_BLOCK_PREFIX.max(cidr.prefix_len())
+    }
+}
+
+// [`NetworkSpec`] as written: `blockSize` may be left out. Its default depends on the
+// sibling `cidr`, which serde's per-field defaults cannot see, hence the extra type.
+/// The network's address range, how it is cut into per-node blocks, and how it is carried.
+#[derive(Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(rename = "NetworkSpec")]
+pub struct NetworkSpecWire {
+    /// The network's address range, an IPv4 CIDR such as 10.2.0.0/16.
+    #[serde(with = "crate::serde_ip::cidr")]
+    #[schemars(with = "String")]
+    cidr: Ipv4Net,
+    /// Prefix length of the block each hosting node leases (24 = a /24 per node). Optional:
+    /// default 24, or the cidr's own prefix when that is narrower (never wider than the cidr).
+    #[serde(default)]
+    block_size: Option<u8>,
+    /// Container MTU; default: underlay MTU minus the GRE overhead.
+    #[serde(default)]
+    mtu: Option<u32>,
+    /// mesh: tunnels among all nodes that host the network; explicit: only Tunnel objects.
+    #[serde(default)]
+    topology: Topology,
+    /// GRE key; unique per network; assigned by the controller when absent.
+    #[serde(default)]
+    gre_key: Option<u32>,
+}
+
+impl From<NetworkSpecWire> for NetworkSpec {
+    fn from(w: NetworkSpecWire) -> Self {
+        NetworkSpec {
+            block_size: w
+                .block_size
+                .unwrap_or_else(|| NetworkSpec::default_block_size(w.cidr)),
+            cidr: w.cidr,
+            mtu: w.mtu,
+            topology: w.topology,
+            gre_key: w.gre_key,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetworkStatus {
+    /// The metadata.generation the status was last computed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The object's conditions; Ready is the one every kind has.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// The GRE key in force (the spec's, or the assigned one).
@@ -203,6 +275,7 @@ pub struct NetworkStatus {
     /// node → block.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub blocks: BTreeMap<String, String>,
+    /// How many addresses of the network are allocated.
     #[serde(default)]
     pub allocated: u32,
 }
@@ -256,6 +329,7 @@ impl std::fmt::Display for Protocol {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetworkAttachment {
+    /// The Network to join.
     pub network: String,
     /// Static address (pipework); else allocated from the node's block.
     #[serde(
@@ -273,28 +347,157 @@ pub struct NetworkAttachment {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PortMapping {
+    /// The port inside the container.
     pub container_port: u32,
+    /// The port published on the node, like docker run -p; none: not published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_port: Option<u32>,
+    /// tcp (default) or udp.
     #[serde(default)]
     pub protocol: Protocol,
+    /// The node address the host port is published on, as in `docker run -p
+    /// IP:HOSTPORT:CONTAINERPORT`. Absent: only the node's underlay address (its Node's
+    /// spec.address), so a published port never takes over a service listening on the node's
+    /// other addresses. "0.0.0.0": every local address of the node. Another address: that
+    /// one, which must be an address of the node (the agent reports HostIPNotLocal and
+    /// publishes nothing while it is not).
+    #[serde(
+        default,
+        rename = "hostIP",
+        skip_serializing_if = "Option::is_none",
+        with = "crate::serde_ip::opt_ipv4"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub host_ip: Option<Ipv4Addr>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// A resource quantity written as a string or a bare number (`"256Mi"`, `0.5`), kept as the
+/// text the user wrote; [`crate::hardening`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Quantity(pub String);
+
+impl Quantity {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Quantity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Quantity {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Quantity;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a quantity such as \"256Mi\" or 0.5")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Quantity, E> {
+                Ok(Quantity(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Quantity, E> {
+                Ok(Quantity(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Quantity, E> {
+                Ok(Quantity(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Quantity, E> {
+                Ok(Quantity(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for Quantity {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Quantity".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "anyOf": [{"type": "string"}, {"type": "number"}]
+        })
+    }
+}
+
+/// Limits of what the container may use, as `docker run --memory/--cpus/--pids-limit`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Resources {
+    /// Memory limit: bytes, or a number with a suffix Ki, Mi, Gi, Ti (powers of 1024) or k,
+    /// M, G, T (powers of 1000): "256Mi", "1Gi", "1.5G". At least 6Mi (Docker's minimum).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+    /// CPU limit in CPUs, like `docker run --cpus`: "0.5" is half a CPU. At least 0.01.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<Quantity>,
+    /// The most processes and threads the container may hold at once (`--pids-limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4_194_304))]
+    pub pids: Option<i64>,
+}
+
+/// Linux capabilities added to or dropped from Docker's default set (`--cap-add`,
+/// `--cap-drop`). Names as `capabilities(7)` has them, with or without the `CAP_` prefix
+/// (`NET_ADMIN`, `CAP_NET_ADMIN`), or `ALL`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Capabilities {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop: Vec<String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ContainerSpec {
+    /// The Node that runs the container; changing it moves the container.
     pub node: String,
+    /// The Docker image, e.g. topo/busybox:latest.
     pub image: String,
+    /// The command and its arguments; default: the image's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
+    /// Environment variables of the container.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// When Docker pulls the image: IfNotPresent, Never or Always.
     #[serde(default)]
     pub image_pull_policy: PullPolicy,
+    /// The networks the container joins, each on its own interface.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<NetworkAttachment>,
+    /// Ports published on the node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortMapping>,
+    /// Memory, CPU and process limits. Absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Box<Resources>>,
+    /// The user the container's processes run as, `docker run --user`: a name or a numeric
+    /// id, with an optional group ("1000:1000", "nobody", "app:app"). Absent: the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Mounts the container's root filesystem read-only (`docker run --read-only`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub read_only_root_filesystem: bool,
+    /// Capabilities added to or dropped from Docker's default set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Box<Capabilities>>,
+    /// Lets processes gain privileges (setuid binaries, file capabilities). Default false:
+    /// the container runs with `no-new-privileges`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_privilege_escalation: bool,
 }
 
 impl ContainerSpec {
@@ -310,10 +513,13 @@ impl ContainerSpec {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ContainerStatus {
+    /// The metadata.generation the status was last computed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The object's conditions; Ready is the one every kind has.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// The node the container runs on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
     /// network → address.
@@ -325,6 +531,7 @@ pub struct ContainerStatus {
         skip_serializing_if = "Option::is_none"
     )]
     pub container_id: Option<String>,
+    /// How many times Docker restarted the container.
     #[serde(default)]
     pub restart_count: u32,
 }
@@ -345,6 +552,7 @@ pub struct LinkTarget {
     )]
     #[schemars(with = "Option<String>")]
     pub address: Option<Ipv4Addr>,
+    /// The target's port.
     pub port: u32,
 }
 
@@ -353,10 +561,12 @@ pub struct LinkTarget {
 pub struct LinkSpec {
     /// The consumer container.
     pub from: String,
+    /// The service reached: a container and port, or an address and port.
     pub to: LinkTarget,
     /// `ip:port` inside the consumer; default 127.0.0.1:<to.port>.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+    /// tcp (default) or udp.
     #[serde(default)]
     pub protocol: Protocol,
     /// Docker-link style alias: environment variables and a hosts entry in the consumer.
@@ -379,8 +589,10 @@ impl LinkSpec {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LinkStatus {
+    /// The metadata.generation the status was last computed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The object's conditions; Ready is the one every kind has.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// The resolved `ip:port` the listen address is forwarded to.
@@ -393,6 +605,7 @@ pub struct LinkStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TunnelSpec {
+    /// The Network the tunnel carries.
     pub network: String,
     /// Two managed nodes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -413,8 +626,10 @@ pub struct TunnelSpec {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TunnelStatus {
+    /// The metadata.generation the status was last computed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The object's conditions; Ready is the one every kind has.
     #[serde(default)]
     pub conditions: Vec<Condition>,
 }

@@ -7,9 +7,12 @@
 //!   field path.
 //! * [`net`]: address arithmetic (blocks, gateways, MTU overhead) both sides must agree on.
 //! * [`slice`]: what one node must hold, as the controller writes it and the agent reads it.
+//! * [`hardening`]: the `docker run` hardening of a Container (limits, user, capabilities).
+//! * [`hostports`]: host ports a Node reserves.
 //! * [`api`]: the wire types of the controller's HTTP API.
 
 pub mod api;
+pub mod hardening;
 pub mod hostports;
 pub mod jsonschema;
 pub mod keys;

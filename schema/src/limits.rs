@@ -21,6 +21,12 @@ pub const MAX_NETWORKS: usize = 32;
 pub const MAX_PORTS: usize = 256;
 pub const MAX_RESERVED_PORTS: usize = 1024;
 pub const MAX_LISTEN: usize = 64;
+/// `resources.memory` and `resources.cpus` as written.
+pub const MAX_QUANTITY: usize = 64;
+/// `user:group`, each a Linux name of at most 32 bytes.
+pub const MAX_USER: usize = 65;
+/// Entries of `capabilities.add` and of `capabilities.drop` (Linux has 41 capabilities).
+pub const MAX_CAPABILITIES: usize = 64;
 
 fn too_long(field: String, what: &str, len: usize, max: usize) -> FieldError {
     FieldError::new(
@@ -157,6 +163,47 @@ fn check_container(spec: &crate::kinds::ContainerSpec, out: &mut Vec<FieldError>
     }
     if spec.ports.len() > MAX_PORTS {
         out.push(too_many("spec.ports", "ports", spec.ports.len(), MAX_PORTS));
+    }
+    check_hardening(spec, out);
+}
+
+fn check_hardening(spec: &crate::kinds::ContainerSpec, out: &mut Vec<FieldError>) {
+    if let Some(r) = &spec.resources {
+        for (field, q) in [
+            ("spec.resources.memory", &r.memory),
+            ("spec.resources.cpus", &r.cpus),
+        ] {
+            if let Some(q) = q
+                && q.as_str().len() > MAX_QUANTITY
+            {
+                out.push(too_long(
+                    field.into(),
+                    "the quantity",
+                    q.as_str().len(),
+                    MAX_QUANTITY,
+                ));
+            }
+        }
+    }
+    if let Some(u) = &spec.user
+        && u.len() > MAX_USER
+    {
+        out.push(too_long("spec.user".into(), "the user", u.len(), MAX_USER));
+    }
+    if let Some(c) = &spec.capabilities {
+        for (field, list) in [
+            ("spec.capabilities.add", &c.add),
+            ("spec.capabilities.drop", &c.drop),
+        ] {
+            if list.len() > MAX_CAPABILITIES {
+                out.push(too_many(
+                    field,
+                    "capabilities",
+                    list.len(),
+                    MAX_CAPABILITIES,
+                ));
+            }
+        }
     }
 }
 

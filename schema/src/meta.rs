@@ -14,11 +14,13 @@ use serde::{Deserialize, Serialize};
 pub struct ObjectMeta {
     /// DNS-1123 label: lowercase letters, digits and '-', at most 63 characters.
     pub name: String,
+    /// Key/value pairs that label selectors (-l) pick objects by; keys are [prefix/]name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Free-form key/value notes for people and tools; topo does not read them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
-    /// Set by the server.
+    /// A unique id of the object, set by the server when it is created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
     /// The etcd revision of the object's last write. Set by the server; a write that carries
@@ -28,6 +30,7 @@ pub struct ObjectMeta {
     /// Bumped by the server on every spec change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<i64>,
+    /// When the object was created (RFC 3339), set by the server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creation_timestamp: Option<DateTime<Utc>>,
 }
@@ -61,13 +64,18 @@ impl std::fmt::Display for ConditionStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Condition {
+    /// What the condition is about, e.g. Ready.
     #[serde(rename = "type")]
     pub type_: String,
+    /// True, False or Unknown.
     pub status: ConditionStatus,
+    /// Why, in one CamelCase word (e.g. ImagePullFailed).
     #[serde(default)]
     pub reason: String,
+    /// Why, in words.
     #[serde(default)]
     pub message: String,
+    /// When status last changed.
     pub last_transition_time: DateTime<Utc>,
 }
 

@@ -24,7 +24,8 @@ pub mod owner {
     pub const NODE: &str = "topo.dev/node";
     /// `kind/name` of the object it belongs to.
     pub const OBJECT: &str = "topo.dev/object";
-    /// Docker label: hash of what requires a recreate (image, command, env, hosts).
+    /// Docker label: hash of what requires a recreate (image, command, env, hosts,
+    /// hardening).
     pub const CONFIG_HASH: &str = "topo.dev/config-hash";
     /// Docker label: the Container object's uid.
     pub const UID: &str = "topo.dev/uid";
@@ -200,6 +201,62 @@ pub struct ContainerEntry {
     pub attachments: Vec<AttachmentEntry>,
     pub ports: Vec<PublishedPort>,
     pub links: Vec<LinkRule>,
+    /// Limits and privileges; absent when all are Docker's defaults (with
+    /// no-new-privileges on).
+    #[serde(default, skip_serializing_if = "Hardening::is_default_boxed")]
+    pub hardening: Box<Hardening>,
+}
+
+/// What a container may use and do, resolved from the Container spec's resources, user,
+/// readOnlyRootFilesystem, capabilities and allowPrivilegeEscalation. The default is a
+/// container without limits, as the image's user, with a writable root, Docker's default
+/// capabilities and no-new-privileges on: what a spec without those fields gets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Hardening {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<i64>,
+    /// CPUs × 10⁹ (Docker's NanoCpus).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nano_cpus: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub read_only_root_filesystem: bool,
+    /// `CAP_NET_ADMIN` form, or `ALL`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    /// False: the container runs with no-new-privileges.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_privilege_escalation: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl Hardening {
+    pub fn is_default(&self) -> bool {
+        *self == Hardening::default()
+    }
+
+    #[allow(clippy::borrowed_box)] // serde's skip_serializing_if hands the field as it is
+    fn is_default_boxed(h: &Box<Hardening>) -> bool {
+        h.is_default()
+    }
+
+    /// Docker's `SecurityOpt` for it.
+    pub fn security_opt(&self) -> Vec<String> {
+        if self.allow_privilege_escalation {
+            vec![]
+        } else {
+            vec!["no-new-privileges".to_string()]
+        }
+    }
 }
 
 impl ContainerEntry {
@@ -225,6 +282,36 @@ impl ContainerEntry {
         for e in &self.hosts {
             feed(&e.name);
             feed(&e.ip.to_string());
+        }
+        // Only a hardening that differs from the default is hashed: containers created
+        // before these settings existed keep their hash and are not recreated by an
+        // upgrade (they get no-new-privileges when something else recreates them).
+        let hd = &self.hardening;
+        if !hd.is_default() {
+            feed("hardening");
+            let opt = |v: Option<i64>| v.map_or_else(|| "-".to_string(), |n| n.to_string());
+            feed(&opt(hd.memory_bytes));
+            feed(&opt(hd.nano_cpus));
+            feed(&opt(hd.pids_limit));
+            feed(hd.user.as_deref().unwrap_or("-"));
+            feed(if hd.read_only_root_filesystem {
+                "ro"
+            } else {
+                "rw"
+            });
+            feed("cap-add");
+            for c in &hd.cap_add {
+                feed(c);
+            }
+            feed("cap-drop");
+            for c in &hd.cap_drop {
+                feed(c);
+            }
+            feed(if hd.allow_privilege_escalation {
+                "nnp-off"
+            } else {
+                "nnp-on"
+            });
         }
         h.finalize()
             .iter()
@@ -262,11 +349,19 @@ pub struct AttachmentEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PublishedPort {
+    /// The node address the port is published on; 0.0.0.0: every local address. An entry
+    /// written before the field existed reads as 0.0.0.0, as such entries were programmed.
+    #[serde(default = "unspecified")]
+    pub host_ip: Ipv4Addr,
     pub host_port: u16,
     pub container_port: u16,
     pub protocol: Protocol,
     /// The container's address the port is forwarded to.
     pub container_ip: Ipv4Addr,
+}
+
+fn unspecified() -> Ipv4Addr {
+    Ipv4Addr::UNSPECIFIED
 }
 
 /// A geard-style link programmed in the consumer's namespace.
@@ -307,7 +402,66 @@ mod tests {
             attachments: vec![],
             ports: vec![],
             links: vec![],
+            hardening: Box::default(),
         }
+    }
+
+    /// The hash before hardening existed (image, command, env, hosts), computed by hand:
+    /// an upgrade must not recreate every container.
+    #[test]
+    fn default_hardening_keeps_the_hash_of_before() {
+        assert_eq!(entry().config_hash(), "bcd10e1a51f020d99fdc5aad");
+        let json = serde_json::to_value(entry()).unwrap();
+        assert!(json.get("hardening").is_none(), "{json}");
+    }
+
+    #[test]
+    fn every_hardening_setting_changes_the_hash() {
+        let base = entry().config_hash();
+        let variants: Vec<fn(&mut Hardening)> = vec![
+            |h| h.memory_bytes = Some(256 << 20),
+            |h| h.nano_cpus = Some(500_000_000),
+            |h| h.pids_limit = Some(64),
+            |h| h.user = Some("1000:1000".into()),
+            |h| h.read_only_root_filesystem = true,
+            |h| h.cap_add = vec!["CAP_NET_ADMIN".into()],
+            |h| h.cap_drop = vec!["ALL".into()],
+            |h| h.allow_privilege_escalation = true,
+        ];
+        let mut seen = std::collections::BTreeSet::from([base.clone()]);
+        for set in variants {
+            let mut e = entry();
+            set(&mut e.hardening);
+            let hash = e.config_hash();
+            assert!(
+                seen.insert(hash),
+                "{:?} did not change the hash",
+                e.hardening
+            );
+        }
+        // An add and a drop of the same name are not the same hash.
+        let mut add = entry();
+        add.hardening.cap_add = vec!["CAP_KILL".into()];
+        let mut drop = entry();
+        drop.hardening.cap_drop = vec!["CAP_KILL".into()];
+        assert_ne!(add.config_hash(), drop.config_hash());
+    }
+
+    #[test]
+    fn an_old_entry_reads_with_defaults() {
+        let mut v = serde_json::to_value(entry()).unwrap();
+        v["ports"] = serde_json::json!([{"hostPort": 50000, "containerPort": 80, "protocol": "tcp", "containerIp": "10.2.1.5"}]);
+        let e: ContainerEntry = serde_json::from_value(v).unwrap();
+        assert_eq!(*e.hardening, Hardening::default());
+        assert_eq!(
+            e.ports[0].host_ip,
+            Ipv4Addr::UNSPECIFIED,
+            "as old entries were programmed"
+        );
+        assert_eq!(
+            e.hardening.security_opt(),
+            vec!["no-new-privileges".to_string()]
+        );
     }
 
     #[test]

@@ -396,10 +396,19 @@ fn check_container(spec: &ContainerSpec, e: &mut Errors) {
         }
     }
 
+    check_ports(spec, e);
+    e.0.extend(crate::hardening::check(spec));
+}
+
+/// Each published port alone: in range, with a usable hostIP, published once per protocol.
+fn check_ports(spec: &ContainerSpec, e: &mut Errors) {
     let mut host_ports: HashMap<(u32, crate::kinds::Protocol), usize> = HashMap::new();
     for (i, p) in spec.ports.iter().enumerate() {
         let at = field_index("spec.ports", i);
         check_port(format!("{at}.containerPort"), p.container_port, e);
+        if let Some(ip) = p.host_ip {
+            check_host_ip(&at, ip, p.host_port.is_some(), e);
+        }
         if let Some(hp) = p.host_port {
             check_port(format!("{at}.hostPort"), hp, e);
             if let Some(j) = host_ports.get(&(hp, p.protocol)) {
@@ -419,6 +428,34 @@ fn check_container(spec: &ContainerSpec, e: &mut Errors) {
         e.push(
             "spec.ports",
             "publishing ports needs at least one network (the node forwards the host port to the container's address on its first network)",
+        );
+    }
+}
+
+/// A port's `hostIP`: 0.0.0.0 (every local address) or a unicast address, and only with a
+/// hostPort. Whether a unicast address is one of the node's only its agent can tell.
+fn check_host_ip(at: &str, ip: Ipv4Addr, has_host_port: bool, e: &mut Errors) {
+    let field = format!("{at}.hostIP");
+    if !has_host_port {
+        e.push(
+            field,
+            format!("hostIP {ip} without a hostPort publishes nothing (expected a hostPort too, or no hostIP)"),
+        );
+        return;
+    }
+    let why = if ip.is_loopback() {
+        Some(
+            "is a loopback address: traffic from other hosts never reaches it and the node's own would not come back from the container",
+        )
+    } else if ip.is_unspecified() {
+        None
+    } else {
+        unusable_address(ip)
+    };
+    if let Some(why) = why {
+        e.push(
+            field,
+            format!("{ip} {why} (expected an address of the node, or 0.0.0.0 for every address of the node; leave hostIP out for the node's underlay address)"),
         );
     }
 }
@@ -1100,6 +1137,7 @@ mod tests {
                     })
                     .collect(),
                 ports: vec![],
+                ..Default::default()
             },
         )
     }
@@ -1299,21 +1337,25 @@ mod tests {
                 container_port: 70000,
                 host_port: Some(50000),
                 protocol: Protocol::Tcp,
+                host_ip: None,
             },
             PortMapping {
                 container_port: 80,
                 host_port: Some(50000),
                 protocol: Protocol::Tcp,
+                host_ip: None,
             },
             PortMapping {
                 container_port: 80,
                 host_port: Some(50000),
                 protocol: Protocol::Udp,
+                host_ip: None,
             },
             PortMapping {
                 container_port: 0,
                 host_port: Some(65536),
                 protocol: Protocol::Udp,
+                host_ip: None,
             },
         ];
         let f = fields(&validate_object(&Resource::Container(c)));
@@ -1358,6 +1400,7 @@ mod tests {
             container_port: 80,
             host_port: Some(8080),
             protocol: Protocol::Tcp,
+            host_ip: None,
         }];
         let f = fields(&validate_object(&Resource::Container(c)));
         assert_eq!(f.len(), 1);
@@ -1496,6 +1539,7 @@ mod tests {
             container_port: 80,
             host_port: Some(hp),
             protocol: proto,
+            host_ip: None,
         };
         let mk = |name: &str, node: &str, p: PortMapping| {
             let mut c = container(name, node, &[("overlay", None)]);

@@ -350,6 +350,120 @@ fn port_out_of_range() {
     );
 }
 
+/// Issue 8: a hostIP is 0.0.0.0 or a unicast address, and comes with a hostPort.
+#[test]
+fn host_ip_that_cannot_be_published_on() {
+    let with = |ports: &str| format!("{}  ports:\n{ports}", container("web", "node1", None));
+    let c = only_error(
+        "h.yaml",
+        &with("    - {containerPort: 80, hostPort: 8080, hostIP: 127.0.0.1}\n"),
+    );
+    assert_cause(
+        &c,
+        "h.yaml",
+        11,
+        43,
+        Some("spec.ports[0].hostIP"),
+        "127.0.0.1 is a loopback address",
+    );
+    assert!(
+        c.message.contains("0.0.0.0 for every address of the node"),
+        "{c}"
+    );
+    let c = only_error(
+        "h.yaml",
+        &with("    - {containerPort: 80, hostIP: 192.168.100.1}\n"),
+    );
+    assert_cause(
+        &c,
+        "h.yaml",
+        11,
+        27,
+        Some("spec.ports[0].hostIP"),
+        "hostIP 192.168.100.1 without a hostPort publishes nothing",
+    );
+    let c = only_error(
+        "h.yaml",
+        &with("    - {containerPort: 80, hostPort: 8080, hostIP: 224.0.0.1}\n"),
+    );
+    assert!(
+        c.message.starts_with("224.0.0.1 is a multicast address"),
+        "{c}"
+    );
+    let c = only_error(
+        "h.yaml",
+        &with("    - {containerPort: 80, hostPort: 8080, hostIP: node1}\n"),
+    );
+    assert_eq!(c.field.as_deref(), Some("spec.ports[0].hostIP"), "{c}");
+    assert!(c.message.contains("is not an IPv4 address"), "{c}");
+    for ok in ["0.0.0.0", "192.168.100.1", "10.9.9.9"] {
+        parsed(
+            "h.yaml",
+            &with(&format!(
+                "    - {{containerPort: 80, hostPort: 8080, hostIP: {ok}}}\n"
+            )),
+        );
+    }
+}
+
+/// Issue 8: the docker-run hardening fields, each refused at its own line and field.
+#[test]
+fn hardening_that_docker_would_refuse() {
+    let content = format!(
+        "{}  resources:\n    memory: 4Mi\n    cpus: half\n    pids: 0\n  user: \"root;id\"\n  capabilities:\n    add: [NET_ADMIN, NET_ADMN]\n    drop: [NET_ADMIN]\n",
+        container("web", "node1", None)
+    );
+    let causes = parse_file("hard.yaml", &content).unwrap_err();
+    let got: Vec<(usize, Option<&str>)> = causes
+        .iter()
+        .map(|c| (c.line.unwrap_or(0), c.field.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (11, Some("spec.resources.memory")),
+            (12, Some("spec.resources.cpus")),
+            (13, Some("spec.resources.pids")),
+            (14, Some("spec.user")),
+            (16, Some("spec.capabilities.add[1]")),
+            (16, Some("spec.capabilities.add[0]")),
+        ],
+        "{causes:#?}"
+    );
+    assert!(
+        causes[0].message.contains("Docker's minimum of 6Mi"),
+        "{}",
+        causes[0]
+    );
+    assert!(
+        causes[4].message.contains("did you mean NET_ADMIN?"),
+        "{}",
+        causes[4]
+    );
+    assert!(
+        causes[5].message.contains("both added and dropped"),
+        "{}",
+        causes[5]
+    );
+    // A bare number is a quantity too; a list is not.
+    parsed(
+        "ok.yaml",
+        &format!(
+            "{}  resources: {{memory: 268435456, cpus: 0.5, pids: 100}}\n  user: \"1000:1000\"\n  readOnlyRootFilesystem: true\n  capabilities: {{drop: [ALL], add: [net_bind_service]}}\n  allowPrivilegeEscalation: false\n",
+            container("web", "node1", None)
+        ),
+    );
+    let c = only_error(
+        "q.yaml",
+        &format!(
+            "{}  resources: {{memory: [1]}}\n",
+            container("web", "node1", None)
+        ),
+    );
+    assert_eq!(c.field.as_deref(), Some("spec.resources.memory"), "{c}");
+    assert!(c.message.contains("a quantity such as \"256Mi\""), "{c}");
+}
+
 #[test]
 fn two_containers_with_the_same_host_port_on_one_node() {
     let with_port = |name: &str, node: &str| {

@@ -71,6 +71,8 @@ pub fn topoctl_command(home: &Path, args: &[&str]) -> tokio::process::Command {
         .env_remove("TOPO_SERVER")
         .env_remove("TOPO_CONFIG")
         .env_remove("XDG_CONFIG_HOME")
+        .env_remove("KUBE_EDITOR")
+        .env_remove("EDITOR")
         .env("HOME", home)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -134,6 +136,27 @@ impl Lab {
         let mut cmd = topoctl_command(self.dir.path(), &all);
         cmd.env("TOPO_CONFIG", config_of(who));
         run_command(cmd, stdin).await
+    }
+
+    /// Runs topoctl as admin with extra environment (an $EDITOR, say).
+    pub async fn topoctl_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Out {
+        let mut all = vec!["--server", self.url()];
+        all.extend_from_slice(args);
+        let mut cmd = topoctl_command(self.dir.path(), &all);
+        cmd.env("TOPO_CONFIG", config_of("admin"));
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        run_command(cmd, "").await
+    }
+
+    /// Writes an executable shell script (an $EDITOR for `topoctl edit`).
+    pub fn script(&self, name: &str, body: &str) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.write(name, &format!("#!/bin/sh\nset -e\n{body}"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .expect("make the script executable");
+        path
     }
 
     /// Spawns topoctl (for --wait and -w), output piped.

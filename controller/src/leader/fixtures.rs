@@ -39,6 +39,7 @@ pub(super) fn container(name: &str, node: &str) -> Resource {
                 interface: None,
             }],
             ports: vec![],
+            ..Default::default()
         },
     );
     c.metadata.generation = Some(2);

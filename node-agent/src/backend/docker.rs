@@ -17,7 +17,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions,
-    RemoveContainerOptions,
+    RemoveContainerOptions, WaitContainerOptionsBuilder,
 };
 use chrono::{DateTime, Datelike, Utc};
 use futures::StreamExt;
@@ -56,6 +56,9 @@ pub enum ContainerError {
     AlreadyExists { name: String, id: String },
     #[error("refused to touch container {id}: it does not carry topo's labels for this node")]
     NotOwned { id: String },
+    /// Another request was removing the container and it was still there after a while.
+    #[error("failed to see container {id} removed within {secs} s (its removal was in progress)")]
+    RemovalTimedOut { id: String, secs: u64 },
 }
 
 impl ContainerError {
@@ -97,8 +100,11 @@ pub fn labels_for(node: &str, entry: &ContainerEntry) -> HashMap<String, String>
 
 /// The create request for `entry`: no networking of Docker's own (`NetworkMode: none`; topo
 /// plumbs the namespace), restart policy "no" (the agent restarts, so it can count), the
-/// link aliases as extra /etc/hosts entries.
+/// link aliases as extra /etc/hosts entries, and the entry's hardening (limits, user,
+/// read-only root, capabilities, no-new-privileges unless allowed).
 pub fn create_body(node: &str, entry: &ContainerEntry) -> ContainerCreateBody {
+    let h = &entry.hardening;
+    let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
     let env: Vec<String> = entry.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let hosts: Vec<String> = entry
         .hosts
@@ -111,6 +117,7 @@ pub fn create_body(node: &str, entry: &ContainerEntry) -> ContainerCreateBody {
         env: Some(env),
         labels: Some(labels_for(node, entry)),
         hostname: Some(entry.name.clone()),
+        user: h.user.clone(),
         host_config: Some(HostConfig {
             network_mode: Some("none".to_string()),
             extra_hosts: Some(hosts),
@@ -118,6 +125,13 @@ pub fn create_body(node: &str, entry: &ContainerEntry) -> ContainerCreateBody {
                 name: Some(RestartPolicyNameEnum::NO),
                 maximum_retry_count: None,
             }),
+            memory: h.memory_bytes,
+            nano_cpus: h.nano_cpus,
+            pids_limit: h.pids_limit,
+            readonly_rootfs: h.read_only_root_filesystem.then_some(true),
+            cap_add: list(&h.cap_add),
+            cap_drop: list(&h.cap_drop),
+            security_opt: list(&h.security_opt()),
             ..Default::default()
         }),
         ..Default::default()
@@ -208,6 +222,9 @@ pub fn event_from_message(node: &str, m: &EventMessage) -> Option<ContainerEvent
     })
 }
 
+/// How long `remove` waits for a removal that another request started.
+const REMOVAL_WAIT: Duration = Duration::from_secs(60);
+
 impl DockerContainers {
     /// Connects to `endpoint` (`unix:///path` or a plain socket path; None: Docker's local
     /// defaults, honouring DOCKER_HOST) and negotiates the API version with the engine.
@@ -251,6 +268,31 @@ impl DockerContainers {
                 format!("{}={}", owner::NODE, self.node),
             ],
         )])
+    }
+
+    /// Returns once Docker has removed container `id` (the engine's own wait for the
+    /// `removed` condition: no polling).
+    async fn wait_removed(&self, id: &str) -> Result<(), ContainerError> {
+        let opts = WaitContainerOptionsBuilder::new()
+            .condition("removed")
+            .build();
+        let mut waiting = self.docker.wait_container(id, Some(opts));
+        match tokio::time::timeout(REMOVAL_WAIT, waiting.next()).await {
+            Err(_) => Err(ContainerError::RemovalTimedOut {
+                id: id.to_string(),
+                secs: REMOVAL_WAIT.as_secs(),
+            }),
+            // The answer carries the exit code of the removed container; bollard turns a
+            // non-zero one into an error, which still means it is gone.
+            Ok(None | Some(Ok(_)) | Some(Err(DockerError::DockerContainerWaitError { .. }))) => {
+                Ok(())
+            }
+            Ok(Some(Err(e))) if status_code(&e) == Some(404) => Ok(()),
+            Ok(Some(Err(e))) => Err(ContainerError::docker(
+                format!("wait for the removal of container {id}"),
+                e,
+            )),
+        }
     }
 
     async fn inspect(&self, id: &str) -> Result<Option<ContainerInspectResponse>, ContainerError> {
@@ -486,8 +528,11 @@ impl Containers for DockerContainers {
         match self.docker.remove_container(id, Some(rm)).await {
             Ok(()) => Ok(()),
             Err(e) if status_code(&e) == Some(404) => Ok(()),
-            // 409 "removal already in progress": it is going away.
-            Err(e) if status_code(&e) == Some(409) => Ok(()),
+            // 409 "removal already in progress": a concurrent reconcile asked first. It is
+            // gone only once Docker says so; returning now would let the caller drop the
+            // object's report while `docker ps -a` still lists the container (issue 13:
+            // `delete --wait` returned too early).
+            Err(e) if status_code(&e) == Some(409) => self.wait_removed(id).await,
             Err(e) => Err(ContainerError::docker(format!("remove container {id}"), e)),
         }
     }
@@ -559,7 +604,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use bollard::models::{ContainerConfig, ContainerState, ContainerStateStatusEnum, EventActor};
-    use topo_schema::slice::HostEntry;
+    use topo_schema::slice::{Hardening, HostEntry};
 
     use super::*;
 
@@ -580,7 +625,52 @@ mod tests {
             attachments: vec![],
             ports: vec![],
             links: vec![],
+            hardening: Box::default(),
         }
+    }
+
+    #[test]
+    fn create_body_carries_the_hardening() {
+        let b = create_body("node1", &entry());
+        let hc = b.host_config.unwrap();
+        assert_eq!(
+            hc.security_opt,
+            Some(vec!["no-new-privileges".to_string()]),
+            "on by default"
+        );
+        assert_eq!((hc.memory, hc.nano_cpus, hc.pids_limit), (None, None, None));
+        assert_eq!(
+            (hc.readonly_rootfs, hc.cap_add, hc.cap_drop),
+            (None, None, None)
+        );
+        assert_eq!(b.user, None);
+
+        let mut e = entry();
+        *e.hardening = Hardening {
+            memory_bytes: Some(256 << 20),
+            nano_cpus: Some(500_000_000),
+            pids_limit: Some(64),
+            user: Some("1000:1000".into()),
+            read_only_root_filesystem: true,
+            cap_add: vec!["CAP_NET_BIND_SERVICE".into()],
+            cap_drop: vec!["ALL".into()],
+            allow_privilege_escalation: true,
+        };
+        let b = create_body("node1", &e);
+        let hc = b.host_config.unwrap();
+        assert_eq!(hc.memory, Some(268_435_456));
+        assert_eq!(hc.nano_cpus, Some(500_000_000));
+        assert_eq!(hc.pids_limit, Some(64));
+        assert_eq!(hc.readonly_rootfs, Some(true));
+        assert_eq!(hc.cap_add, Some(vec!["CAP_NET_BIND_SERVICE".to_string()]));
+        assert_eq!(hc.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(hc.security_opt, None, "allowPrivilegeEscalation: true");
+        assert_eq!(b.user.as_deref(), Some("1000:1000"));
+        assert_eq!(
+            b.labels.unwrap()[owner::CONFIG_HASH],
+            e.config_hash(),
+            "the label carries the hash with the hardening"
+        );
     }
 
     #[test]

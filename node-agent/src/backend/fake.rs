@@ -1,4 +1,4 @@
-//! Recording fakes of the four backends, for the runtime's tests: compiled only for the
+//! Recording fakes of the five backends, for the runtime's tests: compiled only for the
 //! crate's own tests and for the `testing` feature the integration tests under `tests/`
 //! enable, never into the agent a node runs.
 //!
@@ -18,16 +18,17 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
-use topo_schema::kinds::PullPolicy;
+use topo_schema::kinds::{Protocol, PullPolicy};
 use topo_schema::slice::{AttachmentEntry, ContainerEntry, owner};
 
 use super::ovs::{check_changes, effective_changes};
 use super::{
     AttachmentDrift, ContainerError, ContainerEvent, Containers, GatewayDrift, HostInterface,
-    InterfaceError, Interfaces, LinkChangeKind, LinkEvent, Nat, NatError, NatRules, NetNs,
-    ObservedAttachment, ObservedBridge, ObservedContainer, ObservedGateway, ObservedInterface,
-    ObservedNat, ObservedPeer, ObservedPort, Ovs, OvsChange, OvsError, OvsEvent, OvsState,
-    OvsTable, PortKind, RowChange,
+    HostPorts, HostPortsError, HostPortsView, InterfaceError, Interfaces, LinkChangeKind,
+    LinkEvent, Listener, Nat, NatError, NatRules, NetNs, NodeProcess, ObservedAttachment,
+    ObservedBridge, ObservedContainer, ObservedGateway, ObservedInterface, ObservedNat,
+    ObservedPeer, ObservedPort, Ovs, OvsChange, OvsError, OvsEvent, OvsState, OvsTable, PortKind,
+    RowChange,
 };
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -1067,6 +1068,91 @@ impl FakeNat {
     }
 }
 
+// ====================================================================== Host ports
+
+/// The node's sockets and addresses as the fake holds them: arrange them with `host()`.
+pub struct FakeHostPorts {
+    host: Mutex<HostPortsView>,
+    log: Mutex<Log<HostPortsError>>,
+}
+
+impl Default for FakeHostPorts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FakeHostPorts {
+    /// A node with the addresses 127.0.0.1 and 192.168.100.1 and no listening socket.
+    pub fn new() -> Self {
+        FakeHostPorts {
+            host: Mutex::new(HostPortsView {
+                listeners: vec![],
+                addresses: vec![Ipv4Addr::LOCALHOST, Ipv4Addr::new(192, 168, 100, 1)],
+            }),
+            log: Mutex::new(Log::default()),
+        }
+    }
+
+    pub fn host(&self) -> MutexGuard<'_, HostPortsView> {
+        lock(&self.host)
+    }
+
+    /// A process named `name` (pid `pid`) listening on `address:port`.
+    pub fn listen(&self, protocol: Protocol, address: &str, port: u16, name: &str, pid: u32) {
+        self.host().listeners.push(Listener {
+            protocol,
+            address: address
+                .parse()
+                .unwrap_or(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            port,
+            v6_only: false,
+            inode: 1000 + pid,
+            uid: 0,
+            process: Some(NodeProcess {
+                pid,
+                name: name.to_string(),
+            }),
+        });
+    }
+
+    /// Closes every socket on `port`.
+    pub fn close(&self, port: u16) {
+        self.host().listeners.retain(|l| l.port != port);
+    }
+
+    /// Every call: `observe PORTS`.
+    pub fn calls(&self) -> Vec<String> {
+        lock(&self.log).calls.clone()
+    }
+
+    pub fn clear_log(&self) {
+        lock(&self.log).calls.clear();
+    }
+
+    pub fn fail_next(&self, op: &str, err: HostPortsError) {
+        lock(&self.log).failures.push_back((op.to_string(), err));
+    }
+}
+
+#[async_trait]
+impl HostPorts for FakeHostPorts {
+    async fn observe(&self, ports: &[(u16, Protocol)]) -> Result<HostPortsView, HostPortsError> {
+        let shown: Vec<String> = ports.iter().map(|(p, pr)| format!("{p}/{pr}")).collect();
+        lock(&self.log).call("observe", &shown.join(","))?;
+        let h = self.host();
+        Ok(HostPortsView {
+            listeners: h
+                .listeners
+                .iter()
+                .filter(|l| ports.contains(&(l.port, l.protocol)))
+                .cloned()
+                .collect(),
+            addresses: h.addresses.clone(),
+        })
+    }
+}
+
 /// An attachment for tests (`eth0` of `container` with `address` on `network`).
 pub fn attachment(container: &str, network: &str, address: &str) -> AttachmentEntry {
     let address: Ipv4Net = address
@@ -1108,6 +1194,7 @@ mod tests {
             attachments: vec![],
             ports: vec![],
             links: vec![],
+            hardening: Default::default(),
         }
     }
 

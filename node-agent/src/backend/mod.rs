@@ -1,9 +1,11 @@
 //! The agent's host backends: one small trait per thing a node holds (Docker containers,
-//! interfaces, Open vSwitch, nftables NAT), a real implementation of each, and a recording
-//! fake of each for tests (`fake`, compiled only for tests and the `testing` feature).
+//! interfaces, Open vSwitch, nftables NAT, the sockets on its host ports), a real
+//! implementation of each, and a recording fake of each for tests (`fake`, compiled only for
+//! tests and the `testing` feature).
 //!
 //! Every trait keeps *observing* apart from *changing*: a reconcile with nothing to do calls
-//! only the observe functions and so makes no write. Every change function is idempotent
+//! only the observe functions and so makes no write (the host ports are only observed: topo
+//! never touches a socket it does not own). Every change function is idempotent
 //! (calling it twice with the same input leaves the host as calling it once) and touches
 //! nothing topo does not own (Docker labels, OVSDB `external_ids`, `tv-`/`tb-`/`tg-` names,
 //! the nftables table `topo`).
@@ -14,7 +16,7 @@
 //! the runtime should reconcile everything.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -31,11 +33,13 @@ pub mod netlink;
 pub mod netns;
 pub mod ovs;
 pub mod ovsdb_rpc;
+pub mod sockets;
 
 pub use docker::{ContainerError, DockerContainers};
 pub use nat::{NatError, NftNat};
 pub use netlink::{InterfaceError, NetlinkInterfaces};
 pub use ovs::{OvsError, OvsdbSwitch};
+pub use sockets::{HostPortsError, NodeSockets};
 
 // ====================================================================== Containers
 
@@ -763,7 +767,16 @@ pub struct LinkDnat {
 pub struct PortDnat {
     pub host_port: u16,
     pub protocol: Protocol,
+    /// The local address it is published on; 0.0.0.0: every local address.
+    pub host_ip: Ipv4Addr,
     pub target: SocketAddrV4,
+}
+
+impl PortDnat {
+    /// What the port takes on the node (address, port, protocol), whatever it forwards to.
+    pub fn binding(&self) -> (Ipv4Addr, u16, Protocol) {
+        (self.host_ip, self.host_port, self.protocol)
+    }
 }
 
 impl From<&PublishedPort> for PortDnat {
@@ -771,6 +784,7 @@ impl From<&PublishedPort> for PortDnat {
         PortDnat {
             host_port: p.host_port,
             protocol: p.protocol,
+            host_ip: p.host_ip,
             target: SocketAddrV4::new(p.container_ip, p.container_port),
         }
     }
@@ -874,6 +888,83 @@ pub trait Nat: Send + Sync {
     async fn apply(&self, ns: NetNs, rules: &NatRules) -> Result<(), NatError>;
     /// Deletes the `topo` table of `ns` if present.
     async fn remove(&self, ns: NetNs) -> Result<(), NatError>;
+}
+
+// ====================================================================== Host ports
+
+/// A process of the node, as /proc names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeProcess {
+    pub pid: u32,
+    /// `/proc/PID/comm`.
+    pub name: String,
+}
+
+/// A socket that holds a port of the node: TCP in LISTEN, or UDP bound and not connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub protocol: Protocol,
+    pub address: IpAddr,
+    pub port: u16,
+    /// An IPv6 socket with IPV6_V6ONLY (it receives no IPv4).
+    pub v6_only: bool,
+    pub inode: u32,
+    pub uid: u32,
+    /// The process holding the socket, when the agent can see one.
+    pub process: Option<NodeProcess>,
+}
+
+impl Listener {
+    /// The IPv4 address the socket receives on (0.0.0.0: every one), if it receives IPv4 at
+    /// all: an IPv6 wildcard socket without IPV6_V6ONLY does, on every address.
+    fn ipv4(&self) -> Option<Ipv4Addr> {
+        match self.address {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(m) => Some(m),
+                None if a.is_unspecified() && !self.v6_only => Some(Ipv4Addr::UNSPECIFIED),
+                None => None,
+            },
+        }
+    }
+
+    /// Whether a DNAT of this port for traffic to `host_ip` (0.0.0.0: to any local address)
+    /// would take traffic the socket receives today.
+    pub fn clashes_with(&self, host_ip: Ipv4Addr) -> bool {
+        self.ipv4()
+            .is_some_and(|a| a.is_unspecified() || host_ip.is_unspecified() || a == host_ip)
+    }
+
+    /// Who holds it, in words: `nginx (pid 1234)`.
+    pub fn holder(&self) -> String {
+        match &self.process {
+            Some(p) => format!("{} (pid {})", p.name, p.pid),
+            None => format!(
+                "a socket of uid {} (inode {}) whose process the agent cannot see",
+                self.uid, self.inode
+            ),
+        }
+    }
+
+    /// `0.0.0.0:8080`, `[::]:8080`.
+    pub fn local(&self) -> String {
+        std::net::SocketAddr::new(self.address, self.port).to_string()
+    }
+}
+
+/// The node as its published ports meet it: who holds which port, and its addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HostPortsView {
+    pub listeners: Vec<Listener>,
+    /// Every IPv4 address of the node's namespace.
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+#[async_trait]
+pub trait HostPorts: Send + Sync {
+    /// The sockets of the node's namespace holding any of `ports` (with their processes
+    /// when the agent can see them) and the node's IPv4 addresses. Reads only.
+    async fn observe(&self, ports: &[(u16, Protocol)]) -> Result<HostPortsView, HostPortsError>;
 }
 
 #[cfg(test)]

@@ -79,7 +79,12 @@ impl Item {
     pub fn comment(&self) -> String {
         match self {
             Item::Masquerade(c) => format!("masquerade {c}"),
-            Item::Port(p) => format!("port {} {} {}", p.protocol, p.host_port, p.target),
+            Item::Port(p) => format!(
+                "port {} {} {}",
+                p.protocol,
+                SocketAddrV4::new(p.host_ip, p.host_port),
+                p.target
+            ),
             Item::Link(l) => format!("link {} {} {}", l.protocol, l.listen, l.target),
             Item::Isolate(from, to) => format!("isolate {from} {to}"),
         }
@@ -94,11 +99,15 @@ impl Item {
         };
         match w.as_slice() {
             ["masquerade", c] => Some(Item::Masquerade(c.parse().ok()?)),
-            ["port", p, hp, t] => Some(Item::Port(PortDnat {
-                protocol: proto(p)?,
-                host_port: hp.parse().ok()?,
-                target: t.parse().ok()?,
-            })),
+            ["port", p, hp, t] => {
+                let host: SocketAddrV4 = hp.parse().ok()?;
+                Some(Item::Port(PortDnat {
+                    protocol: proto(p)?,
+                    host_port: host.port(),
+                    host_ip: *host.ip(),
+                    target: t.parse().ok()?,
+                }))
+            }
             ["link", p, l, t] => Some(Item::Link(LinkDnat {
                 protocol: proto(p)?,
                 listen: l.parse().ok()?,
@@ -122,19 +131,27 @@ impl Item {
                 ]),
             )],
             Item::Port(p) => {
-                let dnat = json!([
-                    match_eq(
+                // Only traffic to the node itself, and (unless published on every address)
+                // only to the port's address: sshd on another address keeps its port 22.
+                let mut matches = vec![match_eq(
+                    "==",
+                    json!({"fib": {"result": "type", "flags": ["daddr"]}}),
+                    json!("local"),
+                )];
+                if !p.host_ip.is_unspecified() {
+                    matches.push(match_eq(
                         "==",
-                        json!({"fib": {"result": "type", "flags": ["daddr"]}}),
-                        json!("local")
-                    ),
-                    match_eq(
-                        "==",
-                        payload(p.protocol.as_str(), "dport"),
-                        json!(p.host_port)
-                    ),
-                    dnat(p.target)
-                ]);
+                        payload("ip", "daddr"),
+                        json!(p.host_ip.to_string()),
+                    ));
+                }
+                matches.push(match_eq(
+                    "==",
+                    payload(p.protocol.as_str(), "dport"),
+                    json!(p.host_port),
+                ));
+                matches.push(dnat(p.target));
+                let dnat = Value::Array(matches);
                 let forward = json!([
                     match_eq("==", payload("ip", "daddr"), json!(p.target.ip().to_string())),
                     match_eq("==", payload(p.protocol.as_str(), "dport"), json!(p.target.port())),
@@ -477,15 +494,25 @@ impl Nat for NftNat {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn sample() -> NatRules {
         NatRules {
             masquerade: vec!["10.2.0.0/16".parse().unwrap()],
-            ports: vec![PortDnat {
-                host_port: 50000,
-                protocol: Protocol::Tcp,
-                target: "10.2.1.5:6379".parse().unwrap(),
-            }],
+            ports: vec![
+                PortDnat {
+                    host_port: 50000,
+                    protocol: Protocol::Tcp,
+                    host_ip: "192.168.100.1".parse().unwrap(),
+                    target: "10.2.1.5:6379".parse().unwrap(),
+                },
+                PortDnat {
+                    host_port: 5353,
+                    protocol: Protocol::Udp,
+                    host_ip: Ipv4Addr::UNSPECIFIED,
+                    target: "10.2.1.5:53".parse().unwrap(),
+                },
+            ],
             links: vec![LinkDnat {
                 listen: "127.0.0.1:6379".parse().unwrap(),
                 protocol: Protocol::Udp,
@@ -508,7 +535,20 @@ mod tests {
                 i.comment()
             );
         }
-        assert_eq!(Item::parse("port sctp 1 1.2.3.4:5"), None);
+        assert_eq!(Item::parse("port sctp 1.2.3.4:1 1.2.3.4:5"), None);
+        // Before hostIP the comment had no address: such a rule is rewritten.
+        assert_eq!(Item::parse("port tcp 50000 10.2.1.5:6379"), None);
+        assert_eq!(
+            items(&sample())
+                .iter()
+                .map(Item::comment)
+                .filter(|c| c.starts_with("port"))
+                .collect::<Vec<_>>(),
+            [
+                "port udp 0.0.0.0:5353 10.2.1.5:53",
+                "port tcp 192.168.100.1:50000 10.2.1.5:6379"
+            ]
+        );
         assert_eq!(Item::parse("hello"), None);
     }
 
@@ -529,8 +569,8 @@ mod tests {
             json!({"add": {"table": {"family": "ip", "name": "topo"}}})
         );
         let rules: Vec<&Value> = cmds.iter().filter_map(|c| c["add"].get("rule")).collect();
-        // masquerade 1 + port 3 + link 2 + isolation 2 pairs × 2
-        assert_eq!(rules.len(), 10);
+        // masquerade 1 + port 2 × 3 + link 2 + isolation 2 pairs × 2
+        assert_eq!(rules.len(), 13);
         let text = b.to_string();
         assert!(text.contains(r#"{"dnat":{"addr":"10.2.1.5","port":6379}}"#));
         assert!(text.contains(r#""right":{"prefix":{"addr":"10.2.0.0","len":16}}"#));
@@ -623,25 +663,35 @@ mod tests {
     }
 
     /// A published port is DNATed for traffic from other hosts (prerouting) and from the
-    /// node itself (output), both only when addressed to one of the node's own addresses,
-    /// and accepted on its way to the container (forward).
+    /// node itself (output), both only when addressed to the node, and to the port's host
+    /// address unless that is 0.0.0.0; and accepted on its way to the container (forward).
     #[test]
     fn published_port_rules_for_tcp_and_udp() {
-        for (proto, word) in [(Protocol::Tcp, "tcp"), (Protocol::Udp, "udp")] {
+        let cases = [
+            (Protocol::Tcp, "tcp", "192.168.100.1"),
+            (Protocol::Udp, "udp", "192.168.100.1"),
+            (Protocol::Tcp, "tcp", "0.0.0.0"),
+        ];
+        for (proto, word, host_ip) in cases {
             let rules = NatRules {
                 ports: vec![PortDnat {
                     host_port: 50000,
                     protocol: proto,
+                    host_ip: host_ip.parse().unwrap(),
                     target: "10.2.1.5:6379".parse().unwrap(),
                 }],
                 ..Default::default()
             };
-            let dnat = json!([
-                {"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}}, "right": "local"}},
-                {"match": {"op": "==", "left": {"payload": {"protocol": word, "field": "dport"}}, "right": 50000}},
-                {"dnat": {"addr": "10.2.1.5", "port": 6379}}
-            ]);
-            let comment = format!("port {word} 50000 10.2.1.5:6379");
+            let mut dnat = vec![
+                json!({"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}}, "right": "local"}}),
+            ];
+            if host_ip != "0.0.0.0" {
+                dnat.push(json!({"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": host_ip}}));
+            }
+            dnat.push(json!({"match": {"op": "==", "left": {"payload": {"protocol": word, "field": "dport"}}, "right": 50000}}));
+            dnat.push(json!({"dnat": {"addr": "10.2.1.5", "port": 6379}}));
+            let dnat = Value::Array(dnat);
+            let comment = format!("port {word} {host_ip}:50000 10.2.1.5:6379");
             let r = rendered(&rules);
             assert_eq!(
                 r,
@@ -699,6 +749,7 @@ mod tests {
             ports: vec![PortDnat {
                 host_port: 50000,
                 protocol: Protocol::Tcp,
+                host_ip: "192.168.100.1".parse().unwrap(),
                 target: "10.42.1.5:80".parse().unwrap(),
             }],
             isolate: NatRules::isolation_pairs(&[a, b]),
@@ -773,10 +824,12 @@ mod tests {
             .iter()
             .position(|o| o["rule"]["chain"] == "prerouting")
             .unwrap();
+        let comment = arr[i]["rule"]["comment"].as_str().unwrap().to_string();
         arr[i]["rule"]["expr"][1]["match"]["right"] = json!(50001);
         let (rules, exact) = parse_listing(&l).unwrap();
         assert!(!exact);
-        assert!(rules.ports.is_empty(), "the tampered item is not in force");
+        assert_eq!(rules.ports.len(), 1, "the tampered item is not in force");
+        assert_ne!(Item::Port(rules.ports[0].clone()).comment(), comment);
         assert_eq!(rules.masquerade.len(), 1);
 
         // A foreign rule without a comment.
@@ -808,6 +861,6 @@ mod tests {
             .unwrap();
         arr.remove(i);
         let (rules, exact) = parse_listing(&l).unwrap();
-        assert!(!exact && rules.ports.is_empty());
+        assert!(!exact && rules.ports.len() == 1);
     }
 }

@@ -5,8 +5,9 @@
 //! The memory is only ever a hint for telling drift from configuration and for counting:
 //! a fresh process starts with it empty and adopts the host as it finds it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::Utc;
 use topo_schema::kinds::{Kind, ObjectRef};
@@ -14,7 +15,8 @@ use topo_schema::slice::{SliceEntry, SliceKey};
 
 use super::Backends;
 use super::executor::Executor;
-use crate::backend::NatRules;
+use super::hostports::{Hold, recheck_after};
+use crate::backend::{NatRules, PortDnat};
 use crate::events::Recorder;
 use crate::key::Key;
 use crate::queue::WorkQueue;
@@ -46,6 +48,31 @@ struct Memory {
     /// Host veths made anew whose OVS port has not been re-added since: a reconcile that
     /// failed in between must not leave the port on the old device when it retries.
     stale_ports: HashSet<String>,
+    /// By container: the published ports the node's NAT reconcile last judged, and those
+    /// it held back.
+    port_verdicts: HashMap<String, PortVerdict>,
+    /// Rechecks of held ports since none was held.
+    hold_rechecks: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct PortVerdict {
+    ports: Vec<PortDnat>,
+    holds: Vec<Hold>,
+}
+
+fn sorted(ports: &[PortDnat]) -> Vec<PortDnat> {
+    let mut v = ports.to_vec();
+    v.sort();
+    v
+}
+
+/// A container whose held ports changed in a NAT pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HoldChange {
+    pub container: String,
+    pub before: Vec<Hold>,
+    pub after: Vec<Hold>,
 }
 
 /// Everything a reconcile needs. Shared by the workers.
@@ -172,6 +199,68 @@ impl Context {
 
     pub(crate) fn set_node_nat(&self, rules: NatRules) {
         self.mem().node_nat = Some(rules);
+    }
+
+    /// What held `ports` of `container` at the last NAT pass, when that pass judged exactly
+    /// these ports (None: not judged yet, the caller must look itself).
+    pub(crate) fn judged_holds(&self, container: &str, ports: &[PortDnat]) -> Option<Vec<Hold>> {
+        let m = self.mem();
+        let v = m.port_verdicts.get(container)?;
+        (v.ports == sorted(ports)).then(|| v.holds.clone())
+    }
+
+    /// Remembers a NAT pass's verdicts on every published port; returns the containers
+    /// whose held ports changed.
+    pub(crate) fn set_port_verdicts(
+        &self,
+        published: &[(String, PortDnat)],
+        mut holds: BTreeMap<String, Vec<Hold>>,
+    ) -> Vec<HoldChange> {
+        let mut next: HashMap<String, PortVerdict> = HashMap::new();
+        for (container, port) in published {
+            next.entry(container.clone())
+                .or_default()
+                .ports
+                .push(port.clone());
+        }
+        for (container, v) in &mut next {
+            v.ports.sort();
+            v.holds = holds.remove(container).unwrap_or_default();
+        }
+        let mut m = self.mem();
+        let mut changes: Vec<HoldChange> = Vec::new();
+        let names: HashSet<&String> = next.keys().chain(m.port_verdicts.keys()).collect();
+        for name in names {
+            let before = m
+                .port_verdicts
+                .get(name)
+                .map(|v| v.holds.clone())
+                .unwrap_or_default();
+            let after = next.get(name).map(|v| v.holds.clone()).unwrap_or_default();
+            if before != after {
+                changes.push(HoldChange {
+                    container: name.clone(),
+                    before,
+                    after,
+                });
+            }
+        }
+        m.port_verdicts = next;
+        changes.sort_by(|a, b| a.container.cmp(&b.container));
+        changes
+    }
+
+    /// When to look at held ports again: None when nothing is held (the count restarts),
+    /// else after a delay that doubles with each recheck, up to ten seconds.
+    pub(crate) fn next_hold_recheck(&self, anything_held: bool) -> Option<Duration> {
+        let mut m = self.mem();
+        if !anything_held {
+            m.hold_rechecks = 0;
+            return None;
+        }
+        let d = recheck_after(m.hold_rechecks);
+        m.hold_rechecks = m.hold_rechecks.saturating_add(1);
+        Some(d)
     }
 
     /// Marks host veths whose pair is being made anew.

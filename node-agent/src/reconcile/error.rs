@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::backend::{ContainerError, InterfaceError, NatError, OvsError};
+use crate::backend::{ContainerError, HostPortsError, InterfaceError, NatError, OvsError};
 use crate::error_chain::error_chain;
 use crate::report::ReportError;
 
@@ -102,6 +102,11 @@ pub enum ReconcileError {
         #[source]
         source: Box<NatError>,
     },
+    #[error("failed to read who holds the node's host ports: {source}")]
+    HostPorts {
+        #[source]
+        source: Box<HostPortsError>,
+    },
     #[error("failed to write reports: {source}")]
     Report {
         #[source]
@@ -145,7 +150,7 @@ impl ReconcileError {
                 "NameConflict"
             }
             ReconcileError::Links { .. } => "LinkProgrammingFailed",
-            ReconcileError::NodeNat { .. } => "NatFailed",
+            ReconcileError::NodeNat { .. } | ReconcileError::HostPorts { .. } => "NatFailed",
             ReconcileError::Report { .. } => "ReportFailed",
             ReconcileError::Teardown { .. } => "CleanupFailed",
         }

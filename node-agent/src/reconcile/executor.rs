@@ -8,14 +8,14 @@
 //! drivers do: removing one thing must not be held up by another that cannot go yet.
 
 use ipnet::Ipv4Net;
-use topo_schema::kinds::PullPolicy;
+use topo_schema::kinds::{Protocol, PullPolicy};
 use topo_schema::slice::{AttachmentEntry, ContainerEntry};
 
 use super::Backends;
 use super::error::ReconcileError;
 use crate::backend::{
-    ContainerError, HostInterface, InterfaceError, NatError, NatRules, NetNs, ObservedAttachment,
-    ObservedContainer, ObservedGateway, ObservedNat, OvsChange, OvsState,
+    ContainerError, HostInterface, HostPortsView, InterfaceError, NatError, NatRules, NetNs,
+    ObservedAttachment, ObservedContainer, ObservedGateway, ObservedNat, OvsChange, OvsState,
 };
 
 /// Whose nftables table: the node's, or the one in a container's namespace.
@@ -279,6 +279,20 @@ impl<'a> Executor<'a> {
             .map_err(|e| nat_error(scope, e))
     }
 
+    /// Who holds `ports` on the node, and its addresses.
+    pub async fn host_ports(
+        &self,
+        ports: &[(u16, Protocol)],
+    ) -> Result<HostPortsView, ReconcileError> {
+        self.backends
+            .host_ports
+            .observe(ports)
+            .await
+            .map_err(|source| ReconcileError::HostPorts {
+                source: Box::new(source),
+            })
+    }
+
     pub async fn owned_interfaces(&self) -> Result<Vec<HostInterface>, ReconcileError> {
         self.backends
             .interfaces
@@ -346,7 +360,7 @@ fn nat_error(scope: &NatScope, e: NatError) -> ReconcileError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::fake::{FakeContainers, FakeInterfaces, FakeNat, FakeOvs};
+    use crate::backend::fake::{FakeContainers, FakeHostPorts, FakeInterfaces, FakeNat, FakeOvs};
     use std::sync::Arc;
 
     fn backends() -> (Backends, Arc<FakeContainers>, Arc<FakeInterfaces>) {
@@ -357,6 +371,7 @@ mod tests {
             interfaces: ifs.clone(),
             ovs: Arc::new(FakeOvs::new("node1")),
             nat: Arc::new(FakeNat::new()),
+            host_ports: Arc::new(FakeHostPorts::new()),
         };
         (b, docker, ifs)
     }

@@ -49,6 +49,7 @@ pub fn container(name: &str, networks: &[&str]) -> ContainerEntry {
             .collect(),
         ports: vec![],
         links: vec![],
+        hardening: Default::default(),
     }
 }
 

@@ -15,7 +15,8 @@
 //! * [`container`] (`containers/<name>`): the Docker container, one veth pair + OVS port per
 //!   attachment, and the link rules (nftables table `topo`) in the container's namespace.
 //! * [`nat`] ([`Key::Nat`]): the node's nftables table `topo` (masquerade per network, DNAT
-//!   of every published port), derived from the whole slice.
+//!   of every published port the node can give: [`hostports`] holds back a port another
+//!   process of the node listens on), derived from the whole slice.
 //! * [`gc`] ([`Key::Gc`]): removes owned containers, bridges, ports, veths and reports no
 //!   entry wants.
 //!
@@ -34,6 +35,7 @@ pub mod executor;
 #[cfg(test)]
 mod fixtures;
 pub mod gc;
+pub mod hostports;
 pub mod nat;
 pub mod policy;
 pub mod reports;
@@ -45,7 +47,7 @@ use std::time::Duration;
 
 use topo_schema::slice::{SliceEntry, SliceKey};
 
-use crate::backend::{Containers, Interfaces, Nat, Ovs};
+use crate::backend::{Containers, HostPorts, Interfaces, Nat, Ovs};
 use crate::key::Key;
 use crate::watch::SliceValue;
 
@@ -56,13 +58,15 @@ pub use error::ReconcileError;
 pub use executor::Executor;
 pub use runner::Runner;
 
-/// The four host backends.
+/// The five host backends.
 #[derive(Clone)]
 pub struct Backends {
     pub containers: Arc<dyn Containers>,
     pub interfaces: Arc<dyn Interfaces>,
     pub ovs: Arc<dyn Ovs>,
     pub nat: Arc<dyn Nat>,
+    /// Observed only: who holds the node's host ports.
+    pub host_ports: Arc<dyn HostPorts>,
 }
 
 /// What to do with a key after a successful reconcile.

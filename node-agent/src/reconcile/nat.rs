@@ -1,16 +1,23 @@
 //! The node's nftables table `topo` (the [`Key::Nat`](crate::key::Key::Nat) key): masquerade
-//! per network, DNAT of every published port, and isolation between networks — derived from
-//! the whole slice, so it is one key of its own that bridge and container reconciles queue.
+//! per network, DNAT of every published port the node can give (see [`hostports`]: not one
+//! a process of the node listens on), and isolation between networks — derived from the whole
+//! slice, so it is one key of its own that bridge and container reconciles queue. Held ports
+//! are rechecked with a backoff; a container whose held ports change is queued so its status
+//! follows.
+
+use std::collections::BTreeMap;
 
 use topo_schema::kinds::{Kind, ObjectRef};
 use topo_schema::slice::SliceEntry;
 
 use super::Action;
-use super::context::Context;
+use super::context::{Context, HoldChange};
 use super::drift::Drift;
 use super::error::ReconcileError;
 use super::executor::{Change, NatScope};
-use crate::backend::{NatRules, ObservedNat, PortDnat};
+use super::hostports::{self, Hold};
+use crate::backend::{HostPortsView, NatRules, ObservedNat, PortDnat};
+use crate::key::Key;
 
 /// The node's NAT table as the slice wants it.
 pub fn rules(entries: &[SliceEntry]) -> NatRules {
@@ -52,6 +59,55 @@ pub fn plan(want: NatRules, observed: &ObservedNat, in_force: Option<&NatRules>)
     Plan::Apply { rules: want, drift }
 }
 
+/// What the node's table should hold, judged against the table in force and the host.
+pub struct Judged {
+    /// The slice's rules less the published ports held back.
+    pub rules: NatRules,
+    /// Every published port of the slice, with its container.
+    pub published: Vec<(String, PortDnat)>,
+    /// The ports held back, by container.
+    pub holds: BTreeMap<String, Vec<Hold>>,
+}
+
+/// Judges `published` ports against the table in force (`observed`) and, for those not in
+/// force, against who holds them on the node.
+pub async fn judge_ports(
+    ctx: &Context,
+    published: &[(String, PortDnat)],
+    observed: &ObservedNat,
+) -> Result<BTreeMap<String, Vec<Hold>>, ReconcileError> {
+    let check = hostports::to_check(published, &observed.rules.ports);
+    let view = if check.is_empty() {
+        HostPortsView::default()
+    } else {
+        ctx.executor().host_ports(&check).await?
+    };
+    Ok(hostports::holds(
+        &ctx.node,
+        published,
+        &observed.rules.ports,
+        &view,
+    ))
+}
+
+async fn judge(
+    ctx: &Context,
+    entries: &[SliceEntry],
+    observed: &ObservedNat,
+) -> Result<Judged, ReconcileError> {
+    let mut rules = rules(entries);
+    let published = hostports::published(entries);
+    let holds = judge_ports(ctx, &published, observed).await?;
+    rules
+        .ports
+        .retain(|p| !holds.values().flatten().any(|h| h.port() == p));
+    Ok(Judged {
+        rules,
+        published,
+        holds,
+    })
+}
+
 pub async fn reconcile(ctx: &Context) -> Result<Action, ReconcileError> {
     if !ctx.store.is_whole() {
         // Part of the slice cannot be read: the table stays as it is rather than losing
@@ -59,9 +115,15 @@ pub async fn reconcile(ctx: &Context) -> Result<Action, ReconcileError> {
         tracing::warn!("the node's NAT table is left alone while part of the slice is unsupported");
         return Ok(Action::AwaitChange);
     }
-    let want = rules(&ctx.store.entries());
+    let entries = ctx.store.entries();
     let exec = ctx.executor();
     let observed = exec.nat(&NatScope::Node).await?;
+    let Judged {
+        rules: want,
+        published,
+        holds,
+    } = judge(ctx, &entries, &observed).await?;
+    let anything_held = !holds.is_empty();
     if let Plan::Apply { rules, drift } = plan(want.clone(), &observed, ctx.node_nat().as_ref()) {
         exec.run(Change::Nat {
             scope: NatScope::Node,
@@ -82,8 +144,45 @@ pub async fn reconcile(ctx: &Context) -> Result<Action, ReconcileError> {
             }
         }
     }
+    for change in ctx.set_port_verdicts(&published, holds) {
+        // A container that left the slice took its ports along: nothing to say or redo.
+        if published.iter().any(|(name, _)| *name == change.container) {
+            announce_holds(ctx, &change, &want.ports).await;
+            ctx.queue.add(Key::Container(change.container));
+        }
+    }
     ctx.set_node_nat(want);
-    Ok(Action::AwaitChange)
+    Ok(match ctx.next_hold_recheck(anything_held) {
+        Some(after) => Action::Requeue(after),
+        None => Action::AwaitChange,
+    })
+}
+
+/// Events for held ports that appeared on a container, and for held ports now `in_force`.
+async fn announce_holds(ctx: &Context, change: &HoldChange, in_force: &[PortDnat]) {
+    let object = ObjectRef::new(Kind::Container, &change.container);
+    for h in change.after.iter().filter(|h| !change.before.contains(h)) {
+        tracing::warn!(container = %change.container, reason = h.reason(), message = %h.message(), "published port held back");
+        ctx.recorder
+            .warning(object.clone(), h.reason(), h.message())
+            .await;
+    }
+    for h in change.before.iter().filter(|h| in_force.contains(h.port())) {
+        let p = h.port();
+        let message = format!(
+            "hostPort {}/{} is published on {}",
+            p.host_port,
+            p.protocol,
+            if p.host_ip.is_unspecified() {
+                "every address of the node".to_string()
+            } else {
+                p.host_ip.to_string()
+            }
+        );
+        ctx.recorder
+            .normal(object.clone(), "HostPortPublished", message)
+            .await;
+    }
 }
 
 fn programmed_message(rules: &NatRules) -> String {
@@ -118,6 +217,7 @@ mod tests {
             container_port: 80,
             protocol: Protocol::Tcp,
             container_ip: "10.2.1.5".parse().unwrap(),
+            host_ip: "192.168.100.1".parse().unwrap(),
         });
         SliceEntry::Container(c)
     }

@@ -10,6 +10,7 @@ use topo_schema::kinds::{Kind, ObjectRef};
 use topo_schema::slice::{ContainerEntry, LinkRule, SliceEntry, SliceKey, TunnelEntry};
 
 use super::error::ReconcileError;
+use super::hostports::{self, Hold};
 use crate::error_chain::error_chain;
 use crate::watch::SliceValue;
 
@@ -84,21 +85,19 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
-/// A running, plumbed container, and the links it consumes.
+/// A running, plumbed container, and the links it consumes. Not Ready while published
+/// ports are held back (`held`): the reason and message name them.
 pub fn container_running(
     c: &ContainerEntry,
     node: &str,
     container_id: &str,
     restarts: u32,
     programmed_links: usize,
+    held: &[Hold],
 ) -> Vec<ObservedReport> {
-    let mut reports = vec![ObservedReport {
-        uid: Some(c.uid.clone()),
-        observed_generation: c.generation,
-        container_id: Some(container_id.to_string()),
-        restart_count: restarts,
-        ..report(
-            ObjectRef::new(Kind::Container, &c.name),
+    let (ready, reason, message) = match hostports::not_ready(held) {
+        Some((reason, message)) => (false, reason, message),
+        None => (
             true,
             "Running",
             format!(
@@ -107,6 +106,18 @@ pub fn container_running(
                 plural(c.attachments.len()),
                 plural(programmed_links),
             ),
+        ),
+    };
+    let mut reports = vec![ObservedReport {
+        uid: Some(c.uid.clone()),
+        observed_generation: c.generation,
+        container_id: Some(container_id.to_string()),
+        restart_count: restarts,
+        ..report(
+            ObjectRef::new(Kind::Container, &c.name),
+            ready,
+            reason,
+            message,
         )
     }];
     reports.extend(c.links.iter().map(|l| link(c, l, Ok(()))));
@@ -260,7 +271,7 @@ mod tests {
             .is_empty(),
             "a gone container is transient"
         );
-        let running = container_running(&consumer(), "node1", "id", 0, 1);
+        let running = container_running(&consumer(), "node1", "id", 0, 1, &[]);
         assert_eq!(
             running[0].message,
             "running on node1 with 0 attachments and 1 link"

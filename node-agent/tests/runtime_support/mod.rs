@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use topo_agent::backend::fake::{FakeContainers, FakeInterfaces, FakeNat, FakeOvs};
+use topo_agent::backend::fake::{FakeContainers, FakeHostPorts, FakeInterfaces, FakeNat, FakeOvs};
 use topo_agent::events::{MemoryEvents, Recorder};
 use topo_agent::key::Key;
 use topo_agent::queue::WorkQueue;
@@ -95,6 +95,7 @@ pub fn container(name: &str, ip: &str) -> ContainerEntry {
         attachments: vec![attachment(name, ip)],
         ports: vec![],
         links: vec![],
+        hardening: Default::default(),
     }
 }
 
@@ -106,6 +107,7 @@ pub fn slice() -> Vec<SliceEntry> {
         container_port: 80,
         protocol: Protocol::Tcp,
         container_ip: Ipv4Addr::new(10, 2, 1, 5),
+        host_ip: "192.168.100.1".parse().unwrap(),
     });
     let mut app = container("app", "10.2.1.6");
     app.links.push(link_rule("app-to-web", Some("10.2.1.5:80")));
@@ -143,6 +145,7 @@ pub struct Fakes {
     pub ifs: Arc<FakeInterfaces>,
     pub ovs: Arc<FakeOvs>,
     pub nat: Arc<FakeNat>,
+    pub host_ports: Arc<FakeHostPorts>,
     pub reports: Arc<MemoryReports>,
     pub events: Arc<MemoryEvents>,
 }
@@ -154,6 +157,7 @@ impl Fakes {
             ifs: Arc::new(FakeInterfaces::new()),
             ovs: Arc::new(FakeOvs::new(NODE).with_foreign_bridge("br-phy")),
             nat: Arc::new(FakeNat::new()),
+            host_ports: Arc::new(FakeHostPorts::new()),
             reports: MemoryReports::new(),
             events: MemoryEvents::new(),
         };
@@ -174,6 +178,7 @@ impl Fakes {
             interfaces: self.ifs.clone(),
             ovs: self.ovs.clone(),
             nat: self.nat.clone(),
+            host_ports: self.host_ports.clone(),
         }
     }
 
@@ -202,6 +207,7 @@ impl Fakes {
         self.ifs.clear_log();
         self.ovs.clear_log();
         self.nat.clear_log();
+        self.host_ports.clear_log();
     }
 
     pub fn report(&self, kind: Kind, name: &str) -> Option<ObservedReport> {

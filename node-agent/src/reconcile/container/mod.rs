@@ -21,8 +21,9 @@ use super::context::Context;
 use super::drift::{Drift, describe};
 use super::error::ReconcileError;
 use super::executor::{Change, NatScope};
-use super::reports;
-use crate::backend::{OvsChange, OvsState};
+use super::hostports::Hold;
+use super::{nat, reports};
+use crate::backend::{OvsChange, OvsState, PortDnat};
 use crate::key::Key;
 
 /// What the phases found, sorted by what it means.
@@ -86,6 +87,7 @@ pub async fn reconcile(
         );
     }
 
+    let held = held_ports(ctx, c).await?;
     let programmed = links::rules(c).links.len();
     let report = reports::container_running(
         c,
@@ -93,6 +95,7 @@ pub async fn reconcile(
         &running.container.id,
         restarts.count,
         programmed,
+        &held,
     );
     ctx.reporter
         .sync(&Key::Container(c.name.clone()), report)
@@ -100,6 +103,24 @@ pub async fn reconcile(
         .map_err(|source| ReconcileError::Report { source })?;
     record(ctx, c, findings, links.rewired).await;
     Ok(Action::AwaitChange)
+}
+
+/// The container's published ports the node cannot give yet: as the last NAT pass judged
+/// them, or (ports it has not judged: a new container) judged here the same way, so the
+/// first status already says so.
+async fn held_ports(ctx: &Context, c: &ContainerEntry) -> Result<Vec<Hold>, ReconcileError> {
+    let mine: Vec<PortDnat> = c.ports.iter().map(PortDnat::from).collect();
+    if mine.is_empty() {
+        return Ok(vec![]);
+    }
+    if let Some(holds) = ctx.judged_holds(&c.name, &mine) {
+        return Ok(holds);
+    }
+    let observed = ctx.executor().nat(&NatScope::Node).await?;
+    let published: Vec<(String, PortDnat)> =
+        mine.into_iter().map(|p| (c.name.clone(), p)).collect();
+    let mut holds = nat::judge_ports(ctx, &published, &observed).await?;
+    Ok(holds.remove(&c.name).unwrap_or_default())
 }
 
 async fn record(ctx: &Context, c: &ContainerEntry, f: Findings, rewired: Vec<(String, String)>) {
