@@ -22,8 +22,8 @@ use bytes::Bytes;
 use etcd_client::Client;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use topo_schema::api::{self, ApiError, ErrorReason, LabelSelector, List};
 use topo_schema::ObjectRef;
+use topo_schema::api::{self, ApiError, ErrorReason, LabelSelector, List};
 use tracing::Instrument;
 
 use crate::cache::Cache;

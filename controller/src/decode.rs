@@ -140,9 +140,11 @@ mod tests {
 
     #[test]
     fn query_strings_decode_as_the_extractor_does() {
-        let q = query(&"/x?dryRun=All&watch&resourceVersion=7&a=%F0%9F%98%80"
-            .parse()
-            .unwrap())
+        let q = query(
+            &"/x?dryRun=All&watch&resourceVersion=7&a=%F0%9F%98%80"
+                .parse()
+                .unwrap(),
+        )
         .unwrap();
         assert_eq!(dry_run(&q), Ok(true));
         assert!(truthy(&q, "watch"));

@@ -69,6 +69,7 @@ fn container(name: &str, node: &str, networks: &[String]) -> Resource {
                 })
                 .collect(),
             ports: vec![],
+            ..Default::default()
         },
     );
     c.metadata.uid = Some(format!("uid-{name}"));

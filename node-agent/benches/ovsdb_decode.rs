@@ -81,7 +81,9 @@ fn ns_per_byte(d: Duration, bytes: usize) -> f64 {
 }
 
 fn main() {
-    println!("| message | reads | this decoder | ns/byte | one serde_json::from_slice | ns/byte | the reparsing decoder | ns/byte |");
+    println!(
+        "| message | reads | this decoder | ns/byte | one serde_json::from_slice | ns/byte | the reparsing decoder | ns/byte |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for kib in [16usize, 256, 1024, 4096, 16384, 65536 - 1024] {
         let msg = monitor_reply(kib * 1024);

@@ -108,7 +108,7 @@ fn exercise(content: &str) -> Result<Reached, String> {
 fn arbitrary_bytes() {
     fuzz::fuzz(
         "manifest/arbitrary-bytes",
-        prop::collection::vec(any::<u8>(), 0..2048),
+        || prop::collection::vec(any::<u8>(), 0..2048),
         |bytes| exercise(&String::from_utf8_lossy(&bytes)).map(drop),
     );
 }
@@ -117,7 +117,7 @@ fn arbitrary_bytes() {
 fn yaml_looking_text() {
     fuzz::fuzz(
         "manifest/yaml-looking-text",
-        "[a-zA-Z0-9:{}\\[\\],#'\"&*!|>%?@` \n\t.\\-]{0,400}",
+        || "[a-zA-Z0-9:{}\\[\\],#'\"&*!|>%?@` \n\t.\\-]{0,400}",
         |s| exercise(&s).map(drop),
     );
 }
@@ -126,10 +126,12 @@ fn yaml_looking_text() {
 fn mutated_repository_manifests() {
     fuzz::fuzz(
         "manifest/mutated-repository-manifests",
-        (
-            0usize..EXAMPLES.len(),
-            prop::collection::vec(manifests::mutation(), 1..6),
-        ),
+        || {
+            (
+                0usize..EXAMPLES.len(),
+                prop::collection::vec(manifests::mutation(), 1..6),
+            )
+        },
         |(which, ms)| {
             let text = ms
                 .iter()
@@ -143,7 +145,7 @@ fn mutated_repository_manifests() {
 fn generated_manifests_damaged() {
     fuzz::fuzz(
         "manifest/generated-damaged",
-        manifests::mutated_manifest(),
+        manifests::mutated_manifest,
         |text| exercise(&text).map(drop),
     );
 }
@@ -152,6 +154,10 @@ fn generated_manifests_damaged() {
 /// are valid on their own, and some are consistent as a whole.
 #[test]
 fn structured_manifests_reach_deep() {
+    fuzz::on_big_stack(reach_deep);
+}
+
+fn reach_deep() {
     let mut runner = TestRunner::deterministic();
     let strategy = manifests::manifest();
     let (mut parsed, mut valid, total) = (0, 0, 400);
@@ -185,16 +191,4 @@ fn deep_nesting_and_aliases() {
     exercise(laughs).unwrap();
     let peak = fuzz::peak_rss_mib();
     assert!(peak < fuzz::MAX_PEAK_RSS_MIB, "peak RSS {peak} MiB");
-}
-
-#[test]
-fn zz_find_overflow() {
-    let mut runner = TestRunner::deterministic();
-    let strategy = manifests::mutated_manifest();
-    for i in 0..20000 {
-        let text = strategy.new_tree(&mut runner).expect("m").current();
-        std::fs::write("/tmp/last-manifest.txt", &text).unwrap();
-        let _ = exercise(&text);
-        if i % 1000 == 0 { eprintln!("{i}"); }
-    }
 }

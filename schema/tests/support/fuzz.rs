@@ -11,7 +11,7 @@ use proptest::strategy::Strategy;
 use proptest::test_runner::{Config, TestError, TestRunner};
 
 /// Cases per fuzzer when `TOPO_FUZZ_CASES` is not set.
-pub const DEFAULT_CASES: u32 = 2_000;
+pub const DEFAULT_CASES: u32 = 500;
 /// Peak resident memory a fuzz binary may reach (MiB): inputs are small, so more than this
 /// means something keeps or amplifies what it is given.
 pub const MAX_PEAK_RSS_MIB: u64 = 1024;
@@ -35,13 +35,42 @@ pub fn peak_rss_mib() -> u64 {
         .map_or(0, |kib| kib / 1024)
 }
 
-/// Runs `test` on `cases()` inputs of `strategy`; a panic or an `Err` fails with the
-/// smallest input proptest can shrink it to.
+/// Stack of the thread the fuzzers run on. Generating a case walks proptest's nested
+/// strategies recursively, and in a debug build their frames outgrow the 2 MiB of a test
+/// thread (the overflow is in the generator, not in the code under test, whose inputs stay
+/// small; `deep_nesting_and_aliases` tests deep inputs on an ordinary test thread).
+pub const STACK_BYTES: usize = 64 << 20;
+
+/// Runs `f` on a thread with [`STACK_BYTES`] of stack and returns what it returns; a panic
+/// in `f` is the caller's panic.
+pub fn on_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        let handle = std::thread::Builder::new()
+            .stack_size(STACK_BYTES)
+            .spawn_scoped(scope, f)
+            .expect("a fuzzer thread");
+        match handle.join() {
+            Ok(v) => v,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
+/// Runs `test` on `cases()` inputs of the strategy `make` gives (made on the fuzzer's
+/// thread: strategies are not all `Send`); a panic or an `Err` fails with the smallest input
+/// proptest can shrink it to.
 pub fn fuzz<S: Strategy>(
     name: &str,
-    strategy: S,
-    test: impl Fn(S::Value) -> Result<(), String>,
+    make: impl FnOnce() -> S + Send,
+    test: impl Fn(S::Value) -> Result<(), String> + Send,
 ) where
+    S::Value: std::fmt::Debug,
+{
+    on_big_stack(|| run(name, make(), test));
+}
+
+fn run<S: Strategy>(name: &str, strategy: S, test: impl Fn(S::Value) -> Result<(), String>)
+where
     S::Value: std::fmt::Debug,
 {
     let cases = cases();
