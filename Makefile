@@ -6,7 +6,7 @@ NODES ?= 3
 LAB := e2e/lab/lab.sh
 export TOPO_BIN ?= $(CURDIR)/target/debug
 
-.PHONY: all deps build test test-unit test-e2e bench lint fmt demo lab-up lab-down clean
+.PHONY: all deps build test test-unit test-e2e bench fuzz lint fmt demo lab-up lab-down clean
 
 all: build
 
@@ -46,6 +46,15 @@ bench: deps
 	TOPO_BIN=$(CURDIR)/target/release ./target/release/lab-bench | tee target/bench/lab.md
 	TOPO_BIN=$(CURDIR)/target/release ./target/release/rewire-bench --rewires 20 | tee target/bench/rewire.md
 	@echo "results in target/bench/*.md; BENCHMARKS.md quotes them with the machine"
+
+## fuzz: the property-based fuzzers (manifest parser, API decoders, OVSDB decoder), each
+## with FUZZ_CASES cases (`make test` runs them with a few hundred); optimised, since the
+## generators are most of the work. Each prints its cases, time and peak RSS.
+FUZZ_CASES ?= 1000000
+fuzz:
+	TOPO_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release -p topo-schema --test fuzz_manifest -- --nocapture
+	TOPO_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release -p topo-controller --test fuzz_api -- --nocapture
+	TOPO_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release -p topo-agent --test fuzz_ovsdb -- --nocapture
 
 ## lab-up: eval "$$(make -s lab-up NODES=3)" — prints only export lines on stdout
 lab-up: deps build
