@@ -81,7 +81,7 @@ where
     });
     let started = Instant::now();
     let result = runner.run(&strategy, |input| {
-        test(input).map_err(|e| proptest::test_runner::TestCaseError::fail(e))
+        test(input).map_err(proptest::test_runner::TestCaseError::fail)
     });
     let secs = started.elapsed().as_secs_f64();
     let peak = peak_rss_mib();
