@@ -11,7 +11,7 @@ CONTROLLERS ?= 1
 LAB := e2e/lab/lab.sh
 export TOPO_BIN ?= $(CURDIR)/target/debug
 
-.PHONY: all deps build test test-unit test-e2e bench soak lint fmt demo lab-up lab-down clean deb
+.PHONY: all deps build test test-unit test-e2e bench soak fuzz lint fmt demo lab-up lab-down clean deb
 
 all: build
 
@@ -60,6 +60,15 @@ bench: deps
 soak: deps build
 	$(CARGO) build -p topo-e2e --bin soak
 	SOAK_SECS=$(SOAK_SECS) SOAK_SEED=$(SOAK_SEED) ./target/debug/soak
+
+## fuzz: the property-based fuzzers (manifest parser, API decoders, OVSDB decoder), each
+## with FUZZ_CASES cases (`make test` runs them with a few hundred); optimised, since the
+## generators are most of the work. Each prints its cases, time and peak RSS.
+FUZZ_CASES ?= 1000000
+fuzz:
+	TOPO_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release -p topo-schema --test fuzz_manifest -- --nocapture
+	TOPO_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release -p topo-controller --test fuzz_api -- --nocapture
+	TOPO_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release -p topo-agent --test fuzz_ovsdb -- --nocapture
 
 ## lab-up: eval "$$(make -s lab-up NODES=3 [ETCD=3] [CONTROLLERS=2])" — prints only export lines on stdout
 lab-up: deps build

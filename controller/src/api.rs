@@ -8,23 +8,26 @@
 //! running. Everything but `/healthz` and `/readyz` passes `guard.rs` first. Lists and
 //! events are paginated with `limit` and `continue` (`pages.rs`).
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use serde::Serialize;
-use topo_schema::api::{self, ApiError, ApplyRequest, Cause, ErrorReason, LabelSelector, List};
-use topo_schema::{Kind, ObjectRef, Resource};
+use topo_schema::ObjectRef;
+use topo_schema::api::{self, ApiError, ErrorReason, LabelSelector, List};
 use tracing::Instrument;
 
+use crate::decode::{
+    Params, apply_request, dry_run, event_object, kind_of, params, parse_resource, revision_param,
+    truthy,
+};
 use crate::watch::{self, ObjectWatch};
 
 pub use crate::reply::{ApiErr, AppState, etcd_unavailable, one_line};
@@ -108,57 +111,6 @@ async fn log_request(req: Request, next: Next) -> Response {
     resp
 }
 
-type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
-
-fn params(q: Params) -> Result<HashMap<String, String>, ApiErr> {
-    q.map(|Query(m)| m)
-        .map_err(|e| bad_request(format!("invalid query string: {e}")))
-}
-
-fn kind_of(plural: &str) -> Result<Kind, ApiErr> {
-    Kind::parse(plural).ok_or_else(|| {
-        ApiErr(ApiError::new(
-            ErrorReason::NotFound,
-            format!(
-                "unknown resource type {plural:?} (nodes, networks, containers, links, tunnels)"
-            ),
-        ))
-    })
-}
-
-fn dry_run(p: &HashMap<String, String>) -> Result<bool, ApiErr> {
-    match p.get("dryRun").map(String::as_str) {
-        None | Some("") => Ok(false),
-        Some("All") | Some("all") | Some("true") => Ok(true),
-        Some(other) => Err(bad_request(format!(
-            "invalid dryRun {other:?}: the only value is All"
-        ))),
-    }
-}
-
-fn truthy(p: &HashMap<String, String>, k: &str) -> bool {
-    matches!(
-        p.get(k).map(String::as_str),
-        Some("true") | Some("1") | Some("")
-    )
-}
-
-fn revision_param(p: &HashMap<String, String>) -> Result<Option<i64>, ApiErr> {
-    match p.get("resourceVersion").map(String::as_str) {
-        None | Some("") | Some("0") => Ok(None),
-        Some(s) => s
-            .parse::<i64>()
-            .ok()
-            .filter(|r| *r > 0)
-            .map(Some)
-            .ok_or_else(|| {
-                bad_request(format!(
-                    "invalid resourceVersion {s:?}: expected a positive integer"
-                ))
-            }),
-    }
-}
-
 /// Reads a request body up to the limit.
 async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiErr> {
     let too_large = || {
@@ -197,45 +149,6 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiErr> {
             }
             Err(bad_request(format!("failed to read the request body: {e}")))
         }
-    }
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, ApiErr> {
-    if bytes.is_empty() {
-        return Err(bad_request(format!("empty request body: expected {what}")));
-    }
-    serde_json::from_slice(bytes)
-        .map_err(|e| bad_request(format!("request body is not {what}: {e}")))
-}
-
-/// Decodes and statically validates an object from a request body.
-fn parse_resource(bytes: &[u8]) -> Result<Resource, ApiErr> {
-    let v: serde_json::Value = parse_json(bytes, "a JSON object")?;
-    if !v.is_object() {
-        return Err(bad_request("request body must be a JSON object"));
-    }
-    let r = Resource::from_value(v)
-        .map_err(|e| ApiErr(ApiError::invalid(vec![cause(None, None, e.to_string())])))?;
-    let errs = topo_schema::validate::validate_object(&r);
-    if !errs.is_empty() {
-        let obj = r.object_ref().to_string();
-        let causes = errs
-            .into_iter()
-            .map(|e| cause(Some(obj.clone()), Some(e.field), e.message))
-            .collect();
-        return Err(ApiErr(ApiError::invalid(causes)));
-    }
-    Ok(r)
-}
-
-fn cause(object: Option<String>, field: Option<String>, message: String) -> Cause {
-    Cause {
-        file: None,
-        line: None,
-        column: None,
-        object,
-        field: field.filter(|f| !f.is_empty()),
-        message,
     }
 }
 
@@ -384,10 +297,7 @@ async fn apply(
 ) -> ApiResult {
     let q = params(q)?;
     let dry = dry_run(&q)?;
-    let mut req: ApplyRequest = parse_json(
-        &read_body(&headers, body).await?,
-        "an ApplyRequest ({\"files\": [...]})",
-    )?;
+    let mut req = apply_request(&read_body(&headers, body).await?)?;
     req.dry_run |= dry;
     let names: Vec<&str> = req.files.iter().map(|f| f.name.as_str()).collect();
     let span = tracing::info_span!("apply", files = ?names, dry_run = req.dry_run);
@@ -410,17 +320,7 @@ async fn apply(
 
 async fn events(State(st): State<AppState>, q: Params) -> ApiResult {
     let q = params(q)?;
-    let object = match q.get("object").filter(|s| !s.is_empty()) {
-        None => None,
-        Some(s) => {
-            let (k, n) = s
-                .split_once('/')
-                .ok_or_else(|| bad_request(format!("invalid object {s:?}: expected kind/name")))?;
-            let kind = Kind::parse(k)
-                .ok_or_else(|| bad_request(format!("invalid object {s:?}: unknown kind {k:?}")))?;
-            Some(ObjectRef::new(kind, n))
-        }
-    };
+    let object = event_object(&q)?;
     if truthy(&q, "watch") {
         let stream = watch::watch_events(
             st.client.clone(),

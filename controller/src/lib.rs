@@ -4,7 +4,9 @@
 //! * [`cache`]: the informer over etcd, publishing immutable snapshots.
 //! * [`commit`]: fenced change sets, and the intent log for those too large for one txn.
 //! * [`store`]: apply/create/replace/delete computed against snapshots.
-//! * [`api`], [`watch`]: the HTTP API and its watch streams.
+//! * [`api`], [`watch`]: the HTTP API and its watch streams; [`decode`]: what its requests
+//!   carry (query strings, bodies), pure, so it can be fuzzed; [`reply`]: the state and the
+//!   error responses every HTTP module shares.
 //! * [`guard`], [`auth`], [`config`]: HTTPS only (`topo_pki::serve`); authentication
 //!   (client certificates, bearer tokens), roles, audit, limits; the configuration file.
 //! * [`metrics`]: `/metrics` (Prometheus text) for the `view` and `metrics` roles.
@@ -12,16 +14,19 @@
 //! * [`events`]: bounded event history.
 //! * [`health`], [`probes`]: whether etcd answers and the cache is current; `/healthz`,
 //!   `/readyz` and the stale-read warning.
-//! * [`ipam`], [`planner`], [`leader`]: addresses, derivation, and the leader's loop.
+//! * [`ipam`], [`planner`], [`leader`]: addresses, derivation, and the leader's loop;
+//!   [`ifnames`]: the host interface names the planner hands out per node.
 
 pub mod api;
 pub mod auth;
 pub mod cache;
 pub mod commit;
 pub mod config;
+pub mod decode;
 pub mod events;
 pub mod guard;
 pub mod health;
+pub mod ifnames;
 pub mod ipam;
 pub mod leader;
 pub mod logs;

@@ -8,6 +8,11 @@
 //! attachments, published ports, link rules and Docker-link environment. A container on a
 //! node that has no Node object is not planned anywhere: it stays Pending (`NodeNotFound`).
 //!
+//! Host interface names (bridges, GRE ports, host veths) come from the [`Namer`]: an owner
+//! keeps the name the last written slices gave it, and a new one gets a name nobody on its
+//! node holds (`ifnames.rs` says why they are allocated rather than derived). A name is asked
+//! for only when its entry goes into a slice, so the plan's slices are the next name table.
+//!
 //! Cost: one pass is linear in containers + links + tunnels. A mesh network hosted by N nodes
 //! has N(N-1)/2 tunnels and gives each node N-1 GRE ports, so mesh slices grow with N by
 //! nature; explicit topologies (a tree, a ring) keep every slice bounded.
@@ -25,6 +30,7 @@ use topo_schema::{
     Topology, Tunnel, TunnelSpec, names, net,
 };
 
+use crate::ifnames::{NameTable, Namer};
 use crate::ipam::Assignment;
 
 /// The user's objects the planner reads, by name. Derived tunnels are left out: the planner
@@ -131,6 +137,8 @@ pub struct Plan {
     pub links: BTreeMap<String, LinkPlan>,
     /// Every tunnel, the user's and the derived ones.
     pub tunnels: BTreeMap<String, TunnelPlan>,
+    /// The host interface names the slices give, per node.
+    pub names: NameTable,
 }
 
 impl Plan {
@@ -378,14 +386,17 @@ pub fn derived_tunnels(desired: &Desired<'_>, assignment: &Assignment) -> BTreeM
     derive(desired, assignment).2
 }
 
-pub fn plan(desired: &Desired<'_>, assignment: &Assignment) -> Plan {
+/// Plans every slice; `names` is the table the written slices hold (empty for a first
+/// pass), the plan's own is in [`Plan::names`].
+pub fn plan(desired: &Desired<'_>, assignment: &Assignment, names: &NameTable) -> Plan {
     let mut out = Plan::default();
+    let mut namer = Namer::new(names);
     let (networks, tunnels, derived) = derive(desired, assignment);
     out.networks = networks;
     out.derived_tunnels = derived;
-    node_and_bridge_entries(&mut out, desired, assignment);
+    node_and_bridge_entries(&mut out, desired, assignment, &mut namer);
     for t in tunnels {
-        let tp = gre_port_entries(&mut out, &t, desired, assignment);
+        let tp = gre_port_entries(&mut out, &t, desired, assignment, &mut namer);
         out.tunnels.insert(t.name, tp);
     }
     // Links, indexed by consumer.
@@ -400,14 +411,24 @@ pub fn plan(desired: &Desired<'_>, assignment: &Assignment) -> Plan {
     }
     for (name, c) in &desired.containers {
         let links = links_from.get(name).map(Vec::as_slice).unwrap_or(&[]);
-        let cp = place_container(&mut out, name, c, links, desired, assignment);
+        let cp = place_container(&mut out, name, c, links, desired, assignment, &mut namer);
         out.containers.insert(name.to_string(), cp);
     }
+    out.names = NameTable::from_slices(
+        out.slices
+            .iter()
+            .flat_map(|(node, entries)| entries.values().map(move |e| (node.as_str(), &e.entry))),
+    );
     out
 }
 
 /// Every node's node entry, and a bridge entry on each node that hosts a network.
-fn node_and_bridge_entries(out: &mut Plan, desired: &Desired<'_>, assignment: &Assignment) {
+fn node_and_bridge_entries(
+    out: &mut Plan,
+    desired: &Desired<'_>,
+    assignment: &Assignment,
+    namer: &mut Namer<'_>,
+) {
     for (node_name, node) in &desired.nodes {
         let mut entries = BTreeMap::new();
         let e = SliceEntry::Node(NodeEntry {
@@ -429,7 +450,8 @@ fn node_and_bridge_entries(out: &mut Plan, desired: &Desired<'_>, assignment: &A
             let Some(block) = assignment.block(net_name, node_name) else {
                 continue;
             };
-            let e = SliceEntry::Bridge(bridge_entry(net_name, n, node, block, &np));
+            let bridge = namer.bridge(node_name, net_name);
+            let e = SliceEntry::Bridge(bridge_entry(net_name, n, node, block, &np, bridge));
             if let Some(entries) = out.slices.get_mut(node_name) {
                 entries.insert(e.key().to_string(), SliceEnvelope::new(e));
             }
@@ -448,6 +470,7 @@ fn gre_port_entries(
     t: &TunnelWork<'_>,
     desired: &Desired<'_>,
     assignment: &Assignment,
+    namer: &mut Namer<'_>,
 ) -> TunnelPlan {
     let mut tp = TunnelPlan {
         network: t.network.to_string(),
@@ -478,8 +501,8 @@ fn gre_port_entries(
         let e = SliceEntry::Tunnel(TunnelEntry {
             tunnel: t.name.clone(),
             network: t.network.to_string(),
-            bridge: names::bridge_name(t.network),
-            port: names::gre_port_name(t.network, &peer_label),
+            bridge: namer.bridge(local, t.network),
+            port: namer.port(local, t.network, &peer_label),
             peer: peer.map(str::to_string),
             remote_ip,
             key: np.gre_key,
@@ -538,6 +561,7 @@ fn place_container(
     links: &[(&str, &Link)],
     desired: &Desired<'_>,
     assignment: &Assignment,
+    namer: &mut Namer<'_>,
 ) -> ContainerPlan {
     let node_name = c.spec.node.as_str();
     let mut cp = ContainerPlan {
@@ -552,7 +576,12 @@ fn place_container(
         Some(node) => container_entry(name, c, node, links, out, desired, assignment),
     };
     match entry {
-        Ok(e) => {
+        Ok(mut e) => {
+            // Named only now that the entry goes in: a Pending container holds no names.
+            for a in &mut e.attachments {
+                a.bridge = namer.bridge(node_name, &a.network);
+                a.host_veth = namer.veth(node_name, name, &a.interface);
+            }
             let e = SliceEntry::Container(e);
             if let Some(entries) = out.slices.get_mut(node_name) {
                 entries.insert(e.key().to_string(), SliceEnvelope::new(e));
@@ -569,11 +598,12 @@ fn bridge_entry(
     node: &Node,
     block: Ipv4Net,
     np: &NetworkPlan,
+    bridge: String,
 ) -> BridgeEntry {
     let gateway = Ipv4Net::new(net::gateway_of(block), n.spec.cidr.prefix_len()).unwrap_or(block);
     BridgeEntry {
         network: name.to_string(),
-        bridge: names::bridge_name(name),
+        bridge,
         datapath: node.spec.datapath,
         mtu: np.mtu,
         cidr: n.spec.cidr,
@@ -695,7 +725,8 @@ fn container_entry(
 }
 
 /// One attachment per network of the container, with its address, block gateway and MTU;
-/// Pending while a network or an address is missing.
+/// Pending while a network or an address is missing. Bridge and host veth names are left
+/// empty: the caller names them once the entry is placed.
 fn attachments(
     name: &str,
     c: &Container,
@@ -729,8 +760,8 @@ fn attachments(
         let interface = c.spec.interface_of(i);
         attachments.push(AttachmentEntry {
             network: network.to_string(),
-            bridge: names::bridge_name(network),
-            host_veth: names::veth_host_name(name, &interface),
+            bridge: String::new(),
+            host_veth: String::new(),
             interface,
             address: Ipv4Net::new(ip, n.spec.cidr.prefix_len())
                 .unwrap_or_else(|_| Ipv4Net::from(ip)),
@@ -926,7 +957,11 @@ mod tests {
             &Default::default(),
         )
         .unwrap();
-        plan(&Desired::from_resources(objs.iter()), &ch.assignment)
+        plan(
+            &Desired::from_resources(objs.iter()),
+            &ch.assignment,
+            &NameTable::default(),
+        )
     }
 
     fn entry<'a>(p: &'a Plan, node: &str, key: &str) -> &'a SliceEntry {

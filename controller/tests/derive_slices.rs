@@ -330,3 +330,118 @@ async fn lib_server(etcd: &Etcd) -> topo_controller::TestServer {
         .await
         .expect("start the controller")
 }
+
+/// Slice entries rewritten with the names the old derivation gives (as a controller before
+/// allocation wrote them).
+async fn write_old_names(etcd: &Etcd) {
+    use topo_schema::names::{bridge_name, gre_port_name, veth_host_name};
+    let mut kv = etcd.client().await;
+    for (key, (_, value)) in slices(etcd).await {
+        let mut env: SliceEnvelope = serde_json::from_str(&value).expect("slice entry decodes");
+        match &mut env.entry {
+            SliceEntry::Bridge(b) => b.bridge = bridge_name(&b.network),
+            SliceEntry::Tunnel(t) => {
+                t.bridge = bridge_name(&t.network);
+                let peer = t.peer.clone().unwrap_or_else(|| t.remote_ip.to_string());
+                t.port = gre_port_name(&t.network, &peer);
+            }
+            SliceEntry::Container(c) => {
+                for a in &mut c.attachments {
+                    a.bridge = bridge_name(&a.network);
+                    a.host_veth = veth_host_name(&c.name, &a.interface);
+                }
+            }
+            SliceEntry::Node(_) => {}
+        }
+        kv.put(key, serde_json::to_string(&env).unwrap(), None)
+            .await
+            .expect("rewrite a slice entry");
+    }
+}
+
+/// An upgrade from a controller that derived names: the two networks were both given
+/// `tb-abcdef3a4dcf` on n1. The new leader keeps every name that did not clash (those
+/// entries are not even rewritten), gives the hashed network a bridge of its own, and moves
+/// its container's attachment with it; a further leader change rewrites nothing.
+#[tokio::test]
+async fn an_upgrade_keeps_names_and_resolves_the_clash() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let server = lib_server(&etcd).await;
+    let manifest = docs(&[
+        node_yaml("n1", "192.168.100.1"),
+        network_yaml("abcdefghijklm", "10.51.0.0/16", 24),
+        network_yaml("abcdef3a4dcf", "10.52.0.0/16", 24),
+        container_yaml("a", "n1", "abcdefghijklm", None),
+        container_yaml("b", "n1", "abcdef3a4dcf", None),
+    ]);
+    apply(&server.url, &manifest).await;
+    eventually("every slice entry", 30, || async {
+        (slices(&etcd).await.len() == 5).then_some(())
+    })
+    .await;
+    server.stop().await;
+    write_old_names(&etcd).await;
+    let old = slices(&etcd).await;
+    let bridge_of = |s: &BTreeMap<String, (i64, String)>, net: &str| -> String {
+        let (_, v) = &s[&keys::slice_entry("n1", format!("bridges/{net}"))];
+        match serde_json::from_str::<SliceEnvelope>(v).unwrap().entry {
+            SliceEntry::Bridge(b) => b.bridge,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(bridge_of(&old, "abcdefghijklm"), "tb-abcdef3a4dcf");
+    assert_eq!(bridge_of(&old, "abcdef3a4dcf"), "tb-abcdef3a4dcf");
+
+    let server = lib_server(&etcd).await;
+    let new = eventually("the hashed network's own bridge", 30, || async {
+        let s = slices(&etcd).await;
+        (bridge_of(&s, "abcdefghijklm") != "tb-abcdef3a4dcf").then_some(s)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let new = {
+        let settled = slices(&etcd).await;
+        assert_eq!(new.len(), settled.len());
+        settled
+    };
+    let moved = bridge_of(&new, "abcdefghijklm");
+    assert!(
+        moved.starts_with("tb-abcdef") && moved.len() <= 15,
+        "{moved}"
+    );
+    assert_eq!(bridge_of(&new, "abcdef3a4dcf"), "tb-abcdef3a4dcf");
+    let (_, a) = &new[&keys::slice_entry("n1", "containers/a")];
+    let SliceEntry::Container(a) = serde_json::from_str::<SliceEnvelope>(a).unwrap().entry else {
+        panic!("not a container entry")
+    };
+    assert_eq!(
+        a.attachments[0].bridge, moved,
+        "a's veth follows its bridge"
+    );
+    assert_eq!(
+        a.attachments[0].host_veth,
+        topo_schema::names::veth_host_name("a", "eth0"),
+        "a's veth keeps its name"
+    );
+    for entry in ["node", "bridges/abcdef3a4dcf", "containers/b"] {
+        let key = keys::slice_entry("n1", entry);
+        assert_eq!(old[&key], new[&key], "{entry} was rewritten");
+    }
+    server.stop().await;
+
+    let server = lib_server(&etcd).await;
+    // The next leader has made a pass once a new network has its status.
+    apply(
+        &server.url,
+        &docs(&[manifest, network_yaml("later", "10.53.0.0/16", 24)]),
+    )
+    .await;
+    eventually("a pass of the next leader", 30, || async {
+        let n = get(&server.url, "networks", "later").await;
+        n["status"]["greKey"].as_u64()
+    })
+    .await;
+    assert_eq!(slices(&etcd).await, new, "a leader change rewrote slices");
+    server.stop().await;
+}

@@ -523,10 +523,14 @@ impl Lab {
                     }
                 }
                 Some((Some(Kind::Network), name)) => {
-                    let br = topo_schema::names::bridge_name(name);
                     for n in 1..=self.nodes() {
-                        if self.vsctl(n, &["br-exists", &br]).code != Some(2) {
-                            left.push(format!("bridge {br} of {r} on node{n}"));
+                        match self.try_bridges_of(n, name) {
+                            Ok(bridges) => left.extend(
+                                bridges
+                                    .iter()
+                                    .map(|br| format!("bridge {br} of {r} on node{n}")),
+                            ),
+                            Err(e) => left.push(e),
                         }
                     }
                 }
@@ -909,6 +913,33 @@ impl Lab {
     pub fn ovs_rows(&self, node: u32, table: &str) -> Vec<BTreeMap<String, Value>> {
         let out = self.vsctl(node, &["--format=json", "list", table]).ok();
         parse::ovsdb_rows(&out.stdout).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The bridges on node N that topo made for `network` (by their external_ids: the
+    /// controller allocates bridge names, so the name alone does not say).
+    #[track_caller]
+    pub fn bridges_of(&self, node: u32, network: &str) -> Vec<String> {
+        self.try_bridges_of(node, network)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_bridges_of(&self, node: u32, network: &str) -> Result<Vec<String>, String> {
+        let out = self.vsctl(node, &["--format=json", "list", "Bridge"]);
+        if !out.success() {
+            return Err(format!(
+                "cannot list node{node}'s bridges: {}",
+                out.describe_failure()
+            ));
+        }
+        let owner = format!("network/{network}");
+        Ok(parse::ovsdb_rows(&out.stdout)?
+            .iter()
+            .filter(|row| {
+                parse::string_map(row, "external_ids").get(topo_schema::slice::owner::OBJECT)
+                    == Some(&owner)
+            })
+            .filter_map(|row| row.get("name").and_then(Value::as_str).map(str::to_string))
+            .collect())
     }
 
     /// The ports of `bridge` on node N; None when the bridge does not exist.

@@ -218,6 +218,14 @@ pub fn parse_object_key(key: &str) -> Option<(Kind, &str)> {
     Some((Kind::from_manifest(kind)?, name))
 }
 
+/// Parses `<ROOT>slices/<node>/<entry>` into the node and the entry's key (its text form,
+/// see [`SliceKey`](crate::slice::SliceKey)).
+pub fn parse_slice_key(key: &str) -> Option<(&str, &str)> {
+    let rest = key.strip_prefix(ROOT)?.strip_prefix("slices/")?;
+    rest.split_once('/')
+        .filter(|(node, entry)| !node.is_empty() && !entry.is_empty())
+}
+
 /// Parses `<ROOT>reports/<node>/<Kind>/<name>`.
 pub fn parse_report_key(key: &str) -> Option<(&str, Kind, &str)> {
     let rest = key.strip_prefix(ROOT)?.strip_prefix("reports/")?;
@@ -255,6 +263,12 @@ mod tests {
             Some(("node1", Kind::Container, "redis"))
         );
         assert_eq!(prefix_end("/a/"), b"/a0".to_vec());
+        assert_eq!(
+            parse_slice_key(&slice_entry("node1", "tunnels/tg-x")),
+            Some(("node1", "tunnels/tg-x"))
+        );
+        assert_eq!(parse_slice_key("/topo/v1/slices/node1/"), None);
+        assert_eq!(parse_slice_key("/topo/v1/slices/node1"), None);
         assert_eq!(
             parse_status_key(&status(Kind::Node, "n1")),
             Some((Kind::Node, "n1"))

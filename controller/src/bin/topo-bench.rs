@@ -229,7 +229,11 @@ async fn bench_one(args: &Args, controller_bin: &Path, size: Size) -> Result<Out
         )
     })?
     .assignment;
-    let plan = planner::plan(&Desired::from_resources(resources.iter()), &assignment);
+    let plan = planner::plan(
+        &Desired::from_resources(resources.iter()),
+        &assignment,
+        &Default::default(),
+    );
     let expected_entries = plan.entry_count();
     let derived = plan.derived_tunnels.len();
     let objects = resources.len() + derived;

@@ -6,6 +6,10 @@
 //! cache publish new ones. Slices are written diff-only against the bytes this term
 //! remembers writing, so an unchanged entry never reaches etcd and agents see no spurious
 //! events.
+//!
+//! The host interface names a term hands out are those its slices carry: the term reads them
+//! back from the written slices when it starts and keeps the table of the last slices it
+//! wrote (`ifnames.rs`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -23,6 +27,7 @@ use tracing::Instrument;
 
 use crate::cache::{MAX_MESSAGE_BYTES, Snapshot};
 use crate::commit::{ChangeSet, CommitError, Committer, EncodeError};
+use crate::ifnames::NameTable;
 use crate::ipam::{self, Assignment};
 use crate::planner::{self, Desired, Plan};
 
@@ -42,6 +47,8 @@ pub(super) struct Leader {
     term: Term,
     /// Slice key → the bytes last written (or found when taking over).
     written: HashMap<String, Vec<u8>>,
+    /// The host interface names `written` gives, per node.
+    names: NameTable,
     events: mpsc::Sender<Event>,
 }
 
@@ -59,6 +66,7 @@ impl Leader {
             config,
             term,
             written: HashMap::new(),
+            names: NameTable::default(),
             events,
         }
     }
@@ -70,7 +78,13 @@ impl Leader {
     /// Derives until shutdown (Ok) or until the term is lost (Err).
     pub(super) async fn lead(&mut self, shutdown: &CancellationToken) -> Result<(), LeaderError> {
         self.written = load_slices(self.client()).await?;
-        tracing::info!(entries = self.written.len(), "read the written slices");
+        self.names =
+            NameTable::from_written(self.written.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+        tracing::info!(
+            entries = self.written.len(),
+            names = self.names.len(),
+            "read the written slices"
+        );
         self.rebuild_ipam().await?;
         let cache = self.committer.cache().clone();
         let mut rx = cache.subscribe();
@@ -155,14 +169,14 @@ impl Leader {
         let span = tracing::debug_span!("reconcile", revision);
         async {
             let started = Instant::now();
-            let (slice_ops, derived, folded, planned) = {
+            let (slice_ops, derived, folded, planned, names) = {
                 let desired = Desired::from_resources(snap.objects.values().map(|o| &o.resource));
                 let assignment = Assignment::from_state(&snap.blocks, &snap.addrs);
-                let plan = planner::plan(&desired, &assignment);
+                let plan = planner::plan(&desired, &assignment, &self.names);
                 let planned = started.elapsed();
                 let slice_ops = self.slice_changes(&plan)?;
                 let folded = fold_statuses(&snap, &desired, &plan, &assignment, Utc::now())?;
-                (slice_ops, plan.derived_tunnels, folded, planned)
+                (slice_ops, plan.derived_tunnels, folded, planned, plan.names)
             };
             drop(snap);
 
@@ -178,6 +192,8 @@ impl Leader {
                     }
                 }
             }
+            // Every slice is written as planned (a failed write ended the term above).
+            self.names = names;
             let n_tunnels = self.write_derived_tunnels(revision, &derived).await?;
             drop(derived);
             let n_statuses = folded.puts.len() + folded.deletes.len();

@@ -511,7 +511,7 @@ mod tests {
         let f = {
             let desired = Desired::from_resources(s.objects.values().map(|o| &o.resource));
             let assignment = Assignment::from_state(&s.blocks, &s.addrs);
-            let plan = planner::plan(&desired, &assignment);
+            let plan = planner::plan(&desired, &assignment, &Default::default());
             fold_statuses(s, &desired, &plan, &assignment, now).unwrap()
         };
         for (key, value) in &f.puts {

@@ -7,9 +7,14 @@
 //! requests by id, and turns every failure into an error (the connection then reports itself
 //! closed and the owner reconnects).
 //!
-//! OVSDB messages are bare JSON values written back to back with no framing, so the reader
-//! runs `serde_json`'s streaming deserializer over a growing buffer and keeps the bytes of an
-//! incomplete value for the next read ([`FrameDecoder`]).
+//! OVSDB messages are bare JSON objects written back to back with no framing. The reader
+//! finds where each ends with a byte scanner that follows strings, escapes and nesting and
+//! remembers where it stopped ([`FrameDecoder`]), and hands each complete message to
+//! `serde_json` once: every byte is looked at twice whatever the message size and however
+//! the socket splits it. (It used to reparse the buffered bytes from the start on every read,
+//! quadratic in the size of a message that spans many reads: a 16 MiB monitor reply took
+//! seconds; BENCHMARKS.md has the figures.) What a message means is [`classify`]'s, pure, so
+//! both halves are fuzzed without a socket (`node-agent/tests/fuzz_ovsdb.rs`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -42,37 +47,109 @@ pub enum RpcError {
 
 /// How long a request may wait for its answer.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Largest buffered incomplete message: a guard against a peer that never ends a value.
-const MAX_PENDING_BYTES: usize = 64 << 20;
+/// Largest incomplete message the decoder buffers: a guard against a peer that never ends one.
+pub const MAX_PENDING_BYTES: usize = 64 << 20;
 
-/// Splits a byte stream into JSON values.
-#[derive(Default)]
+/// Why the byte stream cannot be read on: the connection is closed.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("failed to decode a message from ovsdb-server")]
+    Json(#[source] serde_json::Error),
+    /// RFC 7047 messages are JSON objects; a top-level scalar has no end the scanner could see.
+    #[error("failed to decode a message from ovsdb-server: byte {byte:#04x} starts no JSON object")]
+    NotAnObject { byte: u8 },
+    #[error("failed to decode a message from ovsdb-server: over {limit} bytes without its end")]
+    TooLarge { limit: usize },
+}
+
+/// Splits a byte stream into JSON values (objects, or arrays), in one pass over each byte.
+#[derive(Debug)]
 pub struct FrameDecoder {
+    /// The unfinished message, from its first byte (whitespace before it is dropped).
     buf: Vec<u8>,
+    /// How much of `buf` the scanner has seen.
+    scanned: usize,
+    /// Open `{` and `[` of the message; 0 between messages.
+    depth: usize,
+    in_string: bool,
+    /// The previous byte was a backslash inside a string.
+    escaped: bool,
+    limit: usize,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        FrameDecoder::with_limit(MAX_PENDING_BYTES)
+    }
 }
 
 impl FrameDecoder {
-    /// Adds `bytes` and returns every value completed by them, in order.
-    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<Value>, serde_json::Error> {
+    /// A decoder that fails once an unfinished message exceeds `limit` bytes.
+    pub fn with_limit(limit: usize) -> Self {
+        FrameDecoder {
+            buf: Vec::new(),
+            scanned: 0,
+            depth: 0,
+            in_string: false,
+            escaped: false,
+            limit,
+        }
+    }
+
+    /// Adds `bytes` and returns every value completed by them, in order. After an error the
+    /// stream is lost (the caller closes the connection).
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<Value>, FrameError> {
         self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
-        let mut stream = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
-        let consumed = loop {
-            match stream.next() {
-                Some(Ok(v)) => out.push(v),
-                Some(Err(e)) if e.is_eof() => break stream.byte_offset(),
-                Some(Err(e)) => return Err(e),
-                None => break stream.byte_offset(),
+        // Start of the unfinished message in `buf`.
+        let mut start = 0;
+        let mut i = self.scanned;
+        while i < self.buf.len() {
+            let b = self.buf[i];
+            i += 1;
+            if self.depth == 0 {
+                match b {
+                    b' ' | b'\t' | b'\n' | b'\r' => start = i,
+                    b'{' | b'[' => self.depth = 1,
+                    _ => return Err(FrameError::NotAnObject { byte: b }),
+                }
+            } else if self.in_string {
+                match (self.escaped, b) {
+                    (true, _) => self.escaped = false,
+                    (false, b'\\') => self.escaped = true,
+                    (false, b'"') => self.in_string = false,
+                    _ => {}
+                }
+            } else {
+                match b {
+                    b'"' => self.in_string = true,
+                    b'{' | b'[' => self.depth += 1,
+                    b'}' | b']' => {
+                        self.depth -= 1;
+                        if self.depth == 0 {
+                            let v = serde_json::from_slice(&self.buf[start..i])
+                                .map_err(FrameError::Json)?;
+                            out.push(v);
+                            start = i;
+                        }
+                    }
+                    _ => {}
+                }
             }
-        };
-        self.buf.drain(..consumed);
-        // Whitespace between values is skipped by the next parse; drop a buffer of only that.
-        if self.buf.iter().all(u8::is_ascii_whitespace) {
-            self.buf.clear();
+        }
+        // Only the unfinished message stays; it began in this read whenever one ended in it,
+        // so what moves is never more than the bytes just added.
+        if start > 0 {
+            self.buf.drain(..start);
+        }
+        self.scanned = self.buf.len();
+        if self.buf.len() > self.limit {
+            return Err(FrameError::TooLarge { limit: self.limit });
         }
         Ok(out)
     }
 
+    /// Bytes of the unfinished message.
     pub fn pending(&self) -> usize {
         self.buf.len()
     }
@@ -167,14 +244,10 @@ impl RpcClient {
                 let values = match dec.push(&buf[..n]) {
                     Ok(v) => v,
                     Err(e) => {
-                        warn!(error = %e, "ovsdb-server sent something that is not JSON; closing");
+                        warn!(error = %e, source = ?std::error::Error::source(&e), "closing the connection");
                         break;
                     }
                 };
-                if dec.pending() > MAX_PENDING_BYTES {
-                    warn!("ovsdb-server message too large; closing");
-                    break;
-                }
                 for v in values {
                     route(v, &pending_r, &echo_tx, &note_tx);
                 }
@@ -247,55 +320,84 @@ async fn wait_closed(rx: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|c| *c).await;
 }
 
+/// What one message from the server is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    /// The server's inactivity probe: answer with the same params.
+    Echo { id: Value, params: Value },
+    /// A message the server started that is not an `echo` (monitor `update`, ...).
+    Notification(Notification),
+    /// A request we do not serve: answer so the server does not wait.
+    Request { id: Value },
+    /// The answer to our request `id`: its result, or its error as text.
+    Response {
+        id: u64,
+        result: Result<Value, String>,
+    },
+    /// Nothing we can act on (not an object, or an answer to no request of ours).
+    Ignored { why: &'static str },
+}
+
+/// Says what `v` is (RFC 7047 section 4: requests have a method, notifications a null id,
+/// responses a result and an error). Never fails: anything else is [`Incoming::Ignored`].
+pub fn classify(v: Value) -> Incoming {
+    let Value::Object(mut obj) = v else {
+        return Incoming::Ignored {
+            why: "a message that is not an object",
+        };
+    };
+    if let Some(Value::String(method)) = obj.remove("method") {
+        let params = obj.remove("params").unwrap_or(Value::Null);
+        let id = obj.remove("id").unwrap_or(Value::Null);
+        return if method == "echo" {
+            Incoming::Echo { id, params }
+        } else if id.is_null() {
+            Incoming::Notification(Notification { method, params })
+        } else {
+            Incoming::Request { id }
+        };
+    }
+    let Some(id) = obj.get("id").and_then(Value::as_u64) else {
+        return Incoming::Ignored {
+            why: "a response to no request of ours",
+        };
+    };
+    let result = match obj.remove("error").unwrap_or(Value::Null) {
+        Value::Null => Ok(obj.remove("result").unwrap_or(Value::Null)),
+        Value::String(s) => Err(s),
+        other => Err(other.to_string()),
+    };
+    Incoming::Response { id, result }
+}
+
 fn route(
     v: Value,
     pending: &Pending,
     out: &mpsc::UnboundedSender<Value>,
     notes: &mpsc::UnboundedSender<Notification>,
 ) {
-    let Some(obj) = v.as_object() else {
-        warn!("ovsdb-server sent a message that is not an object");
-        return;
-    };
-    if let Some(method) = obj.get("method").and_then(Value::as_str) {
-        let params = obj.get("params").cloned().unwrap_or(Value::Null);
-        let id = obj.get("id").cloned().unwrap_or(Value::Null);
-        if method == "echo" {
-            // Keeps the server's inactivity probe from dropping us.
+    match classify(v) {
+        // Keeps the server's inactivity probe from dropping us.
+        Incoming::Echo { id, params } => {
             let _ = out.send(json!({"id": id, "result": params, "error": null}));
-        } else if id.is_null() {
-            let _ = notes.send(Notification {
-                method: method.to_string(),
-                params,
-            });
-        } else {
-            // A request we do not serve: say so rather than leave the server waiting.
+        }
+        Incoming::Notification(n) => {
+            let _ = notes.send(n);
+        }
+        Incoming::Request { id } => {
             let _ = out.send(json!({"id": id, "result": null, "error": "unknown method"}));
         }
-        return;
+        Incoming::Response { id, result } => {
+            // None: the caller timed out and left.
+            if let Some(tx) = lock(pending).remove(&id) {
+                let _ = tx.send(result.map_err(|error| RpcError::Rpc {
+                    method: String::new(),
+                    error,
+                }));
+            }
+        }
+        Incoming::Ignored { why } => debug!("ovsdb-server sent {why}"),
     }
-    let Some(id) = obj.get("id").and_then(Value::as_u64) else {
-        debug!("ovsdb-server sent a response to no request of ours");
-        return;
-    };
-    let Some(tx) = lock(pending).remove(&id) else {
-        // The caller timed out and left.
-        return;
-    };
-    let error = obj.get("error").cloned().unwrap_or(Value::Null);
-    let r = if error.is_null() {
-        Ok(obj.get("result").cloned().unwrap_or(Value::Null))
-    } else {
-        let text = match &error {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        Err(RpcError::Rpc {
-            method: String::new(),
-            error: text,
-        })
-    };
-    let _ = tx.send(r);
 }
 
 #[cfg(test)]
@@ -318,6 +420,75 @@ mod tests {
         assert!(d.push(br#"y","n":12"#).unwrap().is_empty());
         assert_eq!(d.push(b"3}").unwrap(), vec![json!({"a":"xy","n":123})]);
         assert!(FrameDecoder::default().push(b"}{").is_err());
+        // Brackets and quotes inside strings, escaped quotes, nested arrays.
+        let mut d = FrameDecoder::default();
+        let tricky = br#" {"a":"}{\"]","b":[[1],{"c":"\\"}]} ["x"] "#;
+        for chunk in tricky.chunks(3) {
+            let _ = d.push(chunk).unwrap();
+        }
+        let mut d = FrameDecoder::default();
+        assert_eq!(
+            d.push(tricky).unwrap(),
+            vec![json!({"a":"}{\"]","b":[[1],{"c":"\\"}]}), json!(["x"])]
+        );
+        assert_eq!(d.pending(), 0);
+        // Mismatched brackets and top-level scalars are errors, not hangs.
+        assert!(matches!(
+            FrameDecoder::default().push(b"[}"),
+            Err(FrameError::Json(_))
+        ));
+        assert!(matches!(
+            FrameDecoder::default().push(b"12 "),
+            Err(FrameError::NotAnObject { byte: b'1' })
+        ));
+        // An unfinished message over the limit.
+        let mut d = FrameDecoder::with_limit(8);
+        assert!(d.push(br#"{"a":"#).unwrap().is_empty());
+        assert!(matches!(
+            d.push(b"\"0123\""),
+            Err(FrameError::TooLarge { limit: 8 })
+        ));
+    }
+
+    #[test]
+    fn classify_says_what_a_message_is() {
+        assert_eq!(
+            classify(json!({"method":"echo","params":[1],"id":"e"})),
+            Incoming::Echo {
+                id: json!("e"),
+                params: json!([1])
+            }
+        );
+        assert_eq!(
+            classify(json!({"method":"update","params":["m",{}],"id":null})),
+            Incoming::Notification(Notification {
+                method: "update".into(),
+                params: json!(["m", {}])
+            })
+        );
+        assert_eq!(
+            classify(json!({"method":"lock","params":[],"id":7})),
+            Incoming::Request { id: json!(7) }
+        );
+        assert_eq!(
+            classify(json!({"id":3,"result":[{}],"error":null})),
+            Incoming::Response {
+                id: 3,
+                result: Ok(json!([{}]))
+            }
+        );
+        assert_eq!(
+            classify(json!({"id":3,"result":null,"error":{"error":"x"}})),
+            Incoming::Response {
+                id: 3,
+                result: Err(r#"{"error":"x"}"#.into())
+            }
+        );
+        assert!(matches!(
+            classify(json!({"id":"x","result":1})),
+            Incoming::Ignored { .. }
+        ));
+        assert!(matches!(classify(json!([1])), Incoming::Ignored { .. }));
     }
 
     #[tokio::test]

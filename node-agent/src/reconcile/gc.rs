@@ -10,7 +10,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use topo_schema::kinds::{Kind, ObjectRef};
-use topo_schema::names;
 use topo_schema::slice::{SliceEntry, SliceKey, owner};
 
 use super::Action;
@@ -79,11 +78,14 @@ pub fn desired_switch(entries: &[SliceEntry]) -> Vec<DesiredBridge> {
     bridges
 }
 
-/// What entries this agent cannot read may own: it stays.
+/// What entries this agent cannot read may own: it stays. A bridge is known by the network
+/// its external_ids name, not by its name: the controller allocates bridge names, and an
+/// unreadable entry's name is unknown.
 #[derive(Debug, Default)]
 struct Protected {
     containers: HashSet<String>,
-    bridges: HashSet<String>,
+    /// Bridges by owner (`network/<name>`, as external_ids hold it).
+    networks: HashSet<String>,
     ports: HashSet<String>,
     reports: BTreeSet<ObjectRef>,
 }
@@ -102,7 +104,8 @@ impl Protected {
                     p.containers.insert(name.clone());
                 }
                 SliceKey::Bridge(net) => {
-                    p.bridges.insert(names::bridge_name(net));
+                    p.networks
+                        .insert(ObjectRef::new(Kind::Network, net).to_string());
                 }
                 SliceKey::Tunnel(port) => {
                     p.ports.insert(port.clone());
@@ -113,10 +116,19 @@ impl Protected {
         p
     }
 
+    /// Whether `bridge` belongs to a network whose entry is unreadable.
+    fn bridge(&self, bridge: &str, switch: &OvsState) -> bool {
+        switch
+            .bridges
+            .get(bridge)
+            .and_then(|b| b.external_ids.get(owner::OBJECT))
+            .is_some_and(|o| self.networks.contains(o))
+    }
+
     /// Whether the switch change touches nothing protected (and never a bridge's own port).
     fn allows(&self, ch: &OvsChange, switch: &OvsState) -> bool {
         match ch {
-            OvsChange::DeleteBridge { name } => !self.bridges.contains(name),
+            OvsChange::DeleteBridge { name } => !self.bridge(name, switch),
             OvsChange::DeletePort { bridge, name } => {
                 let owner_object = switch
                     .bridges
@@ -127,7 +139,7 @@ impl Protected {
                     .unwrap_or_default();
                 // A bridge's own internal port goes with the bridge, never alone.
                 name != bridge
-                    && !self.bridges.contains(bridge)
+                    && !self.bridge(bridge, switch)
                     && !self.ports.contains(name)
                     && !self
                         .containers
@@ -370,6 +382,20 @@ mod tests {
             vec![OvsChange::DeleteBridge {
                 name: "tb-ov".into()
             }]
+        );
+        // A bridge is known by its network, whatever name the controller gave it.
+        let allocated = super::super::fixtures::switch(&[OvsChange::AddBridge {
+            name: "tb-ov1a2b3c".into(),
+            datapath: topo_schema::Datapath::Netdev,
+            rstp: false,
+            mtu: 1458,
+            object: "network/ov".into(),
+        }])
+        .await;
+        assert!(plan(&s, vec![], &allocated, &[]).switch.is_empty());
+        assert_eq!(
+            plan(&BTreeMap::new(), vec![], &allocated, &[]).switch.len(),
+            1
         );
     }
 }
