@@ -612,8 +612,9 @@ fn generate(size: Size, topology: TopologyArg, fanout: usize) -> (String, usize)
                 let _ = write!(
                     nets,
                     ", {{network: net-b, ip: 172.31.{}.{}}}",
-                    (i / 250) % 256,
-                    i % 250 + 2
+                    // Every 50th container: one address each, unique up to 51,200 of them.
+                    (i / 50) / 200,
+                    (i / 50) % 200 + 2
                 );
             } else {
                 nets.push_str(", {network: net-b}");
