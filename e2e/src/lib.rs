@@ -11,6 +11,7 @@
 
 pub mod cmd;
 pub mod faults;
+pub mod flags;
 pub mod https;
 pub mod integrity;
 pub mod lab;

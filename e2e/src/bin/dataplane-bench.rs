@@ -26,23 +26,11 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        secs: 10,
-        rounds: 3,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let n: u64 = value
-            .parse()
-            .map_err(|_| format!("{flag}: {value:?} is not a number"))?;
-        match flag.as_str() {
-            "--secs" => a.secs = n.max(1),
-            "--rounds" => a.rounds = (n as usize).max(1),
-            other => return Err(format!("unknown flag {other}")),
-        }
-    }
-    Ok(a)
+    let f = topo_e2e::flags::numeric(&[("secs", 10), ("rounds", 3)], std::env::args().skip(1))?;
+    Ok(Args {
+        secs: f["secs"].max(1),
+        rounds: (f["rounds"] as usize).max(1),
+    })
 }
 
 const NETWORK: &str = "dpnet";

@@ -28,25 +28,15 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        containers: 30,
-        repairs: 20,
-        idle_secs: 60,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let n: u64 = value
-            .parse()
-            .map_err(|_| format!("{flag}: {value:?} is not a number"))?;
-        match flag.as_str() {
-            "--containers" => a.containers = n as usize,
-            "--repairs" => a.repairs = n as usize,
-            "--idle-secs" => a.idle_secs = n,
-            other => return Err(format!("unknown flag {other}")),
-        }
-    }
-    Ok(a)
+    let f = topo_e2e::flags::numeric(
+        &[("containers", 30), ("repairs", 20), ("idle-secs", 60)],
+        std::env::args().skip(1),
+    )?;
+    Ok(Args {
+        containers: f["containers"] as usize,
+        repairs: f["repairs"] as usize,
+        idle_secs: f["idle-secs"],
+    })
 }
 
 const NETWORK: &str = "benchnet";
