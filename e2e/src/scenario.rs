@@ -16,6 +16,26 @@ pub struct Scenario<'a> {
     name: &'a str,
     applied: RefCell<Vec<String>>,
     failed_checks: RefCell<Vec<String>>,
+    /// The panic message of each failed check, for the test's last lines.
+    causes: RefCell<Vec<String>>,
+}
+
+/// The message a panic carried (`panic!` with a literal or a formatted string).
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "(a panic without a message)".to_string())
+}
+
+/// The first line of a message, at most 400 characters: the final summary must stay short.
+fn first_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or("");
+    match line.char_indices().nth(400) {
+        Some((i, _)) => format!("{}…", &line[..i]),
+        None => line.to_string(),
+    }
 }
 
 impl Deref for Scenario<'_> {
@@ -33,6 +53,7 @@ impl<'a> Scenario<'a> {
             name,
             applied: RefCell::new(Vec::new()),
             failed_checks: RefCell::new(Vec::new()),
+            causes: RefCell::new(Vec::new()),
         }
     }
 
@@ -106,8 +127,13 @@ impl<'a> Scenario<'a> {
                 ));
                 true
             }
-            Err(_) => {
+            Err(payload) => {
                 self.step(&format!("check {name} FAILED (see the panic above)"));
+                self.causes.borrow_mut().push(format!(
+                    "{}/{name}: {}",
+                    self.name,
+                    first_line(&panic_text(payload.as_ref()))
+                ));
                 eprintln!("{}", self.lab.diagnostics());
                 self.failed_checks.borrow_mut().push(name.to_string());
                 false
@@ -145,6 +171,7 @@ pub fn run_scenarios(lab: &Lab, scenarios: &[(&str, ScenarioFn)]) {
         .filter(|s| !s.trim().is_empty())
         .map(|s| s.split(',').map(|p| p.trim().to_string()).collect());
     let mut failed = Vec::new();
+    let mut causes = Vec::new();
     let mut ran = 0;
     for (name, f) in scenarios {
         if only.as_ref().is_some_and(|o| !o.iter().any(|x| x == name)) {
@@ -156,6 +183,13 @@ pub fn run_scenarios(lab: &Lab, scenarios: &[(&str, ScenarioFn)]) {
         let t = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| f(&sc)));
         let checks = sc.failed_checks.borrow().clone();
+        causes.extend(sc.causes.borrow().iter().cloned());
+        if let Err(payload) = &result {
+            causes.push(format!(
+                "{name}: {}",
+                first_line(&panic_text(payload.as_ref()))
+            ));
+        }
         if !checks.is_empty() {
             eprintln!(
                 "e2e[{}/{name}]: failed checks: {}",
@@ -207,11 +241,13 @@ pub fn run_scenarios(lab: &Lab, scenarios: &[(&str, ScenarioFn)]) {
         );
     }
     if !failed.is_empty() {
+        // The causes come last so that the tail of a long CI log still says what failed.
         panic!(
-            "{} of {ran} scenario(s) failed: {} (messages and diagnostics above; logs are saved under target/e2e-logs/{})",
+            "{} of {ran} scenario(s) failed: {} (messages and diagnostics above; logs are saved under target/e2e-logs/{})\n  because:\n  - {}",
             failed.len(),
             failed.join(", "),
-            lab.name()
+            lab.name(),
+            causes.join("\n  - ")
         );
     }
 }
