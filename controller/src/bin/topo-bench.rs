@@ -372,53 +372,59 @@ async fn bench_one(args: &Args, controller_bin: &Path, size: Size) -> Result<Out
         .context("failed to watch the slices")?
         .split();
 
-    let body = serde_json::to_vec(&ApplyRequest {
-        files: vec![SourceFile {
-            name: "bench.yaml".into(),
-            content: manifest,
-        }],
-        dry_run: false,
-    })?;
-    let manifest_bytes = body.len();
+    // Requests stay under the API's body limit (as a user splits a large manifest): nodes,
+    // networks and tunnels come first in the manifest, so every chunk's references resolve.
+    let bodies = apply_bodies(&manifest)?;
+    let manifest_bytes = bodies.iter().map(Vec::len).sum();
+    eprintln!("   applying in {} request(s)", bodies.len());
     let started = Instant::now();
-    let apply = tokio::spawn(async move {
-        let r = https
-            .request(api, "POST", "/apis/topo.dev/v1alpha1/apply", Some(body))
-            .await;
-        (r, started.elapsed())
+    let mut apply = tokio::spawn(async move {
+        for body in bodies {
+            let r = https
+                .request(api, "POST", "/apis/topo.dev/v1alpha1/apply", Some(body))
+                .await;
+            if !matches!(r, Ok((200, _))) {
+                return (r, started.elapsed());
+            }
+        }
+        (Ok((200, Vec::new())), started.elapsed())
     });
 
     let mut puts: HashMap<String, usize> = HashMap::new();
-    let mut slices_done = None;
-    while slices_done.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let msg = tokio::time::timeout(left, stream.message())
-            .await
-            .map_err(|_| {
-                anyhow!(
-                    "timed out with {} of {expected_entries} slice entries written",
-                    puts.len()
-                )
-            })??
-            .ok_or_else(|| anyhow!("the slice watch ended"))?;
+    let mut apply_done = None;
+    while puts.len() < expected_entries {
+        if Instant::now() > deadline {
+            bail!(
+                "timed out with {} of {expected_entries} slice entries written",
+                puts.len()
+            );
+        }
+        // A refused apply ends the run at once, with the API's answer.
+        if apply_done.is_none() && apply.is_finished() {
+            let (result, took) = (&mut apply).await?;
+            check_apply(result)?;
+            apply_done = Some(took);
+        }
+        let Ok(msg) = tokio::time::timeout(Duration::from_millis(500), stream.message()).await
+        else {
+            continue;
+        };
+        let msg = msg?.ok_or_else(|| anyhow!("the slice watch ended"))?;
         for ev in msg.events() {
             if let (EventType::Put, Some(kv)) = (ev.event_type(), ev.kv()) {
                 *puts.entry(kv.key_str()?.to_string()).or_default() += 1;
             }
         }
-        if puts.len() >= expected_entries {
-            slices_done = Some(started.elapsed());
+    }
+    let slices = started.elapsed();
+    let apply_time = match apply_done {
+        Some(t) => t,
+        None => {
+            let (result, took) = apply.await?;
+            check_apply(result)?;
+            took
         }
-    }
-    let slices = slices_done.unwrap_or_default();
-    let (apply_result, apply_time) = apply.await?;
-    let (status, resp) = apply_result?;
-    if status != 200 {
-        bail!(
-            "apply answered {status}: {}",
-            String::from_utf8_lossy(&resp[..resp.len().min(2000)])
-        );
-    }
+    };
     eprintln!("   all {expected_entries} slice entries written after {slices:.2?}");
 
     // Statuses: one per object, written once the leader folded them.
@@ -487,6 +493,47 @@ async fn bench_one(args: &Args, controller_bin: &Path, size: Size) -> Result<Out
         median: sizes.get(sizes.len() / 2).copied().unwrap_or(0),
         rewrites,
     })
+}
+
+/// The apply request bodies for `manifest`: its documents in order, each body under 3/4 of
+/// the API's limit.
+fn apply_bodies(manifest: &str) -> Result<Vec<Vec<u8>>> {
+    let limit = topo_schema::api::MAX_BODY_BYTES * 3 / 4;
+    let mut chunks: Vec<String> = Vec::new();
+    let mut chunk = String::new();
+    for doc in manifest.split("---\n").filter(|d| !d.trim().is_empty()) {
+        if !chunk.is_empty() && chunk.len() + doc.len() + 4 > limit {
+            chunks.push(std::mem::take(&mut chunk));
+        }
+        chunk.push_str("---\n");
+        chunk.push_str(doc);
+    }
+    chunks.push(chunk);
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, content)| {
+            Ok(serde_json::to_vec(&ApplyRequest {
+                files: vec![SourceFile {
+                    name: format!("bench-{i}.yaml"),
+                    content,
+                }],
+                dry_run: false,
+            })?)
+        })
+        .collect()
+}
+
+/// An error carrying the API's answer when the apply was refused.
+fn check_apply(result: Result<(u16, Vec<u8>)>) -> Result<()> {
+    let (status, resp) = result?;
+    if status != 200 {
+        bail!(
+            "apply answered {status}: {}",
+            String::from_utf8_lossy(&resp[..resp.len().min(2000)])
+        );
+    }
+    Ok(())
 }
 
 /// Peak resident set of `pid`, in KiB.
