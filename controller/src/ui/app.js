@@ -33,7 +33,7 @@
   const BOX_H = 52;
   const GAP_Y = 18;
   const TOP = 44;
-  const COLUMN_X = { network: 20, container: 400, node: 820, tunnel: 1160 };
+  const COLUMN_X = { network: 20, container: 360, node: 800, tunnel: 1100 };
 
   const $ = (id) => document.getElementById(id);
   let objects = new Map(KINDS.map(([k]) => [k, new Map()]));
@@ -231,7 +231,7 @@
     picture.replaceChildren(drawPicture());
     fillTable();
     const n = (k) => objects.get(k).size;
-    $('counts').textContent = KINDS.map(([k, p]) => n(k) + ' ' + p).join(' · ');
+    $('counts').textContent = KINDS.map(([k, p]) => p + ' ' + n(k)).join(' · ');
   }
 
   function svgEl(name, attrs, text) {
@@ -323,15 +323,24 @@
     }
   }
 
-  // A link between two boxes of the container column: an arc into the gap on the right.
-  function arc(layer, from, to, label) {
+  // A link between two boxes of the container column: an arc into the gap on the right,
+  // coloured by the link's Ready condition (style.css).
+  function arc(layer, from, to, l, label) {
+    // label: ["link NAME", listen address], one line each beside the arc's apex.
+    const r = ready(l);
+    const g = svgEl('g', { 'data-ref': 'link/' + l.metadata.name, 'data-ready': r.status, 'data-reason': r.reason });
+    g.appendChild(svgEl('title', {}, `link/${l.metadata.name}: ${r.status} ${r.reason} ${r.message}`.trim()));
     const x = from.x + BOX_W;
     const y1 = from.y + BOX_H / 2;
     const y2 = to.y + BOX_H / 2 + 6;
     const bulge = x + 90 + Math.min(Math.abs(y2 - y1) / 6, 60);
     const d = `M${x},${y1} C${bulge},${y1} ${bulge},${y2} ${x},${y2}`;
-    layer.appendChild(svgEl('path', { d, class: 'edge link', 'marker-end': 'url(#arrow)' }));
-    layer.appendChild(svgEl('text', { x: bulge - 20, y: (y1 + y2) / 2, class: 'edgelabel' }, label));
+    g.appendChild(svgEl('path', { d, class: 'edge link ' + r.status, 'marker-end': 'url(#arrow)' }));
+    const state = r.status === 'True' ? '' : ' (' + (r.reason || r.status) + ')';
+    const y = (y1 + y2) / 2;
+    g.appendChild(svgEl('text', { x: bulge, y: y - 2, class: 'edgelabel', 'text-anchor': 'middle' }, label[0] + state));
+    g.appendChild(svgEl('text', { x: bulge, y: y + 11, class: 'edgelabel', 'text-anchor': 'middle' }, label[1]));
+    layer.appendChild(g);
   }
 
   function drawEdges(layer, at) {
@@ -352,7 +361,7 @@
       const from = at.get('container/' + l.spec.from);
       const target = to.container ? at.get('container/' + to.container) : at.get(to.address + ':' + to.port);
       const listen = l.spec.listen || '127.0.0.1:' + to.port;
-      if (from && target) arc(layer, from, target, 'link ' + l.metadata.name + ' ' + listen);
+      if (from && target) arc(layer, from, target, l, ['link ' + l.metadata.name, listen]);
     }
     for (const t of objects.get('Tunnel').values()) {
       const me = at.get('tunnel/' + t.metadata.name);
