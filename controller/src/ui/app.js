@@ -129,6 +129,9 @@
           return;
         }
         if (e && e.expired) rv = null;
+        // Anything else (the network, a restarting controller, 429, 503) is retried; the
+        // indicator's tooltip says what happened last.
+        $('live').title = kind + ': ' + ((e && e.message) || String(e));
       }
       live.delete(kind);
       showLive();
