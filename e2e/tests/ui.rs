@@ -3,7 +3,8 @@
 //! token the page says 401 in the API's words; with the lab's token it draws the applied
 //! nodes, network, containers, link and tunnel with their Ready status (a container whose
 //! image cannot be pulled: not Ready, with the API's reason), and follows the watch: a
-//! container applied or deleted afterwards appears or disappears without a reload. A
+//! container applied or deleted afterwards appears or disappears without a reload; `?l=`
+//! narrows containers and links to a label selector, and a bad one shows the API's 400. A
 //! screenshot is kept at `target/ui/screenshot.png`.
 
 use std::collections::BTreeMap;
@@ -46,7 +47,7 @@ const READ_PAGE: &str = r#"JSON.stringify({
   href: location.href,
   boxes: Object.fromEntries([...document.querySelectorAll('#picture g[data-ref]')]
     .map(g => [g.dataset.ref, g.dataset.ready + ' ' + g.dataset.reason])),
-  rows: [...document.querySelectorAll('#objects tbody tr')].map(r => r.dataset.ref),
+  rows: [...document.querySelectorAll('#objects tbody tr[data-ref]')].map(r => r.dataset.ref),
 })"#;
 
 #[track_caller]
@@ -200,7 +201,12 @@ fn shows_the_apis_reason(sc: &Scenario, b: &mut Chromium) {
 }
 
 fn follows_changes(sc: &Scenario, b: &mut Chromium) {
-    sc.apply(&web("ui-c", "node1", &[on(NET)]), converge());
+    let front = web("ui-c", "node1", &[on(NET)]).replace(
+        r#"{"topo-e2e":"true"}"#,
+        r#"{"topo-e2e":"true","tier":"front"}"#,
+    );
+    assert!(front.contains("tier"), "the label was not added: {front}");
+    sc.apply(&front, converge());
     wait_page(
         b,
         "container/ui-c to appear, Ready, without a reload",
@@ -226,6 +232,31 @@ fn follows_changes(sc: &Scenario, b: &mut Chromium) {
         "the page must still be following the watch: {p:?}"
     );
     sc.step("a deleted container disappears without a reload");
+    narrowed_by_a_selector(sc, b);
+}
+
+/// `/ui?l=tier=front`: only the labelled container (nodes, networks, tunnels stay); a
+/// selector the API refuses is shown as its 400.
+fn narrowed_by_a_selector(sc: &Scenario, b: &mut Chromium) {
+    b.navigate(&controller_url("/ui?l=tier%3Dfront"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let p = wait_page(b, "only container/ui-c under -l tier=front", |p| {
+        p.state == "live"
+            && shows_ready(p, &["container/ui-c", "node/node1", "node/node2"])
+            && !p.boxes.contains_key("container/ui-b")
+    });
+    assert!(!p.boxes.contains_key(&format!("container/{BAD}")), "{p:?}");
+    sc.step("?l=tier=front narrows the containers; the token survived the navigation");
+
+    b.navigate(&controller_url("/ui?l=%3Dfront"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let p = wait_page(b, "a bad selector to be refused", |p| p.state == "failed");
+    assert!(
+        p.error
+            .starts_with("400 Bad Request: invalid label selector"),
+        "{p:?}"
+    );
+    sc.step("a bad selector: the API's 400 on the page");
 }
 
 /// Keeps a picture of the page at `target/ui/screenshot.png`.

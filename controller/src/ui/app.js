@@ -6,6 +6,8 @@
 // again. Every request carries the browser's client certificate (TLS) or, once the user has
 // pasted one, `Authorization: Bearer <token>` from sessionStorage — never a URL parameter.
 // A 401 or 403 stops everything and shows the API's own message above the token form.
+// `/ui?l=SELECTOR` narrows the containers and links to a label selector, as `topoctl graph
+// -l` does (the API filters; a selector it refuses is shown as its 400).
 //
 // The picture follows `topoctl graph` (cli/src/graph.rs): a box per object, coloured by its
 // Ready condition (green, red, grey; networks blue when Ready); edges container -> network
@@ -34,6 +36,12 @@
   const GAP_Y = 18;
   const TOP = 44;
   const COLUMN_X = { network: 20, container: 360, node: 800, tunnel: 1100 };
+  // Beyond these the browser would crawl: the picture gives way to the table, and the table
+  // is cut (the counts in the header stay whole).
+  const MAX_DRAWN = 2000;
+  const MAX_ROWS = 5000;
+  const SELECTOR = new URLSearchParams(location.search).get('l') || '';
+  const NARROWED = new Set(['Container', 'Link']);
 
   const $ = (id) => document.getElementById(id);
   let objects = new Map(KINDS.map(([k]) => [k, new Map()]));
@@ -99,8 +107,14 @@
 
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+  // The query of a kind's list (and, after `&`, of its watch): its label selector, if any.
+  function selectorQuery(kind) {
+    return SELECTOR && NARROWED.has(kind) ? 'labelSelector=' + encodeURIComponent(SELECTOR) : '';
+  }
+
   // One kind: list, then watch from the list's revision; resumes until the page restarts.
   async function follow(kind, plural, gen) {
+    const sel = selectorQuery(kind);
     let rv = null;
     let pause = 500;
     while (gen === generation) {
@@ -108,13 +122,13 @@
       aborts.push(abort);
       try {
         if (rv === null) {
-          const list = await (await request('/' + plural, abort.signal)).json();
+          const list = await (await request('/' + plural + (sel ? '?' + sel : ''), abort.signal)).json();
           if (gen !== generation) return;
           objects.set(kind, new Map(list.items.map((o) => [o.metadata.name, o])));
           rv = (list.metadata && list.metadata.resourceVersion) || '0';
           connected(kind);
         }
-        const q = '?watch=true&resourceVersion=' + encodeURIComponent(rv);
+        const q = '?watch=true&resourceVersion=' + encodeURIComponent(rv) + (sel ? '&' + sel : '');
         const resp = await request('/' + plural + q, abort.signal);
         connected(kind);
         pause = 500;
@@ -126,6 +140,10 @@
         if (gen !== generation) return;
         if (e instanceof HttpError && (e.status === 401 || e.status === 403)) {
           refused(e);
+          return;
+        }
+        if (e instanceof HttpError && e.status === 400) {
+          failed('400 Bad Request: ' + e.message);
           return;
         }
         if (e && e.expired) rv = null;
@@ -191,6 +209,17 @@
     sessionStorage.removeItem(TOKEN_KEY);
   }
 
+  // A request the API will never accept (a bad selector): say so and stop.
+  function failed(text) {
+    stop();
+    $('error').textContent = text;
+    $('error').hidden = false;
+    $('main').hidden = true;
+    $('live').textContent = 'stopped';
+    $('live').className = 'live off';
+    document.body.dataset.state = 'failed';
+  }
+
   function stop() {
     generation += 1;
     aborts.forEach((a) => a.abort());
@@ -203,6 +232,7 @@
     objects = new Map(KINDS.map(([k]) => [k, new Map()]));
     document.body.dataset.state = 'connecting';
     $('signout').hidden = !token();
+    $('selector').textContent = SELECTOR ? 'containers and links: -l ' + SELECTOR : '';
     const gen = generation;
     KINDS.forEach(([kind, plural]) => follow(kind, plural, gen));
   }
@@ -230,8 +260,15 @@
   }
 
   function render() {
+    const total = [...objects.values()].reduce((n, m) => n + m.size, 0);
     const picture = $('picture');
-    picture.replaceChildren(drawPicture());
+    if (total > MAX_DRAWN) {
+      const note = document.createElement('p');
+      note.textContent = `${total} objects are too many to draw; narrow the containers and links with /ui?l=SELECTOR. The table lists them.`;
+      picture.replaceChildren(note);
+    } else {
+      picture.replaceChildren(drawPicture());
+    }
     fillTable();
     const n = (k) => objects.get(k).size;
     $('counts').textContent = KINDS.map(([k, p]) => p + ' ' + n(k)).join(' · ');
@@ -428,6 +465,16 @@
         });
         rows.push(tr);
       }
+    }
+    if (rows.length > MAX_ROWS) {
+      const more = rows.length - MAX_ROWS;
+      rows.length = MAX_ROWS;
+      const tr = document.createElement('tr');
+      const td = document.createElement('td');
+      td.colSpan = 6;
+      td.textContent = `… and ${more} more`;
+      tr.appendChild(td);
+      rows.push(tr);
     }
     document.querySelector('#objects tbody').replaceChildren(...rows);
   }
