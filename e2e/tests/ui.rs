@@ -30,6 +30,8 @@ fn ui() {
 struct Page {
     /// `body[data-state]`: connecting, live, refused.
     state: String,
+    /// The indicator: "live" while every kind's watch is connected.
+    live: String,
     /// The alert's text when shown.
     error: String,
     login_shown: bool,
@@ -42,6 +44,7 @@ struct Page {
 
 const READ_PAGE: &str = r#"JSON.stringify({
   state: document.body.dataset.state || '',
+  live: document.getElementById('live').textContent,
   error: document.getElementById('error').hidden ? '' : document.getElementById('error').textContent,
   login_shown: !document.getElementById('login').hidden,
   href: location.href,
@@ -232,7 +235,25 @@ fn follows_changes(sc: &Scenario, b: &mut Chromium) {
         "the page must still be following the watch: {p:?}"
     );
     sc.step("a deleted container disappears without a reload");
+    survives_a_controller_restart(sc, b);
     narrowed_by_a_selector(sc, b);
+}
+
+/// The controller restarts under the page: its streams break, it resumes from the last
+/// resourceVersion it saw, and a change made after the restart still shows without a reload.
+fn survives_a_controller_restart(sc: &Scenario, b: &mut Chromium) {
+    sc.lab_sh(&["restart-controller"]).ok();
+    let out = sc.topoctl(&["delete", "container", BAD]);
+    assert!(out.success(), "{}", out.describe_failure());
+    sc.forget(&[&format!("container/{BAD}")]);
+    let p = wait_page(b, "the page to follow again after the restart", |p| {
+        p.state == "live" && p.live == "live" && !p.boxes.contains_key(&format!("container/{BAD}"))
+    });
+    assert!(
+        shows_ready(&p, &["container/ui-b", "container/ui-c"]),
+        "{p:?}"
+    );
+    sc.step("after a controller restart the page resumes and shows a deletion");
 }
 
 /// `/ui?l=tier=front`: only the labelled container (nodes, networks, tunnels stay); a
@@ -245,7 +266,11 @@ fn narrowed_by_a_selector(sc: &Scenario, b: &mut Chromium) {
             && shows_ready(p, &["container/ui-c", "node/node1", "node/node2"])
             && !p.boxes.contains_key("container/ui-b")
     });
-    assert!(!p.boxes.contains_key(&format!("container/{BAD}")), "{p:?}");
+    assert!(
+        p.rows.iter().any(|r| r == "container/ui-c")
+            && !p.rows.iter().any(|r| r == "container/ui-b"),
+        "the table is not narrowed: {p:?}"
+    );
     sc.step("?l=tier=front narrows the containers; the token survived the navigation");
 
     b.navigate(&controller_url("/ui?l=%3Dfront"))
