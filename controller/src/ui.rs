@@ -111,4 +111,23 @@ mod tests {
         assert!(!HTML.contains("<script>") && !HTML.contains("style="));
         assert!(!HTML.contains("onclick") && !HTML.contains("onsubmit"));
     }
+
+    #[test]
+    fn the_script_builds_the_page_from_data_safely() {
+        // Names, reasons and messages are data: DOM calls and textContent only, never HTML
+        // strings or code built at run time; the token goes in a header, never a query.
+        for banned in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+            "new Function",
+            "token=",
+        ] {
+            assert!(!SCRIPT.contains(banned), "app.js uses {banned}");
+        }
+        assert!(SCRIPT.contains("Authorization: 'Bearer ' + t"));
+        assert!(SCRIPT.contains("sessionStorage") && !SCRIPT.contains("localStorage"));
+    }
 }
