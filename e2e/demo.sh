@@ -158,6 +158,7 @@ cat <<EOF
   docker exec -it topo-web1 sh             # then: ping $DB, wget -q -O - http://$WEB2/
   e2e/lab/lab.sh status                     # the hosts, their OVS bridges, the containers
   e2e/lab/lab.sh vsctl 1 show               # node1's Open vSwitch (tb-overlay, its GRE ports)
+  # the live picture: https://192.168.100.254:8443/ui (README "The web page": pin, token)
   make lab-down                             # remove everything
 EOF
 

@@ -5,8 +5,8 @@
 //! credentials 401, a role that does not allow it or a full quota 403, too many watches 429,
 //! etcd not answering (each etcd request times out after at most 5 s) 503 "etcd
 //! unavailable: ...". A panic in a handler (a bug) becomes a 500 and leaves the server
-//! running. Everything but `/healthz` and `/readyz` passes `guard.rs` first. Lists and
-//! events are paginated with `limit` and `continue` (`pages.rs`).
+//! running. Everything but `/healthz`, `/readyz` and the `/ui` page's static shell passes
+//! `guard.rs` first. Lists and events are paginated with `limit` and `continue` (`pages.rs`).
 
 use std::time::Instant;
 
@@ -45,6 +45,7 @@ pub fn router(state: AppState, gate: std::sync::Arc<crate::guard::Guard>) -> Rou
     let p = api::API_PREFIX;
     Router::new()
         .merge(crate::probes::routes())
+        .merge(crate::ui::routes())
         .route(crate::metrics::PATH, get(crate::metrics::serve))
         .route(&format!("{p}/apply"), post(apply))
         .route(&format!("{p}/events"), get(events))

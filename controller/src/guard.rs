@@ -1,6 +1,7 @@
-//! The API's gate: every request but `/healthz` and `/readyz` is authenticated, authorized,
-//! limited (concurrent watches per user) and, when it writes, audited. One middleware in
-//! front of the router, so no handler can forget it.
+//! The API's gate: every request but `/healthz`, `/readyz` and the `/ui` page's static shell
+//! (no data; `ui.rs`) is authenticated, authorized, limited (concurrent watches per user)
+//! and, when it writes, audited. One middleware in front of the router, so no handler can
+//! forget it.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -252,7 +253,7 @@ pub fn classify(method: &Method, path: &str, query: &str) -> Option<(Verb, Targe
 /// The middleware.
 pub async fn guard(State(g): State<Arc<Guard>>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
-    if path == "/healthz" || path == "/readyz" {
+    if path == "/healthz" || path == "/readyz" || crate::ui::is_public(&path) {
         return next.run(req).await;
     }
     let id = match g.authenticate(&req) {

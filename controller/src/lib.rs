@@ -11,6 +11,7 @@
 //!   (client certificates, bearer tokens), roles, audit, limits; the configuration file.
 //! * [`metrics`]: `/metrics` (Prometheus text) for the `view` and `metrics` roles.
 //! * [`logs`]: a container's log, read from its node's agent endpoint.
+//! * [`ui`]: the `/ui` page's static shell (its data comes from the API itself).
 //! * [`events`]: bounded event history.
 //! * [`health`], [`probes`]: whether etcd answers and the cache is current; `/healthz`,
 //!   `/readyz` and the stale-read warning.
@@ -38,6 +39,7 @@ pub mod quota;
 pub mod registration;
 pub mod reply;
 pub mod store;
+pub mod ui;
 pub mod watch;
 
 use std::net::SocketAddr;

@@ -18,7 +18,7 @@ PKGS=(
   openvswitch-switch etcd-server etcd-client docker.io containerd runc
   protobuf-compiler libprotobuf-dev nftables iptables iproute2 ethtool busybox-static iperf3 jq
   build-essential curl procps util-linux kmod ca-certificates debootstrap git make
-  prometheus
+  prometheus chromium
 )
 
 if [[ $(id -u) -ne 0 ]]; then

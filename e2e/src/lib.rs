@@ -9,6 +9,7 @@
 //! Everything polls with a deadline ([`poll`]) and every failure says what it last saw.
 //! Traffic goes only to lab-assigned addresses.
 
+pub mod chromium;
 pub mod cmd;
 pub mod faults;
 pub mod flags;
