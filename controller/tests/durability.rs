@@ -167,9 +167,11 @@ async fn crash_after_the_intent_commits_is_rolled_forward_on_restart() {
             CrashPoint::AfterBatches(n) => assert_eq!(raw, n * 127, "{point:?}"),
             _ => assert_eq!(raw, 0, "{point:?}"),
         }
-        // Readers of the running controller still see the state before the apply.
+        // Readers of the running controller still see the objects before the apply. (Not
+        // the same revision: the decided intent moved the fence key, which the cache follows
+        // too, whenever its watch delivers that — a race the test must not depend on.)
+        assert_eq!(c.cache.current().objects.len(), before.objects.len());
         assert_eq!(c.cache.current().objects.len(), 0);
-        assert_eq!(c.cache.current().revision, before.revision);
         // "Kill" the process: stop it before its janitor would roll forward.
         sd.cancel();
         tokio::time::sleep(Duration::from_millis(200)).await;

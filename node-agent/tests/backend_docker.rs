@@ -253,8 +253,24 @@ fn backend_docker_lifecycle_ownership_and_events() {
             .map(str::trim)
             .collect();
         assert_eq!(ifaces, vec!["lo"], "{dev}");
-        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-        assert!(String::from_utf8_lossy(&env).contains("DB_PORT=tcp://127.0.0.1:6379"));
+        // Docker's start returns once runc has told the container's init to exec, not once
+        // it has: until then /proc/PID/environ is runc's. Poll for the container's own.
+        let mut env = String::new();
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            env = String::from_utf8_lossy(
+                &std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default(),
+            )
+            .into_owned();
+            if env.contains("DB_PORT=tcp://127.0.0.1:6379") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            env.contains("DB_PORT=tcp://127.0.0.1:6379"),
+            "environ of {pid}: {env:?}"
+        );
         let hosts = std::fs::read_to_string(format!("/proc/{pid}/root/etc/hosts")).unwrap();
         assert!(
             hosts
