@@ -10,7 +10,6 @@ use std::time::Duration;
 use backend_support::{NetNs, Sleeper, require_root, require_tool, run, unique};
 use futures::StreamExt;
 use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, socket};
-use topo_agent::backend::arp::assigned_mac;
 use topo_agent::backend::{
     AddressProber, ArpProber, Claim, ClaimKind, ContainerNs, InterfaceError, Interfaces,
     LinkChangeKind, LinkEvent, Mac, NamespaceChange, NetlinkInterfaces, NsError, ProbeError,
@@ -307,10 +306,7 @@ fn backend_arp_probe_hears_the_holder_and_addresses_wait() {
     node.block_on(move || async move {
         let prober = ArpProber;
         let taken = Ipv4Addr::new(10, 77, 9, 9);
-        let claims = prober
-            .probe(&port, taken, assigned_mac(taken))
-            .await
-            .unwrap();
+        let claims = prober.probe(&port, taken).await.unwrap();
         assert_eq!(
             claims,
             vec![Claim {
@@ -319,10 +315,10 @@ fn backend_arp_probe_hears_the_holder_and_addresses_wait() {
             }]
         );
         let free = Ipv4Addr::new(10, 77, 9, 10);
-        let claims = prober.probe(&port, free, assigned_mac(free)).await.unwrap();
+        let claims = prober.probe(&port, free).await.unwrap();
         assert_eq!(claims, vec![], "nobody holds {free}");
         assert!(matches!(
-            prober.probe("tb-nosuch0", free, assigned_mac(free)).await,
+            prober.probe("tb-nosuch0", free).await,
             Err(ProbeError::NoBridgePort { .. })
         ));
 

@@ -13,11 +13,14 @@
 //! and its port may not be on the bridge yet. A topo-owned tap of its own would add an
 //! interface, a port and their cleanup to every node for nothing the internal port lacks.
 //!
-//! The probe's sender hardware address (and Ethernet source) is the MAC the container's
-//! interface gets ([`assigned_mac`]), not the internal port's: answers come back addressed to
-//! it (the bridge has just learnt it on the internal port), and another node of topo probing
-//! the same address (a container moving between nodes) probes with the same MAC, which
-//! RFC 5227 would otherwise count as a conflict on both sides.
+//! The probe's sender hardware address (and Ethernet source) is the internal port's own MAC,
+//! so answers come back to that port and nowhere else. Not the MAC the container's interface
+//! gets: that interface may already be a port of the bridge (an address withheld, or removed
+//! by hand), and two ports sending from one MAC make the bridge's MAC learning send the
+//! answer to whichever spoke last — the probe would miss the squatter. Containers'
+//! interfaces get [`assigned_mac`]s, so every agent tells a topo interface (of any node: a
+//! container moving between nodes answers for its address until the old node removes it)
+//! from a squatter without knowing other nodes' interfaces.
 //!
 //! Timing: RFC 5227 sends 3 probes 1–2 s apart and then waits 2 s (ANNOUNCE_WAIT), some 4–7 s
 //! that were designed for hosts joining an unknown LAN by DHCP or link-local addressing. Here
@@ -147,12 +150,7 @@ pub struct ArpProber;
 
 #[async_trait]
 impl AddressProber for ArpProber {
-    async fn probe(
-        &self,
-        bridge: &str,
-        address: Ipv4Addr,
-        mac: Mac,
-    ) -> Result<Vec<Claim>, ProbeError> {
+    async fn probe(&self, bridge: &str, address: Ipv4Addr) -> Result<Vec<Claim>, ProbeError> {
         let ifindex =
             nix::net::if_::if_nametoindex(bridge).map_err(|_| ProbeError::NoBridgePort {
                 bridge: bridge.to_string(),
@@ -164,6 +162,7 @@ impl AddressProber for ArpProber {
         let owned = packet_socket(ifindex).map_err(socket)?;
         // SAFETY: `register` needs the descriptor to stay open while registered: the AsyncFd
         // owns the OwnedFd and closes it only when dropped, after deregistering.
+        let mac = hardware_address(&owned, bridge).map_err(socket)?;
         let fd = unsafe { AsyncFd::register(owned) }.map_err(|e| socket(e.into()))?;
         let frame = probe_frame(mac, address);
         let start = Instant::now();
@@ -246,6 +245,34 @@ fn packet_socket(ifindex: u32) -> io::Result<OwnedFd> {
         return Err(io::Error::last_os_error());
     }
     Ok(fd)
+}
+
+/// The MAC of interface `name` (SIOCGIFHWADDR, through any socket of its namespace).
+fn hardware_address(fd: &OwnedFd, name: &str) -> io::Result<Mac> {
+    // SAFETY: ifreq is plain old data; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= req.ifr_name.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name",
+        ));
+    }
+    for (d, b) in req.ifr_name.iter_mut().zip(bytes) {
+        *d = *b as libc::c_char;
+    }
+    // SAFETY: `req` is a valid ifreq naming the interface; the kernel fills ifru_hwaddr.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFHWADDR succeeded, so the union holds ifru_hwaddr.
+    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    let mut mac = [0u8; 6];
+    for (m, d) in mac.iter_mut().zip(data) {
+        *m = d as u8;
+    }
+    Ok(Mac(mac))
 }
 
 /// Writes one whole Ethernet frame out of the port the socket is bound to.

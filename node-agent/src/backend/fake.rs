@@ -831,7 +831,7 @@ impl FakeProber {
         lock(&self.claims).remove(&address);
     }
 
-    /// Every probe: `probe BRIDGE ADDRESS MAC`.
+    /// Every probe: `probe BRIDGE ADDRESS`.
     pub fn calls(&self) -> Vec<String> {
         lock(&self.log).calls.clone()
     }
@@ -847,13 +847,8 @@ impl FakeProber {
 
 #[async_trait]
 impl AddressProber for FakeProber {
-    async fn probe(
-        &self,
-        bridge: &str,
-        address: Ipv4Addr,
-        mac: Mac,
-    ) -> Result<Vec<Claim>, ProbeError> {
-        lock(&self.log).call("probe", &format!("{bridge} {address} {mac}"))?;
+    async fn probe(&self, bridge: &str, address: Ipv4Addr) -> Result<Vec<Claim>, ProbeError> {
+        lock(&self.log).call("probe", &format!("{bridge} {address}"))?;
         Ok(lock(&self.claims)
             .get(&address)
             .cloned()

@@ -1190,16 +1190,11 @@ pub struct Claim {
 
 #[async_trait]
 pub trait AddressProber: Send + Sync {
-    /// Sends ARP probes for `address` (sender address 0.0.0.0, sender hardware address
-    /// `mac`: the interface's that will hold it) out of `bridge`'s internal port and returns
-    /// every claim on the address heard meanwhile, one per claimant MAC (its own probes
-    /// are not claims). Whether a claim is a conflict is the caller's judgement.
-    async fn probe(
-        &self,
-        bridge: &str,
-        address: Ipv4Addr,
-        mac: Mac,
-    ) -> Result<Vec<Claim>, ProbeError>;
+    /// Sends ARP probes for `address` (sender address 0.0.0.0, from the port's own MAC) out
+    /// of `bridge`'s internal port and returns every claim on the address heard meanwhile,
+    /// one per claimant MAC (its own probes are not claims). Whether a claim is a conflict
+    /// is the caller's judgement.
+    async fn probe(&self, bridge: &str, address: Ipv4Addr) -> Result<Vec<Claim>, ProbeError>;
 }
 
 // ====================================================================== Host ports

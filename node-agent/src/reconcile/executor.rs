@@ -13,7 +13,6 @@ use topo_schema::slice::{AttachmentEntry, ContainerEntry};
 
 use super::Backends;
 use super::error::ReconcileError;
-use crate::backend::arp::assigned_mac;
 use crate::backend::{
     Claim, ContainerError, ContainerNs, HostInterface, HostPortsView, InterfaceError, NatError,
     NatRules, NetNs, ObservedAttachment, ObservedContainer, ObservedGateway, ObservedNat,
@@ -266,8 +265,7 @@ impl<'a> Executor<'a> {
             .map_err(|e| plumbing_error(container, attachment, e))
     }
 
-    /// Who answers for `attachment`'s address on its bridge, probed with the MAC its
-    /// interface gets.
+    /// Who answers for `attachment`'s address on its bridge.
     pub async fn probe(
         &self,
         container: &str,
@@ -276,7 +274,7 @@ impl<'a> Executor<'a> {
         let address = attachment.address.addr();
         self.backends
             .prober
-            .probe(&attachment.bridge, address, assigned_mac(address))
+            .probe(&attachment.bridge, address)
             .await
             .map_err(|source| ReconcileError::AddressProbe {
                 container: container.to_string(),

@@ -223,15 +223,25 @@ pub fn conflict(att: &AttachmentEntry, claims: &[Claim]) -> Option<Claim> {
         .copied()
 }
 
-/// Probes every address `c`'s plumbing would add, all at once; the conflicts, as errors.
+/// What the probes of a container's new addresses heard.
+#[derive(Debug, Default)]
+struct Probed {
+    /// By host veth: the address another host answers for, as the error to return.
+    conflicts: Vec<(String, ReconcileError)>,
+    /// Attachments whose address nobody answered for.
+    free: Vec<AttachmentEntry>,
+}
+
+/// Probes every address `c`'s plumbing would add, all at once.
 async fn probe_addresses(
     ctx: &Context,
     c: &ContainerEntry,
     observed: &[ObservedAttachment],
-) -> Result<Vec<(String, ReconcileError)>, ReconcileError> {
+) -> Result<Probed, ReconcileError> {
     let wanted = to_probe(c, observed);
+    let mut probed = Probed::default();
     if wanted.is_empty() {
-        return Ok(vec![]);
+        return Ok(probed);
     }
     let exec = ctx.executor();
     let started = std::time::Instant::now();
@@ -242,22 +252,58 @@ async fn probe_addresses(
         probe_ms = started.elapsed().as_secs_f64() * 1000.0,
         "addresses probed"
     );
-    let mut conflicts = Vec::new();
     for (att, claims) in wanted.into_iter().zip(heard) {
         let claims = claims?;
         tracing::debug!(address = %att.address, ?claims, "probe answered");
-        if let Some(claim) = conflict(att, &claims) {
-            let err = ReconcileError::AddressConflict {
-                container: c.name.clone(),
-                interface: att.interface.clone(),
-                address: att.address.addr().to_string(),
-                mac: claim.mac,
-                bridge: att.bridge.clone(),
-            };
-            conflicts.push((att.host_veth.clone(), err));
+        match conflict(att, &claims) {
+            Some(claim) => {
+                let err = ReconcileError::AddressConflict {
+                    container: c.name.clone(),
+                    interface: att.interface.clone(),
+                    address: att.address.addr().to_string(),
+                    mac: claim.mac,
+                    bridge: att.bridge.clone(),
+                };
+                probed.conflicts.push((att.host_veth.clone(), err));
+            }
+            None => probed.free.push(att.clone()),
         }
     }
-    Ok(conflicts)
+    Ok(probed)
+}
+
+/// Whether `d` is `att`'s address (or the default route that needs it) missing.
+fn is_address_drift(d: &Drift, att: &AttachmentEntry) -> bool {
+    use crate::backend::AttachmentDrift as D;
+    matches!(d, Drift::Attachment(
+        D::AddressMissing { interface, .. } | D::DefaultRouteMissing { interface, .. }
+    ) if *interface == att.interface)
+}
+
+/// Remembers the withheld addresses; of the free ones, those withheld until now are
+/// announced as claimed (an event) and their taking is not drift.
+async fn record_claims(ctx: &Context, c: &ContainerEntry, probed: &Probed, drift: &mut Vec<Drift>) {
+    for (veth, _) in &probed.conflicts {
+        ctx.set_withheld(veth, true);
+    }
+    for att in probed.free.iter().filter(|a| ctx.is_withheld(&a.host_veth)) {
+        drift.retain(|d| !is_address_drift(d, att));
+        let message = format!(
+            "address {} is free on bridge {}: configured on {} of container {}",
+            att.address.addr(),
+            att.bridge,
+            att.interface,
+            c.name
+        );
+        ctx.recorder
+            .normal(
+                ObjectRef::new(Kind::Container, &c.name),
+                "AddressClaimed",
+                message,
+            )
+            .await;
+        ctx.set_withheld(&att.host_veth, false);
+    }
 }
 
 /// Observes, plans and applies the veths and then the ports of `c` in `pid`'s namespace.
@@ -279,8 +325,8 @@ pub async fn converge(
     for att in &c.attachments {
         observed.push(exec.attachment(&c.name, ns, att).await?);
     }
-    let mut conflicts = probe_addresses(ctx, c, &observed).await?;
-    let withheld: BTreeSet<String> = conflicts.iter().map(|(veth, _)| veth.clone()).collect();
+    let mut probed = probe_addresses(ctx, c, &observed).await?;
+    let withheld: BTreeSet<String> = probed.conflicts.iter().map(|(v, _)| v.clone()).collect();
     let veths = plan_veths(c, previous, ns, &observed, &withheld);
     ctx.mark_stale_ports(veths.new_pairs.iter().cloned());
     exec.apply(veths.changes).await?;
@@ -316,8 +362,9 @@ pub async fn converge(
     if !announce.is_empty() {
         spawn_announcements(ctx.backends.interfaces.clone(), &c.name, ns, announce);
     }
-    if !conflicts.is_empty() {
-        return Err(conflicts.swap_remove(0).1);
+    record_claims(ctx, c, &probed, &mut drift).await;
+    if !probed.conflicts.is_empty() {
+        return Err(probed.conflicts.swap_remove(0).1);
     }
     Ok(drift)
 }
