@@ -1,5 +1,6 @@
 //! The agent's host backends: one small trait per thing a node holds (Docker containers,
-//! interfaces, Open vSwitch, nftables NAT, the sockets on its host ports), a real
+//! interfaces, Open vSwitch, nftables NAT, the sockets on its host ports) or asks (who
+//! answers for an address on a bridge: ARP probes), a real
 //! implementation of each, and a recording fake of each for tests (`fake`, compiled only for
 //! tests and the `testing` feature).
 //!

@@ -1,4 +1,6 @@
 //! Interfaces through rtnetlink: container veth pairs and the bridge's gateway address.
+//! A container's interface is born with the MAC topo gives its address (`arp::assigned_mac`),
+//! and can be made without its address while another host answers for it.
 //!
 //! Work inside a container's namespace uses sockets opened there: a short-lived OS thread
 //! joins the namespace, opens a netlink socket (registered with the agent's tokio reactor),
