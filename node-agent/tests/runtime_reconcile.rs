@@ -237,6 +237,17 @@ async fn a_squatted_address_is_withheld_until_its_holder_leaves() {
         Vec::<String>::new(),
         "configured: not probed again"
     );
+    // A repair puts back an address the container held without probing for it.
+    f.ifs.drop_address_by_hand(&web_port());
+    agent.requeue("containers/web");
+    agent.settle().await;
+    let (_, plumbed) = f.ifs.host().attachments[&web_port()].clone();
+    assert_eq!(plumbed.peer.unwrap().addresses.len(), 1);
+    assert_eq!(
+        f.prober.calls(),
+        Vec::<String>::new(),
+        "a repair is not probed"
+    );
 }
 
 #[tokio::test]

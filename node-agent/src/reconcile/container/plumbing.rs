@@ -196,17 +196,29 @@ pub fn port_drift(changes: &[OvsChange], recreated: &HashSet<String>) -> Vec<Dri
         .collect()
 }
 
-/// The attachments of `c` whose address making them would add (`observed[i]` is what the
-/// host holds of `c.attachments[i]`): those are probed for first. An address already on its
-/// interface (a running container adopted after an agent restart) is not probed again.
+/// The attachments of `c` whose address is probed for before it is configured
+/// (`observed[i]` is what the host holds of `c.attachments[i]`, `previous` the entry last
+/// put in force): those whose address making them would add and that did not hold it under
+/// `previous` — the container's first plumbing on a network, a changed address. An address
+/// already on its interface (a running container adopted after an agent restart) is not
+/// probed, nor one a repair puts back (the pair or the address removed by hand, the
+/// container restarted): the container held it already, and a repair is not held up.
 pub fn to_probe<'a>(
     c: &'a ContainerEntry,
+    previous: Option<&ContainerEntry>,
     observed: &[ObservedAttachment],
 ) -> Vec<&'a AttachmentEntry> {
+    let held = |a: &AttachmentEntry| {
+        previous.is_some_and(|p| {
+            p.attachments
+                .iter()
+                .any(|b| b.host_veth == a.host_veth && b.address == a.address)
+        })
+    };
     c.attachments
         .iter()
         .zip(observed)
-        .filter(|(a, o)| o.adds_address(a))
+        .filter(|(a, o)| o.adds_address(a) && !held(a))
         .map(|(a, _)| a)
         .collect()
 }
@@ -236,9 +248,10 @@ struct Probed {
 async fn probe_addresses(
     ctx: &Context,
     c: &ContainerEntry,
+    previous: Option<&ContainerEntry>,
     observed: &[ObservedAttachment],
 ) -> Result<Probed, ReconcileError> {
-    let wanted = to_probe(c, observed);
+    let wanted = to_probe(c, previous, observed);
     let mut probed = Probed::default();
     if wanted.is_empty() {
         return Ok(probed);
@@ -325,7 +338,7 @@ pub async fn converge(
     for att in &c.attachments {
         observed.push(exec.attachment(&c.name, ns, att).await?);
     }
-    let mut probed = probe_addresses(ctx, c, &observed).await?;
+    let mut probed = probe_addresses(ctx, c, previous, &observed).await?;
     let withheld: BTreeSet<String> = probed.conflicts.iter().map(|(v, _)| v.clone()).collect();
     let veths = plan_veths(c, previous, ns, &observed, &withheld);
     ctx.mark_stale_ports(veths.new_pairs.iter().cloned());
@@ -484,18 +497,23 @@ mod tests {
         if let Some(p) = mtu_only.peer.as_mut() {
             p.mtu = 1500;
         }
-        // observed → probed
+        let mut renumbered = c.clone();
+        renumbered.attachments[0].address = "10.2.1.9/16".parse().unwrap();
+        // (observed, previous) → probed
         let table = [
-            (ObservedAttachment::default(), true),
-            (other_address, true),
-            (healthy.clone(), false),
-            (mtu_only, false),
+            (ObservedAttachment::default(), None, true),
+            (other_address.clone(), None, true),
+            (other_address, Some(&renumbered), true),
+            (healthy.clone(), None, false),
+            (mtu_only, None, false),
+            // A repair: the pair (or the address) went while the entry was in force.
+            (ObservedAttachment::default(), Some(&c), false),
         ];
-        for (o, probed) in table {
+        for (o, previous, probed) in table {
             assert_eq!(
-                to_probe(&c, std::slice::from_ref(&o)).len(),
+                to_probe(&c, previous, std::slice::from_ref(&o)).len(),
                 usize::from(probed),
-                "{o:?}"
+                "{o:?} after {previous:?}"
             );
         }
 
