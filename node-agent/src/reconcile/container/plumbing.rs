@@ -237,7 +237,7 @@ pub fn conflict(att: &AttachmentEntry, claims: &[Claim]) -> Option<Claim> {
 
 /// What the probes of a container's new addresses heard.
 #[derive(Debug, Default)]
-struct Probed {
+pub struct Probed {
     /// By host veth: the address another host answers for, as the error to return.
     conflicts: Vec<(String, ReconcileError)>,
     /// Attachments whose address nobody answered for.
@@ -285,6 +285,17 @@ async fn probe_addresses(
     Ok(probed)
 }
 
+/// Probes for a container Docker is about to create, meanwhile: its interfaces will all be
+/// new, so the addresses are those [`to_probe`] picks from nothing.
+pub async fn probe_ahead(
+    ctx: &Context,
+    c: &ContainerEntry,
+    previous: Option<&ContainerEntry>,
+) -> Result<Probed, ReconcileError> {
+    let fresh = vec![ObservedAttachment::default(); c.attachments.len()];
+    probe_addresses(ctx, c, previous, &fresh).await
+}
+
 /// Whether `d` is `att`'s address (or the default route that needs it) missing.
 fn is_address_drift(d: &Drift, att: &AttachmentEntry) -> bool {
     use crate::backend::AttachmentDrift as D;
@@ -322,12 +333,14 @@ async fn record_claims(ctx: &Context, c: &ContainerEntry, probed: &Probed, drift
 /// Observes, plans and applies the veths and then the ports of `c` in `pid`'s namespace.
 /// Returns what differed; announces the replumbed attachments once their ports are in place.
 /// An address another host answers for is left off its interface (the rest is made) and
-/// the first such conflict is the error.
+/// the first such conflict is the error. `ahead`: the probes already made while the
+/// container was created.
 pub async fn converge(
     ctx: &Context,
     c: &ContainerEntry,
     previous: Option<&ContainerEntry>,
     ns: &ContainerNs,
+    ahead: Option<Probed>,
 ) -> Result<Vec<Drift>, ReconcileError> {
     let exec = ctx.executor();
     let state = exec.switch().await?;
@@ -338,7 +351,10 @@ pub async fn converge(
     for att in &c.attachments {
         observed.push(exec.attachment(&c.name, ns, att).await?);
     }
-    let mut probed = probe_addresses(ctx, c, previous, &observed).await?;
+    let mut probed = match ahead {
+        Some(p) => p,
+        None => probe_addresses(ctx, c, previous, &observed).await?,
+    };
     let withheld: BTreeSet<String> = probed.conflicts.iter().map(|(v, _)| v.clone()).collect();
     let veths = plan_veths(c, previous, ns, &observed, &withheld);
     ctx.mark_stale_ports(veths.new_pairs.iter().cloned());
