@@ -252,14 +252,38 @@ async fn a_squatted_address_is_withheld_until_its_holder_leaves() {
     );
 }
 
+/// The probe made while Docker creates a container could not run (a new network's bridge
+/// not made yet): the plumbing probes itself, once the bridge is there.
 #[tokio::test]
-async fn a_failed_probe_configures_nothing_and_is_retried() {
+async fn a_probe_ahead_that_fails_is_made_by_the_plumbing() {
     let f = Fakes::new();
     f.prober.fail_next(ProbeError::NoBridgePort {
         bridge: "tb-overlay".into(),
     });
     let agent = Agent::new(&f, slice());
     agent.start().await;
+    for name in ["web", "app"] {
+        let r = f.report(Kind::Container, name).unwrap();
+        assert!(r.ready, "{r:?}");
+    }
+    assert_eq!(f.prober.calls().len(), 3, "{:?}", f.prober.calls());
+}
+
+#[tokio::test]
+async fn a_failed_probe_configures_nothing_and_is_retried() {
+    let f = Fakes::new();
+    let agent = Agent::new(&f, slice());
+    agent.start().await;
+    // Renumbered: the new addresses are probed by the plumbing (the containers exist).
+    for (name, ip) in [("web", "10.2.1.15"), ("app", "10.2.1.16")] {
+        let mut c = container(name, ip);
+        c.generation = 2;
+        agent.put(SliceEntry::Container(c));
+    }
+    f.prober.fail_next(ProbeError::NoBridgePort {
+        bridge: "tb-overlay".into(),
+    });
+    agent.settle().await;
     let failed: Vec<_> = ["web", "app"]
         .iter()
         .filter_map(|n| f.report(Kind::Container, n))
@@ -268,9 +292,16 @@ async fn a_failed_probe_configures_nothing_and_is_retried() {
     assert_eq!(failed.len(), 1, "one of the two probes failed: {failed:?}");
     let name = failed[0].object.name.clone();
     let veth = names::veth_host_name(&name, "eth0");
-    assert!(
-        !f.ifs.host().attachments.contains_key(&veth),
-        "nothing is plumbed before the probe answers"
+    let (_, o) = f.ifs.host().attachments[&veth].clone();
+    let ip = if name == "web" {
+        "10.2.1.5/16"
+    } else {
+        "10.2.1.6/16"
+    };
+    assert_eq!(
+        o.peer.unwrap().addresses,
+        vec![ip.parse().unwrap()],
+        "nothing changes before the probe answers"
     );
     agent.requeue(&format!("containers/{name}"));
     agent.settle().await;

@@ -209,7 +209,9 @@ pub async fn converge(
                 plumbing::probe_ahead(ctx, c, previous)
             );
             docker_time = Some(made?);
-            probed = Some(ahead?);
+            // A probe that could not run (the bridge not made yet) is made again, after the
+            // plumbing's own checks, by the plumbing.
+            probed = ahead.ok();
             created = true;
         }
         Plan::Restart {
