@@ -105,7 +105,7 @@ fn main() {
     // Inside the agent: Docker's create + start, then the plumbing (veth in the container's
     // namespace, address, route, offload, OVS port, announcement).
     let (mut agent_docker, mut agent_plumbing) = (Vec::new(), Vec::new());
-    // Part of the plumbing: the ARP probes of the container's address (issue 12).
+    // The ARP probes of the container's address (issue 12): made while Docker creates it.
     let mut agent_probe = Vec::new();
     for node in 1..=nodes {
         let log = std::fs::read_to_string(lab.node_dir(node).join("agent.log")).unwrap_or_default();
@@ -214,7 +214,7 @@ fn main() {
         "| inside the agent: plumbing after the start (networking cost) | {ap_med:.0} ms | {ap_p99:.0} ms |"
     );
     println!(
-        "| of which the ARP probes of its address (RFC 5227, {} starts) | {pr_med:.0} ms | {pr_p99:.0} ms |",
+        "| inside the agent: ARP probes of its address (RFC 5227; during Docker's create + start, {} probes) | {pr_med:.0} ms | {pr_p99:.0} ms |",
         agent_probe.len()
     );
     println!("| drift: GRE port deleted → recreated | {g_med:.0} ms | {g_p99:.0} ms |");
