@@ -125,8 +125,8 @@ fn main() {
             .filter(|l| l.contains("container started and plumbed"))
         {
             if let (Some(d), Some(p)) = (
-                field_ms(&line, "docker_ms="),
-                field_ms(&line, "plumbing_ms="),
+                field_ms(line, "docker_ms="),
+                field_ms(line, "plumbing_ms="),
             ) {
                 agent_docker.push(d);
                 agent_plumbing.push(p);
