@@ -124,10 +124,9 @@ fn main() {
             .iter()
             .filter(|l| l.contains("container started and plumbed"))
         {
-            if let (Some(d), Some(p)) = (
-                field_ms(line, "docker_ms="),
-                field_ms(line, "plumbing_ms="),
-            ) {
+            if let (Some(d), Some(p)) =
+                (field_ms(line, "docker_ms="), field_ms(line, "plumbing_ms="))
+            {
                 agent_docker.push(d);
                 agent_plumbing.push(p);
             }
