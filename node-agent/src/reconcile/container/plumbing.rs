@@ -382,10 +382,11 @@ pub async fn converge(
     ])
     .await?;
     ctx.clear_stale_ports(veth_names);
+    // A withheld address is never announced, whatever else changed on its attachment.
     let announce: Vec<AttachmentEntry> = c
         .attachments
         .iter()
-        .filter(|a| replumbed.contains(&a.host_veth))
+        .filter(|a| replumbed.contains(&a.host_veth) && !withheld.contains(&a.host_veth))
         .cloned()
         .collect();
     if !announce.is_empty() {
