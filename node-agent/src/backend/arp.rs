@@ -218,13 +218,14 @@ fn sockaddr_ll(ifindex: u32) -> io::Result<libc::sockaddr_ll> {
 
 /// A raw, non-blocking packet socket that sees the ARP frames of `ifindex` only.
 fn packet_socket(ifindex: u32) -> io::Result<OwnedFd> {
-    let protocol = i32::from(ETHERTYPE_ARP.to_be());
+    // Protocol 0: no frame at all until `bind` names the protocol and the interface together
+    // (opened with ETH_P_ARP, it would queue other interfaces' ARP frames until then).
     // SAFETY: socket(2) with constant arguments; the descriptor is checked and owned below.
     let raw = unsafe {
         libc::socket(
             libc::AF_PACKET,
             libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            protocol,
+            0,
         )
     };
     if raw < 0 {
