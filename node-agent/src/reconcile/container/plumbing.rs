@@ -259,12 +259,7 @@ async fn probe_addresses(
     let exec = ctx.executor();
     let started = std::time::Instant::now();
     let heard = join_all(wanted.iter().map(|a| exec.probe(&c.name, a))).await;
-    tracing::info!(
-        container = %c.name,
-        addresses = wanted.len(),
-        probe_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "addresses probed"
-    );
+    let (probe_ms, addresses) = (started.elapsed().as_secs_f64() * 1000.0, wanted.len());
     for (att, claims) in wanted.into_iter().zip(heard) {
         let claims = claims?;
         tracing::debug!(address = %att.address, ?claims, "probe answered");
@@ -282,6 +277,8 @@ async fn probe_addresses(
             None => probed.free.push(att.clone()),
         }
     }
+    // Only probes that ran are timed (lab-bench reads this line).
+    tracing::info!(container = %c.name, addresses, probe_ms, "addresses probed");
     Ok(probed)
 }
 
