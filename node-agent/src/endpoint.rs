@@ -443,7 +443,7 @@ mod tests {
     #[tokio::test]
     async fn readyz_names_what_is_not_ready() {
         use crate::backend::fake::{
-            FakeContainers, FakeHostPorts, FakeInterfaces, FakeNat, FakeOvs,
+            FakeContainers, FakeHostPorts, FakeInterfaces, FakeNat, FakeOvs, FakeProber,
         };
         let docker = Arc::new(FakeContainers::new("node1"));
         let st = EndpointState {
@@ -453,6 +453,7 @@ mod tests {
                 ovs: Arc::new(FakeOvs::new("node1")),
                 nat: Arc::new(FakeNat::new()),
                 host_ports: Arc::new(FakeHostPorts::new()),
+                prober: Arc::new(FakeProber::new()),
             },
             handles: Arc::new(OnceLock::new()),
         };

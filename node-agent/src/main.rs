@@ -10,7 +10,9 @@ use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use topo_agent::backend::{DockerContainers, NetlinkInterfaces, NftNat, NodeSockets, OvsdbSwitch};
+use topo_agent::backend::{
+    ArpProber, DockerContainers, NetlinkInterfaces, NftNat, NodeSockets, OvsdbSwitch,
+};
 use topo_agent::config::Cli;
 use topo_agent::reconcile::Backends;
 
@@ -106,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
         ovs: Arc::new(ovs),
         nat: Arc::new(nat),
         host_ports: Arc::new(NodeSockets::new()),
+        prober: Arc::new(ArpProber),
     };
 
     // The channel connects lazily: an agent may start before etcd and catches up.

@@ -11,8 +11,8 @@ use backend_support::{NetNs, Sleeper, require_root, require_tool, run, unique};
 use futures::StreamExt;
 use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, socket};
 use topo_agent::backend::{
-    ContainerNs, InterfaceError, Interfaces, LinkChangeKind, LinkEvent, NamespaceChange,
-    NetlinkInterfaces, NsError,
+    AddressProber, ArpProber, Claim, ClaimKind, ContainerNs, InterfaceError, Interfaces,
+    LinkChangeKind, LinkEvent, Mac, NamespaceChange, NetlinkInterfaces, NsError, ProbeError,
 };
 use topo_schema::slice::AttachmentEntry;
 
@@ -117,6 +117,8 @@ fn backend_netlink_veth_into_container_namespace() {
             assert!(addr.contains("inet 10.77.1.5/16"), "{addr}");
             let link = in_c("ip", &["-o", "link", "show", "dev", "eth0"]);
             assert!(link.contains("mtu 1458") && link.contains("UP"), "{link}");
+            // The MAC topo gives 10.77.1.5 (issue 12: how agents know their own).
+            assert!(link.contains("link/ether 0a:58:0a:4d:01:05"), "{link}");
             let route = in_c("ip", &["route", "show", "default"]);
             assert!(route.contains("default via 10.77.1.1 dev eth0"), "{route}");
             let k = in_c("ethtool", &["-k", "eth0"]);
@@ -261,6 +263,88 @@ fn backend_netlink_veth_into_container_namespace() {
         ));
     });
     drop((c1, c2));
+}
+
+/// Issue 12, the prober against the kernel: a stand-in for a bridge's internal port in the
+/// node namespace (one end of a veth pair) whose other end is in a namespace that holds
+/// 10.77.9.9 with a MAC of its own. A probe for that address hears its kernel's reply, one
+/// for a free address hears nothing; an attachment made with its address withheld holds no
+/// address and no default route, and gets them when made as wanted.
+#[test]
+fn backend_arp_probe_hears_the_holder_and_addresses_wait() {
+    require_root();
+    require_tool("ip");
+    require_tool("nsenter");
+    let node = NetNs::new("tbp");
+    let squatter = Sleeper::new();
+    let container = Sleeper::new();
+    let port = unique("tb-p");
+    let pid = squatter.pid().to_string();
+    node.exec(
+        "ip",
+        &[
+            "link", "add", &port, "type", "veth", "peer", "name", "sq0", "netns", &pid,
+        ],
+    );
+    node.exec("ip", &["link", "set", &port, "up"]);
+    squatter.exec(
+        "ip",
+        &["link", "set", "sq0", "address", "02:42:ac:11:00:09"],
+    );
+    squatter.exec("ip", &["addr", "add", "10.77.9.9/16", "dev", "sq0"]);
+    squatter.exec("ip", &["link", "set", "sq0", "up"]);
+    let ns = container.ns();
+    let pid = container.pid();
+    let att = attachment(&unique("tv-p"));
+    let in_c = move |args: &[&str]| {
+        let p = pid.to_string();
+        let mut a = vec!["-t", p.as_str(), "-n", "ip"];
+        a.extend_from_slice(args);
+        run("nsenter", &a)
+    };
+
+    node.block_on(move || async move {
+        let prober = ArpProber;
+        let taken = Ipv4Addr::new(10, 77, 9, 9);
+        let claims = prober.probe(&port, taken).await.unwrap();
+        assert_eq!(
+            claims,
+            vec![Claim {
+                mac: Mac([0x02, 0x42, 0xac, 0x11, 0x00, 0x09]),
+                kind: ClaimKind::Reply
+            }]
+        );
+        let free = Ipv4Addr::new(10, 77, 9, 10);
+        let claims = prober.probe(&port, free).await.unwrap();
+        assert_eq!(claims, vec![], "nobody holds {free}");
+        assert!(matches!(
+            prober.probe("tb-nosuch0", free).await,
+            Err(ProbeError::NoBridgePort { .. })
+        ));
+
+        let ifs = NetlinkInterfaces::new().expect("netlink");
+        let changed = ifs.ensure_attachment_unaddressed(&ns, &att).await.unwrap();
+        assert!(!changed.is_empty());
+        let addr = in_c(&["-o", "-4", "addr", "show", "dev", "eth0"]);
+        assert_eq!(addr.trim(), "", "no address while withheld");
+        assert_eq!(in_c(&["route", "show", "default"]).trim(), "");
+        let o = ifs.observe_attachment(&ns, &att).await.unwrap();
+        assert!(o.differences_unaddressed(&att).is_empty(), "{o:?}");
+        assert!(o.adds_address(&att));
+        assert!(
+            ifs.ensure_attachment_unaddressed(&ns, &att)
+                .await
+                .unwrap()
+                .is_empty(),
+            "withheld again: nothing to do"
+        );
+        ifs.ensure_attachment(&ns, &att).await.unwrap();
+        let addr = in_c(&["-o", "-4", "addr", "show", "dev", "eth0"]);
+        assert!(addr.contains("inet 10.77.1.5/16"), "{addr}");
+        let route = in_c(&["route", "show", "default"]);
+        assert!(route.contains("default via 10.77.1.1 dev eth0"), "{route}");
+    });
+    drop(squatter);
 }
 
 #[test]

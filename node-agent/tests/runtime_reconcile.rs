@@ -3,11 +3,13 @@
 
 mod runtime_support;
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use runtime_support::*;
+use topo_agent::backend::arp::assigned_mac;
 use topo_agent::backend::fake::NsKey;
-use topo_agent::backend::{NatRules, Ovs, OvsChange, PortKind};
+use topo_agent::backend::{Mac, NatRules, Ovs, OvsChange, PortKind, ProbeError};
 use topo_agent::watch::SliceValue;
 use topo_schema::api::EventType;
 use topo_schema::kinds::{Kind, PullPolicy};
@@ -142,6 +144,175 @@ async fn a_restarted_agent_adopts_the_host_without_a_write() {
         .collect();
     assert_eq!(ids, after);
     assert!(f.events("DriftRepaired").is_empty());
+    assert_eq!(
+        f.prober.calls(),
+        Vec::<String>::new(),
+        "addresses already configured are not probed again"
+    );
+}
+
+/// Issue 12: an address another host answers for, from a MAC topo did not assign, stays off
+/// the container's interface (the rest of its plumbing is made) and the container says so;
+/// the retry takes it once nobody answers. An answer from a MAC topo gives its own
+/// interfaces (a container moving between nodes) is no conflict.
+#[tokio::test]
+async fn a_squatted_address_is_withheld_until_its_holder_leaves() {
+    let f = Fakes::new();
+    let (web_ip, app_ip) = (Ipv4Addr::new(10, 2, 1, 5), Ipv4Addr::new(10, 2, 1, 6));
+    let squatter = Mac([0x02, 0x42, 0xac, 0x11, 0x00, 0x02]);
+    f.prober.squat(web_ip, squatter);
+    f.prober.squat(app_ip, assigned_mac(app_ip));
+    let agent = Agent::new(&f, slice());
+    agent.start().await;
+
+    let web = f.report(Kind::Container, "web").unwrap();
+    assert!(!web.ready, "{web:?}");
+    assert_eq!(web.reason, "AddressConflict");
+    for part in ["10.2.1.5", "02:42:ac:11:00:02", "tb-overlay", "eth0"] {
+        assert!(web.message.contains(part), "{part} in {:?}", web.message);
+    }
+    let (_, plumbed) = f.ifs.host().attachments[&web_port()].clone();
+    let peer = plumbed.peer.expect("the pair is made");
+    assert_eq!(peer.addresses, vec![], "the address is not configured");
+    assert_eq!(peer.default_gateway, None);
+    assert!(
+        f.ovs.state().bridges["tb-overlay"]
+            .ports
+            .contains_key(&web_port())
+    );
+    let events = f.events("AddressConflict");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].type_, EventType::Warning);
+    assert!(events[0].message.contains("02:42:ac:11:00:02"));
+    // The first round of announcements goes at once (in the background).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let announced = f.ifs.announced();
+    assert!(
+        announced.iter().any(|a| a.address.addr() == app_ip),
+        "app's address is announced: {announced:?}"
+    );
+    assert!(
+        announced.iter().all(|a| a.address.addr() != web_ip),
+        "a withheld address is never announced: {announced:?}"
+    );
+    let app = f.report(Kind::Container, "app").unwrap();
+    assert!(app.ready, "topo's own MAC is no squatter: {app:?}");
+    let mut probes = f.prober.calls();
+    probes.sort();
+    assert_eq!(
+        probes,
+        ["probe tb-overlay 10.2.1.5", "probe tb-overlay 10.2.1.6"],
+        "each new address once, while Docker created its container"
+    );
+
+    // The retry probes again and changes nothing while the squatter stays.
+    f.clear_logs();
+    agent.requeue("containers/web");
+    agent.settle().await;
+    assert_eq!(f.prober.calls().len(), 1, "{:?}", f.prober.calls());
+    assert_eq!(f.ifs.writes(), Vec::<String>::new());
+    assert_eq!(
+        f.report(Kind::Container, "web").unwrap().reason,
+        "AddressConflict"
+    );
+
+    // Gone: the next reconcile takes the address.
+    f.prober.leave(web_ip);
+    agent.requeue("containers/web");
+    agent.settle().await;
+    let web = f.report(Kind::Container, "web").unwrap();
+    assert!(web.ready, "{web:?}");
+    let (_, plumbed) = f.ifs.host().attachments[&web_port()].clone();
+    assert_eq!(
+        plumbed.peer.unwrap().addresses,
+        vec!["10.2.1.5/16".parse().unwrap()]
+    );
+    let claimed = f.events("AddressClaimed");
+    assert_eq!(claimed.len(), 1, "{claimed:?}");
+    assert!(
+        claimed[0]
+            .message
+            .contains("10.2.1.5 is free on bridge tb-overlay")
+    );
+    assert!(
+        f.events("DriftRepaired").is_empty(),
+        "taking a withheld address is no repair: {:?}",
+        f.events("DriftRepaired")
+    );
+    f.clear_logs();
+    agent.resync().await;
+    assert_eq!(
+        f.prober.calls(),
+        Vec::<String>::new(),
+        "configured: not probed again"
+    );
+    // A repair puts back an address the container held without probing for it.
+    f.ifs.drop_address_by_hand(&web_port());
+    agent.requeue("containers/web");
+    agent.settle().await;
+    let (_, plumbed) = f.ifs.host().attachments[&web_port()].clone();
+    assert_eq!(plumbed.peer.unwrap().addresses.len(), 1);
+    assert_eq!(
+        f.prober.calls(),
+        Vec::<String>::new(),
+        "a repair is not probed"
+    );
+}
+
+/// The probe made while Docker creates a container could not run (a new network's bridge
+/// not made yet): the plumbing probes itself, once the bridge is there.
+#[tokio::test]
+async fn a_probe_ahead_that_fails_is_made_by_the_plumbing() {
+    let f = Fakes::new();
+    f.prober.fail_next(ProbeError::NoBridgePort {
+        bridge: "tb-overlay".into(),
+    });
+    let agent = Agent::new(&f, slice());
+    agent.start().await;
+    for name in ["web", "app"] {
+        let r = f.report(Kind::Container, name).unwrap();
+        assert!(r.ready, "{r:?}");
+    }
+    assert_eq!(f.prober.calls().len(), 3, "{:?}", f.prober.calls());
+}
+
+#[tokio::test]
+async fn a_failed_probe_configures_nothing_and_is_retried() {
+    let f = Fakes::new();
+    let agent = Agent::new(&f, slice());
+    agent.start().await;
+    // Renumbered: the new addresses are probed by the plumbing (the containers exist).
+    for (name, ip) in [("web", "10.2.1.15"), ("app", "10.2.1.16")] {
+        let mut c = container(name, ip);
+        c.generation = 2;
+        agent.put(SliceEntry::Container(c));
+    }
+    f.prober.fail_next(ProbeError::NoBridgePort {
+        bridge: "tb-overlay".into(),
+    });
+    agent.settle().await;
+    let failed: Vec<_> = ["web", "app"]
+        .iter()
+        .filter_map(|n| f.report(Kind::Container, n))
+        .filter(|r| r.reason == "AddressProbeFailed")
+        .collect();
+    assert_eq!(failed.len(), 1, "one of the two probes failed: {failed:?}");
+    let name = failed[0].object.name.clone();
+    let veth = names::veth_host_name(&name, "eth0");
+    let (_, o) = f.ifs.host().attachments[&veth].clone();
+    let ip = if name == "web" {
+        "10.2.1.5/16"
+    } else {
+        "10.2.1.6/16"
+    };
+    assert_eq!(
+        o.peer.unwrap().addresses,
+        vec![ip.parse().unwrap()],
+        "nothing changes before the probe answers"
+    );
+    agent.requeue(&format!("containers/{name}"));
+    agent.settle().await;
+    assert!(f.report(Kind::Container, &name).unwrap().ready);
 }
 
 #[tokio::test]

@@ -4,8 +4,8 @@
 //! 1. Networking cost per container: N containers started one after another with plain
 //!    `docker run --network none` (Docker's own start), then the same N applied one after
 //!    another with `topoctl apply --wait` (apply → Ready: API, etcd, derivation, the agent's
-//!    create/start, veth, address, OVS port, report, status). Both in the same run, on the
-//!    same lab, so the difference of the medians is topo's cost per container.
+//!    create/start, veth, ARP probe, address, OVS port, report, status). Both in the same
+//!    run, on the same lab, so the difference of the medians is topo's cost per container.
 //! 2. Drift repair: a GRE port and a container's veth deleted by hand, time until they are
 //!    back (OVSDB `wait-until` / polling the namespace's links), repeated. Then the drift
 //!    that only an event inside the right namespace reveals (issue 9): the node's `topo`
@@ -105,20 +105,28 @@ fn main() {
     // Inside the agent: Docker's create + start, then the plumbing (veth in the container's
     // namespace, address, route, offload, OVS port, announcement).
     let (mut agent_docker, mut agent_plumbing) = (Vec::new(), Vec::new());
+    // The ARP probes of the container's address (issue 12): made while Docker creates it.
+    let mut agent_probe = Vec::new();
     for node in 1..=nodes {
         let log = std::fs::read_to_string(lab.node_dir(node).join("agent.log")).unwrap_or_default();
-        for line in log
+        let lines: Vec<String> = log
             .lines()
             .map(topo_e2e::lab::strip_ansi)
+            .filter(|l| l.contains("container=bench-"))
+            .collect();
+        agent_probe.extend(
+            lines
+                .iter()
+                .filter(|l| l.contains("addresses probed"))
+                .filter_map(|l| field_ms(l, "probe_ms=")),
+        );
+        for line in lines
+            .iter()
             .filter(|l| l.contains("container started and plumbed"))
         {
-            if !line.contains("container=bench-") {
-                continue;
-            }
-            if let (Some(d), Some(p)) = (
-                field_ms(&line, "docker_ms="),
-                field_ms(&line, "plumbing_ms="),
-            ) {
+            if let (Some(d), Some(p)) =
+                (field_ms(line, "docker_ms="), field_ms(line, "plumbing_ms="))
+            {
                 agent_docker.push(d);
                 agent_plumbing.push(p);
             }
@@ -126,6 +134,7 @@ fn main() {
     }
     let (ad_med, ad_p99) = median_p99(agent_docker.iter().copied());
     let (ap_med, ap_p99) = median_p99(agent_plumbing.iter().copied());
+    let (pr_med, pr_p99) = median_p99(agent_probe.iter().copied());
 
     // ---- 2. Drift repair: GRE port on node1 towards node2, and bench-0's veth (node1).
     let gre = names::gre_port_name(NETWORK, "node2");
@@ -202,6 +211,10 @@ fn main() {
     );
     println!(
         "| inside the agent: plumbing after the start (networking cost) | {ap_med:.0} ms | {ap_p99:.0} ms |"
+    );
+    println!(
+        "| inside the agent: ARP probes of its address (RFC 5227; during Docker's create + start, {} probes) | {pr_med:.0} ms | {pr_p99:.0} ms |",
+        agent_probe.len()
     );
     println!("| drift: GRE port deleted → recreated | {g_med:.0} ms | {g_p99:.0} ms |");
     println!("| drift: container veth deleted → recreated | {v_med:.0} ms | {v_p99:.0} ms |");

@@ -1,4 +1,4 @@
-//! Recording fakes of the five backends, for the runtime's tests: compiled only for the
+//! Recording fakes of the six backends, for the runtime's tests: compiled only for the
 //! crate's own tests and for the `testing` feature the integration tests under `tests/`
 //! enable, never into the agent a node runs.
 //!
@@ -22,12 +22,13 @@ use topo_schema::slice::{AttachmentEntry, ContainerEntry, owner};
 
 use super::ovs::{check_changes, effective_changes};
 use super::{
-    AttachmentDrift, ContainerError, ContainerEvent, ContainerNs, Containers, GatewayDrift,
-    HostInterface, HostPorts, HostPortsError, HostPortsView, InterfaceError, Interfaces,
-    LinkChangeKind, LinkEvent, Listener, NamespaceChange, Nat, NatError, NatEvent, NatRules, NetNs,
-    NftObject, NodeProcess, NsError, ObservedAttachment, ObservedBridge, ObservedContainer,
-    ObservedGateway, ObservedInterface, ObservedNat, ObservedPeer, ObservedPort, Ovs, OvsChange,
-    OvsError, OvsEvent, OvsState, OvsTable, PortKind, PullProgress, RowChange,
+    AddressProber, AttachmentDrift, Claim, ClaimKind, ContainerError, ContainerEvent, ContainerNs,
+    Containers, GatewayDrift, HostInterface, HostPorts, HostPortsError, HostPortsView,
+    InterfaceError, Interfaces, LinkChangeKind, LinkEvent, Listener, Mac, NamespaceChange, Nat,
+    NatError, NatEvent, NatRules, NetNs, NftObject, NodeProcess, NsError, ObservedAttachment,
+    ObservedBridge, ObservedContainer, ObservedGateway, ObservedInterface, ObservedNat,
+    ObservedPeer, ObservedPort, Ovs, OvsChange, OvsError, OvsEvent, OvsState, OvsTable, PortKind,
+    ProbeError, PullProgress, RowChange,
 };
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -479,6 +480,16 @@ pub fn healthy_attachment(att: &AttachmentEntry) -> ObservedAttachment {
     }
 }
 
+/// The state `ensure_attachment_unaddressed` leaves.
+pub fn unaddressed_attachment(att: &AttachmentEntry) -> ObservedAttachment {
+    let mut o = healthy_attachment(att);
+    if let Some(p) = o.peer.as_mut() {
+        p.addresses.clear();
+        p.default_gateway = None;
+    }
+    o
+}
+
 impl FakeInterfaces {
     pub fn new() -> Self {
         FakeInterfaces {
@@ -634,6 +645,26 @@ impl Interfaces for FakeInterfaces {
         Ok(diffs)
     }
 
+    async fn ensure_attachment_unaddressed(
+        &self,
+        ns: &ContainerNs,
+        att: &AttachmentEntry,
+    ) -> Result<Vec<AttachmentDrift>, InterfaceError> {
+        let pid = ns.pid;
+        lock(&self.log).call("ensure_attachment_unaddressed", &att.host_veth)?;
+        let diffs = self.observe(pid, att)?.differences_unaddressed(att);
+        if !diffs.is_empty() {
+            self.host()
+                .attachments
+                .insert(att.host_veth.clone(), (pid, unaddressed_attachment(att)));
+            let mut l = lock(&self.log);
+            for d in &diffs {
+                l.write(format!("veth {}: {d}", att.host_veth));
+            }
+        }
+        Ok(diffs)
+    }
+
     async fn announce(
         &self,
         ns: &ContainerNs,
@@ -761,6 +792,67 @@ impl Interfaces for FakeInterfaces {
             });
         }
         Ok(self.ns_watchers.subscribe(ns.pid))
+    }
+}
+
+// ====================================================================== Address probes
+
+/// The fake segments behind the bridges: who answers a probe for which address.
+pub struct FakeProber {
+    /// Claims heard for an address, on whichever bridge it is probed.
+    claims: Mutex<BTreeMap<Ipv4Addr, Vec<Claim>>>,
+    log: Mutex<Log<ProbeError>>,
+}
+
+impl Default for FakeProber {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FakeProber {
+    pub fn new() -> Self {
+        FakeProber {
+            claims: Mutex::new(BTreeMap::new()),
+            log: Mutex::new(Log::default()),
+        }
+    }
+
+    /// A host with `mac` answers probes for `address` from now on.
+    pub fn squat(&self, address: Ipv4Addr, mac: Mac) {
+        lock(&self.claims).entry(address).or_default().push(Claim {
+            mac,
+            kind: ClaimKind::Reply,
+        });
+    }
+
+    /// Nobody answers for `address` any more.
+    pub fn leave(&self, address: Ipv4Addr) {
+        lock(&self.claims).remove(&address);
+    }
+
+    /// Every probe: `probe BRIDGE ADDRESS`.
+    pub fn calls(&self) -> Vec<String> {
+        lock(&self.log).calls.clone()
+    }
+
+    pub fn clear_log(&self) {
+        lock(&self.log).calls.clear();
+    }
+
+    pub fn fail_next(&self, err: ProbeError) {
+        lock(&self.log).failures.push_back(("probe".into(), err));
+    }
+}
+
+#[async_trait]
+impl AddressProber for FakeProber {
+    async fn probe(&self, bridge: &str, address: Ipv4Addr) -> Result<Vec<Claim>, ProbeError> {
+        lock(&self.log).call("probe", &format!("{bridge} {address}"))?;
+        Ok(lock(&self.claims)
+            .get(&address)
+            .cloned()
+            .unwrap_or_default())
     }
 }
 

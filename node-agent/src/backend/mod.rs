@@ -1,5 +1,6 @@
 //! The agent's host backends: one small trait per thing a node holds (Docker containers,
-//! interfaces, Open vSwitch, nftables NAT, the sockets on its host ports), a real
+//! interfaces, Open vSwitch, nftables NAT, the sockets on its host ports) or asks (who
+//! answers for an address on a bridge: ARP probes), a real
 //! implementation of each, and a recording fake of each for tests (`fake`, compiled only for
 //! tests and the `testing` feature).
 //!
@@ -25,6 +26,7 @@ use ipnet::Ipv4Net;
 use topo_schema::kinds::{Datapath, Protocol};
 use topo_schema::slice::{AttachmentEntry, ContainerEntry, PublishedPort};
 
+pub mod arp;
 pub mod docker;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
@@ -36,6 +38,7 @@ pub mod ovs;
 pub mod ovsdb_rpc;
 pub mod sockets;
 
+pub use arp::{ArpProber, ProbeError};
 pub use docker::{ContainerError, DockerContainers};
 pub use nat::{NatError, NftNat};
 pub use netlink::{InterfaceError, NetlinkInterfaces};
@@ -183,6 +186,16 @@ impl ObservedAttachment {
     /// Whether `ensure_attachment` will (re)create the veth pair: the host end is missing, is
     /// not a veth, or its peer is not in this container. After that the pair's OVS port must
     /// be re-added with [`Ovs::reattach_port`] (see there why).
+    /// Whether making the attachment as wanted adds its address to the interface (a new
+    /// pair, or a peer without it): the address is probed for first (RFC 5227).
+    pub fn adds_address(&self, want: &AttachmentEntry) -> bool {
+        self.needs_new_pair()
+            || !self
+                .peer
+                .as_ref()
+                .is_some_and(|p| p.addresses.contains(&want.address))
+    }
+
     pub fn needs_new_pair(&self) -> bool {
         !self.host_exists
             || !self.host_is_veth
@@ -268,6 +281,45 @@ impl ObservedAttachment {
             d.push(D::TxChecksumOn {
                 interface: interface(),
             });
+        }
+        d
+    }
+}
+
+impl ObservedAttachment {
+    /// What differs from `want` with its address withheld (see
+    /// [`Interfaces::ensure_attachment_unaddressed`]): the address and a default route are
+    /// differences, their absence is not.
+    pub fn differences_unaddressed(&self, want: &AttachmentEntry) -> Vec<AttachmentDrift> {
+        use AttachmentDrift as D;
+        let mut d: Vec<AttachmentDrift> = self
+            .differences(want)
+            .into_iter()
+            .filter(|x| {
+                !matches!(
+                    x,
+                    D::AddressMissing { .. }
+                        | D::DefaultRouteMissing { .. }
+                        | D::UnwantedDefaultRoute { .. }
+                )
+            })
+            .collect();
+        if let Some(p) = &self.peer
+            && self.host_exists
+            && p.is_veth
+            && p.paired_with_host
+        {
+            if p.addresses.contains(&want.address) {
+                d.push(D::StrayAddress {
+                    interface: want.interface.clone(),
+                    address: want.address,
+                });
+            }
+            if p.default_gateway.is_some() {
+                d.push(D::UnwantedDefaultRoute {
+                    interface: want.interface.clone(),
+                });
+            }
         }
         d
     }
@@ -521,6 +573,14 @@ pub trait Interfaces: Send + Sync {
     /// is missing or its peer is not in this container (e.g. after the container restarted).
     /// Sends a gratuitous ARP when it created or re-addressed the interface.
     async fn ensure_attachment(
+        &self,
+        ns: &ContainerNs,
+        att: &AttachmentEntry,
+    ) -> Result<Vec<AttachmentDrift>, InterfaceError>;
+    /// The attachment as `ensure_attachment` makes it, but with no address on the interface
+    /// (any it has is removed) and so no default route: another host answers for the
+    /// address. Returns what it changed.
+    async fn ensure_attachment_unaddressed(
         &self,
         ns: &ContainerNs,
         att: &AttachmentEntry,
@@ -1095,6 +1155,47 @@ pub trait Nat: Send + Sync {
         &self,
         ns: &ContainerNs,
     ) -> Result<BoxStream<'static, NatEvent>, NatError>;
+}
+
+// ====================================================================== Address probes
+
+/// An Ethernet address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl std::fmt::Display for Mac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+/// How a host claimed the probed address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimKind {
+    /// An ARP reply from the address (the answer to the probe, or to anyone's request).
+    Reply,
+    /// An ARP request sent from the address (an announcement, or the holder asking).
+    Announcement,
+    /// Another host's probe for the same address (RFC 5227 §2.1.1: both back off).
+    Probe,
+}
+
+/// One host's claim on a probed address, heard on the bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// The claimant's sender hardware address.
+    pub mac: Mac,
+    pub kind: ClaimKind,
+}
+
+#[async_trait]
+pub trait AddressProber: Send + Sync {
+    /// Sends ARP probes for `address` (sender address 0.0.0.0, from the port's own MAC) out
+    /// of `bridge`'s internal port and returns every claim on the address heard meanwhile,
+    /// one per claimant MAC (its own probes are not claims). Whether a claim is a conflict
+    /// is the caller's judgement.
+    async fn probe(&self, bridge: &str, address: Ipv4Addr) -> Result<Vec<Claim>, ProbeError>;
 }
 
 // ====================================================================== Host ports

@@ -1,4 +1,6 @@
 //! Interfaces through rtnetlink: container veth pairs and the bridge's gateway address.
+//! A container's interface is born with the MAC topo gives its address (`arp::assigned_mac`),
+//! and can be made without its address while another host answers for it.
 //!
 //! Work inside a container's namespace uses sockets opened there: a short-lived OS thread
 //! joins the namespace, opens a netlink socket (registered with the agent's tokio reactor),
@@ -34,6 +36,7 @@ use topo_schema::names::IFACE_PREFIXES;
 use topo_schema::slice::AttachmentEntry;
 use tracing::{debug, warn};
 
+use super::arp::assigned_mac;
 use super::netns::{
     ContainerNs, NsError, open_container_netns, run_in_container, run_in_container_pinned,
 };
@@ -461,7 +464,10 @@ impl NetlinkInterfaces {
         // rename, so nothing in the container ever sees a temporary interface. It cannot be
         // created up: the kernel opens it before the pair is joined (ENOTCONN); ensure brings
         // it up next.
+        // Its MAC is the one topo gives the address (`arp`): the agents tell topo's own
+        // interfaces from squatters by it, and it stays when the container restarts.
         let peer = LinkUnspec::new_with_name(&att.interface)
+            .address(assigned_mac(att.address.addr()).0.to_vec())
             .mtu(att.mtu)
             .setns_by_fd(ns.as_raw_fd())
             .build();
@@ -489,9 +495,13 @@ impl NetlinkInterfaces {
         container: &ContainerNs,
         ns: &NsSockets,
         att: &AttachmentEntry,
+        address: Option<Ipv4Net>,
     ) -> Result<Vec<AttachmentDrift>, InterfaceError> {
         let mut f = self.find(ns, att).await?;
-        let diffs = f.obs.differences(att);
+        let diffs = match address {
+            Some(_) => f.obs.differences(att),
+            None => f.obs.differences_unaddressed(att),
+        };
         if diffs.is_empty() {
             return Ok(diffs);
         }
@@ -513,8 +523,9 @@ impl NetlinkInterfaces {
         };
         set_mtu_up(&self.handle, &host, att.mtu).await?;
         set_mtu_up(&ns.handle, &peer, att.mtu).await?;
-        announce |= ensure_address(&ns.handle, &peer, att.address, &f.peer_addrs).await?;
-        ensure_default_route(&ns.handle, &peer, att.default_gateway, &f.peer_routes).await?;
+        announce |= ensure_address(&ns.handle, &peer, address, &f.peer_addrs).await?;
+        let gateway = address.and(att.default_gateway);
+        ensure_default_route(&ns.handle, &peer, gateway, &f.peer_routes).await?;
         if att.tx_checksum_off && tx_checksum(&ns.inet, &peer.name).unwrap_or(true) {
             set_tx_checksum_off(&ns.inet, &peer.name).map_err(|source| {
                 InterfaceError::Ethtool {
@@ -523,7 +534,10 @@ impl NetlinkInterfaces {
                 }
             })?;
         }
-        if announce && let Some(frame) = arp_announcement(&peer.mac, att.address.addr()) {
+        if announce
+            && let Some(a) = address
+            && let Some(frame) = arp_announcement(&peer.mac, a.addr())
+        {
             send_arp(&ns.packet, peer.index, &frame).map_err(|source| InterfaceError::Garp {
                 name: peer.name.clone(),
                 source,
@@ -623,7 +637,21 @@ impl Interfaces for NetlinkInterfaces {
             });
         }
         let ns = enter(container).await?;
-        self.ensure_in(container, &ns, att).await
+        self.ensure_in(container, &ns, att, Some(att.address)).await
+    }
+
+    async fn ensure_attachment_unaddressed(
+        &self,
+        container: &ContainerNs,
+        att: &AttachmentEntry,
+    ) -> Result<Vec<AttachmentDrift>, InterfaceError> {
+        if !att.host_veth.starts_with("tv-") {
+            return Err(InterfaceError::NotOwned {
+                name: att.host_veth.clone(),
+            });
+        }
+        let ns = enter(container).await?;
+        self.ensure_in(container, &ns, att, None).await
     }
 
     async fn announce(
@@ -919,15 +947,16 @@ async fn set_mtu_up(handle: &Handle, link: &Link, mtu: u32) -> Result<(), Interf
         .map_err(nl(format!("set mtu/up on {}", link.name)))
 }
 
-/// `address` as the peer's only address; true when it had to be added (peers must hear of it).
+/// `address` as the peer's only address (None: no address); true when it had to be added
+/// (peers must hear of it).
 async fn ensure_address(
     handle: &Handle,
     peer: &Link,
-    address: Ipv4Net,
+    address: Option<Ipv4Net>,
     current: &[(Ipv4Net, AddressMessage)],
 ) -> Result<bool, InterfaceError> {
     for (a, m) in current {
-        if *a != address {
+        if Some(*a) != address {
             handle
                 .address()
                 .del(m.clone())
@@ -937,6 +966,9 @@ async fn ensure_address(
                 .map_err(nl(format!("delete address {a} of {}", peer.name)))?;
         }
     }
+    let Some(address) = address else {
+        return Ok(false);
+    };
     if current.iter().any(|(a, _)| *a == address) {
         return Ok(false);
     }

@@ -58,6 +58,9 @@ struct Memory {
     port_verdicts: HashMap<String, PortVerdict>,
     /// Rechecks of held ports since none was held.
     hold_rechecks: u32,
+    /// Host veths whose address is withheld because another host answered for it: taking
+    /// it once it is free is no repair of drift.
+    withheld: HashSet<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -322,6 +325,20 @@ impl Context {
             .filter(|v| m.stale_ports.contains(*v))
             .cloned()
             .collect()
+    }
+
+    /// Whether `veth`'s address was withheld (see [`Memory::withheld`]).
+    pub(crate) fn is_withheld(&self, veth: &str) -> bool {
+        self.mem().withheld.contains(veth)
+    }
+
+    pub(crate) fn set_withheld(&self, veth: &str, withheld: bool) {
+        let mut m = self.mem();
+        if withheld {
+            m.withheld.insert(veth.to_string());
+        } else {
+            m.withheld.remove(veth);
+        }
     }
 
     pub(crate) fn clear_stale_ports<'v>(&self, veths: impl IntoIterator<Item = &'v String>) {

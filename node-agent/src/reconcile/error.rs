@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use crate::backend::{ContainerError, HostPortsError, InterfaceError, NatError, OvsError};
+use crate::backend::{
+    ContainerError, HostPortsError, InterfaceError, Mac, NatError, OvsError, ProbeError,
+};
 use crate::error_chain::error_chain;
 use crate::report::ReportError;
 
@@ -74,6 +76,28 @@ pub enum ReconcileError {
         interface: String,
         #[source]
         source: Box<InterfaceError>,
+    },
+    #[error(
+        "failed to probe for address {address} of container {container} on bridge {bridge}: {source}"
+    )]
+    AddressProbe {
+        container: String,
+        address: String,
+        bridge: String,
+        #[source]
+        source: Box<ProbeError>,
+    },
+    /// Another host answers for the address: it stays off the interface until a probe
+    /// hears nobody.
+    #[error(
+        "failed to claim address {address} for {interface} of container {container}: {mac} answers for it on bridge {bridge}, and topo did not assign that MAC; the address is configured once it is free"
+    )]
+    AddressConflict {
+        container: String,
+        interface: String,
+        address: String,
+        mac: Mac,
+        bridge: String,
     },
     #[error("failed to read the node's interfaces: {source}")]
     InterfaceList {
@@ -163,6 +187,8 @@ impl ReconcileError {
             ReconcileError::Plumbing { .. } | ReconcileError::InterfaceList { .. } => {
                 "PlumbingFailed"
             }
+            ReconcileError::AddressProbe { .. } => "AddressProbeFailed",
+            ReconcileError::AddressConflict { .. } => "AddressConflict",
             ReconcileError::InterfaceRemove { .. } => "CleanupFailed",
             ReconcileError::Gateway { .. } => "GatewayFailed",
             ReconcileError::OvsObserve { .. } | ReconcileError::OvsApply { .. } => "SwitchFailed",

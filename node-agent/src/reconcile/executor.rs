@@ -14,9 +14,9 @@ use topo_schema::slice::{AttachmentEntry, ContainerEntry};
 use super::Backends;
 use super::error::ReconcileError;
 use crate::backend::{
-    ContainerError, ContainerNs, HostInterface, HostPortsView, InterfaceError, NatError, NatRules,
-    NetNs, ObservedAttachment, ObservedContainer, ObservedGateway, ObservedNat, OvsChange,
-    OvsState,
+    Claim, ContainerError, ContainerNs, HostInterface, HostPortsView, InterfaceError, NatError,
+    NatRules, NetNs, ObservedAttachment, ObservedContainer, ObservedGateway, ObservedNat,
+    OvsChange, OvsState,
 };
 
 /// Whose nftables table: the node's, or the one in a container's namespace.
@@ -55,11 +55,13 @@ pub enum Change {
         gateway: Ipv4Net,
         mtu: u32,
     },
-    /// A container's veth pair as its attachment wants it.
+    /// A container's veth pair as its attachment wants it; with `withhold_address`, without
+    /// the address (another host answers for it).
     Attachment {
         container: String,
         ns: ContainerNs,
         attachment: AttachmentEntry,
+        withhold_address: bool,
     },
     RemoveVeth {
         name: String,
@@ -142,12 +144,16 @@ impl<'a> Executor<'a> {
                 container,
                 ns,
                 attachment,
-            } => b
-                .interfaces
-                .ensure_attachment(&ns, &attachment)
-                .await
-                .map(drop)
-                .map_err(|e| plumbing_error(&container, &attachment, e)),
+                withhold_address,
+            } => if withhold_address {
+                b.interfaces
+                    .ensure_attachment_unaddressed(&ns, &attachment)
+                    .await
+            } else {
+                b.interfaces.ensure_attachment(&ns, &attachment).await
+            }
+            .map(drop)
+            .map_err(|e| plumbing_error(&container, &attachment, e)),
             Change::RemoveVeth { name } => {
                 b.interfaces
                     .remove_host_veth(&name)
@@ -259,6 +265,25 @@ impl<'a> Executor<'a> {
             .map_err(|e| plumbing_error(container, attachment, e))
     }
 
+    /// Who answers for `attachment`'s address on its bridge.
+    pub async fn probe(
+        &self,
+        container: &str,
+        attachment: &AttachmentEntry,
+    ) -> Result<Vec<Claim>, ReconcileError> {
+        let address = attachment.address.addr();
+        self.backends
+            .prober
+            .probe(&attachment.bridge, address)
+            .await
+            .map_err(|source| ReconcileError::AddressProbe {
+                container: container.to_string(),
+                address: address.to_string(),
+                bridge: attachment.bridge.clone(),
+                source: Box::new(source),
+            })
+    }
+
     pub async fn gateway(
         &self,
         bridge: &str,
@@ -364,7 +389,9 @@ fn nat_error(scope: &NatScope, e: NatError) -> ReconcileError {
 mod tests {
     use super::*;
     use crate::backend::NsError;
-    use crate::backend::fake::{FakeContainers, FakeHostPorts, FakeInterfaces, FakeNat, FakeOvs};
+    use crate::backend::fake::{
+        FakeContainers, FakeHostPorts, FakeInterfaces, FakeNat, FakeOvs, FakeProber,
+    };
     use std::sync::Arc;
 
     fn backends() -> (Backends, Arc<FakeContainers>, Arc<FakeInterfaces>) {
@@ -376,6 +403,7 @@ mod tests {
             ovs: Arc::new(FakeOvs::new("node1")),
             nat: Arc::new(FakeNat::new()),
             host_ports: Arc::new(FakeHostPorts::new()),
+            prober: Arc::new(FakeProber::new()),
         };
         (b, docker, ifs)
     }

@@ -47,7 +47,7 @@ use std::time::Duration;
 
 use topo_schema::slice::{SliceEntry, SliceKey};
 
-use crate::backend::{Containers, HostPorts, Interfaces, Nat, Ovs};
+use crate::backend::{AddressProber, Containers, HostPorts, Interfaces, Nat, Ovs};
 use crate::key::Key;
 use crate::watch::SliceValue;
 
@@ -58,7 +58,7 @@ pub use error::ReconcileError;
 pub use executor::Executor;
 pub use runner::Runner;
 
-/// The five host backends.
+/// The host backends.
 #[derive(Clone)]
 pub struct Backends {
     pub containers: Arc<dyn Containers>,
@@ -67,6 +67,8 @@ pub struct Backends {
     pub nat: Arc<dyn Nat>,
     /// Observed only: who holds the node's host ports.
     pub host_ports: Arc<dyn HostPorts>,
+    /// Reads only: who answers for an address on a bridge (ARP probes).
+    pub prober: Arc<dyn AddressProber>,
 }
 
 /// What to do with a key after a successful reconcile.

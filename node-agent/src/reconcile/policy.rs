@@ -39,6 +39,10 @@ pub fn error_policy(err: &ReconcileError, backoff: &mut ExponentialBackoff) -> A
             Action::Requeue(next.min(Duration::from_secs(2)))
         }
         ReconcileError::BridgeNotReady { .. } => Action::Requeue(next.min(Duration::from_secs(2))),
+        // A squatter's going makes no event here: probe again, at most 10 s apart.
+        ReconcileError::AddressConflict { .. } => {
+            Action::Requeue(next.min(Duration::from_secs(10)))
+        }
         // The die event is on its way; look again soon.
         ReconcileError::ContainerGone { .. } => {
             Action::Requeue(next.min(Duration::from_millis(200)))

@@ -70,7 +70,8 @@ impl Runner {
     }
 
     /// The failure in the key's objects' status, and as a warning event when users must act
-    /// (an image that cannot be pulled, a container that cannot be created).
+    /// (an image that cannot be pulled, a container that cannot be created, an address
+    /// another host holds).
     async fn report_failure(&self, key: &Key, err: &ReconcileError, span: &tracing::Span) {
         let (container_id, restarts) = key
             .container()
@@ -83,7 +84,9 @@ impl Runner {
         {
             tracing::warn!(parent: span, error = %error_chain(&e), "failed to report a failure");
         }
-        if let ReconcileError::ImagePull { .. } | ReconcileError::ContainerCreate { .. } = err
+        if let ReconcileError::ImagePull { .. }
+        | ReconcileError::ContainerCreate { .. }
+        | ReconcileError::AddressConflict { .. } = err
             && let Some(name) = key.container()
         {
             self.ctx

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use topo_agent::backend::fake::{FakeContainers, FakeHostPorts, FakeInterfaces, FakeNat, FakeOvs};
+use topo_agent::backend::fake::{
+    FakeContainers, FakeHostPorts, FakeInterfaces, FakeNat, FakeOvs, FakeProber,
+};
 use topo_agent::events::{MemoryEvents, Recorder};
 use topo_agent::key::Key;
 use topo_agent::pulls::PullConfig;
@@ -165,6 +167,7 @@ pub struct Fakes {
     pub ovs: Arc<FakeOvs>,
     pub nat: Arc<FakeNat>,
     pub host_ports: Arc<FakeHostPorts>,
+    pub prober: Arc<FakeProber>,
     pub reports: Arc<MemoryReports>,
     pub events: Arc<MemoryEvents>,
 }
@@ -177,6 +180,7 @@ impl Fakes {
             ovs: Arc::new(FakeOvs::new(NODE).with_foreign_bridge("br-phy")),
             nat: Arc::new(FakeNat::new()),
             host_ports: Arc::new(FakeHostPorts::new()),
+            prober: Arc::new(FakeProber::new()),
             reports: MemoryReports::new(),
             events: MemoryEvents::new(),
         };
@@ -198,6 +202,7 @@ impl Fakes {
             ovs: self.ovs.clone(),
             nat: self.nat.clone(),
             host_ports: self.host_ports.clone(),
+            prober: self.prober.clone(),
         }
     }
 
@@ -227,6 +232,7 @@ impl Fakes {
         self.ovs.clear_log();
         self.nat.clear_log();
         self.host_ports.clear_log();
+        self.prober.clear_log();
     }
 
     pub fn report(&self, kind: Kind, name: &str) -> Option<ObservedReport> {

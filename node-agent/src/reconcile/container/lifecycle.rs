@@ -12,6 +12,7 @@ use super::super::context::{Context, RestartState};
 use super::super::drift::Drift;
 use super::super::error::ReconcileError;
 use super::super::executor::Change;
+use super::plumbing;
 use crate::backend::{ContainerNs, ObservedContainer};
 
 /// Kubelet's restart backoff: the first restart after an exit is at once (a container killed
@@ -174,17 +175,25 @@ pub struct Running {
     pub docker_time: Option<(Duration, Instant)>,
     /// It had exited and was started again.
     pub restarted: Option<Drift>,
+    /// A new container's addresses, probed for while Docker created it (see
+    /// [`plumbing::probe_ahead`]).
+    pub probed: Option<plumbing::Probed>,
 }
 
-/// Observes the container, applies its plan, and observes it again running.
-pub async fn converge(ctx: &Context, c: &ContainerEntry) -> Result<Running, ReconcileError> {
+/// Observes the container, applies its plan, and observes it again running. `previous` is
+/// the entry last put in force (for the addresses a new container probes for).
+pub async fn converge(
+    ctx: &Context,
+    c: &ContainerEntry,
+    previous: Option<&ContainerEntry>,
+) -> Result<Running, ReconcileError> {
     let exec = ctx.executor();
     let observed = exec.container(&c.docker_name).await?;
     let restart = match &observed {
         Some(o) if !o.running => Some(ctx.restart_state(&c.name, &o.id).await),
         _ => None,
     };
-    let (mut created, mut docker_time, mut restarted) = (false, None, None);
+    let (mut created, mut docker_time, mut restarted, mut probed) = (false, None, None, None);
     match plan(
         c,
         observed.as_ref(),
@@ -194,7 +203,15 @@ pub async fn converge(ctx: &Context, c: &ContainerEntry) -> Result<Running, Reco
     ) {
         Plan::Keep => {}
         Plan::Create { replace } => {
-            docker_time = Some(create(ctx, c, replace).await?);
+            // The probes wait for answers while Docker works: off the start's critical path.
+            let (made, ahead) = tokio::join!(
+                create(ctx, c, replace),
+                plumbing::probe_ahead(ctx, c, previous)
+            );
+            docker_time = Some(made?);
+            // A probe that could not run (the bridge not made yet) is made again, after the
+            // plumbing's own checks, by the plumbing.
+            probed = ahead.ok();
             created = true;
         }
         Plan::Restart {
@@ -254,6 +271,7 @@ pub async fn converge(ctx: &Context, c: &ContainerEntry) -> Result<Running, Reco
         created,
         docker_time,
         restarted,
+        probed,
     })
 }
 

@@ -57,12 +57,13 @@ pub async fn reconcile(
     let outside_topo = previous.is_none_or(|p| p == c);
     let mut findings = Findings::default();
 
-    let running = lifecycle::converge(ctx, c).await?;
+    let mut running = lifecycle::converge(ctx, c, previous).await?;
     let restarted = running.restarted.is_some();
     findings.repairs.extend(running.restarted.clone());
     let restarts = ctx.restart_state(&c.name, &running.container.id).await;
 
-    let plumbing = plumbing::converge(ctx, c, previous, &running.ns).await?;
+    let probed = running.probed.take();
+    let plumbing = plumbing::converge(ctx, c, previous, &running.ns, probed).await?;
     if !running.created {
         findings.found(plumbing, outside_topo);
     }

@@ -10,6 +10,8 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::join_all;
+
 use topo_schema::kinds::{Kind, ObjectRef};
 use topo_schema::slice::{AttachmentEntry, ContainerEntry, owner};
 use tracing::Instrument;
@@ -19,7 +21,9 @@ use super::super::context::Context;
 use super::super::drift::Drift;
 use super::super::error::ReconcileError;
 use super::super::executor::Change;
-use crate::backend::{ContainerNs, Interfaces, ObservedAttachment, OvsChange, OvsState, PortKind};
+use crate::backend::{
+    Claim, ContainerNs, Interfaces, ObservedAttachment, OvsChange, OvsState, PortKind, arp,
+};
 use crate::error_chain::error_chain;
 
 #[derive(Debug, Default, PartialEq)]
@@ -33,20 +37,30 @@ pub struct VethPlan {
     pub drift: Vec<Drift>,
 }
 
-/// `observed[i]` is what the host holds of `c.attachments[i]`.
+/// `observed[i]` is what the host holds of `c.attachments[i]`; the attachments whose host
+/// veth is in `withheld` are made without their address (another host answers for it), and
+/// are not announced.
 pub fn plan_veths(
     c: &ContainerEntry,
     previous: Option<&ContainerEntry>,
     ns: &ContainerNs,
     observed: &[ObservedAttachment],
+    withheld: &BTreeSet<String>,
 ) -> VethPlan {
     let mut plan = VethPlan::default();
     for (att, o) in c.attachments.iter().zip(observed) {
-        let diffs = o.differences(att);
+        let withhold_address = withheld.contains(&att.host_veth);
+        let diffs = if withhold_address {
+            o.differences_unaddressed(att)
+        } else {
+            o.differences(att)
+        };
         if diffs.is_empty() {
             continue;
         }
-        plan.replumbed.insert(att.host_veth.clone());
+        if !withhold_address {
+            plan.replumbed.insert(att.host_veth.clone());
+        }
         if o.needs_new_pair() {
             plan.new_pairs.push(att.host_veth.clone());
         }
@@ -54,6 +68,7 @@ pub fn plan_veths(
             container: c.name.clone(),
             ns: ns.clone(),
             attachment: att.clone(),
+            withhold_address,
         });
         plan.drift.extend(diffs.into_iter().map(Drift::Attachment));
     }
@@ -181,13 +196,148 @@ pub fn port_drift(changes: &[OvsChange], recreated: &HashSet<String>) -> Vec<Dri
         .collect()
 }
 
+/// The attachments of `c` whose address is probed for before it is configured
+/// (`observed[i]` is what the host holds of `c.attachments[i]`, `previous` the entry last
+/// put in force): those whose address making them would add and that did not hold it under
+/// `previous` — the container's first plumbing on a network, a changed address. An address
+/// already on its interface (a running container adopted after an agent restart) is not
+/// probed, nor one a repair puts back (the pair or the address removed by hand, the
+/// container restarted): the container held it already, and a repair is not held up.
+pub fn to_probe<'a>(
+    c: &'a ContainerEntry,
+    previous: Option<&ContainerEntry>,
+    observed: &[ObservedAttachment],
+) -> Vec<&'a AttachmentEntry> {
+    let held = |a: &AttachmentEntry| {
+        previous.is_some_and(|p| {
+            p.attachments
+                .iter()
+                .any(|b| b.host_veth == a.host_veth && b.address == a.address)
+        })
+    };
+    c.attachments
+        .iter()
+        .zip(observed)
+        .filter(|(a, o)| o.adds_address(a) && !held(a))
+        .map(|(a, _)| a)
+        .collect()
+}
+
+/// The claim that makes `att`'s address unusable, if any: one from a MAC topo did not give
+/// an interface of the address's network (topo's own interfaces, on any node, answer with
+/// [`assigned_mac`](crate::backend::arp::assigned_mac)s: a container moving between nodes,
+/// or renumbered, is not a squatter).
+pub fn conflict(att: &AttachmentEntry, claims: &[Claim]) -> Option<Claim> {
+    let network = att.address.trunc();
+    claims
+        .iter()
+        .find(|c| !arp::assigned_in(c.mac, network))
+        .copied()
+}
+
+/// What the probes of a container's new addresses heard.
+#[derive(Debug, Default)]
+pub struct Probed {
+    /// By host veth: the address another host answers for, as the error to return.
+    conflicts: Vec<(String, ReconcileError)>,
+    /// Attachments whose address nobody answered for.
+    free: Vec<AttachmentEntry>,
+}
+
+/// Probes every address `c`'s plumbing would add, all at once.
+async fn probe_addresses(
+    ctx: &Context,
+    c: &ContainerEntry,
+    previous: Option<&ContainerEntry>,
+    observed: &[ObservedAttachment],
+) -> Result<Probed, ReconcileError> {
+    let wanted = to_probe(c, previous, observed);
+    let mut probed = Probed::default();
+    if wanted.is_empty() {
+        return Ok(probed);
+    }
+    let exec = ctx.executor();
+    let started = std::time::Instant::now();
+    let heard = join_all(wanted.iter().map(|a| exec.probe(&c.name, a))).await;
+    let (probe_ms, addresses) = (started.elapsed().as_secs_f64() * 1000.0, wanted.len());
+    for (att, claims) in wanted.into_iter().zip(heard) {
+        let claims = claims?;
+        tracing::debug!(address = %att.address, ?claims, "probe answered");
+        match conflict(att, &claims) {
+            Some(claim) => {
+                let err = ReconcileError::AddressConflict {
+                    container: c.name.clone(),
+                    interface: att.interface.clone(),
+                    address: att.address.addr().to_string(),
+                    mac: claim.mac,
+                    bridge: att.bridge.clone(),
+                };
+                probed.conflicts.push((att.host_veth.clone(), err));
+            }
+            None => probed.free.push(att.clone()),
+        }
+    }
+    // Only probes that ran are timed (lab-bench reads this line).
+    tracing::info!(container = %c.name, addresses, probe_ms, "addresses probed");
+    Ok(probed)
+}
+
+/// Probes for a container Docker is about to create, meanwhile: its interfaces will all be
+/// new, so the addresses are those [`to_probe`] picks from nothing.
+pub async fn probe_ahead(
+    ctx: &Context,
+    c: &ContainerEntry,
+    previous: Option<&ContainerEntry>,
+) -> Result<Probed, ReconcileError> {
+    let fresh = vec![ObservedAttachment::default(); c.attachments.len()];
+    probe_addresses(ctx, c, previous, &fresh).await
+}
+
+/// Whether `d` is `att`'s address (or the default route that needs it) missing.
+fn is_address_drift(d: &Drift, att: &AttachmentEntry) -> bool {
+    use crate::backend::AttachmentDrift as D;
+    matches!(d, Drift::Attachment(
+        D::AddressMissing { interface, .. } | D::DefaultRouteMissing { interface, .. }
+    ) if *interface == att.interface)
+}
+
+/// Remembers the withheld addresses; of the free ones, those withheld until now are
+/// announced as claimed (an event) and their taking is not drift.
+async fn record_claims(ctx: &Context, c: &ContainerEntry, probed: &Probed, drift: &mut Vec<Drift>) {
+    for (veth, _) in &probed.conflicts {
+        ctx.set_withheld(veth, true);
+    }
+    for att in probed.free.iter().filter(|a| ctx.is_withheld(&a.host_veth)) {
+        drift.retain(|d| !is_address_drift(d, att));
+        let message = format!(
+            "address {} is free on bridge {}: configured on {} of container {}",
+            att.address.addr(),
+            att.bridge,
+            att.interface,
+            c.name
+        );
+        ctx.recorder
+            .normal(
+                ObjectRef::new(Kind::Container, &c.name),
+                "AddressClaimed",
+                message,
+            )
+            .await;
+        ctx.set_withheld(&att.host_veth, false);
+    }
+}
+
 /// Observes, plans and applies the veths and then the ports of `c` in `pid`'s namespace.
 /// Returns what differed; announces the replumbed attachments once their ports are in place.
+/// An address another host answers for is left off its interface (the rest is made) and
+/// the first such conflict is the error. `ahead`: the probes already made while the
+/// container was created.
 pub async fn converge(
     ctx: &Context,
     c: &ContainerEntry,
     previous: Option<&ContainerEntry>,
     ns: &ContainerNs,
+    ahead: Option<Probed>,
 ) -> Result<Vec<Drift>, ReconcileError> {
     let exec = ctx.executor();
     let state = exec.switch().await?;
@@ -198,7 +348,12 @@ pub async fn converge(
     for att in &c.attachments {
         observed.push(exec.attachment(&c.name, ns, att).await?);
     }
-    let veths = plan_veths(c, previous, ns, &observed);
+    let mut probed = match ahead {
+        Some(p) => p,
+        None => probe_addresses(ctx, c, previous, &observed).await?,
+    };
+    let withheld: BTreeSet<String> = probed.conflicts.iter().map(|(v, _)| v.clone()).collect();
+    let veths = plan_veths(c, previous, ns, &observed, &withheld);
     ctx.mark_stale_ports(veths.new_pairs.iter().cloned());
     exec.apply(veths.changes).await?;
     let veth_names: Vec<&String> = c.attachments.iter().map(|a| &a.host_veth).collect();
@@ -224,14 +379,19 @@ pub async fn converge(
     ])
     .await?;
     ctx.clear_stale_ports(veth_names);
+    // A withheld address is never announced, whatever else changed on its attachment.
     let announce: Vec<AttachmentEntry> = c
         .attachments
         .iter()
-        .filter(|a| replumbed.contains(&a.host_veth))
+        .filter(|a| replumbed.contains(&a.host_veth) && !withheld.contains(&a.host_veth))
         .cloned()
         .collect();
     if !announce.is_empty() {
         spawn_announcements(ctx.backends.interfaces.clone(), &c.name, ns, announce);
+    }
+    record_claims(ctx, c, &probed, &mut drift).await;
+    if !probed.conflicts.is_empty() {
+        return Err(probed.conflicts.swap_remove(0).1);
     }
     Ok(drift)
 }
@@ -278,8 +438,8 @@ fn spawn_announcements(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::AttachmentDrift;
-    use crate::backend::fake::healthy_attachment;
+    use crate::backend::fake::{healthy_attachment, unaddressed_attachment};
+    use crate::backend::{AttachmentDrift, ClaimKind, Mac};
     use crate::reconcile::fixtures::{add_bridge, container as entry, switch};
 
     #[test]
@@ -297,6 +457,7 @@ mod tests {
             container: "web".into(),
             ns: ns.clone(),
             attachment: att.clone(),
+            withhold_address: false,
         };
         // observed → (changes, new pair, drift)
         let table = [
@@ -320,7 +481,7 @@ mod tests {
             ),
         ];
         for (o, changes, new_pair, drift) in table {
-            let p = plan_veths(&c, None, &ns, &[o]);
+            let p = plan_veths(&c, None, &ns, &[o], &BTreeSet::new());
             assert_eq!(p.changes, changes);
             assert_eq!(p.new_pairs.len(), usize::from(new_pair));
             assert_eq!(p.replumbed.len(), usize::from(!drift.is_empty()));
@@ -328,13 +489,104 @@ mod tests {
         }
         // An attachment the entry dropped: its host veth goes.
         let before = entry("web", &["ov", "other"]);
-        let p = plan_veths(&c, Some(&before), &ns, &[healthy]);
+        let p = plan_veths(&c, Some(&before), &ns, &[healthy], &BTreeSet::new());
         assert_eq!(
             p.changes,
             vec![Change::RemoveVeth {
                 name: before.attachments[1].host_veth.clone()
             }]
         );
+    }
+
+    #[test]
+    fn what_is_probed_and_what_is_a_conflict() {
+        let c = entry("web", &["ov"]);
+        let att = &c.attachments[0];
+        let healthy = healthy_attachment(att);
+        let mut other_address = healthy.clone();
+        if let Some(p) = other_address.peer.as_mut() {
+            p.addresses = vec!["10.2.1.9/16".parse().unwrap()];
+        }
+        let mut mtu_only = healthy.clone();
+        if let Some(p) = mtu_only.peer.as_mut() {
+            p.mtu = 1500;
+        }
+        let mut renumbered = c.clone();
+        renumbered.attachments[0].address = "10.2.1.9/16".parse().unwrap();
+        // (observed, previous) → probed
+        let table = [
+            (ObservedAttachment::default(), None, true),
+            (other_address.clone(), None, true),
+            (other_address, Some(&renumbered), true),
+            (healthy.clone(), None, false),
+            (mtu_only, None, false),
+            // A repair: the pair (or the address) went while the entry was in force.
+            (ObservedAttachment::default(), Some(&c), false),
+        ];
+        for (o, previous, probed) in table {
+            assert_eq!(
+                to_probe(&c, previous, std::slice::from_ref(&o)).len(),
+                usize::from(probed),
+                "{o:?} after {previous:?}"
+            );
+        }
+
+        let topo = |ip: &str| arp::assigned_mac(ip.parse().unwrap());
+        let squatter = Mac([2, 0x42, 10, 2, 1, 5]);
+        let claim = |mac| Claim {
+            mac,
+            kind: ClaimKind::Reply,
+        };
+        // claims → conflict
+        let table = [
+            (vec![], None),
+            (vec![claim(topo("10.2.1.5"))], None),
+            (vec![claim(topo("10.2.200.7"))], None),
+            (vec![claim(topo("10.3.0.1"))], Some(claim(topo("10.3.0.1")))),
+            (
+                vec![claim(topo("10.2.1.5")), claim(squatter)],
+                Some(claim(squatter)),
+            ),
+        ];
+        for (claims, want) in table {
+            assert_eq!(conflict(att, &claims), want, "{claims:?}");
+        }
+    }
+
+    #[test]
+    fn a_withheld_address_is_left_off_and_not_announced() {
+        let c = entry("web", &["ov"]);
+        let att = &c.attachments[0];
+        let ns = ContainerNs::new(7, "c1");
+        let withheld = BTreeSet::from([att.host_veth.clone()]);
+        let p = plan_veths(&c, None, &ns, &[ObservedAttachment::default()], &withheld);
+        assert_eq!(
+            p.changes,
+            vec![Change::Attachment {
+                container: "web".into(),
+                ns: ns.clone(),
+                attachment: att.clone(),
+                withhold_address: true,
+            }]
+        );
+        assert_eq!(p.new_pairs, vec![att.host_veth.clone()]);
+        assert!(p.replumbed.is_empty(), "nothing to announce");
+        // Made without it already: nothing to do until the address is free.
+        let unaddressed = unaddressed_attachment(att);
+        assert_eq!(
+            plan_veths(&c, None, &ns, std::slice::from_ref(&unaddressed), &withheld),
+            VethPlan::default()
+        );
+        // Free again: the address is added.
+        let p = plan_veths(&c, None, &ns, &[unaddressed], &BTreeSet::new());
+        assert!(matches!(
+            &p.changes[..],
+            [Change::Attachment {
+                withhold_address: false,
+                ..
+            }]
+        ));
+        assert!(p.replumbed.contains(&att.host_veth));
     }
 
     #[tokio::test]
