@@ -97,7 +97,16 @@ impl SecureEtcd {
             client_port: free_port(),
             peer_port: free_port(),
         };
-        e.spawn().await;
+        // A free port is free when chosen, not necessarily when etcd binds it (other tests
+        // start etcds at the same time): on "address already in use", new ports, fresh data.
+        let mut tries = 0;
+        while !e.spawn().await {
+            tries += 1;
+            assert!(tries < 5, "etcd found its ports taken {tries} times");
+            let _ = std::fs::remove_dir_all(e.dir.path().join("data"));
+            e.client_port = free_port();
+            e.peer_port = free_port();
+        }
         let mut root = e.client_as(&Who::Root).await;
         let names: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
         if let Err(err) = crate::etcd::setup(&mut root, &names).await {
@@ -154,7 +163,8 @@ impl SecureEtcd {
             .unwrap_or_else(|e| panic!("etcd user of {name}: {e:?}"));
     }
 
-    async fn spawn(&mut self) {
+    /// Starts etcd and waits until it answers; false when a port was taken meanwhile.
+    async fn spawn(&mut self) -> bool {
         let pki = self.pki_dir();
         let server = layout::etcd_server(&pki);
         let log_path = self.dir.path().join("etcd.log");
@@ -190,12 +200,16 @@ impl SecureEtcd {
             if let Ok(mut c) = crate::etcd::connect(&self.endpoints(), &tls).await
                 && c.status().await.is_ok()
             {
-                return;
+                return true;
             }
             if let Some(ch) = self.child.as_mut()
                 && let Ok(Some(status)) = ch.try_wait()
             {
                 let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                if log.contains("address already in use") {
+                    self.child = None;
+                    return false;
+                }
                 panic!("etcd exited with {status}:\n{log}");
             }
             assert!(
@@ -218,7 +232,11 @@ impl SecureEtcd {
     /// Starts etcd again on the same ports, data and PKI.
     pub async fn restart(&mut self) {
         self.kill();
-        self.spawn().await;
+        assert!(
+            self.spawn().await,
+            "etcd's port {} was taken while it was stopped",
+            self.client_port
+        );
     }
 }
 
