@@ -82,6 +82,9 @@ pub struct Snapshot {
     /// (node, object) → what the node's agent last reported.
     pub reports: OrdMap<(String, ObjectRef), Arc<ObservedReport>>,
     pub heartbeats: OrdMap<String, Arc<Heartbeat>>,
+    /// container → the `Verified` condition of its last `topoctl verify` (folded into its
+    /// status by the leader, so a status write of the leader never loses it).
+    pub verified: OrdMap<String, Arc<topo_schema::Condition>>,
     /// node → the registration its agent wrote and the controller has not folded yet.
     pub registrations: OrdMap<String, Arc<Registration>>,
 }
@@ -193,6 +196,13 @@ impl Snapshot {
             }
         } else if let Some(node) = keys::parse_registration_key(key) {
             apply_registration(self, node, value);
+        } else if let Some((Kind::Container, name)) = keys::parse_verified_key(key) {
+            match serde_json::from_slice::<topo_schema::Condition>(value) {
+                Ok(c) => {
+                    self.verified.insert(name.to_string(), Arc::new(c));
+                }
+                Err(e) => tracing::warn!(%key, error = %e, "undecodable Verified condition"),
+            }
         }
     }
 
@@ -224,6 +234,8 @@ impl Snapshot {
             self.heartbeats.remove(node);
         } else if let Some(node) = keys::parse_registration_key(key) {
             self.registrations.remove(node);
+        } else if let Some((Kind::Container, name)) = keys::parse_verified_key(key) {
+            self.verified.remove(name);
         }
     }
 }

@@ -38,6 +38,7 @@ pub mod quota;
 pub mod registration;
 pub mod reply;
 pub mod store;
+pub mod verify;
 pub mod watch;
 
 use std::net::SocketAddr;
