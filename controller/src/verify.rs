@@ -223,19 +223,11 @@ pub fn unanswered(req: &VerifyRequest, why: &str) -> Vec<Check> {
             CheckKind::Port,
             &t.container,
             node,
-            port_subject(t, node),
+            t.subject(node),
             why.to_string(),
         )
     }));
     out
-}
-
-/// `node2 → web1's 192.168.100.1:8080/tcp` (the agent's wording too).
-pub fn port_subject(t: &PublishedTarget, from: &str) -> String {
-    format!(
-        "{from} → {}'s {}:{}/{} on node {}",
-        t.container, t.address, t.port, t.protocol, t.node
-    )
 }
 
 /// Each selected container's `Verified` condition from the checks counted for it.

@@ -62,6 +62,17 @@ pub struct PublishedTarget {
     pub protocol: Protocol,
 }
 
+impl PublishedTarget {
+    /// `node2 → web1's 192.168.100.1:8080/tcp on node node1`: the check's subject, tried
+    /// from node `from`.
+    pub fn subject(&self, from: &str) -> String {
+        format!(
+            "{from} → {}'s {}:{}/{} on node {}",
+            self.container, self.address, self.port, self.protocol, self.node
+        )
+    }
+}
+
 /// What a check tested.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
