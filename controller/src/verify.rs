@@ -41,8 +41,8 @@ use chrono::{DateTime, Utc};
 use etcd_client::{Txn, TxnOp};
 use topo_schema::api::{ApiError, ErrorReason, LabelSelector};
 use topo_schema::verify::{
-    CONDITION_VERIFIED, Check, CheckKind, PeerTarget, PublishedTarget, SourceChecks,
-    VerifyReport, VerifyRequest,
+    CONDITION_VERIFIED, Check, CheckKind, PeerTarget, PublishedTarget, SourceChecks, VerifyReport,
+    VerifyRequest,
 };
 use topo_schema::{Condition, ConditionStatus, Container, Kind, Resource, keys, net};
 
@@ -133,7 +133,10 @@ pub fn plan(snap: &Snapshot, selector: &LabelSelector) -> Plan {
         .map(|(n, _)| n.as_str())
         .collect();
     let mut out = Plan::default();
-    for p in all.iter().filter(|p| selector.matches(&p.c.metadata.labels)) {
+    for p in all
+        .iter()
+        .filter(|p| selector.matches(&p.c.metadata.labels))
+    {
         let node = p.c.spec.node.as_str();
         out.selected.push(p.name.to_string());
         let peers = p
@@ -141,15 +144,18 @@ pub fn plan(snap: &Snapshot, selector: &LabelSelector) -> Plan {
             .keys()
             .flat_map(|net| {
                 let mtu = mtus.get(net).copied().unwrap_or(net::effective_mtu(None));
-                first.get(net).into_iter().flatten().filter(|(n, _)| **n != node).map(
-                    move |(peer_node, (peer, ip))| PeerTarget {
+                first
+                    .get(net)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(n, _)| **n != node)
+                    .map(move |(peer_node, (peer, ip))| PeerTarget {
                         network: net.to_string(),
                         container: peer.to_string(),
                         node: peer_node.to_string(),
                         ip: *ip,
                         mtu,
-                    },
-                )
+                    })
             })
             .collect();
         request(&mut out, node).containers.push(SourceChecks {
@@ -236,7 +242,11 @@ pub fn fold(selected: &[String], checks: &[Check], now: DateTime<Utc>) -> Vec<(S
         .iter()
         .map(|name| {
             let mine: Vec<&Check> = checks.iter().filter(|c| &c.container == name).collect();
-            let failed: Vec<String> = mine.iter().filter(|c| !c.passed).map(|c| c.line()).collect();
+            let failed: Vec<String> = mine
+                .iter()
+                .filter(|c| !c.passed)
+                .map(|c| c.line())
+                .collect();
             let (status, reason, message) = if mine.is_empty() {
                 (
                     ConditionStatus::Unknown,
@@ -309,7 +319,12 @@ async fn ask(agents: &AgentClient, snap: &Snapshot, req: VerifyRequest, user: &s
         Err(e) if e.is_timeout() => {
             return failed(format!("no answer within {}s", AGENT_DEADLINE.as_secs()));
         }
-        Err(e) => return failed(format!("unreachable at {endpoint}: {}", crate::logs::error_detail(&e))),
+        Err(e) => {
+            return failed(format!(
+                "unreachable at {endpoint}: {}",
+                crate::logs::error_detail(&e)
+            ));
+        }
     };
     let status = resp.status();
     if !status.is_success() {
@@ -318,7 +333,10 @@ async fn ask(agents: &AgentClient, snap: &Snapshot, req: VerifyRequest, user: &s
     }
     match resp.json::<VerifyReport>().await {
         Ok(r) => r.checks,
-        Err(e) => failed(format!("unreadable answer: {}", crate::logs::error_detail(&e))),
+        Err(e) => failed(format!(
+            "unreadable answer: {}",
+            crate::logs::error_detail(&e)
+        )),
     }
 }
 
@@ -329,8 +347,12 @@ async fn record(st: &AppState, conditions: &[(String, Condition)]) -> Result<(),
         let mut ops = Vec::with_capacity(chunk.len());
         for (name, cond) in chunk {
             let key = keys::verified(Kind::Container, name);
-            let value = serde_json::to_string(cond)
-                .map_err(|e| err(ErrorReason::InternalError, format!("failed to encode {key}: {e}")))?;
+            let value = serde_json::to_string(cond).map_err(|e| {
+                err(
+                    ErrorReason::InternalError,
+                    format!("failed to encode {key}: {e}"),
+                )
+            })?;
             ops.push(TxnOp::put(key, value, None));
         }
         let mut kv = st.client.kv_client();

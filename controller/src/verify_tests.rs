@@ -42,14 +42,27 @@ fn agent(s: &mut Snapshot, node: &str) {
 fn lab() -> Snapshot {
     let mut s = Snapshot::default();
     for (i, n) in ["node1", "node2", "node3"].iter().enumerate() {
-        put(&mut s, Kind::Node, n, json!({"address": format!("192.168.100.{}", i + 1)}));
+        put(
+            &mut s,
+            Kind::Node,
+            n,
+            json!({"address": format!("192.168.100.{}", i + 1)}),
+        );
         agent(&mut s, n);
     }
-    put(&mut s, Kind::Network, "ov", json!({"cidr": "10.2.0.0/16", "mtu": 1400}));
-    put(&mut s, Kind::Network, "back", json!({"cidr": "10.3.0.0/16"}));
-    let c = |node: &str, app: &str| {
-        json!({"node": node, "image": "i", "networks": [{"network": "ov"}], "_labels": {"app": app}})
-    };
+    put(
+        &mut s,
+        Kind::Network,
+        "ov",
+        json!({"cidr": "10.2.0.0/16", "mtu": 1400}),
+    );
+    put(
+        &mut s,
+        Kind::Network,
+        "back",
+        json!({"cidr": "10.3.0.0/16"}),
+    );
+    let c = |node: &str, app: &str| json!({"node": node, "image": "i", "networks": [{"network": "ov"}], "_labels": {"app": app}});
     put(&mut s, Kind::Container, "web1", {
         let mut v = c("node1", "web");
         v["ports"] = json!([{"containerPort": 80, "hostPort": 8080}]);
@@ -58,8 +71,16 @@ fn lab() -> Snapshot {
     put(&mut s, Kind::Container, "web2", c("node2", "web"));
     put(&mut s, Kind::Container, "db", c("node3", "db"));
     put(&mut s, Kind::Container, "db2", c("node3", "db"));
-    addresses(&mut s, "web1", json!({"ov": "10.2.1.2", "back": "10.3.1.2"}));
-    addresses(&mut s, "web2", json!({"ov": "10.2.2.2", "back": "10.3.2.2"}));
+    addresses(
+        &mut s,
+        "web1",
+        json!({"ov": "10.2.1.2", "back": "10.3.1.2"}),
+    );
+    addresses(
+        &mut s,
+        "web2",
+        json!({"ov": "10.2.2.2", "back": "10.3.2.2"}),
+    );
     addresses(&mut s, "db", json!({"ov": "10.2.3.2"}));
     addresses(&mut s, "db2", json!({"ov": "10.2.3.3"}));
     s
@@ -73,7 +94,14 @@ fn peers(p: &Plan, node: &str, container: &str) -> Vec<(String, String, String, 
         .unwrap()
         .peers
         .iter()
-        .map(|t| (t.network.clone(), t.container.clone(), t.node.clone(), t.mtu))
+        .map(|t| {
+            (
+                t.network.clone(),
+                t.container.clone(),
+                t.node.clone(),
+                t.mtu,
+            )
+        })
         .collect()
 }
 
@@ -82,7 +110,8 @@ fn one_peer_per_other_node_and_network() {
     let s = lab();
     let p = plan(&s, &LabelSelector::default());
     assert_eq!(p.selected, ["db", "db2", "web1", "web2"]);
-    let t = |n: &str, c: &str, node: &str, mtu| (n.to_string(), c.to_string(), node.to_string(), mtu);
+    let t =
+        |n: &str, c: &str, node: &str, mtu| (n.to_string(), c.to_string(), node.to_string(), mtu);
     assert_eq!(
         peers(&p, "node1", "web1"),
         [
@@ -94,7 +123,10 @@ fn one_peer_per_other_node_and_network() {
     // db2 is never a peer (db is the first on node3), but is checked itself.
     assert_eq!(
         peers(&p, "node3", "db2"),
-        [t("ov", "web1", "node1", 1400), t("ov", "web2", "node2", 1400)]
+        [
+            t("ov", "web1", "node1", 1400),
+            t("ov", "web2", "node2", 1400)
+        ]
     );
     // web1's published port is tried from the first other node with an agent.
     let tried = &p.requests["node2"].published;
@@ -138,7 +170,10 @@ fn ask_offline(s: &Snapshot, req: VerifyRequest) -> Vec<Check> {
 fn unanswered_requests_fail_each_check_naming_the_node() {
     let s = lab();
     let p = plan(&s, &LabelSelector::default());
-    let checks = unanswered(&p.requests["node2"], "the agent of node node2: no answer within 10s");
+    let checks = unanswered(
+        &p.requests["node2"],
+        "the agent of node node2: no answer within 10s",
+    );
     let lines: Vec<String> = checks.iter().map(Check::line).collect();
     assert_eq!(
         lines,
@@ -147,7 +182,10 @@ fn unanswered_requests_fail_each_check_naming_the_node() {
             "FAIL port    node2 → web1's 192.168.100.1:8080/tcp on node node1: the agent of node node2: no answer within 10s",
         ]
     );
-    assert_eq!(checks[1].container, "web1", "counts for the published container");
+    assert_eq!(
+        checks[1].container, "web1",
+        "counts for the published container"
+    );
 }
 
 #[test]
@@ -156,7 +194,12 @@ fn verified_conditions_fold_each_containers_checks() {
     let pass = |c: &str, s: &str| Check::pass(CheckKind::Gateway, c, "n", s.into());
     let fail = |c: &str, s: &str| Check::fail(CheckKind::Mtu, c, "n", s.into(), "too big".into());
     let selected: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
-    let checks = [pass("a", "a1"), pass("a", "a2"), pass("b", "b1"), fail("b", "b2")];
+    let checks = [
+        pass("a", "a1"),
+        pass("a", "a2"),
+        pass("b", "b1"),
+        fail("b", "b2"),
+    ];
     let got: Vec<(String, ConditionStatus, String, String)> = fold(&selected, &checks, now)
         .into_iter()
         .map(|(n, c)| (n, c.status, c.reason, c.message))
@@ -165,7 +208,12 @@ fn verified_conditions_fold_each_containers_checks() {
     assert_eq!(
         got,
         [
-            row("a", ConditionStatus::True, "ChecksPassed", "2 checks passed"),
+            row(
+                "a",
+                ConditionStatus::True,
+                "ChecksPassed",
+                "2 checks passed"
+            ),
             row(
                 "b",
                 ConditionStatus::False,
@@ -182,5 +230,9 @@ fn verified_conditions_fold_each_containers_checks() {
     );
     let many: Vec<Check> = (0..500).map(|i| fail("a", &format!("check {i}"))).collect();
     let (_, c) = &fold(&selected[..1], &many, now)[0];
-    assert!(c.message.len() <= MAX_MESSAGE + '…'.len_utf8(), "{}", c.message.len());
+    assert!(
+        c.message.len() <= MAX_MESSAGE + '…'.len_utf8(),
+        "{}",
+        c.message.len()
+    );
 }

@@ -208,11 +208,6 @@ mod tests {
         assert!(!r.all_passed());
         let json = serde_json::to_value(&ok).unwrap();
         assert!(json.get("reason").is_none(), "{json}");
-        assert!(
-            VerifyReport {
-                checks: vec![ok]
-            }
-            .all_passed()
-        );
+        assert!(VerifyReport { checks: vec![ok] }.all_passed());
     }
 }

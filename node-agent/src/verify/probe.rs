@@ -41,9 +41,15 @@ pub enum Echo {
     /// The namespace refused to send it: larger than the interface's MTU (with DF).
     TooBig,
     /// A hop answered "fragmentation needed" (its next-hop MTU, when it says).
-    FragNeeded { from: Ipv4Addr, mtu: u16 },
+    FragNeeded {
+        from: Ipv4Addr,
+        mtu: u16,
+    },
     /// A hop answered "destination unreachable" or "time exceeded".
-    Unreachable { from: Ipv4Addr, what: String },
+    Unreachable {
+        from: Ipv4Addr,
+        what: String,
+    },
     /// No route, or the interface is down, inside the namespace.
     NoRoute(String),
     Timeout,
@@ -285,7 +291,12 @@ pub fn send_udp(to: SocketAddrV4, deadline: Duration) -> Connect {
         Ok(match s.recv(&mut buf) {
             Ok(_) => Connect::Ok,
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Connect::Refused,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 Connect::Ok
             }
             Err(e) => Connect::Failed(e.to_string()),
@@ -352,7 +363,8 @@ mod tests {
 
     #[test]
     fn arp_entries() {
-        let listing = "IP address       HW type     Flags       HW address            Mask     Device
+        let listing =
+            "IP address       HW type     Flags       HW address            Mask     Device
 10.2.1.1         0x1         0x2         02:42:0a:02:01:01     *        eth0
 10.2.3.2         0x1         0x0         00:00:00:00:00:00     *        eth0
 ";
@@ -379,7 +391,10 @@ mod tests {
     #[test]
     fn echoes_in_the_own_namespace() {
         let lo = Ipv4Addr::LOCALHOST;
-        assert_eq!(echo(lo, PLAIN_ECHO, false, Duration::from_secs(5)), Echo::Reply);
+        assert_eq!(
+            echo(lo, PLAIN_ECHO, false, Duration::from_secs(5)),
+            Echo::Reply
+        );
         assert_eq!(echo(lo, 9000, true, Duration::from_secs(5)), Echo::Reply);
     }
 

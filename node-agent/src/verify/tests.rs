@@ -43,12 +43,16 @@ fn echo_failures_name_the_hop() {
         (
             Echo::Timeout,
             incomplete,
-            Some("no ARP reply on tb-ov@node1 within 1 s (eth0 of the container, host side tv-web1-0)"),
+            Some(
+                "no ARP reply on tb-ov@node1 within 1 s (eth0 of the container, host side tv-web1-0)",
+            ),
         ),
         (
             Echo::Timeout,
             Neighbour::Absent,
-            Some("no ARP reply on tb-ov@node1 within 1 s (eth0 of the container, host side tv-web1-0)"),
+            Some(
+                "no ARP reply on tb-ov@node1 within 1 s (eth0 of the container, host side tv-web1-0)",
+            ),
         ),
         (
             Echo::Timeout,
@@ -128,7 +132,9 @@ fn link_failures_tell_a_missing_rule_from_a_missing_listener() {
             &tcp,
             Connect::Refused,
             Some(Connect::Ok),
-            Some("127.0.0.2:6379 is refused in web while 10.2.3.2:6379 answers: the link's DNAT rule in web is missing"),
+            Some(
+                "127.0.0.2:6379 is refused in web while 10.2.3.2:6379 answers: the link's DNAT rule in web is missing",
+            ),
         ),
         (
             &tcp,
@@ -146,7 +152,9 @@ fn link_failures_tell_a_missing_rule_from_a_missing_listener() {
             &udp,
             Connect::Refused,
             Some(Connect::Refused),
-            Some("ICMP port unreachable: nothing receives on 10.2.3.2:6379 (or the link's rule in web is missing)"),
+            Some(
+                "ICMP port unreachable: nothing receives on 10.2.3.2:6379 (or the link's rule in web is missing)",
+            ),
         ),
     ];
     for (r, first, direct, want) in rows {
