@@ -60,6 +60,11 @@ fn run_verify(sc: &Scenario, args: &[&str]) -> (Option<i32>, Vec<String>, String
     let mut all = vec!["verify"];
     all.extend_from_slice(args);
     let out = sc.topoctl(&all);
+    eprintln!(
+        "e2e[verify]: topoctl {}\n{}",
+        all.join(" "),
+        out.stdout.trim_end()
+    );
     let lines = out
         .stdout
         .lines()
@@ -227,10 +232,28 @@ fn stopped_listener(sc: &Scenario) {
 
 fn firewall_in_the_consumer(sc: &Scenario) {
     let db = sc.address("db", NET).to_string();
-    let rules = format!(
-        "table ip e2e_firewall {{ chain out {{ type filter hook output priority 0; ip daddr {db} tcp dport 80 drop; }} }}"
-    );
-    sc.in_container_netns("web1", &["nft", &rules]).ok();
+    let chain = "{ type filter hook output priority 0; }";
+    let nft = |args: &[&str]| {
+        let mut all = vec!["nft"];
+        all.extend_from_slice(args);
+        sc.in_container_netns("web1", &all).ok();
+    };
+    nft(&["add", "table", "ip", "e2e_firewall"]);
+    nft(&["add", "chain", "ip", "e2e_firewall", "out", chain]);
+    nft(&[
+        "add",
+        "rule",
+        "ip",
+        "e2e_firewall",
+        "out",
+        "ip",
+        "daddr",
+        &db,
+        "tcp",
+        "dport",
+        "80",
+        "drop",
+    ]);
     let (code, lines, all) = run_verify(sc, &[]);
     assert_eq!(code, Some(1), "{all}");
     has_line(
