@@ -23,7 +23,10 @@ const PORT: &str = "50180";
 #[test]
 fn verify() {
     let lab = Lab::up("verify", 3);
-    run_scenarios(&lab, &[("verify", verify_the_dataplane)]);
+    run_scenarios(
+        &lab,
+        &[("demo", verify_the_demo), ("verify", verify_the_dataplane)],
+    );
 }
 
 /// A busybox container on `node` with label app=`app`, running `shell`, publishing `ports`.
@@ -114,15 +117,40 @@ fn wait_all_pass(sc: &Scenario, what: &str) -> Vec<String> {
     .0
 }
 
+/// Whether a line starts with `start` and contains each of `contains`.
+fn has_line(lines: &[String], start: &str, contains: &[&str]) -> bool {
+    lines
+        .iter()
+        .any(|l| l.starts_with(start) && contains.iter().all(|c| l.contains(c)))
+}
+
+/// Runs verify until it exits 1 with exactly `failures` FAIL lines (when given) and every
+/// wanted `(start, contains)` line: a breakage may take the dataplane a moment to show, and
+/// one lost probe on a loaded machine must not decide the test. Returns the lines.
 #[track_caller]
-fn has_line(lines: &[String], start: &str, contains: &[&str]) {
-    assert!(
-        lines
+fn wait_lines(
+    sc: &Scenario,
+    what: &str,
+    failures: Option<usize>,
+    wants: &[(&str, &[&str])],
+) -> Vec<String> {
+    poll(what, secs(60), || {
+        let (code, lines, all) = run_verify(sc, &[]);
+        let failed = lines.iter().filter(|l| l.starts_with("FAIL")).count();
+        let missing: Vec<String> = wants
             .iter()
-            .any(|l| l.starts_with(start) && contains.iter().all(|c| l.contains(c))),
-        "no line starting {start:?} containing {contains:?} in:\n{}",
-        lines.join("\n")
-    );
+            .filter(|(start, contains)| !has_line(&lines, start, contains))
+            .map(|w| format!("{w:?}"))
+            .collect();
+        if code == Some(1) && failures.is_none_or(|f| f == failed) && missing.is_empty() {
+            Ok(lines)
+        } else {
+            Err(format!(
+                "exit {code:?}, {failed} FAIL lines, missing {missing:?}:\n{all}"
+            ))
+        }
+    })
+    .0
 }
 
 fn verify_the_dataplane(sc: &Scenario) {
@@ -196,25 +224,21 @@ fn selector_json_and_roles(sc: &Scenario) {
 
 fn stopped_listener(sc: &Scenario) {
     sc.exec("db", &["killall", "httpd"]).ok();
-    let (code, lines, all) = run_verify(sc, &[]);
-    assert_eq!(code, Some(1), "{all}");
-    has_line(
-        &lines,
-        "FAIL port",
-        &[&format!("192.168.100.3:{PORT} refused the connection")],
-    );
-    has_line(
-        &lines,
-        "FAIL link",
+    let refused = format!("192.168.100.3:{PORT} refused the connection");
+    wait_lines(
+        sc,
+        "the port and link checks to fail",
+        Some(2),
         &[
-            "web1: link web1-db 127.0.0.1:8081/tcp",
-            "refuses the connection: nothing listens there",
+            ("FAIL port", &[refused.as_str()]),
+            (
+                "FAIL link",
+                &[
+                    "web1: link web1-db 127.0.0.1:8081/tcp",
+                    "refuses the connection: nothing listens there",
+                ],
+            ),
         ],
-    );
-    assert_eq!(
-        lines.iter().filter(|l| l.starts_with("FAIL")).count(),
-        2,
-        "{all}"
     );
     let m = wait_verified(sc, "db", "False");
     assert!(m.contains("FAIL port"), "{m}");
@@ -254,15 +278,18 @@ fn firewall_in_the_consumer(sc: &Scenario) {
         "80",
         "drop",
     ]);
-    let (code, lines, all) = run_verify(sc, &[]);
-    assert_eq!(code, Some(1), "{all}");
-    has_line(
-        &lines,
-        "FAIL link",
-        &[
-            "no answer within 1 s from 127.0.0.1:8081",
-            &format!("forwarded to {db}:80"),
-        ],
+    let forwarded = format!("forwarded to {db}:80");
+    wait_lines(
+        sc,
+        "the link check to fail unanswered",
+        Some(1),
+        &[(
+            "FAIL link",
+            &[
+                "no answer within 1 s from 127.0.0.1:8081",
+                forwarded.as_str(),
+            ],
+        )],
     );
     sc.step("a firewall of the user's in web1 drops the link's traffic: the link check fails, unanswered");
     sc.in_container_netns("web1", &["nft", "delete", "table", "ip", "e2e_firewall"])
@@ -275,26 +302,31 @@ fn lower_mtu(sc: &Scenario) {
     sc.kill_agent(2, "KILL");
     sc.in_container_netns("web2", &["ip", "link", "set", "eth0", "mtu", "1000"])
         .ok();
-    let (code, lines, all) = run_verify(sc, &[]);
-    assert_eq!(code, Some(1), "{all}");
-    has_line(
-        &lines,
-        "FAIL mtu",
+    let size = format!("{mtu} bytes, don't fragment, node1 → node2");
+    // The ordinary echo still crosses (only the size is wrong), and node2's containers are
+    // checked by nobody: their lines name the node.
+    wait_lines(
+        sc,
+        "the MTU checks towards web2 to fail",
+        None,
         &[
-            &format!("web1 → web2 ("),
-            &format!("{mtu} bytes, don't fragment, node1 → node2"),
-            "no reply within 1 s",
-            "@node1 and web2 on node2",
+            (
+                "FAIL mtu",
+                &[
+                    "web1 → web2 (",
+                    size.as_str(),
+                    "no reply within 1 s",
+                    "@node1 and web2 on node2",
+                ],
+            ),
+            ("FAIL mtu", &["db → web2 (", "node3 → node2"]),
+            (
+                "FAIL agent",
+                &["web2 on node node2", "the agent of node node2"],
+            ),
+            ("PASS peer", &["web1 → web2 ("]),
         ],
     );
-    has_line(&lines, "FAIL mtu", &["db → web2 (", "node3 → node2"]);
-    has_line(
-        &lines,
-        "FAIL agent",
-        &["web2 on node node2", "the agent of node node2"],
-    );
-    // The ordinary echo still crosses: only the size is wrong.
-    has_line(&lines, "PASS peer", &["web1 → web2 ("]);
     let m = wait_verified(sc, "web1", "False");
     assert!(m.contains("FAIL mtu"), "{m}");
     sc.step("web2's MTU lowered (its agent stopped): the MTU checks towards it fail, the agent's absence is named");
@@ -304,4 +336,24 @@ fn lower_mtu(sc: &Scenario) {
     wait_verified(sc, "web1", "True");
     wait_verified(sc, "web2", "True");
     sc.step("node2's agent back: the MTU is restored, all pass, Verified True");
+}
+
+/// `make demo`'s manifest verifies: every check passes. How long `topoctl verify` takes there
+/// is printed (BENCHMARKS.md), never asserted.
+fn verify_the_demo(sc: &Scenario) {
+    let demo = sc.repo().join("manifests/demo.yaml");
+    sc.apply_file(&demo.to_string_lossy(), converge());
+    sc.wait_http("web1", "http://127.0.0.1:8081/", "hello from db", secs(60));
+    wait_all_pass(sc, "on the demo");
+    let mut took: Vec<f64> = (0..5)
+        .map(|_| {
+            let out = sc.topoctl(&["verify"]).ok();
+            out.elapsed.as_secs_f64()
+        })
+        .collect();
+    took.sort_by(f64::total_cmp);
+    sc.step(&format!(
+        "the demo verifies; topoctl verify took {:.2} s median ({:.2}-{:.2} s over 5 runs, the whole command)",
+        took[2], took[0], took[4]
+    ));
 }

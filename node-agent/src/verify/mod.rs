@@ -7,7 +7,8 @@
 //! container's attachments and each link the container consumes. Every check runs at once,
 //! each on its own OS thread inside the container's namespace (`backend::netns`, entered
 //! through the pid Docker gives and confirmed by its cgroup), or in the agent's own
-//! namespace for published ports, with a [`PROBE_DEADLINE`] per probe:
+//! namespace for published ports, with a [`PROBE_DEADLINE`] per probe (an echo is sent again
+//! every 250 ms within it: one lost packet on a busy host is not a broken path):
 //!
 //! | check | probe | a failure names |
 //! |---|---|---|

@@ -2,7 +2,7 @@
 //! namespace to probe from (`backend::netns`): every socket they open belongs to that
 //! thread's network namespace, so the probe leaves from inside the container.
 //!
-//! - [`echo`]: one ICMP echo on a raw socket (the agent is root with CAP_NET_RAW; an
+//! - [`echo`]: an ICMP echo on a raw socket (sent again every 250 ms until answered) (the agent is root with CAP_NET_RAW; an
 //!   unprivileged ICMP datagram socket would depend on each container's
 //!   `net.ipv4.ping_group_range`). The answer is matched by the echo's id, so concurrent
 //!   probes in one namespace (each with its own socket, each seeing every ICMP packet) never
@@ -165,7 +165,12 @@ fn raw_icmp_socket(dont_fragment: bool) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Sends one echo of `ip_len` bytes of IP to `dst` and waits up to `deadline` for its fate.
+/// How often an unanswered echo is sent again within its deadline: one packet lost on a
+/// busy host is not a broken path (ping, too, sends more than one).
+pub const RESEND_EVERY: Duration = Duration::from_millis(250);
+
+/// Sends an echo of `ip_len` bytes of IP to `dst` (again every [`RESEND_EVERY`], same id)
+/// and waits up to `deadline` for its fate.
 pub fn echo(dst: Ipv4Addr, ip_len: usize, dont_fragment: bool, deadline: Duration) -> Echo {
     let started = Instant::now();
     let fd = match raw_icmp_socket(dont_fragment) {
@@ -175,23 +180,23 @@ pub fn echo(dst: Ipv4Addr, ip_len: usize, dont_fragment: bool, deadline: Duratio
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed) ^ (std::process::id() as u16);
     let request = echo_request(id, ip_len);
     let to = SockaddrIn::from(SocketAddrV4::new(dst, 0));
-    match sendto(fd.as_raw_fd(), &request, &to, MsgFlags::empty()) {
-        Ok(_) => {}
-        Err(Errno::EMSGSIZE) => return Echo::TooBig,
-        Err(e @ (Errno::ENETUNREACH | Errno::EHOSTUNREACH | Errno::ENETDOWN)) => {
-            return Echo::NoRoute(e.desc().to_string());
-        }
-        Err(e) => return Echo::Failed(format!("failed to send: {}", e.desc())),
-    }
     let mut buf = vec![0u8; 65536];
+    let mut next_send = Duration::ZERO;
     loop {
-        let left = deadline.saturating_sub(started.elapsed());
-        if left.is_zero() {
+        let elapsed = started.elapsed();
+        if elapsed >= deadline {
             return Echo::Timeout;
         }
+        if elapsed >= next_send {
+            if let Some(e) = send_echo(&fd, &request, &to) {
+                return e;
+            }
+            next_send = elapsed + RESEND_EVERY;
+        }
+        let wait = deadline.min(next_send).saturating_sub(started.elapsed());
         let tv = TimeVal::new(
-            left.as_secs() as libc::time_t,
-            left.subsec_micros().max(1) as libc::suseconds_t,
+            wait.as_secs() as libc::time_t,
+            wait.subsec_micros().max(1) as libc::suseconds_t,
         );
         if let Err(e) = setsockopt(&fd, sockopt::ReceiveTimeout, &tv) {
             return Echo::Failed(format!("failed to set a receive timeout: {}", e.desc()));
@@ -210,6 +215,18 @@ pub fn echo(dst: Ipv4Addr, ip_len: usize, dont_fragment: bool, deadline: Duratio
             }
             Err(e) => return Echo::Failed(format!("failed to receive: {}", e.desc())),
         }
+    }
+}
+
+/// Sends one echo; None when it left, else how the probe ends.
+fn send_echo(fd: &OwnedFd, request: &[u8], to: &SockaddrIn) -> Option<Echo> {
+    match sendto(fd.as_raw_fd(), request, to, MsgFlags::empty()) {
+        Ok(_) => None,
+        Err(Errno::EMSGSIZE) => Some(Echo::TooBig),
+        Err(e @ (Errno::ENETUNREACH | Errno::EHOSTUNREACH | Errno::ENETDOWN)) => {
+            Some(Echo::NoRoute(e.desc().to_string()))
+        }
+        Err(e) => Some(Echo::Failed(format!("failed to send: {}", e.desc()))),
     }
 }
 
