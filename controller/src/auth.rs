@@ -414,6 +414,21 @@ mod tests {
             "{}",
             e.message
         );
+        // Verifying sends probes into users' containers and writes conditions: admin only.
+        assert!(
+            a.authorize(&id("alice", &[]), Verb::Verify, &Target::Dataplane)
+                .is_ok()
+        );
+        for who in [&bob, &id("node:n1", &["topo:nodes"])] {
+            let e = a
+                .authorize(who, Verb::Verify, &Target::Dataplane)
+                .unwrap_err();
+            assert!(
+                e.message.contains("cannot verify the dataplane"),
+                "{}",
+                e.message
+            );
+        }
     }
 
     #[test]

@@ -333,6 +333,10 @@ mod tests {
             c(Method::POST, "/apply", "").map(|x| x.0),
             Some(Verb::Apply)
         );
+        assert_eq!(
+            c(Method::POST, "/verify", "labelSelector=app%3Dweb"),
+            Some((Verb::Verify, Target::Dataplane))
+        );
         assert_eq!(c(Method::GET, "/pods", ""), None);
         assert_eq!(
             classify(&Method::GET, "/metrics", ""),
