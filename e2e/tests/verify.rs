@@ -9,7 +9,8 @@
 //!   never touches a table it does not own) → the link check fails, unanswered;
 //! - a lower MTU on a container's interface while its node's agent is stopped (a running
 //!   agent restores the MTU within a second) → the don't-fragment checks towards it fail
-//!   and the stopped agent's containers are FAIL lines naming the node.
+//!   and the stopped agent's containers are FAIL lines naming the node; with the container's
+//!   port taken off its bridge as well, the peer check names the missing ARP reply.
 
 use std::time::Instant;
 
@@ -331,8 +332,36 @@ fn lower_mtu(sc: &Scenario) {
     assert!(m.contains("FAIL mtu"), "{m}");
     sc.step("web2's MTU lowered (its agent stopped): the MTU checks towards it fail, the agent's absence is named");
 
+    // Still without node2's agent: web2's port off its bridge, and web1's ARP cache
+    // flushed, so the peer check must resolve web2 again and gets no answer.
+    let bridge = "tb-e2e-verify";
+    let veth = sc
+        .ovs_ports(2, bridge)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|p| !p.starts_with("tg-"))
+        .unwrap_or_else(|| panic!("no container port on {bridge} of node2"));
+    sc.vsctl(2, &["del-port", bridge, &veth]).ok();
+    sc.in_container_netns("web1", &["ip", "neigh", "flush", "dev", "eth0"])
+        .ok();
+    wait_lines(
+        sc,
+        "the peer check web1 → web2 to fail on ARP",
+        None,
+        &[(
+            "FAIL peer",
+            &[
+                "web1 → web2 (",
+                "no ARP reply on tb-e2e-verify@node1 within 1 s",
+            ],
+        )],
+    );
+    sc.step(
+        "web2's port off its bridge too: the peer check names the missing ARP reply and the bridge",
+    );
+
     sc.start_agent(2);
-    wait_all_pass(sc, "after node2's agent restored the MTU");
+    wait_all_pass(sc, "after node2's agent restored the MTU and the port");
     wait_verified(sc, "web1", "True");
     wait_verified(sc, "web2", "True");
     sc.step("node2's agent back: the MTU is restored, all pass, Verified True");
