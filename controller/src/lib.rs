@@ -16,6 +16,8 @@
 //!   `/readyz` and the stale-read warning.
 //! * [`ipam`], [`planner`], [`leader`]: addresses, derivation, and the leader's loop;
 //!   [`ifnames`]: the host interface names the planner hands out per node.
+//! * [`verify`]: `topoctl verify`, the checks planned here and run by the nodes' agents,
+//!   folded into one answer and a `Verified` condition per container.
 
 pub mod api;
 pub mod auth;
