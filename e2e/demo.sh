@@ -117,6 +117,12 @@ done < <("$TOPOCTL" get links -o json | jq -r '.items[] | [.metadata.name, .spec
   (.spec.listen // ("127.0.0.1:" + (.spec.to.port | tostring))), (.status.endpoint // ""),
   (.spec.protocol // "tcp"), (.spec.to.container // "")] | @tsv')
 
+# ---------------------------------------------------------------- 4b. verify
+title "topoctl verify: the agents probe the dataplane from inside the containers"
+"$TOPOCTL" verify || true
+check "topoctl verify: gateways, peers across hosts, MTU over every tunnel, the link, the published port" \
+  "checks passed" "$TOPOCTL" verify
+
 # ---------------------------------------------------------------- 5. trust
 title "trust: HTTPS only, credentials and roles, etcd least privilege, reserved ports"
 PKI=$TOPO_LAB_DIR/pki
@@ -155,6 +161,7 @@ cat <<EOF
   topoctl get containers -o wide
   topoctl describe container db
   topoctl events
+  topoctl verify                           # the dataplane, tested from inside the containers
   docker exec -it topo-web1 sh             # then: ping $DB, wget -q -O - http://$WEB2/
   e2e/lab/lab.sh status                     # the hosts, their OVS bridges, the containers
   e2e/lab/lab.sh vsctl 1 show               # node1's Open vSwitch (tb-overlay, its GRE ports)

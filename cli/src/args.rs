@@ -72,6 +72,10 @@ pub enum Command {
     /// Draw the topology: nodes, networks, containers, links, tunnels, coloured by Ready.
     #[command(after_help = examples::GRAPH)]
     Graph(GraphArgs),
+    /// Test the live dataplane from inside the containers: gateways, peers across nodes,
+    /// links, published ports, the MTU of every tunnel. Exit status: 0 all pass, 1 one fails.
+    #[command(after_help = examples::VERIFY)]
+    Verify(VerifyArgs),
     /// Print the JSON Schema of the manifests, for editors and CI validation.
     #[command(after_help = examples::SCHEMA)]
     Schema(SchemaArgs),
@@ -167,6 +171,12 @@ Examples:
   topoctl explain container.spec.networks       # one field: type, description, fields
   topoctl explain network.spec.blockSize
   topoctl explain link --recursive              # every field, nested";
+
+    pub const VERIFY: &str = "\
+Examples:
+  topoctl verify                                # every container; one PASS/FAIL line per check
+  topoctl verify -l app=web                     # the containers the selector picks
+  topoctl verify -o json | jq '.[] | select(.passed | not)'   # the failed checks";
 
     pub const GRAPH: &str = "\
 Examples:
@@ -462,6 +472,23 @@ pub struct GraphArgs {
     /// Only the containers and links whose labels match (nodes, networks, tunnels always).
     #[arg(short = 'l', long = "selector")]
     pub selector: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Only the containers whose labels match (peers may be any container).
+    #[arg(short = 'l', long = "selector")]
+    pub selector: Option<String>,
+
+    /// Output format: lines (one per check) or json (the checks as a list).
+    #[arg(short, long, value_enum, default_value = "lines")]
+    pub output: VerifyFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VerifyFormat {
+    Lines,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

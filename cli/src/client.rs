@@ -412,6 +412,16 @@ impl Client {
         self.json(Method::POST, url, Some(req), "apply").await
     }
 
+    /// `topoctl verify`: the agents' checks, as the controller folds them.
+    pub async fn verify(
+        &self,
+        selector: Option<&str>,
+    ) -> Result<topo_schema::verify::VerifyReport, ClientError> {
+        let query: Vec<(&str, &str)> = selector.map(|s| ("labelSelector", s)).into_iter().collect();
+        let url = self.url(&["verify"], &query)?;
+        self.json(Method::POST, url, None::<&()>, "verify").await
+    }
+
     pub async fn events(&self, object: Option<&ObjectRef>) -> Result<List<Event>, ClientError> {
         let obj = object.map(|o| o.to_string());
         let mut query: Vec<(&str, &str)> = obj

@@ -14,6 +14,7 @@ pub(crate) mod get;
 pub(crate) mod graph;
 pub(crate) mod label;
 pub(crate) mod logs;
+pub(crate) mod verify;
 
 pub use self::events::{event_header, event_rows};
 

@@ -50,6 +50,7 @@ pub async fn run(cli: Cli, env: Env) -> Result<i32, CliError> {
         Command::Edit(a) => edit::edit(&ctx, a).await,
         Command::Explain(a) => cmd::explain::explain(a),
         Command::Graph(a) => cmd::graph::graph(&ctx, a).await,
+        Command::Verify(a) => cmd::verify::verify(&ctx, a).await,
         Command::Schema(a) => cmd::schema(a),
         Command::Completion(a) => cmd::completion(a),
         Command::Version(a) => cmd::version(&ctx, a).await,

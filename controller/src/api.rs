@@ -49,6 +49,7 @@ pub fn router(state: AppState, gate: std::sync::Arc<crate::guard::Guard>) -> Rou
         .route(crate::metrics::PATH, get(crate::metrics::serve))
         .route(&format!("{p}/apply"), post(apply))
         .route(&format!("{p}/events"), get(events))
+        .route(&format!("{p}/verify"), post(crate::verify::verify))
         .route(&format!("{p}/{{plural}}"), get(list_or_watch).post(create))
         .route(
             &format!("{p}/{{plural}}/{{name}}"),

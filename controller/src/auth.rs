@@ -194,6 +194,8 @@ pub enum Verb {
     Update,
     Delete,
     Apply,
+    /// Probe the live dataplane and record the outcome (`topoctl verify`).
+    Verify,
 }
 
 impl Verb {
@@ -206,13 +208,14 @@ impl Verb {
             Verb::Update => "update",
             Verb::Delete => "delete",
             Verb::Apply => "apply",
+            Verb::Verify => "verify",
         }
     }
 
     pub fn is_write(self) -> bool {
         matches!(
             self,
-            Verb::Create | Verb::Update | Verb::Delete | Verb::Apply
+            Verb::Create | Verb::Update | Verb::Delete | Verb::Apply | Verb::Verify
         )
     }
 }
@@ -232,6 +235,8 @@ pub enum Target {
     Metrics,
     /// A container's log (read from its node's agent).
     Logs(ObjectRef),
+    /// The live dataplane, as the agents probe it.
+    Dataplane,
 }
 
 impl fmt::Display for Target {
@@ -248,6 +253,7 @@ impl fmt::Display for Target {
             Target::Manifests => write!(f, "manifests"),
             Target::Metrics => write!(f, "metrics"),
             Target::Logs(r) => write!(f, "the log of {r}"),
+            Target::Dataplane => write!(f, "the dataplane"),
         }
     }
 }
@@ -408,6 +414,21 @@ mod tests {
             "{}",
             e.message
         );
+        // Verifying sends probes into users' containers and writes conditions: admin only.
+        assert!(
+            a.authorize(&id("alice", &[]), Verb::Verify, &Target::Dataplane)
+                .is_ok()
+        );
+        for who in [&bob, &id("node:n1", &["topo:nodes"])] {
+            let e = a
+                .authorize(who, Verb::Verify, &Target::Dataplane)
+                .unwrap_err();
+            assert!(
+                e.message.contains("cannot verify the dataplane"),
+                "{}",
+                e.message
+            );
+        }
     }
 
     #[test]

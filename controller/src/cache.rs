@@ -82,6 +82,9 @@ pub struct Snapshot {
     /// (node, object) → what the node's agent last reported.
     pub reports: OrdMap<(String, ObjectRef), Arc<ObservedReport>>,
     pub heartbeats: OrdMap<String, Arc<Heartbeat>>,
+    /// container → the `Verified` condition of its last `topoctl verify` (folded into its
+    /// status by the leader, so a status write of the leader never loses it).
+    pub verified: OrdMap<String, Arc<topo_schema::Condition>>,
     /// node → the registration its agent wrote and the controller has not folded yet.
     pub registrations: OrdMap<String, Arc<Registration>>,
 }
@@ -193,6 +196,8 @@ impl Snapshot {
             }
         } else if let Some(node) = keys::parse_registration_key(key) {
             apply_registration(self, node, value);
+        } else if let Some((Kind::Container, name)) = keys::parse_verified_key(key) {
+            apply_verified(self, key, name, value);
         }
     }
 
@@ -224,6 +229,8 @@ impl Snapshot {
             self.heartbeats.remove(node);
         } else if let Some(node) = keys::parse_registration_key(key) {
             self.registrations.remove(node);
+        } else if let Some((Kind::Container, name)) = keys::parse_verified_key(key) {
+            self.verified.remove(name);
         }
     }
 }
@@ -473,6 +480,15 @@ impl Informer {
 
 /// An agent's registration (`keys::registration(node)`) into the snapshot; the leader
 /// turns it into a Node (registration.rs).
+fn apply_verified(snap: &mut Snapshot, key: &str, name: &str, value: &[u8]) {
+    match serde_json::from_slice::<topo_schema::Condition>(value) {
+        Ok(c) => {
+            snap.verified.insert(name.to_string(), Arc::new(c));
+        }
+        Err(e) => tracing::warn!(%key, error = %e, "undecodable Verified condition"),
+    }
+}
+
 fn apply_registration(snap: &mut Snapshot, node: &str, value: &[u8]) {
     match serde_json::from_slice::<Registration>(value) {
         Ok(r) if r.node == node => {
@@ -540,5 +556,18 @@ mod tests {
         assert!(s.objects.is_empty());
         s.apply_delete(&keys::ipam_block("ov", b));
         assert!(!s.blocks.contains_key("ov"));
+    }
+
+    #[test]
+    fn verified_conditions_of_containers() {
+        let mut s = Snapshot::default();
+        let cond = r#"{"type":"Verified","status":"True","reason":"ChecksPassed","message":"3 checks passed","lastTransitionTime":"2026-11-28T22:00:00Z"}"#;
+        s.put(kv(&keys::verified(Kind::Container, "web"), cond, 5));
+        s.put(kv(&keys::verified(Kind::Container, "bad"), "not json", 5));
+        s.put(kv(&keys::verified(Kind::Network, "ov"), cond, 5));
+        assert_eq!(s.verified.len(), 1, "{:?}", s.verified);
+        assert_eq!(s.verified["web"].reason, "ChecksPassed");
+        s.apply_delete(&keys::verified(Kind::Container, "web"));
+        assert!(s.verified.is_empty());
     }
 }

@@ -211,6 +211,7 @@ pub fn classify(method: &Method, path: &str, query: &str) -> Option<(Verb, Targe
     let read = if watch { Verb::Watch } else { Verb::List };
     match (method, parts.as_slice()) {
         (&Method::POST, ["apply"]) => Some((Verb::Apply, Target::Manifests)),
+        (&Method::POST, ["verify"]) => Some((Verb::Verify, Target::Dataplane)),
         (&Method::GET, ["events"]) => {
             let object = query_flag(query, "object").and_then(|o| {
                 let (k, n) = o.split_once('/')?;
@@ -332,6 +333,10 @@ mod tests {
         assert_eq!(
             c(Method::POST, "/apply", "").map(|x| x.0),
             Some(Verb::Apply)
+        );
+        assert_eq!(
+            c(Method::POST, "/verify", "labelSelector=app%3Dweb"),
+            Some((Verb::Verify, Target::Dataplane))
         );
         assert_eq!(c(Method::GET, "/pods", ""), None);
         assert_eq!(

@@ -17,6 +17,8 @@
 //!   `/readyz` and the stale-read warning.
 //! * [`ipam`], [`planner`], [`leader`]: addresses, derivation, and the leader's loop;
 //!   [`ifnames`]: the host interface names the planner hands out per node.
+//! * [`verify`]: `topoctl verify`, the checks planned here and run by the nodes' agents,
+//!   folded into one answer and a `Verified` condition per container.
 
 pub mod api;
 pub mod auth;
@@ -40,6 +42,7 @@ pub mod registration;
 pub mod reply;
 pub mod store;
 pub mod ui;
+pub mod verify;
 pub mod watch;
 
 use std::net::SocketAddr;

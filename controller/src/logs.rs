@@ -34,7 +34,7 @@ use crate::reply::{ApiErr, AppState};
 /// The query keys passed on to the agent.
 const LOG_PARAMS: [&str; 4] = ["follow", "tailLines", "sinceSeconds", "sinceTime"];
 /// The header naming the user (the agent's `endpoint::USER_HEADER`).
-const USER_HEADER: &str = "topo-user";
+pub(crate) const USER_HEADER: &str = "topo-user";
 
 /// HTTPS to the agents with the controller's client identity.
 #[derive(Clone)]
@@ -56,6 +56,18 @@ impl AgentClient {
             .build()
             .map_err(|e| topo_pki::tls::TlsError::Config(e.to_string()))?;
         Ok(AgentClient { http })
+    }
+
+    /// A client without an identity, for tests that never reach an agent.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> AgentClient {
+        AgentClient {
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 }
 
@@ -166,7 +178,7 @@ pub async fn container_log(
 }
 
 /// The innermost cause of a transport error, which says what went wrong.
-fn error_detail(e: &reqwest::Error) -> String {
+pub(crate) fn error_detail(e: &reqwest::Error) -> String {
     let mut last = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {

@@ -12,6 +12,7 @@
 //! | `/healthz`, `/readyz` | anyone: probes carry no credentials, and the answers name nothing but the agent's own state |
 //! | `/metrics` | a certificate in group `topo:metrics` (the scrape identity `topo-pki init` issues as `metrics.crt`) |
 //! | `/containers/NAME/logs` | the controller only (CN=topo-controller, its client identity) |
+//! | `POST /verify` | the controller only: the checks of `topoctl verify` (`verify/`) |
 //! | anything else | 404 after authentication |
 //!
 //! Without a client certificate the answer is 401, with one of another group (an admin, a
@@ -43,7 +44,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use futures::StreamExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -164,6 +165,7 @@ fn router(state: EndpointState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/containers/{name}/logs", get(container_logs))
+        .route("/verify", post(verify))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such path\n") })
         .layer(middleware::from_fn(gate))
         .with_state(state)
@@ -182,7 +184,7 @@ fn access(path: &str) -> Access {
     match path {
         "/healthz" | "/readyz" => Access::Anyone,
         "/metrics" => Access::Metrics,
-        p if p.starts_with("/containers/") => Access::Controller,
+        p if p.starts_with("/containers/") || p == "/verify" => Access::Controller,
         _ => Access::Authenticated,
     }
 }
@@ -335,6 +337,40 @@ async fn container_logs(
     resp
 }
 
+/// `POST /verify`: the controller's [`VerifyRequest`](topo_schema::verify::VerifyRequest),
+/// answered with the checks as JSON.
+async fn verify(
+    State(st): State<EndpointState>,
+    headers: HeaderMap,
+    body: Result<
+        axum::Json<topo_schema::verify::VerifyRequest>,
+        axum::extract::rejection::JsonRejection,
+    >,
+) -> Response {
+    let req = match body {
+        Ok(axum::Json(r)) => r,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let Some(h) = st.handles.get() else {
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent has not started its slice watch yet".into(),
+        );
+    };
+    let user = headers
+        .get(USER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info!(%user, containers = req.containers.len(), ports = req.published.len(), "verifying the dataplane");
+    match crate::verify::run(&st.backends, &h.store, &req).await {
+        Ok(report) => axum::Json(report).into_response(),
+        Err(e @ crate::verify::VerifyError::WrongNode { .. }) => {
+            plain(StatusCode::BAD_REQUEST, e.to_string())
+        }
+        Err(e) => plain(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
 async fn metrics(State(st): State<EndpointState>) -> Response {
     let slice = st
         .handles
@@ -432,6 +468,12 @@ mod tests {
         let controller = peer(topo_pki::CONTROLLER_ETCD_USER, &[]);
         let logs = "/containers/web/logs";
         assert!(authorize(logs, Some(&controller)).is_ok());
+        assert!(authorize("/verify", Some(&controller)).is_ok());
+        for other in [&admin, &node2, &scraper] {
+            let (status, msg) = authorize("/verify", Some(other)).unwrap_err();
+            assert_eq!(status, StatusCode::FORBIDDEN);
+            assert!(msg.contains("only the controller"), "{msg}");
+        }
         assert!(authorize("/metrics", Some(&controller)).is_err());
         for other in [&admin, &node2, &scraper] {
             let (status, msg) = authorize(logs, Some(other)).unwrap_err();

@@ -34,4 +34,5 @@ pub mod queue;
 pub mod reconcile;
 pub mod report;
 pub mod slice_sync;
+pub mod verify;
 pub mod watch;

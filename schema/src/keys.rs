@@ -4,6 +4,8 @@
 //! /topo/v1/objects/<Kind>/<name>             object (apiVersion, kind, metadata, spec); its
 //!                                            mod_revision is the resourceVersion
 //! /topo/v1/objstatus/<Kind>/<name>           status written by the controller
+//! /topo/v1/objverify/Container/<name>        the last `topoctl verify` of the container (a
+//!                                            Verified condition), folded into its status
 //! /topo/v1/ipam/<network>/blocks/<a.b.c.d-p> node that leases the block
 //! /topo/v1/ipam/<network>/addrs/<a.b.c.d>    holder of the address (container name)
 //! /topo/v1/slices/<node>/<entry>             the node's slice (see slice.rs)
@@ -19,7 +21,7 @@
 //! ```
 //!
 //! The order of the prefixes matters: everything the controller caches (fence, heartbeats,
-//! ipam, leader, objects, objstatus, reports) sorts inside [`CACHE_RANGE_START`,
+//! ipam, leader, objects, objstatus, objverify, reports) sorts inside [`CACHE_RANGE_START`,
 //! [`CACHE_RANGE_END`]), so one etcd watch sees each transaction whole; slices, events and
 //! the intent log sort outside it.
 //!
@@ -177,6 +179,20 @@ pub struct AddrValue {
     pub holder: String,
 }
 
+pub fn all_verified_prefix() -> String {
+    format!("{ROOT}objverify/")
+}
+/// Where the controller keeps the `Verified` condition of an object (containers only).
+pub fn verified(kind: Kind, name: &str) -> String {
+    format!("{}{}/{name}", all_verified_prefix(), kind.as_str())
+}
+/// Parses `<ROOT>objverify/<Kind>/<name>`.
+pub fn parse_verified_key(key: &str) -> Option<(Kind, &str)> {
+    let rest = key.strip_prefix(ROOT)?.strip_prefix("objverify/")?;
+    let (kind, name) = rest.split_once('/')?;
+    Some((Kind::from_manifest(kind)?, name)).filter(|(_, n)| !n.is_empty() && !n.contains('/'))
+}
+
 /// Parses `<ROOT>objstatus/<Kind>/<name>`.
 pub fn parse_status_key(key: &str) -> Option<(Kind, &str)> {
     let rest = key.strip_prefix(ROOT)?.strip_prefix("objstatus/")?;
@@ -291,6 +307,11 @@ mod tests {
         );
         assert_eq!(parse_heartbeat_key(&heartbeat("node1")), Some("node1"));
         assert_eq!(
+            parse_verified_key(&verified(Kind::Container, "web")),
+            Some((Kind::Container, "web"))
+        );
+        assert_eq!(parse_verified_key(&status(Kind::Container, "web")), None);
+        assert_eq!(
             parse_registration_key(&registration("node1")),
             Some("node1")
         );
@@ -309,6 +330,7 @@ mod tests {
             leader(),
             object(Kind::Tunnel, "t"),
             status(Kind::Tunnel, "t"),
+            verified(Kind::Container, "c"),
             report("n", Kind::Container, "c"),
             registration("n"),
         ] {

@@ -10,6 +10,7 @@
 //! * [`hardening`]: the `docker run` hardening of a Container (limits, user, capabilities).
 //! * [`hostports`]: host ports a Node reserves.
 //! * [`api`]: the wire types of the controller's HTTP API.
+//! * [`verify`]: `topoctl verify`'s checks, between topoctl, the controller and the agents.
 
 pub mod api;
 pub mod field;
@@ -26,6 +27,7 @@ pub mod net;
 pub mod serde_ip;
 pub mod slice;
 pub mod validate;
+pub mod verify;
 
 pub use kinds::*;
 pub use meta::*;

@@ -121,6 +121,11 @@ pub fn fold_statuses(
             out.deletes.push(keys::status(r.kind, &r.name));
         }
     }
+    for name in snap.verified.keys() {
+        if !desired.containers.contains_key(name.as_str()) {
+            out.deletes.push(keys::verified(Kind::Container, name));
+        }
+    }
     Ok(out)
 }
 
@@ -318,6 +323,9 @@ fn fold_container(
             };
             ready(conds, status, &r.reason, r.message.clone(), now)
         }
+    }
+    if let Some(v) = snap.verified.get(name) {
+        set_condition(&mut st.conditions, (**v).clone());
     }
     st
 }
@@ -601,6 +609,55 @@ mod tests {
         put_report(&mut s, fresh);
         fold(&mut s, t0 + chrono::Duration::seconds(1));
         assert_eq!(ready_of(&s, Kind::Container, "app").reason, "Running");
+    }
+
+    /// A container's last verification is folded into its status next to Ready, kept when
+    /// other things change, and its record is deleted with the container.
+    #[test]
+    fn the_verified_condition_is_folded_and_kept() {
+        let t0 = Utc::now();
+        let mut s = snapshot(&objects());
+        let verified = |status, reason: &str| Condition {
+            type_: topo_schema::verify::CONDITION_VERIFIED.to_string(),
+            status,
+            reason: reason.to_string(),
+            message: "m".to_string(),
+            last_transition_time: t0,
+        };
+        let of = |s: &Snapshot| {
+            s.get(&ObjectRef::new(Kind::Container, "app"))
+                .unwrap()
+                .resource
+                .conditions()
+                .iter()
+                .find(|c| c.type_ == "Verified")
+                .cloned()
+        };
+        fold(&mut s, t0);
+        assert_eq!(of(&s), None);
+        s.verified.insert(
+            "app".into(),
+            Arc::new(verified(ConditionStatus::False, "ChecksFailed")),
+        );
+        fold(&mut s, t0);
+        assert_eq!(of(&s).unwrap().reason, "ChecksFailed");
+        heartbeat(&mut s, "n1");
+        fold(&mut s, t0 + chrono::Duration::seconds(1));
+        assert_eq!(of(&s).unwrap().reason, "ChecksFailed", "kept across passes");
+        assert_eq!(ready_of(&s, Kind::Container, "app").reason, "Pending");
+        s.verified.insert(
+            "app".into(),
+            Arc::new(verified(ConditionStatus::True, "ChecksPassed")),
+        );
+        fold(&mut s, t0 + chrono::Duration::seconds(2));
+        assert_eq!(of(&s).unwrap().status, ConditionStatus::True);
+        s.objects.remove(&ObjectRef::new(Kind::Container, "app"));
+        let f = fold(&mut s, t0 + chrono::Duration::seconds(3));
+        assert!(
+            f.deletes.contains(&keys::verified(Kind::Container, "app")),
+            "{:?}",
+            f.deletes
+        );
     }
 
     #[test]
