@@ -12,6 +12,7 @@
 //! * [`api`]: the wire types of the controller's HTTP API.
 
 pub mod api;
+pub mod exec;
 pub mod field;
 pub mod hardening;
 pub mod hostports;
