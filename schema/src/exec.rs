@@ -375,7 +375,10 @@ mod tests {
             tty: false,
         };
         let q = o.to_query();
-        assert!(q.starts_with("command=sh&command=-c&command=echo%20a%26b%3Dc"), "{q}");
+        assert!(
+            q.starts_with("command=sh&command=-c&command=echo%20a%26b%3Dc"),
+            "{q}"
+        );
         assert_eq!(ExecOptions::from_query(&q).unwrap(), o);
         assert!(
             ExecOptions::from_query("stdin=true")
