@@ -148,7 +148,7 @@ impl Guard {
             ExecEnd::Failed(m) => (None, m.clone()),
         };
         tracing::info!(target: "audit", user = %id.user, groups = ?id.groups, verb = "exec",
-            object, ?command, ?exit_code, %result, "audit");
+            object, ?command, exit_code, %result, "audit");
         self.audit_file(serde_json::json!({
             "time": chrono::Utc::now(),
             "user": id.user,

@@ -6,10 +6,12 @@
 //! Everything that can be refused is refused before the upgrade, as plain HTTP the
 //! controller passes on: a bad query (400), a container not in this node's slice or without
 //! its Docker container (404), one that is not running (409). After the upgrade the session
-//! is: with a TTY, the first resize frame (the caller's terminal size, so the command
-//! starts at the right size rather than being resized after its first output), the exec
-//! started attached, stdin and resize frames to the engine, output frames back as they come,
-//! and once the output has ended the status frame with the exit code.
+//! is: with a TTY, the first resize frame (the caller's terminal size, given to the engine
+//! at create and again right after the start, before any input is fed), the exec started
+//! attached, stdin and resize frames to the engine, output frames back as they come, and
+//! once the output has ended the status frame with the exit code. (The engine applies a
+//! size only to a running exec; a command that reads its size before reading any input
+//! may still see 0x0, as with `docker exec -it`.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +25,10 @@ use axum::response::Response;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
-use topo_schema::exec::{ExecOptions, ExecStatus, Frame, PROTOCOL, TerminalSize, channel};
+use topo_schema::exec::{
+    EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, ExecOptions, ExecStatus, Frame, PROTOCOL, TerminalSize,
+    channel,
+};
 
 use super::{EndpointState, USER_HEADER, own_observed, plain};
 use crate::backend::{Containers, ExecOutput, ExecRequest, ExecSession};
@@ -113,11 +118,21 @@ async fn session(containers: Arc<dyn Containers>, socket: WebSocket, who: Who, o
     tracing::info!(container = %who.name, user = %who.user, command = ?opts.command,
         stdin = opts.stdin, tty = opts.tty, "exec started");
     let status = match containers.exec(&who.id, &request).await {
-        Ok(s) => run(containers, s, &mut tx, rx, early).await,
+        Ok(s) => {
+            if let Some(size) = tty {
+                // Engines that ignore the size given at create (the lab's does) start the
+                // terminal at 0x0: size it now, before any of the caller's input is fed,
+                // so a command that reads its input first sees the caller's size.
+                if let Err(e) = containers.exec_resize(&s.exec_id, size).await {
+                    tracing::debug!(error = %error_chain(&e), "first exec resize failed");
+                }
+            }
+            run(containers, s, &mut tx, rx, early).await
+        }
         Err(e) => ExecStatus::failed("InternalError", error_chain(&e)),
     };
     tracing::info!(container = %who.name, user = %who.user, command = ?opts.command,
-        exit_code = ?status.exit_code(), message = %status.message, "exec ended");
+        exit_code = status.exit_code(), message = %status.message, "exec ended");
     let frame = Message::Binary(Frame::Status(status).encode().into());
     if tx.send(frame).await.is_ok() {
         let _ = tx.send(Message::Close(None)).await;
@@ -173,6 +188,7 @@ async fn run(
         rx,
         early,
     ));
+    let mut first: Option<Vec<u8>> = None;
     while let Some(chunk) = s.output.next().await {
         let frame = match chunk {
             Ok(ExecOutput::Stdout(b)) => Frame::Stdout(b.to_vec()),
@@ -182,6 +198,9 @@ async fn run(
                 return ExecStatus::failed("InternalError", error_chain(&e));
             }
         };
+        if let (None, Frame::Stdout(b) | Frame::Stderr(b)) = (&first, &frame) {
+            first = Some(b.iter().take(1024).copied().collect());
+        }
         if tx
             .send(Message::Binary(frame.encode().into()))
             .await
@@ -193,7 +212,24 @@ async fn run(
         }
     }
     input.abort();
-    exit_status(containers.as_ref(), &s.exec_id).await
+    let status = exit_status(containers.as_ref(), &s.exec_id).await;
+    not_found_is_127(status, first.as_deref().unwrap_or_default())
+}
+
+/// The engine reports 126 for every command it could not start, and says why as the
+/// session's first output (`OCI runtime exec failed: ... executable file not found in
+/// $PATH`). A shell — and `kubectl exec` users' scripts — tell "not found" (127) from "not
+/// executable" (126): so does topo, from that message.
+fn not_found_is_127(status: ExecStatus, first_output: &[u8]) -> ExecStatus {
+    let text = String::from_utf8_lossy(first_output);
+    let not_found = text.contains("OCI runtime exec failed")
+        && (text.contains("executable file not found")
+            || text.contains("no such file or directory"));
+    if not_found && status.exit_code() == Some(EXIT_NOT_EXECUTABLE) {
+        ExecStatus::exited(EXIT_NOT_FOUND)
+    } else {
+        status
+    }
 }
 
 /// The caller's stdin, resize and close frames into the command.
@@ -251,5 +287,34 @@ async fn exit_status(containers: &dyn Containers, exec_id: &str) -> ExecStatus {
             }
             Err(e) => return ExecStatus::failed("InternalError", error_chain(&e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_engine_s_126_for_a_missing_command_becomes_127() {
+        let missing = b"OCI runtime exec failed: exec failed: unable to start container process: exec: \"nope\": executable file not found in $PATH: unknown\r\n";
+        let denied = b"OCI runtime exec failed: exec failed: unable to start container process: exec: \"/etc/passwd\": permission denied: unknown\r\n";
+        let code = |s: ExecStatus| s.exit_code();
+        assert_eq!(
+            code(not_found_is_127(ExecStatus::exited(126), missing)),
+            Some(127)
+        );
+        assert_eq!(
+            code(not_found_is_127(ExecStatus::exited(126), denied)),
+            Some(126)
+        );
+        // A command that ran and printed those words itself keeps its own code.
+        assert_eq!(
+            code(not_found_is_127(ExecStatus::exited(1), missing)),
+            Some(1)
+        );
+        assert_eq!(
+            code(not_found_is_127(ExecStatus::exited(126), b"hello")),
+            Some(126)
+        );
     }
 }
