@@ -251,7 +251,8 @@ async fn feed(
     while let Some(frame) = frames.next().await {
         match frame {
             Some(Frame::Stdin(b)) => {
-                if input.write_all(&b).await.is_err() || input.flush().await.is_err() {
+                let written = input.write_all(&b).await.and(input.flush().await);
+                if written.is_err() {
                     break;
                 }
             }
