@@ -40,6 +40,32 @@ fn exec_in_a_container(sc: &Scenario) {
     terminals(sc);
     who_may_exec(sc);
     audited(sc);
+    agent_away(sc);
+}
+
+/// With the agent of the container's node gone, exec is 503 naming the node; once it is
+/// back, exec works again.
+fn agent_away(sc: &Scenario) {
+    sc.lab_sh(&["kill-agent", "2"]).ok();
+    let out = topoctl_exec(sc, &[SHELL, "--", "true"]);
+    assert!(
+        out.code == Some(1) && out.stderr.contains("node node2"),
+        "exec while node2's agent is down: {}",
+        out.describe_failure()
+    );
+    sc.step("exec with the node's agent down fails naming the node");
+    sc.lab_sh(&["start-agent", "2"]).ok();
+    poll(
+        "exec to work again once the agent is back",
+        secs(60),
+        || {
+            let out = topoctl_exec(sc, &[SHELL, "--", "echo", "back"]);
+            match out.stdout.as_str() {
+                "back\n" => Ok(()),
+                _ => Err(out.describe_failure()),
+            }
+        },
+    );
 }
 
 /// `topoctl exec ARGS...` as the lab's admin, however it ends.
@@ -134,11 +160,11 @@ fn terminals(sc: &Scenario) {
 
     // script(1) gives topoctl a pty of 37x91 as its terminal; the command reads a line
     // first (the engine sizes a terminal only once the command runs; input reaches it
-    // after that).
+    // after that), then fails, and the pty's settings are printed after topoctl.
     let mut c = sc.command("sh");
     c.args([
         "-c",
-        "printf 'go\\n' | script -q -e -c \"stty cols 91 rows 37; \\\"\\$TOPOCTL\\\" exec -it shell -- sh -c 'read x; stty size; tty'\" /dev/null",
+        r#"printf 'go\n' | script -q -e -c "stty cols 91 rows 37; \"\$TOPOCTL\" exec -it shell -- sh -c 'read x; stty size; tty; exit 5'; echo topoctl-exit=\$?; stty -a" /dev/null"#,
     ])
     .env("TOPOCTL", sc.topoctl_bin());
     let out = sc.run(c, secs(120)).ok();
@@ -147,7 +173,23 @@ fn terminals(sc: &Scenario) {
         "the command runs on a terminal of the caller's size: {}",
         out.describe_failure()
     );
-    sc.step("-it under a pty: the command has a terminal, of the caller's size");
+    assert!(
+        out.stdout.contains("topoctl-exit=5"),
+        "the exit code under a terminal: {}",
+        out.describe_failure()
+    );
+    let settings: Vec<&str> = out
+        .stdout
+        .split(|c: char| c.is_whitespace() || c == ';')
+        .collect();
+    for mode in ["icanon", "echo", "isig"] {
+        assert!(
+            settings.contains(&mode) && !settings.contains(&format!("-{mode}").as_str()),
+            "topoctl left the terminal in raw mode ({mode} is off): {}",
+            out.describe_failure()
+        );
+    }
+    sc.step("-it under a pty: a terminal of the caller's size, the exit code, raw mode undone");
     resize_is_followed(sc);
 }
 
