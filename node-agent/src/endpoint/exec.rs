@@ -248,12 +248,13 @@ async fn feed(
             })
         }))
         .boxed();
+    let mut open = true;
     while let Some(frame) = frames.next().await {
         match frame {
-            Some(Frame::Stdin(b)) => {
+            Some(Frame::Stdin(b)) if open => {
                 let written = input.write_all(&b).await.and(input.flush().await);
                 if written.is_err() {
-                    break;
+                    open = false;
                 }
             }
             Some(Frame::Resize(size)) => {
@@ -261,12 +262,18 @@ async fn feed(
                     tracing::debug!(error = %error_chain(&e), "exec resize failed");
                 }
             }
-            Some(Frame::Close(channel::STDIN)) => break,
+            // End of file for the command; resizes may still follow.
+            Some(Frame::Close(channel::STDIN)) if open => {
+                open = false;
+                let _ = input.shutdown().await;
+            }
             _ => {}
         }
     }
-    // End of file for the command, whether the caller closed stdin or went away.
-    let _ = input.shutdown().await;
+    // The caller went away: end of file for the command, if it was not given yet.
+    if open {
+        let _ = input.shutdown().await;
+    }
 }
 
 /// The exit code the engine reports once the exec has ended.
