@@ -239,3 +239,56 @@ fn end_of(status: Result<Frame, topo_schema::exec::FrameError>) -> ExecEnd {
 fn failure_text(s: &ExecStatus) -> String {
     format!("{}: {}", s.reason, s.message)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_frame_becomes_the_audit_s_end() {
+        let f = |s: ExecStatus| Frame::decode(&Frame::Status(s).encode());
+        assert_eq!(end_of(f(ExecStatus::exited(0))), ExecEnd::Exited(0));
+        assert_eq!(end_of(f(ExecStatus::exited(127))), ExecEnd::Exited(127));
+        assert_eq!(
+            end_of(f(ExecStatus::failed("InternalError", "docker went away"))),
+            ExecEnd::Failed("InternalError: docker went away".into())
+        );
+        assert!(matches!(
+            end_of(Frame::decode(b"\x03{")),
+            ExecEnd::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn the_agent_s_refusals_keep_their_meaning() {
+        let route = Route {
+            node: "node2".into(),
+            endpoint: "192.168.100.2:10250".into(),
+            name: "db".into(),
+        };
+        let resp = |code: u16, body: &str| {
+            tungstenite::http::Response::builder()
+                .status(code)
+                .body(Some(body.as_bytes().to_vec()))
+                .unwrap()
+        };
+        let e = refusal(&route, &resp(404, "container db is not on this node\n"));
+        assert_eq!(e.0.reason, ErrorReason::NotFound);
+        assert!(e.0.message.contains("node node2"), "{}", e.0.message);
+        assert!(e.0.message.ends_with("not on this node"), "{}", e.0.message);
+        assert_eq!(
+            refusal(&route, &resp(409, "not running")).0.reason,
+            ErrorReason::Conflict
+        );
+        assert_eq!(
+            refusal(&route, &resp(403, "only the controller")).0.reason,
+            ErrorReason::ServiceUnavailable
+        );
+        let e = route.unreachable("connection refused");
+        assert_eq!(e.0.code, 503);
+        assert_eq!(
+            e.0.message,
+            "container/db: cannot reach the agent of node node2 at 192.168.100.2:10250: connection refused"
+        );
+    }
+}
