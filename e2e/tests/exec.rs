@@ -148,7 +148,7 @@ fn standard_input(sc: &Scenario) {
 }
 
 fn terminals(sc: &Scenario) {
-    let out = topoctl_exec(sc, &["-t", SHELL, "--", "echo", "no tty"]).ok();
+    let out = topoctl_exec(sc, &["-it", SHELL, "--", "echo", "no tty"]).ok();
     assert_eq!(out.stdout, "no tty\n");
     assert!(
         out.stderr
@@ -156,7 +156,7 @@ fn terminals(sc: &Scenario) {
         "{}",
         out.describe_failure()
     );
-    sc.step("-t without a terminal warns as kubectl does and goes on without one");
+    sc.step("-it without a terminal warns as kubectl does and goes on without one");
 
     // script(1) gives topoctl a pty of 37x91 as its terminal; the command reads a line
     // first (the engine sizes a terminal only once the command runs; input reaches it

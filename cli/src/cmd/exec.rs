@@ -9,8 +9,8 @@
 //! mode for the session (restored on every way out: a [`RawMode`] guard, dropped on return,
 //! error and unwinding; Ctrl-C is then a byte for the remote terminal, as in kubectl, and
 //! SIGTERM or SIGHUP end the session), and its size is sent first and again on every
-//! SIGWINCH. `-t` where stdin is not a terminal (or without `-i`) warns as kubectl does and
-//! goes on without one.
+//! SIGWINCH. `-it` where stdin is not a terminal warns as kubectl does and goes on without
+//! one; `-t` without `-i` is no terminal, silently, as in kubectl.
 
 use std::io::{IsTerminal, Write};
 
@@ -57,8 +57,9 @@ fn container_name(a: &ExecArgs) -> Result<String, CliError> {
 
 pub async fn exec(ctx: &Ctx, a: ExecArgs) -> Result<i32, CliError> {
     let name = container_name(&a)?;
+    // kubectl's rules: -t without -i is silently no terminal; -it without one warns.
     let tty = a.tty && a.stdin && std::io::stdin().is_terminal();
-    if a.tty && !tty {
+    if a.tty && a.stdin && !tty {
         eprintln!("{NO_TTY_WARNING}");
     }
     let conn = resolve(ctx.server_flag.as_deref(), &ctx.env)?;
