@@ -57,6 +57,9 @@ pub enum Command {
     /// Print a container's log (through the controller, from its node's agent).
     #[command(after_help = examples::LOGS)]
     Logs(LogsArgs),
+    /// Run a command in a container (through the controller, by its node's agent).
+    #[command(after_help = examples::EXEC)]
+    Exec(ExecArgs),
     /// Set (KEY=VALUE) or remove (KEY-) labels of objects.
     #[command(after_help = examples::LABEL)]
     Label(MetaArgs),
@@ -116,6 +119,13 @@ Examples:
   topoctl logs db --tail 20                     # its last 20 lines
   topoctl logs db -f --since 5m                 # the last five minutes, then follow
   topoctl logs db --since 2026-11-28T19:00:00Z  # since a point in time";
+
+    pub const EXEC: &str = "\
+Examples:
+  topoctl exec db -- ls /                       # run a command, print its output
+  topoctl exec -it db -- sh                     # an interactive shell on a terminal
+  echo hello | topoctl exec -i db -- cat        # stdin passed to the command
+  topoctl exec db -- sh -c 'exit 3'; echo $?    # 3: the command's exit code";
 
     pub const DESCRIBE: &str = "\
 Examples:
@@ -392,6 +402,30 @@ pub struct LogsArgs {
     /// 2026-11-28T19:00:00Z).
     #[arg(long, value_name = "DURATION|TIME", value_parser = since_arg)]
     pub since: Option<Since>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The container (NAME or container/NAME).
+    #[arg(value_name = "NAME")]
+    pub name: String,
+
+    /// Pass stdin to the command (end of file closes the command's stdin).
+    #[arg(short = 'i', long)]
+    pub stdin: bool,
+
+    /// Run the command on a terminal: the local one in raw mode, its size followed.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+
+    /// kubectl's container of a pod. A topo container is one container, so this may only
+    /// name NAME itself (accepted for scripts written for kubectl).
+    #[arg(short = 'c', long = "container", value_name = "NAME")]
+    pub container: Option<String>,
+
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 /// `--since`: a duration back from now, or a point in time.

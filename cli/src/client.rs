@@ -55,6 +55,8 @@ pub enum ClientError {
     Tls(String),
     #[error(transparent)]
     TlsSetup(#[from] crate::tls::TlsSetupError),
+    #[error(transparent)]
+    Exec(#[from] crate::exec::ExecError),
 }
 
 impl ClientError {

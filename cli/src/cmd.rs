@@ -1,7 +1,7 @@
 //! The verbs: each parses its arguments, talks to the controller through [`Client`] and
 //! prints through [`crate::output`]; exit statuses and errors are [`CliError`]'s.
 //!
-//! The verbs with several phases (`get`, `delete`, `events`, `label`/`annotate`, `edit`, `logs`,
+//! The verbs with several phases (`get`, `delete`, `events`, `label`/`annotate`, `edit`, `logs`, `exec`,
 //! `explain`) live in modules of their own under `cmd/`; this file holds what they share and the short verbs. The dispatch is the
 //! crate's [`crate::run`], above both, so the verb modules use this one and not the other
 //! way round.
@@ -9,6 +9,7 @@
 pub(crate) mod delete;
 pub(crate) mod edit;
 pub(crate) mod events;
+pub(crate) mod exec;
 pub(crate) mod explain;
 pub(crate) mod get;
 pub(crate) mod graph;

@@ -13,6 +13,7 @@ pub mod config;
 pub mod describe;
 pub mod diff;
 pub mod editor;
+pub mod exec;
 pub mod explain;
 pub mod graph;
 pub mod inputs;
@@ -45,6 +46,7 @@ pub async fn run(cli: Cli, env: Env) -> Result<i32, CliError> {
         Command::Wait(a) => cmd::wait(&ctx, a).await,
         Command::Events(a) => events::events(&ctx, a).await,
         Command::Logs(a) => cmd::logs::logs(&ctx, a).await,
+        Command::Exec(a) => cmd::exec::exec(&ctx, a).await,
         Command::Label(a) => label::label(&ctx, label::Which::Labels, a).await,
         Command::Annotate(a) => label::label(&ctx, label::Which::Annotations, a).await,
         Command::Edit(a) => edit::edit(&ctx, a).await,

@@ -60,6 +60,10 @@ pub fn router(state: AppState, gate: std::sync::Arc<crate::guard::Guard>) -> Rou
             &format!("{p}/{{plural}}/{{name}}/log"),
             get(crate::logs::container_log),
         )
+        .route(
+            &format!("{p}/{{plural}}/{{name}}/exec"),
+            get(crate::exec::container_exec),
+        )
         .fallback(|| async {
             ApiErr(ApiError::new(
                 ErrorReason::NotFound,

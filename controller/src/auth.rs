@@ -7,7 +7,8 @@
 //!
 //! Authorization: roles bound to users and groups in the configuration.
 //! * `admin`: everything.
-//! * `view`: get, list, watch (objects, their reports, events, container logs).
+//! * `view`: get, list, watch (objects, their reports, events, container logs); not
+//!   `exec`, which is `create` on `container/NAME/exec` as kube's pods/exec is.
 //! * `metrics`: only `/metrics` (a scrape identity that reads no object).
 //! * `node`: only for a user `node:<name>`: get and watch its own Node and its reports, and
 //!   list or watch the events of its own Node. The agent itself talks to etcd with the same
@@ -237,6 +238,9 @@ pub enum Target {
     Logs(ObjectRef),
     /// The live dataplane, as the agents probe it.
     Dataplane,
+    /// A command run in a container (`topoctl exec`, through its node's agent): verb
+    /// `create`, as kube's pods/exec, so only roles that may write may.
+    Exec(ObjectRef),
 }
 
 impl fmt::Display for Target {
@@ -254,6 +258,7 @@ impl fmt::Display for Target {
             Target::Metrics => write!(f, "metrics"),
             Target::Logs(r) => write!(f, "the log of {r}"),
             Target::Dataplane => write!(f, "the dataplane"),
+            Target::Exec(r) => write!(f, "{r}/exec"),
         }
     }
 }
@@ -429,6 +434,25 @@ mod tests {
                 e.message
             );
         }
+    }
+
+    #[test]
+    fn exec_is_a_write_admin_may_and_view_may_not() {
+        let a = authz();
+        let exec = Target::Exec(ObjectRef::new(Kind::Container, "web"));
+        assert!(a.authorize(&id("alice", &[]), Verb::Create, &exec).is_ok());
+        let e = a
+            .authorize(&id("bob", &["topo:viewers"]), Verb::Create, &exec)
+            .unwrap_err();
+        assert_eq!(e.code, 403);
+        assert_eq!(
+            e.message,
+            "user \"bob\" cannot create container/web/exec: role view allows get, list, watch"
+        );
+        assert!(
+            a.authorize(&id("node:n1", &["topo:nodes"]), Verb::Create, &exec)
+                .is_err()
+        );
     }
 
     #[test]

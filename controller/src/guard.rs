@@ -126,25 +126,59 @@ impl Guard {
     /// An apply also gets one line per object it changed (`api.rs`), `result` its action.
     pub fn audit_line(&self, id: &Identity, verb: &str, object: &str, result: &str) {
         tracing::info!(target: "audit", user = %id.user, groups = ?id.groups, verb, object, result, "audit");
+        let result: serde_json::Value = result
+            .parse::<u16>()
+            .map(serde_json::Value::from)
+            .unwrap_or_else(|_| serde_json::Value::from(result));
+        self.audit_file(serde_json::json!({
+            "time": chrono::Utc::now(),
+            "user": id.user,
+            "groups": id.groups,
+            "verb": verb,
+            "object": object,
+            "result": result,
+        }));
+    }
+
+    /// The end of an exec (`exec.rs`): who ran which command in which container, and its
+    /// exit code (None: the session ended without one; `result` says how). The start was
+    /// audited as every write is, as `create` of `container/NAME/exec` with status 101.
+    pub fn audit_exec(&self, id: &Identity, object: &str, command: &[String], exit: ExecEnd) {
+        let (exit_code, result) = match &exit {
+            ExecEnd::Exited(c) => (Some(*c), format!("exited {c}")),
+            ExecEnd::Failed(m) => (None, m.clone()),
+        };
+        tracing::info!(target: "audit", user = %id.user, groups = ?id.groups, verb = "exec",
+            object, ?command, exit_code, %result, "audit");
+        self.audit_file(serde_json::json!({
+            "time": chrono::Utc::now(),
+            "user": id.user,
+            "groups": id.groups,
+            "verb": "exec",
+            "object": object,
+            "command": command,
+            "exitCode": exit_code,
+            "result": result,
+        }));
+    }
+
+    fn audit_file(&self, line: serde_json::Value) {
         if let Some(f) = &self.audit {
-            let result: serde_json::Value = result
-                .parse::<u16>()
-                .map(serde_json::Value::from)
-                .unwrap_or_else(|_| serde_json::Value::from(result));
-            let line = serde_json::json!({
-                "time": chrono::Utc::now(),
-                "user": id.user,
-                "groups": id.groups,
-                "verb": verb,
-                "object": object,
-                "result": result,
-            });
             let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
             if let Err(e) = writeln!(f, "{line}") {
                 tracing::error!(error = %e, "failed to write the audit file");
             }
         }
     }
+}
+
+/// How an exec ended, for its audit line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEnd {
+    /// The command exited with this code.
+    Exited(i32),
+    /// The session ended without an exit code, for this reason.
+    Failed(String),
 }
 
 /// A held watch slot.
@@ -243,6 +277,10 @@ pub fn classify(method: &Method, path: &str, query: &str) -> Option<(Verb, Targe
             Verb::Get,
             Target::Logs(ObjectRef::new(Kind::parse(plural)?, *name)),
         )),
+        (&Method::GET, [plural, name, "exec"]) => Some((
+            Verb::Create,
+            Target::Exec(ObjectRef::new(Kind::parse(plural)?, *name)),
+        )),
         (&Method::GET, [plural, name, "reports"]) => Some((
             Verb::Get,
             Target::Reports(ObjectRef::new(Kind::parse(plural)?, *name)),
@@ -337,6 +375,13 @@ mod tests {
         assert_eq!(
             c(Method::POST, "/verify", "labelSelector=app%3Dweb"),
             Some((Verb::Verify, Target::Dataplane))
+        );
+        assert_eq!(
+            c(Method::GET, "/containers/web/exec", "command=ls"),
+            Some((
+                Verb::Create,
+                Target::Exec(ObjectRef::new(Kind::Container, "web"))
+            ))
         );
         assert_eq!(c(Method::GET, "/pods", ""), None);
         assert_eq!(

@@ -27,6 +27,7 @@ pub mod commit;
 pub mod config;
 pub mod decode;
 pub mod events;
+pub mod exec;
 pub mod guard;
 pub mod health;
 pub mod ifnames;

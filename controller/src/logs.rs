@@ -40,6 +40,9 @@ pub(crate) const USER_HEADER: &str = "topo-user";
 #[derive(Clone)]
 pub struct AgentClient {
     http: reqwest::Client,
+    /// The same identity and trust for the WebSockets of `exec.rs`, HTTP/1.1 only (a
+    /// WebSocket upgrade is an HTTP/1.1 request).
+    pub(crate) tls: Arc<rustls::ClientConfig>,
 }
 
 impl AgentClient {
@@ -48,6 +51,8 @@ impl AgentClient {
     pub fn new(security: &crate::config::Security) -> Result<AgentClient, topo_pki::tls::TlsError> {
         let e = &security.etcd;
         let tls = topo_pki::tls::client_config(&e.ca_file, Some((&e.cert_file, &e.key_file)))?;
+        let mut ws_tls = tls.clone();
+        ws_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         // reqwest (rustls without a built-in provider) wants a process-wide provider.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
@@ -55,14 +60,25 @@ impl AgentClient {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| topo_pki::tls::TlsError::Config(e.to_string()))?;
-        Ok(AgentClient { http })
+        Ok(AgentClient {
+            http,
+            tls: Arc::new(ws_tls),
+        })
     }
 
     /// A client without an identity, for tests that never reach an agent.
     #[cfg(test)]
     pub(crate) fn for_tests() -> AgentClient {
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
         AgentClient {
             http: reqwest::Client::new(),
+            tls: Arc::new(tls),
         }
     }
 
@@ -71,12 +87,12 @@ impl AgentClient {
     }
 }
 
-fn err(reason: ErrorReason, message: String) -> ApiErr {
+pub(crate) fn err(reason: ErrorReason, message: String) -> ApiErr {
     ApiErr(ApiError::new(reason, message))
 }
 
 /// The agent endpoint (`ADDRESS:PORT`) of the node that runs container `name`.
-fn agent_of(st: &AppState, name: &str) -> Result<(String, String), ApiErr> {
+pub(crate) fn agent_of(st: &AppState, name: &str) -> Result<(String, String), ApiErr> {
     let snap = st.cache.current();
     let r = ObjectRef::new(Kind::Container, name);
     let Some(Resource::Container(c)) = snap.get(&r).map(|o| &o.resource) else {

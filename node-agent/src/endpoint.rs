@@ -11,7 +11,7 @@
 //! |---|---|
 //! | `/healthz`, `/readyz` | anyone: probes carry no credentials, and the answers name nothing but the agent's own state |
 //! | `/metrics` | a certificate in group `topo:metrics` (the scrape identity `topo-pki init` issues as `metrics.crt`) |
-//! | `/containers/NAME/logs` | the controller only (CN=topo-controller, its client identity) |
+//! | `/containers/NAME/logs`, `/containers/NAME/exec` | the controller only (CN=topo-controller, its client identity) |
 //! | `POST /verify` | the controller only: the checks of `topoctl verify` (`verify/`) |
 //! | anything else | 404 after authentication |
 //!
@@ -19,7 +19,7 @@
 //! viewer, another node) 403 naming the user: the agent does not know the controller's role
 //! bindings, so it grants by group, and only the one group that reads nothing but numbers.
 //!
-//! `topoctl logs` reaches a container's log through the controller, which authenticates and
+//! `topoctl logs` (and `exec`) reaches a container's log through the controller, which authenticates and
 //! authorizes the user (the `view` role may read logs) and then asks the agent of the
 //! container's node with its own client certificate, naming the user in `Topo-User` (for
 //! this side's log line only: the agent cannot check a user it did not authenticate, so it
@@ -27,6 +27,9 @@
 //! its own slice that it finds among its own Docker containers; anything else is 404. The
 //! log streams as plain bytes (stdout and stderr interleaved as the engine keeps them, as
 //! `kubectl logs` prints them), over chunked HTTP: one direction needs no upgrade.
+//!
+//! `topoctl exec` takes the same way and the same checks (`exec.rs`): a WebSocket, since
+//! it streams both ways.
 //!
 //! `/readyz` is 200 when the first list of the slice has arrived and the Docker engine,
 //! ovsdb-server and netlink each answer a read within [`PROBE_TIMEOUT`]; else 503 with one
@@ -55,6 +58,8 @@ use topo_schema::slice::{SliceEntry, SliceKey};
 use crate::agent::AgentHandles;
 use crate::backend::LogRequest;
 use crate::reconcile::Backends;
+
+mod exec;
 
 /// The header in which the controller names the user it asks on behalf of.
 pub const USER_HEADER: &str = "topo-user";
@@ -166,6 +171,7 @@ fn router(state: EndpointState) -> Router {
         .route("/metrics", get(metrics))
         .route("/containers/{name}/logs", get(container_logs))
         .route("/verify", post(verify))
+        .route("/containers/{name}/exec", get(exec::container_exec))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such path\n") })
         .layer(middleware::from_fn(gate))
         .with_state(state)
@@ -277,6 +283,15 @@ fn plain(status: StatusCode, message: String) -> Response {
 /// The Docker id of container `name`, if it is in this node's slice and its Docker
 /// container is one of ours.
 async fn own_container(st: &EndpointState, name: &str) -> Result<String, Response> {
+    own_observed(st, name).await.map(|o| o.id)
+}
+
+/// Docker's view of container `name`, if it is in this node's slice and its Docker
+/// container is one of ours.
+async fn own_observed(
+    st: &EndpointState,
+    name: &str,
+) -> Result<crate::backend::ObservedContainer, Response> {
     let Some(h) = st.handles.get() else {
         return Err(plain(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -291,7 +306,7 @@ async fn own_container(st: &EndpointState, name: &str) -> Result<String, Respons
         ));
     };
     match st.backends.containers.get(&c.docker_name).await {
-        Ok(Some(o)) => Ok(o.id),
+        Ok(Some(o)) => Ok(o),
         Ok(None) => Err(plain(
             StatusCode::NOT_FOUND,
             format!("container {name} has no Docker container on this node yet"),

@@ -13,6 +13,7 @@
 //! * [`verify`]: `topoctl verify`'s checks, between topoctl, the controller and the agents.
 
 pub mod api;
+pub mod exec;
 pub mod field;
 pub mod hardening;
 pub mod hostports;

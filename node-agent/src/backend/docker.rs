@@ -60,10 +60,14 @@ pub enum ContainerError {
     RemovalTimedOut { id: String, secs: u64 },
     #[error("failed to read the log of container {id}: this backend keeps no logs")]
     NoLogs { id: String },
+    #[error("failed to run a command in container {id}: this backend cannot exec")]
+    NoExec { id: String },
+    #[error("failed to run a command in container {id}: the engine started the exec detached")]
+    ExecDetached { id: String },
 }
 
 impl ContainerError {
-    fn docker(what: impl Into<String>, source: DockerError) -> Self {
+    pub(super) fn docker(what: impl Into<String>, source: DockerError) -> Self {
         ContainerError::Docker {
             what: what.into(),
             source,
@@ -74,7 +78,7 @@ impl ContainerError {
 /// The Docker backend of one node.
 #[derive(Clone)]
 pub struct DockerContainers {
-    docker: Docker,
+    pub(super) docker: Docker,
     node: String,
 }
 
@@ -336,7 +340,10 @@ impl DockerContainers {
         }
     }
 
-    async fn owned(&self, id: &str) -> Result<Option<ContainerInspectResponse>, ContainerError> {
+    pub(super) async fn owned(
+        &self,
+        id: &str,
+    ) -> Result<Option<ContainerInspectResponse>, ContainerError> {
         let Some(c) = self.inspect(id).await? else {
             return Ok(None);
         };
@@ -583,6 +590,26 @@ impl Containers for DockerContainers {
                     .map_err(|e| ContainerError::docker(what.clone(), e))
             })
             .boxed()
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        request: &super::ExecRequest,
+    ) -> Result<super::ExecSession, ContainerError> {
+        self.exec_attached(id, request).await
+    }
+
+    async fn exec_resize(
+        &self,
+        exec_id: &str,
+        size: super::TerminalSize,
+    ) -> Result<(), ContainerError> {
+        self.resize_exec(exec_id, size).await
+    }
+
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, ContainerError> {
+        self.exit_code_of_exec(exec_id).await
     }
 
     fn watch(&self) -> BoxStream<'static, ContainerEvent> {

@@ -28,6 +28,7 @@ use topo_schema::slice::{AttachmentEntry, ContainerEntry, PublishedPort};
 
 pub mod arp;
 pub mod docker;
+mod docker_exec;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod nat;
@@ -46,6 +47,7 @@ pub use netns::{ContainerNs, NsError};
 pub use nft_events::{NatEvent, NftObject};
 pub use ovs::{OvsError, OvsdbSwitch};
 pub use sockets::{HostPortsError, NodeSockets};
+pub use topo_schema::exec::TerminalSize;
 
 // ====================================================================== Containers
 
@@ -139,6 +141,51 @@ pub trait Containers: Send + Sync {
             Err(ContainerError::NoLogs { id })
         }))
     }
+    /// Runs a command in one of our containers by Docker id (`topoctl exec`), attached.
+    /// Backends without exec (the fakes) say so.
+    async fn exec(&self, id: &str, request: &ExecRequest) -> Result<ExecSession, ContainerError> {
+        let _ = request;
+        Err(ContainerError::NoExec { id: id.to_string() })
+    }
+    /// Resizes the terminal of a running exec.
+    async fn exec_resize(&self, exec_id: &str, size: TerminalSize) -> Result<(), ContainerError> {
+        let _ = size;
+        Err(ContainerError::NoExec {
+            id: exec_id.to_string(),
+        })
+    }
+    /// The exit code of an exec whose output has ended (None while it still runs).
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, ContainerError> {
+        Err(ContainerError::NoExec {
+            id: exec_id.to_string(),
+        })
+    }
+}
+
+/// What `topoctl exec` runs in a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRequest {
+    pub command: Vec<String>,
+    /// Attach the command's standard input.
+    pub stdin: bool,
+    /// Run it on a terminal of this size (stdout and stderr are then one stream).
+    pub tty: Option<TerminalSize>,
+}
+
+/// A chunk of an exec'd command's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecOutput {
+    Stdout(bytes::Bytes),
+    Stderr(bytes::Bytes),
+}
+
+/// A command started in a container, attached: its output until it exits, its standard
+/// input (shut down for end of file), and the engine's id of the exec for resizes and the
+/// exit code.
+pub struct ExecSession {
+    pub exec_id: String,
+    pub output: BoxStream<'static, Result<ExecOutput, ContainerError>>,
+    pub input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
 }
 
 /// Which part of a container's log to read.
