@@ -56,7 +56,22 @@ pub enum ClientError {
     #[error(transparent)]
     TlsSetup(#[from] crate::tls::TlsSetupError),
     #[error(transparent)]
-    Exec(#[from] crate::exec::ExecError),
+    Exec(#[from] ExecError),
+}
+
+/// What failed in `topoctl exec`'s WebSocket session (`exec.rs`).
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error(
+        "cannot reach the controller at {server}: {detail} (is topo-controller running? set --server or TOPO_SERVER)"
+    )]
+    Connect { server: String, detail: String },
+    #[error("failed to open the exec session with {server}: {detail}")]
+    Upgrade { server: String, detail: String },
+    #[error("the exec session failed: {0}")]
+    Session(String),
+    #[error("{0}")]
+    Remote(String),
 }
 
 impl ClientError {

@@ -16,6 +16,9 @@ use tokio_tungstenite::tungstenite::{self};
 use topo_schema::api::API_PREFIX;
 use topo_schema::exec::{ExecOptions, PROTOCOL};
 
+// The error lives with the client's (which wraps it) so that client.rs needs nothing of this
+// module: no import cycle.
+pub use crate::client::ExecError;
 use crate::client::{ClientError, api_error_from};
 use crate::config::{Connection, Credentials};
 
@@ -23,20 +26,6 @@ use crate::config::{Connection, Credentials};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub type ExecSocket = WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ExecError {
-    #[error(
-        "cannot reach the controller at {server}: {detail} (is topo-controller running? set --server or TOPO_SERVER)"
-    )]
-    Connect { server: String, detail: String },
-    #[error("failed to open the exec session with {server}: {detail}")]
-    Upgrade { server: String, detail: String },
-    #[error("the exec session failed: {0}")]
-    Session(String),
-    #[error("{0}")]
-    Remote(String),
-}
 
 /// The session's socket, once the controller (and the agent behind it) accepted it.
 pub async fn connect(
