@@ -67,6 +67,14 @@ fn member_paused(sc: &Scenario) {
     for (what, took) in &refused {
         sc.step(&format!("{what}: refused in {:.2} s", took.as_secs_f64()));
     }
+    // The probes cover the pause, SIGCONT and 150 probes (3 s) of the agents resuming their
+    // watches; they end before the new container is applied: adding a port to the netdev
+    // datapath can drop one packet in flight on another port (seen this round, 2 runs in 7;
+    // a finding of its own, not of an etcd outage — see issue 13's note).
+    mesh::keep_probing(&probers, mesh::PROBES_AFTER);
+    sc.check("no probe lost while etcd was paused", || {
+        outage::no_probe_lost(&mesh::finish_probes(probers), "while etcd was paused", 200)
+    });
     let r = outage::recover(
         sc,
         since,
@@ -79,10 +87,6 @@ fn member_paused(sc: &Scenario) {
         r.first_write.as_secs_f64(),
         r.converged.as_secs_f64()
     ));
-    mesh::keep_probing(&probers, mesh::PROBES_AFTER);
-    sc.check("no probe lost while etcd was paused", || {
-        outage::no_probe_lost(&mesh::finish_probes(probers), "while etcd was paused", 200)
-    });
     sc.wait_ready(&["container/o1", "container/o2"], converge());
     sc.check("no address duplicated or leaked; no intent left", || {
         let problems = Census::read(sc)
