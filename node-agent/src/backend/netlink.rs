@@ -490,6 +490,23 @@ impl NetlinkInterfaces {
         Ok(())
     }
 
+    /// `ensure_in` for a pair topo owns (its host end carries topo's `tv-` prefix): the one
+    /// ownership check both ensures share.
+    async fn ensure_owned(
+        &self,
+        container: &ContainerNs,
+        att: &AttachmentEntry,
+        address: Option<Ipv4Net>,
+    ) -> Result<Vec<AttachmentDrift>, InterfaceError> {
+        if !att.host_veth.starts_with("tv-") {
+            return Err(InterfaceError::NotOwned {
+                name: att.host_veth.clone(),
+            });
+        }
+        let ns = enter(container).await?;
+        self.ensure_in(container, &ns, att, address).await
+    }
+
     async fn ensure_in(
         &self,
         container: &ContainerNs,
@@ -631,13 +648,7 @@ impl Interfaces for NetlinkInterfaces {
         container: &ContainerNs,
         att: &AttachmentEntry,
     ) -> Result<Vec<AttachmentDrift>, InterfaceError> {
-        if !att.host_veth.starts_with("tv-") {
-            return Err(InterfaceError::NotOwned {
-                name: att.host_veth.clone(),
-            });
-        }
-        let ns = enter(container).await?;
-        self.ensure_in(container, &ns, att, Some(att.address)).await
+        self.ensure_owned(container, att, Some(att.address)).await
     }
 
     async fn ensure_attachment_unaddressed(
@@ -645,13 +656,7 @@ impl Interfaces for NetlinkInterfaces {
         container: &ContainerNs,
         att: &AttachmentEntry,
     ) -> Result<Vec<AttachmentDrift>, InterfaceError> {
-        if !att.host_veth.starts_with("tv-") {
-            return Err(InterfaceError::NotOwned {
-                name: att.host_veth.clone(),
-            });
-        }
-        let ns = enter(container).await?;
-        self.ensure_in(container, &ns, att, None).await
+        self.ensure_owned(container, att, None).await
     }
 
     async fn announce(
