@@ -166,6 +166,7 @@ fn terminals(sc: &Scenario) {
         "-c",
         r#"printf 'go\n' | script -q -e -c "stty cols 91 rows 37; \"\$TOPOCTL\" exec -it shell -- sh -c 'read x; stty size; tty; exit 5'; echo topoctl-exit=\$?; stty -a" /dev/null"#,
     ])
+    .env("SHELL", "/bin/sh")
     .env("TOPOCTL", sc.topoctl_bin());
     let out = sc.run(c, secs(120)).ok();
     assert!(
@@ -199,11 +200,13 @@ fn resize_is_followed(sc: &Scenario) {
     let mark = tempfile::NamedTempFile::new().expect("a temporary file");
     let mark: PathBuf = mark.into_temp_path().keep().expect("keep the file");
     std::fs::remove_file(&mark).ok();
-    // topoctl runs in the background of the pty's shell (stdin kept on the pty); the shell
-    // resizes the pty once the test has seen the first size.
+    // topoctl runs in the background of the pty's shell, its stdin kept on the pty through
+    // fd 3: a shell without job control (dash, CI's /bin/sh) gives a background job
+    // /dev/null as stdin before its redirections, so `<&0` would not do. The shell resizes
+    // the pty once the test has seen the first size.
     let script = format!(
-        "stty cols 91 rows 37; \
-         \"$TOPOCTL\" exec -it shell -- sh -c 'while :; do stty size; sleep 0.2; done' <&0 & \
+        "stty cols 91 rows 37; exec 3<&0; \
+         \"$TOPOCTL\" exec -it shell -- sh -c 'while :; do stty size; sleep 0.2; done' <&3 & \
          while [ ! -e {m} ]; do sleep 0.1; done; stty cols 100 rows 50; wait",
         m = mark.display()
     );
@@ -211,6 +214,8 @@ fn resize_is_followed(sc: &Scenario) {
     c.args(["-q", "-e", "-c"])
         .arg(script)
         .arg("/dev/null")
+        // script(1) runs its command with $SHELL: the same shell on every machine.
+        .env("SHELL", "/bin/sh")
         .env("TOPOCTL", sc.topoctl_bin());
     let session = sc.spawn(c);
     poll("the command to print its first size", secs(60), || {
