@@ -23,7 +23,7 @@ use topo_e2e::manifest::{container, docs, network, on};
 use topo_e2e::mesh::{finish_probes, keep_probing, start_probes};
 use topo_e2e::parse::coverage_totals;
 use topo_e2e::probe::{ProbeRun, utc_ms};
-use topo_e2e::{Lab, converge, node_name};
+use topo_e2e::{Lab, converge, node_address, node_name};
 
 const NET: &str = "churn";
 /// Probes each prober sends around each change.
@@ -39,6 +39,11 @@ struct Args {
     lab: String,
     /// Where each node's packet capture goes (tcpdump on every interface of the node).
     capture: Option<std::path::PathBuf>,
+    /// Give each node's ovs-vswitchd the underlay's route as a user route (`ovs/route/add`).
+    user_route: bool,
+    /// Instead of topo containers: a veth made by hand (`ip link`) added to and removed from
+    /// the bridge with `ovs-vsctl` — Open vSwitch alone, no agent.
+    raw: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -46,6 +51,8 @@ fn parse_args() -> Result<Args, String> {
         runs: 50,
         lab: "port-churn".into(),
         capture: None,
+        user_route: false,
+        raw: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -54,8 +61,10 @@ fn parse_args() -> Result<Args, String> {
             "--runs" => a.runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
             "--lab" => a.lab = value()?,
             "--capture" => a.capture = Some(value()?.into()),
+            "--user-route" => a.user_route = true,
+            "--raw" => a.raw = true,
             "--help" | "-h" => {
-                return Err("usage: port-churn [--runs 50] [--lab NAME] [--capture DIR]".into());
+                return Err("usage: port-churn [--runs 50] [--lab NAME] [--capture DIR] [--user-route] [--raw]".into());
             }
             other => return Err(format!("unknown flag {other} (see --help)")),
         }
@@ -179,6 +188,14 @@ fn main() {
             })
         })
         .collect();
+    if args.user_route {
+        let [a, b, c, _] = node_address(1).octets();
+        let underlay = format!("{a}.{b}.{c}.0/24");
+        for n in 1..=2 {
+            appctl(&lab, n, &["ovs/route/add", &underlay, "br-phy"]);
+            print!("node{n} ovs/route/show:\n{}", appctl(&lab, n, &["ovs/route/show"]));
+        }
+    }
     let mut lost: Vec<(u32, &str, String, SystemTime)> = Vec::new();
     let (mut sent, mut adds) = (0usize, 0u32);
     for run in 1..=args.runs {
@@ -189,14 +206,32 @@ fn main() {
         let c0 = coverage(&lab);
         let s0 = datapath_stats(&lab);
         let added_at = SystemTime::now();
-        let refs = lab.apply(&docs(&[sleeper(&name, node)]), converge());
+        // The veth's name: not topo's prefix, so the agent leaves it alone.
+        let raw = format!("xc{run}");
+        let refs = if args.raw {
+            let peer = format!("xd{run}");
+            lab.on_node(node, &["ip", "link", "add", &raw, "type", "veth", "peer", "name", &peer])
+                .ok();
+            lab.on_node(node, &["ip", "link", "set", &raw, "up"]).ok();
+            lab.on_node(node, &["ip", "link", "set", &peer, "up"]).ok();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            lab.vsctl(node, &["add-port", "tb-churn", &raw]).ok();
+            vec![]
+        } else {
+            lab.apply(&docs(&[sleeper(&name, node)]), converge())
+        };
         adds += 1;
         keep_probing(&probers, AROUND);
         let c1 = coverage(&lab);
         let s1 = datapath_stats(&lab);
         let deleted_at = SystemTime::now();
-        lab.delete(&refs, converge())
-            .unwrap_or_else(|e| panic!("{e}"));
+        if args.raw {
+            lab.vsctl(node, &["del-port", "tb-churn", &raw]).ok();
+            lab.on_node(node, &["ip", "link", "del", &raw]).ok();
+        } else {
+            lab.delete(&refs, converge())
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
         keep_probing(&probers, AROUND);
         let c2 = coverage(&lab);
         let runs: Vec<ProbeRun> = finish_probes(probers);
