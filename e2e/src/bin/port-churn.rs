@@ -160,7 +160,11 @@ fn main() {
     });
     let lab = Lab::up(&args.lab, 2);
     lab.apply(
-        &docs(&[network(NET, "10.66.0.0/16"), sleeper("o1", 1), sleeper("o2", 2)]),
+        &docs(&[
+            network(NET, "10.66.0.0/16"),
+            sleeper("o1", 1),
+            sleeper("o2", 2),
+        ]),
         converge(),
     );
     let mesh: Vec<(String, Ipv4Addr)> = ["o1", "o2"]
@@ -168,7 +172,10 @@ fn main() {
         .map(|c| (c.to_string(), lab.address(c, NET)))
         .collect();
     for (from, _) in &mesh {
-        let (_, to) = mesh.iter().find(|(c, _)| c != from).expect("two containers");
+        let (_, to) = mesh
+            .iter()
+            .find(|(c, _)| c != from)
+            .expect("two containers");
         lab.wait_ping(from, *to, converge());
     }
     // Packet captures on both nodes (kept running until the end: dropping them stops them).
@@ -193,7 +200,10 @@ fn main() {
         let underlay = format!("{a}.{b}.{c}.0/24");
         for n in 1..=2 {
             appctl(&lab, n, &["ovs/route/add", &underlay, "br-phy"]);
-            print!("node{n} ovs/route/show:\n{}", appctl(&lab, n, &["ovs/route/show"]));
+            print!(
+                "node{n} ovs/route/show:\n{}",
+                appctl(&lab, n, &["ovs/route/show"])
+            );
         }
     }
     let mut lost: Vec<(u32, &str, String, SystemTime)> = Vec::new();
@@ -210,8 +220,13 @@ fn main() {
         let raw = format!("xc{run}");
         let refs = if args.raw {
             let peer = format!("xd{run}");
-            lab.on_node(node, &["ip", "link", "add", &raw, "type", "veth", "peer", "name", &peer])
-                .ok();
+            lab.on_node(
+                node,
+                &[
+                    "ip", "link", "add", &raw, "type", "veth", "peer", "name", &peer,
+                ],
+            )
+            .ok();
             lab.on_node(node, &["ip", "link", "set", &raw, "up"]).ok();
             lab.on_node(node, &["ip", "link", "set", &peer, "up"]).ok();
             std::thread::sleep(std::time::Duration::from_millis(300));
