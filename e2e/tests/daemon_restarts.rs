@@ -4,9 +4,11 @@
 //! the containers' ids and start times, topo's OVS interface uuids (the db survives every
 //! restart here) and its links' ifindexes are unchanged. What a restart lost is repaired: after
 //! `ovs-vswitchd` exits with `--cleanup` its bridges' internal ports come back without their
-//! addresses, and the agent puts the gateway back. Each restart is followed at once by a
-//! tampering only a reconnected agent can hear (a container killed, an OVS port deleted):
-//! the time until it is repaired is the time to converge.
+//! addresses, and the agent puts the gateway back. Each restart is followed, once the probes
+//! have ended, by a tampering only a reconnected agent can hear (a container killed, an OVS
+//! port deleted): the time until it is repaired is the time to converge. Not while probing:
+//! the repair adds a port to the netdev datapath, which can drop a packet in flight on the
+//! other ports (Open vSwitch's, measured in RELIABILITY.md), and is not what is measured here.
 //!
 //! Lost probes and times are printed (`e2e[daemon-restarts/...]: ...`) for RELIABILITY.md; the
 //! test asserts no loss where the datapath is untouched (dockerd, ovsdb-server restarts) and
@@ -151,6 +153,8 @@ fn lost(runs: &[ProbeRun]) -> usize {
 /// waits until it runs again; the time from `since`.
 fn bystander_killed_and_restarted(sc: &Scenario, since: Instant, what: &str) -> Duration {
     let started = identity(sc, BYSTANDER).started_at;
+    let killed_after = since.elapsed();
+    let killed = Instant::now();
     sc.docker(&["kill", &topo_e2e::docker_name(BYSTANDER)]).ok();
     poll(&format!("{BYSTANDER} to run again"), REPAIR, || {
         let v = sc.inspect(BYSTANDER).ok_or("no container")?;
@@ -165,9 +169,10 @@ fn bystander_killed_and_restarted(sc: &Scenario, since: Instant, what: &str) -> 
             Err(format!("State {}", v.get("State").unwrap_or(&Value::Null)))
         }
     });
-    let took = since.elapsed();
+    let took = killed.elapsed();
     sc.step(&format!(
-        "{what}: a container killed right after it ran again {:.1} s after the restart began",
+        "{what}: a container killed {:.1} s after the restart began ran again {:.1} s later",
+        killed_after.as_secs_f64(),
         took.as_secs_f64()
     ));
     took
@@ -177,6 +182,8 @@ fn bystander_killed_and_restarted(sc: &Scenario, since: Instant, what: &str) -> 
 /// from `since`.
 fn bystander_port_repaired(sc: &Scenario, since: Instant, what: &str) -> Duration {
     let (br, veth) = (bridge_name(NET), veth_host_name(BYSTANDER, "eth0"));
+    let deleted_after = since.elapsed();
+    let deleted = Instant::now();
     sc.vsctl(1, &["del-port", &br, &veth]).ok();
     poll(
         &format!("{veth} to be a port of {br} again"),
@@ -190,9 +197,10 @@ fn bystander_port_repaired(sc: &Scenario, since: Instant, what: &str) -> Duratio
             }
         },
     );
-    let took = since.elapsed();
+    let took = deleted.elapsed();
     sc.step(&format!(
-        "{what}: an OVS port deleted right after it was back {:.1} s after the restart began",
+        "{what}: an OVS port deleted {:.1} s after the restart began was back {:.1} s later",
+        deleted_after.as_secs_f64(),
         took.as_secs_f64()
     ));
     took
@@ -203,8 +211,11 @@ fn bystander_port_repaired(sc: &Scenario, since: Instant, what: &str) -> Duratio
 fn dockerd_restart(sc: &Scenario) {
     let mut before = set_up(sc);
     let t = restart(sc, &["restart-docker"]);
-    bystander_killed_and_restarted(sc, t, "dockerd restart");
     let runs = probes_after(sc, &mut before, "dockerd restart");
+    // Only after the probes: the bystander's new run gets a new veth, and adding a port to
+    // the netdev datapath can drop a packet in flight on its other ports — Open vSwitch's
+    // doing, not the restart's (RELIABILITY.md, "A port added to a bridge ...").
+    bystander_killed_and_restarted(sc, t, "dockerd restart");
     // The bystander was killed on purpose: a new run, in a new namespace with a new veth.
     before.identities.retain(|(c, _)| *c != BYSTANDER);
     let veth = veth_host_name(BYSTANDER, "eth0");
@@ -217,8 +228,9 @@ fn dockerd_restart(sc: &Scenario) {
 fn ovsdb_server_restart(sc: &Scenario) {
     let mut before = set_up(sc);
     let t = restart(sc, &["restart-ovsdb", "1"]);
-    bystander_port_repaired(sc, t, "ovsdb-server restart");
     let runs = probes_after(sc, &mut before, "ovsdb-server restart");
+    // After the probes, as for dockerd: the port's re-add is a port added to the datapath.
+    bystander_port_repaired(sc, t, "ovsdb-server restart");
     // The bystander's port was deleted and made anew on purpose.
     let veth = veth_host_name(BYSTANDER, "eth0");
     assert_adopted(sc, &before, |k| k.ends_with(&format!("interface {veth}")));
@@ -230,8 +242,8 @@ fn ovsdb_server_restart(sc: &Scenario) {
 fn ovs_vswitchd_restart(sc: &Scenario) {
     let mut before = set_up(sc);
     let t = restart(sc, &["restart-vswitchd", "1"]);
-    bystander_port_repaired(sc, t, "ovs-vswitchd restart");
     let runs = probes_after(sc, &mut before, "ovs-vswitchd restart");
+    bystander_port_repaired(sc, t, "ovs-vswitchd restart");
     let veth = veth_host_name(BYSTANDER, "eth0");
     assert_adopted(sc, &before, |k| k.ends_with(&format!("interface {veth}")));
     assert_traffic_flows_at_the_end(&runs);
