@@ -69,6 +69,7 @@ pub async fn reconcile(
     }
 
     let exec = ctx.executor();
+    let links_started = std::time::Instant::now();
     let scope = NatScope::Container {
         name: c.name.clone(),
         ns: running.ns.clone(),
@@ -86,6 +87,7 @@ pub async fn reconcile(
             container = %c.name,
             docker_ms = docker_time.as_secs_f64() * 1000.0,
             plumbing_ms = docker_done.elapsed().as_secs_f64() * 1000.0,
+            links_ms = links_started.elapsed().as_secs_f64() * 1000.0,
             "container started and plumbed"
         );
     }

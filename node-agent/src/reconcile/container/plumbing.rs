@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 
@@ -340,6 +340,7 @@ pub async fn converge(
     ahead: Option<Probed>,
 ) -> Result<Vec<Drift>, ReconcileError> {
     let exec = ctx.executor();
+    let started = Instant::now();
     let state = exec.switch().await?;
     for att in &c.attachments {
         bridge::check_ready(&state, &att.bridge)?;
@@ -355,7 +356,10 @@ pub async fn converge(
     let withheld: BTreeSet<String> = probed.conflicts.iter().map(|(v, _)| v.clone()).collect();
     let veths = plan_veths(c, previous, ns, &observed, &withheld);
     ctx.mark_stale_ports(veths.new_pairs.iter().cloned());
+    let observe_ms = ms_since(started);
+    let veths_started = Instant::now();
     exec.apply(veths.changes).await?;
+    let veths_ms = ms_since(veths_started);
     let veth_names: Vec<&String> = c.attachments.iter().map(|a| &a.host_veth).collect();
     let recreated = ctx.stale_ports(veth_names.iter().copied());
     let ports = plan_ports(&state, c, &recreated)?;
@@ -363,6 +367,7 @@ pub async fn converge(
     let mut drift = veths.drift;
     drift.extend(port_drift(&ports.changes, &recreated));
     let mut replumbed = veths.replumbed;
+    let ports_started = Instant::now();
     replumbed.extend(ports.changes.iter().filter_map(|ch| match ch {
         OvsChange::AddPort { name, .. } | OvsChange::UpdatePort { name, .. } => Some(name.clone()),
         _ => None,
@@ -378,6 +383,9 @@ pub async fn converge(
         },
     ])
     .await?;
+    // Where a container's plumbing time goes (peers-bench reads this line at debug level).
+    let ports_ms = ms_since(ports_started);
+    tracing::debug!(container = %c.name, observe_ms, veths_ms, ports_ms, "plumbing steps");
     ctx.clear_stale_ports(veth_names);
     // A withheld address is never announced, whatever else changed on its attachment.
     let announce: Vec<AttachmentEntry> = c
@@ -394,6 +402,10 @@ pub async fn converge(
         return Err(probed.conflicts.swap_remove(0).1);
     }
     Ok(drift)
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
 }
 
 /// When the gratuitous ARPs of a replumbed attachment go out, counted from the moment its
