@@ -63,7 +63,11 @@ pub async fn reconcile(
     let restarts = ctx.restart_state(&c.name, &running.container.id).await;
 
     let probed = running.probed.take();
-    let plumbing = plumbing::converge(ctx, c, previous, &running.ns, probed).await?;
+    let plumbing = plumbing::converge(ctx, c, previous, &running.ns, probed, running.created).await;
+    if running.created {
+        lifecycle::record_started(ctx, c, &running.container.id).await;
+    }
+    let plumbing = plumbing?;
     if !running.created {
         findings.found(plumbing, outside_topo);
     }

@@ -331,13 +331,14 @@ async fn record_claims(ctx: &Context, c: &ContainerEntry, probed: &Probed, drift
 /// Returns what differed; announces the replumbed attachments once their ports are in place.
 /// An address another host answers for is left off its interface (the rest is made) and
 /// the first such conflict is the error. `ahead`: the probes already made while the
-/// container was created.
+/// container was created; `fresh`: this reconcile created the container.
 pub async fn converge(
     ctx: &Context,
     c: &ContainerEntry,
     previous: Option<&ContainerEntry>,
     ns: &ContainerNs,
     ahead: Option<Probed>,
+    fresh: bool,
 ) -> Result<Vec<Drift>, ReconcileError> {
     let exec = ctx.executor();
     let started = Instant::now();
@@ -345,10 +346,20 @@ pub async fn converge(
     for att in &c.attachments {
         bridge::check_ready(&state, &att.bridge)?;
     }
-    let mut observed = Vec::with_capacity(c.attachments.len());
-    for att in &c.attachments {
-        observed.push(exec.attachment(&c.name, ns, att).await?);
-    }
+    let switch_ms = ms_since(started);
+    // A container this reconcile created has nothing in its namespace but `lo` (Docker made
+    // it without a network): entering the namespace to look (a thread, a netlink
+    // connection, dumps) would only find every attachment missing, which is what
+    // `default` says. The ensure that follows looks for itself before it changes anything.
+    let observed = if fresh {
+        vec![ObservedAttachment::default(); c.attachments.len()]
+    } else {
+        let mut observed = Vec::with_capacity(c.attachments.len());
+        for att in &c.attachments {
+            observed.push(exec.attachment(&c.name, ns, att).await?);
+        }
+        observed
+    };
     let mut probed = match ahead {
         Some(p) => p,
         None => probe_addresses(ctx, c, previous, &observed).await?,
@@ -385,7 +396,14 @@ pub async fn converge(
     .await?;
     // Where a container's plumbing time goes (peers-bench reads this line at debug level).
     let ports_ms = ms_since(ports_started);
-    tracing::debug!(container = %c.name, observe_ms, veths_ms, ports_ms, "plumbing steps");
+    tracing::debug!(
+        container = %c.name,
+        switch_ms,
+        observe_ms,
+        veths_ms,
+        ports_ms,
+        "plumbing steps"
+    );
     ctx.clear_stale_ports(veth_names);
     // A withheld address is never announced, whatever else changed on its attachment.
     let announce: Vec<AttachmentEntry> = c
