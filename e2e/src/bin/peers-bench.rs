@@ -38,7 +38,7 @@ use std::time::{Duration, Instant, SystemTime};
 use chrono::{DateTime, Utc};
 use topo_e2e::ovn::{Ovn, PlugTimes, Port};
 use topo_e2e::probe::{ProbeRun, Prober};
-use topo_e2e::stats::{median_p99, ms};
+use topo_e2e::stats::{cpu_seconds, median_p99, ms, rss_kib};
 use topo_e2e::{Lab, manifest, secs};
 
 struct Args {
@@ -213,27 +213,6 @@ fn docker_pid(lab: &Lab, name: &str) -> u32 {
         .unwrap_or_else(|| panic!("{name} is not running"))
 }
 
-/// utime + stime of `pid`, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions; it only reads a system constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks / hz
-}
-
-fn rss_kib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// % of a core each pid used over `secs` (all measured over the same interval), and RSS.
 fn idle(pids: &[u32], secs: u64) -> (Vec<f64>, Vec<f64>) {
     let before: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();
@@ -243,7 +222,7 @@ fn idle(pids: &[u32], secs: u64) -> (Vec<f64>, Vec<f64>) {
         .zip(before)
         .map(|(p, b)| (cpu_seconds(*p) - b) / secs as f64 * 100.0)
         .collect();
-    (cpu, pids.iter().map(|p| rss_kib(*p)).collect())
+    (cpu, pids.iter().map(|p| rss_kib(*p) as f64).collect())
 }
 
 /// Probers between host 1 and the others, both ways, for a recovery.
