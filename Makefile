@@ -11,7 +11,7 @@ CONTROLLERS ?= 1
 LAB := e2e/lab/lab.sh
 export TOPO_BIN ?= $(CURDIR)/target/debug
 
-.PHONY: all deps build test test-unit test-e2e bench soak fuzz lint fmt demo lab-up lab-down clean deb
+.PHONY: all deps build test test-unit test-e2e bench bench-peers soak fuzz lint fmt demo lab-up lab-down clean deb
 
 all: build
 
@@ -54,6 +54,13 @@ bench: deps
 	TOPO_BIN=$(CURDIR)/target/release ./target/release/rewire-bench --rewires 20 | tee target/bench/rewire.md
 	TOPO_BIN=$(CURDIR)/target/release ./target/release/dataplane-bench --secs 10 --rounds 5 | tee target/bench/dataplane.md
 	@echo "results in target/bench/*.md; BENCHMARKS.md quotes them with the machine"
+
+## bench-peers: topo and OVN (Debian's 23.03) side by side on one three-host lab, 30 containers
+## each: networking per container, the whole topology, idle CPU/RSS, recovery (BENCHMARKS.md)
+bench-peers: deps
+	$(CARGO) build --release --workspace --bins
+	@mkdir -p target/bench
+	TOPO_BIN=$(CURDIR)/target/release ./target/release/peers-bench
 
 ## soak: SOAK_SECS (default 600) of random changes and faults on a lab (3 hosts, 3 etcd
 ## members) with the invariants checked; SOAK_SEED replays a run (RELIABILITY.md)

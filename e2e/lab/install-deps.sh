@@ -19,6 +19,7 @@ PKGS=(
   protobuf-compiler libprotobuf-dev nftables iptables iproute2 ethtool busybox-static iperf3 jq
   build-essential curl procps util-linux kmod ca-certificates debootstrap git make
   prometheus chromium
+  ovn-central ovn-host
 )
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -85,6 +86,10 @@ if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
       containerd) units+=(containerd.service) ;;
       openvswitch-switch) units+=(openvswitch-switch.service ovsdb-server.service ovs-vswitchd.service) ;;
       prometheus) units+=(prometheus.service) ;;
+      # make bench-peers runs its own northd, NB/SB databases and one ovn-controller per lab
+      # host; the system-wide ones would take ports 6641/6642 and the root's Open vSwitch.
+      ovn-central) units+=(ovn-central.service ovn-northd.service ovn-ovsdb-server-nb.service ovn-ovsdb-server-sb.service) ;;
+      ovn-host) units+=(ovn-host.service ovn-controller.service) ;;
     esac
   done
   for u in "${units[@]}"; do
@@ -95,7 +100,7 @@ fi
 # The lab needs these commands; make sure they are really there.
 for c in ovs-vsctl ovsdb-server ovs-vswitchd ovsdb-tool etcd etcdctl dockerd containerd \
   docker protoc nft iptables ip ethtool busybox iperf3 jq curl sysctl nsenter setsid \
-  promtool; do
+  promtool ovn-northd ovn-controller ovn-nbctl ovn-sbctl ovn-appctl; do
   command -v "$c" >/dev/null || fail "command $c missing after install"
 done
 rm -f "$LOG"

@@ -20,6 +20,7 @@ pub mod links;
 pub mod manifest;
 pub mod mesh;
 pub mod outage;
+pub mod ovn;
 pub mod parse;
 pub mod plumbing;
 pub mod poll;

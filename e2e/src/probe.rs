@@ -138,6 +138,7 @@ pub fn utc_ms(t: SystemTime) -> String {
 pub struct Prober {
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
+    answered: Arc<AtomicU64>,
     thread: JoinHandle<Result<ProbeRun, String>>,
 }
 
@@ -163,7 +164,12 @@ impl Prober {
             probes: Vec::new(),
         };
         let sent = Arc::new(AtomicU64::new(0));
-        let (flag, count) = (Arc::clone(&stop), Arc::clone(&sent));
+        let answered = Arc::new(AtomicU64::new(0));
+        let counts = Counts {
+            sent: Arc::clone(&sent),
+            answered: Arc::clone(&answered),
+        };
+        let flag = Arc::clone(&stop);
         let thread = thread::Builder::new()
             .name(format!("probe-{label}"))
             .spawn(move || {
@@ -171,11 +177,16 @@ impl Prober {
                     .map_err(|e| format!("failed to enter the network namespace: {e}"))
                     .and_then(|()| open_socket());
                 let _ = ready_tx.send(opened.as_ref().map(|_| ()).map_err(Clone::clone));
-                probe_loop(opened?, run, &flag, &count)
+                probe_loop(opened?, run, &flag, &counts)
             })
             .map_err(|e| format!("failed to start the probe thread: {e}"))?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Prober { stop, sent, thread }),
+            Ok(Ok(())) => Ok(Prober {
+                stop,
+                sent,
+                answered,
+                thread,
+            }),
             Ok(Err(e)) => Err(format!("prober {label}: {e}")),
             Err(_) => Err(format!(
                 "prober {label}: the thread ended before it was ready"
@@ -186,6 +197,11 @@ impl Prober {
     /// How many probes it has sent so far.
     pub fn sent(&self) -> u64 {
         self.sent.load(Ordering::SeqCst)
+    }
+
+    /// How many probes have had their first reply within their window so far.
+    pub fn answered(&self) -> u64 {
+        self.answered.load(Ordering::SeqCst)
     }
 
     /// Stops sending; the prober keeps listening until its last probe's window closed.
@@ -220,11 +236,27 @@ fn next_ident() -> u16 {
     base.wrapping_add(NEXT.fetch_add(1, Ordering::SeqCst))
 }
 
+/// What a prober's thread counts for the test's thread to read meanwhile.
+struct Counts {
+    sent: Arc<AtomicU64>,
+    answered: Arc<AtomicU64>,
+}
+
+/// Errors that say the destination cannot be reached now (its ARP went unanswered: the
+/// kernel reports the ICMP host-unreachable it made on the socket): that probe is lost, and
+/// the prober goes on (a bench probes an address before the container holding it exists).
+fn unreachable(e: Errno) -> bool {
+    matches!(
+        e,
+        Errno::EHOSTUNREACH | Errno::ENETUNREACH | Errno::EHOSTDOWN | Errno::ENETDOWN
+    )
+}
+
 fn probe_loop(
     fd: std::os::fd::OwnedFd,
     mut run: ProbeRun,
     stop: &AtomicBool,
-    sent: &AtomicU64,
+    counts: &Counts,
 ) -> Result<ProbeRun, String> {
     use std::os::fd::AsRawFd;
     let ident = next_ident();
@@ -244,10 +276,13 @@ fn probe_loop(
             None if now >= next => {
                 let seq = run.probes.len() as u64;
                 let packet = echo_request(ident, seq);
-                sendto(fd.as_raw_fd(), &packet, &dest, MsgFlags::empty())
-                    .map_err(|e| format!("failed to send probe {seq} to {}: {e}", run.to))?;
+                match sendto(fd.as_raw_fd(), &packet, &dest, MsgFlags::empty()) {
+                    Ok(_) => {}
+                    Err(e) if unreachable(e) => {}
+                    Err(e) => return Err(format!("failed to send probe {seq} to {}: {e}", run.to)),
+                }
                 sent_at.push(Instant::now());
-                sent.fetch_add(1, Ordering::SeqCst);
+                counts.sent.fetch_add(1, Ordering::SeqCst);
                 run.probes.push(Probe {
                     seq,
                     sent: SystemTime::now(),
@@ -276,32 +311,39 @@ fn probe_loop(
                 if from.is_some_and(|a| a.ip() != run.to) {
                     continue;
                 }
-                if let Some(seq) = echo_reply_seq(&buf[..n], ident) {
-                    record_reply(&mut run, &sent_at, seq, arrived);
+                if let Some(seq) = echo_reply_seq(&buf[..n], ident)
+                    && record_reply(&mut run, &sent_at, seq, arrived)
+                {
+                    counts.answered.fetch_add(1, Ordering::SeqCst);
                 }
             }
             Err(Errno::EAGAIN | Errno::EINTR) => {}
+            Err(e) if unreachable(e) => {}
             Err(e) => return Err(format!("failed to receive from {}: {e}", run.to)),
         }
     }
 }
 
-fn record_reply(run: &mut ProbeRun, sent_at: &[Instant], seq: u64, arrived: Instant) {
+/// Records a reply; true when it is the first, within its probe's window.
+fn record_reply(run: &mut ProbeRun, sent_at: &[Instant], seq: u64, arrived: Instant) -> bool {
     let (Some(p), Some(t)) = (
         usize::try_from(seq)
             .ok()
             .and_then(|i| run.probes.get_mut(i)),
         usize::try_from(seq).ok().and_then(|i| sent_at.get(i)),
     ) else {
-        return;
+        return false;
     };
     let rtt = arrived.saturating_duration_since(*t);
     if p.rtt.is_some() || p.late.is_some() {
         p.duplicates += 1;
+        false
     } else if rtt <= run.window {
         p.rtt = Some(rtt);
+        true
     } else {
         p.late = Some(rtt);
+        false
     }
 }
 

@@ -117,6 +117,25 @@ async fn a_second_pass_writes_nothing() {
 }
 
 #[tokio::test]
+async fn a_new_container_is_plumbed_without_a_look_into_its_empty_namespace() {
+    let f = Fakes::new();
+    let agent = Agent::new(&f, slice());
+    agent.start().await;
+    let observe = format!("observe_attachment {}", web_port());
+    let ensure = format!("ensure_attachment {}", web_port());
+    // Docker made it without a network: planned as missing at once; the ensure looks itself.
+    let calls = f.ifs.calls();
+    assert!(calls.contains(&ensure), "{calls:?}");
+    assert!(!calls.contains(&observe), "{calls:?}");
+    assert_eq!(f.events("Started").len(), 2, "{:?}", f.events.all());
+    // A container that runs already is looked at (adoption, drift).
+    f.clear_logs();
+    let results = agent.resync().await;
+    assert!(results.iter().all(|(_, r)| r.is_ok()), "{results:?}");
+    assert!(f.ifs.calls().contains(&observe), "{:?}", f.ifs.calls());
+}
+
+#[tokio::test]
 async fn a_restarted_agent_adopts_the_host_without_a_write() {
     let f = Fakes::new();
     let first = Agent::new(&f, slice());

@@ -17,7 +17,7 @@
 
 use std::time::{Duration, Instant};
 
-use topo_e2e::stats::median_p99;
+use topo_e2e::stats::{cpu_seconds, median_p99, rss_kib};
 use topo_e2e::{Lab, poll, secs};
 use topo_schema::names;
 
@@ -307,28 +307,6 @@ fn drift_by_event(lab: &Lab, repairs: usize) -> Vec<(&'static str, Vec<Duration>
         ));
     }
     out
-}
-
-/// utime + stime of `pid`, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions; it only reads a system constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks / hz
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// `docker_ms=12.3` in a tracing line, as a Duration.

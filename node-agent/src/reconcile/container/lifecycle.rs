@@ -283,7 +283,6 @@ async fn create(
     replace: Option<(String, Replaced)>,
 ) -> Result<(Duration, Instant), ReconcileError> {
     let exec = ctx.executor();
-    let object = ObjectRef::new(Kind::Container, &c.name);
     let started = Instant::now();
     // The image first: a container being replaced keeps running until its successor's image
     // is there (a stalled pull must not leave nothing running).
@@ -301,7 +300,11 @@ async fn create(
             why.why()
         );
         ctx.recorder
-            .normal(object.clone(), "Recreating", message)
+            .normal(
+                ObjectRef::new(Kind::Container, &c.name),
+                "Recreating",
+                message,
+            )
             .await;
         ctx.forget_restarts(&c.name);
     }
@@ -312,13 +315,21 @@ async fn create(
         ..Default::default()
     };
     ctx.save_restart_state(&c.name, state);
+    Ok(docker_time)
+}
+
+/// The `Started` event of a container this reconcile created (Docker's `id`). The caller
+/// records it once the plumbing is done: the event's etcd write (a read and a transaction)
+/// would otherwise stand between the container's start and its network.
+pub async fn record_started(ctx: &Context, c: &ContainerEntry, id: &str) {
     let message = format!(
         "container {} ({}) created and started",
         c.docker_name,
-        short_id(&id)
+        short_id(id)
     );
-    ctx.recorder.normal(object, "Started", message).await;
-    Ok(docker_time)
+    ctx.recorder
+        .normal(ObjectRef::new(Kind::Container, &c.name), "Started", message)
+        .await;
 }
 
 #[cfg(test)]

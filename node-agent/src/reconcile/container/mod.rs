@@ -63,12 +63,17 @@ pub async fn reconcile(
     let restarts = ctx.restart_state(&c.name, &running.container.id).await;
 
     let probed = running.probed.take();
-    let plumbing = plumbing::converge(ctx, c, previous, &running.ns, probed).await?;
+    let plumbing = plumbing::converge(ctx, c, previous, &running.ns, probed, running.created).await;
+    if running.created {
+        lifecycle::record_started(ctx, c, &running.container.id).await;
+    }
+    let plumbing = plumbing?;
     if !running.created {
         findings.found(plumbing, outside_topo);
     }
 
     let exec = ctx.executor();
+    let links_started = std::time::Instant::now();
     let scope = NatScope::Container {
         name: c.name.clone(),
         ns: running.ns.clone(),
@@ -86,6 +91,7 @@ pub async fn reconcile(
             container = %c.name,
             docker_ms = docker_time.as_secs_f64() * 1000.0,
             plumbing_ms = docker_done.elapsed().as_secs_f64() * 1000.0,
+            links_ms = links_started.elapsed().as_secs_f64() * 1000.0,
             "container started and plumbed"
         );
     }

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 
@@ -331,23 +331,35 @@ async fn record_claims(ctx: &Context, c: &ContainerEntry, probed: &Probed, drift
 /// Returns what differed; announces the replumbed attachments once their ports are in place.
 /// An address another host answers for is left off its interface (the rest is made) and
 /// the first such conflict is the error. `ahead`: the probes already made while the
-/// container was created.
+/// container was created; `fresh`: this reconcile created the container.
 pub async fn converge(
     ctx: &Context,
     c: &ContainerEntry,
     previous: Option<&ContainerEntry>,
     ns: &ContainerNs,
     ahead: Option<Probed>,
+    fresh: bool,
 ) -> Result<Vec<Drift>, ReconcileError> {
     let exec = ctx.executor();
+    let started = Instant::now();
     let state = exec.switch().await?;
     for att in &c.attachments {
         bridge::check_ready(&state, &att.bridge)?;
     }
-    let mut observed = Vec::with_capacity(c.attachments.len());
-    for att in &c.attachments {
-        observed.push(exec.attachment(&c.name, ns, att).await?);
-    }
+    let switch_ms = ms_since(started);
+    // A container this reconcile created has nothing in its namespace but `lo` (Docker made
+    // it without a network): entering the namespace to look (a thread, a netlink
+    // connection, dumps) would only find every attachment missing, which is what
+    // `default` says. The ensure that follows looks for itself before it changes anything.
+    let observed = if fresh {
+        vec![ObservedAttachment::default(); c.attachments.len()]
+    } else {
+        let mut observed = Vec::with_capacity(c.attachments.len());
+        for att in &c.attachments {
+            observed.push(exec.attachment(&c.name, ns, att).await?);
+        }
+        observed
+    };
     let mut probed = match ahead {
         Some(p) => p,
         None => probe_addresses(ctx, c, previous, &observed).await?,
@@ -355,7 +367,10 @@ pub async fn converge(
     let withheld: BTreeSet<String> = probed.conflicts.iter().map(|(v, _)| v.clone()).collect();
     let veths = plan_veths(c, previous, ns, &observed, &withheld);
     ctx.mark_stale_ports(veths.new_pairs.iter().cloned());
+    let observe_ms = ms_since(started);
+    let veths_started = Instant::now();
     exec.apply(veths.changes).await?;
+    let veths_ms = ms_since(veths_started);
     let veth_names: Vec<&String> = c.attachments.iter().map(|a| &a.host_veth).collect();
     let recreated = ctx.stale_ports(veth_names.iter().copied());
     let ports = plan_ports(&state, c, &recreated)?;
@@ -363,6 +378,7 @@ pub async fn converge(
     let mut drift = veths.drift;
     drift.extend(port_drift(&ports.changes, &recreated));
     let mut replumbed = veths.replumbed;
+    let ports_started = Instant::now();
     replumbed.extend(ports.changes.iter().filter_map(|ch| match ch {
         OvsChange::AddPort { name, .. } | OvsChange::UpdatePort { name, .. } => Some(name.clone()),
         _ => None,
@@ -378,6 +394,16 @@ pub async fn converge(
         },
     ])
     .await?;
+    // Where a container's plumbing time goes (peers-bench reads this line at debug level).
+    let ports_ms = ms_since(ports_started);
+    tracing::debug!(
+        container = %c.name,
+        switch_ms,
+        observe_ms,
+        veths_ms,
+        ports_ms,
+        "plumbing steps"
+    );
     ctx.clear_stale_ports(veth_names);
     // A withheld address is never announced, whatever else changed on its attachment.
     let announce: Vec<AttachmentEntry> = c
@@ -394,6 +420,10 @@ pub async fn converge(
         return Err(probed.conflicts.swap_remove(0).1);
     }
     Ok(drift)
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
 }
 
 /// When the gratuitous ARPs of a replumbed attachment go out, counted from the moment its
