@@ -11,7 +11,7 @@ CONTROLLERS ?= 1
 LAB := e2e/lab/lab.sh
 export TOPO_BIN ?= $(CURDIR)/target/debug
 
-.PHONY: all deps build test test-unit test-e2e bench soak fuzz lint fmt demo lab-up lab-down clean deb
+.PHONY: all deps build test test-unit test-e2e bench bench-scale soak fuzz lint fmt demo lab-up lab-down clean deb
 
 all: build
 
@@ -54,6 +54,17 @@ bench: deps
 	TOPO_BIN=$(CURDIR)/target/release ./target/release/rewire-bench --rewires 20 | tee target/bench/rewire.md
 	TOPO_BIN=$(CURDIR)/target/release ./target/release/dataplane-bench --secs 10 --rounds 5 | tee target/bench/dataplane.md
 	@echo "results in target/bench/*.md; BENCHMARKS.md quotes them with the machine"
+
+## bench-scale: 1,000 hollow agents (the real agent runtime, its own etcd identity, watch,
+## reports and heartbeat each; the recording fakes as hosts) in one process against the real
+## etcd and controller; 20 containers per node at 100, 300 and 1,000 nodes (BENCHMARKS.md).
+## The fakes live only in scale-bench (feature scale-bench), never in topo-controller/topo-agent.
+SCALE_NODES ?= 100,300,1000
+bench-scale: deps
+	$(CARGO) build --release -p topo-controller --bin topo-controller
+	$(CARGO) build --release -p topo-controller --features scale-bench --bin scale-bench
+	@mkdir -p target/bench
+	./target/release/scale-bench --nodes $(SCALE_NODES) --containers-per-node 20 | tee target/bench/scale.md
 
 ## soak: SOAK_SECS (default 600) of random changes and faults on a lab (3 hosts, 3 etcd
 ## members) with the invariants checked; SOAK_SEED replays a run (RELIABILITY.md)
