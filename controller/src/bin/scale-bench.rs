@@ -102,6 +102,7 @@ struct Row {
     controller_cpu: f64,
     controller_rss_kib: u64,
     etcd_cpu: f64,
+    etcd_rss_kib: u64,
     agents_cpu: f64,
     agents_rss_kib: u64,
     key_writes: f64,
@@ -234,6 +235,7 @@ async fn bench_size(args: &Args, controller_bin: &std::path::Path, nodes: usize)
     row.derive_passes = after.derive_passes - before.derive_passes;
     row.derive_secs = after.derive_secs - before.derive_secs;
     row.controller_rss_kib = vm_hwm(cluster.controller.pid()).unwrap_or(0);
+    row.etcd_rss_kib = vm_hwm(cluster.etcd.pid()).unwrap_or(0);
     row.agents_rss_kib = vm_hwm(std::process::id()).unwrap_or(0);
     row.load = load_average();
     agents.stop().await;
@@ -356,7 +358,10 @@ async fn hollow_client(cluster: &Cluster, node: &str) -> Result<Client> {
         keep_alive: Some((Duration::from_secs(5), Duration::from_secs(3))),
         keep_alive_while_idle: true,
     };
-    Ok(topo_watcher::failover::connect(&[cluster.etcd_endpoint.clone()], &options).await?)
+    Ok(
+        topo_watcher::failover::connect(std::slice::from_ref(&cluster.etcd_endpoint), &options)
+            .await?,
+    )
 }
 
 async fn count(c: &mut Client, prefix: &str) -> Result<usize> {
@@ -605,7 +610,7 @@ fn report(args: &Args, rows: &[Row]) -> String {
     );
     let _ = writeln!(
         s,
-        "| nodes | containers | set-up (register + sync) | applies | apply (HTTP) | agents reported all Ready | S: all Ready | controller CPU-s | controller peak RSS | derive passes / time | etcd CPU-s | hollow agents CPU-s / peak RSS | etcd key writes/s | etcd revisions/s | etcd db size | load avg at end |"
+        "| nodes | containers | set-up (register + sync) | applies | apply (HTTP) | agents reported all Ready | S: all Ready | controller CPU-s | controller peak RSS | derive passes / time | etcd CPU-s / peak RSS | hollow agents CPU-s / peak RSS | etcd key writes/s | etcd revisions/s | etcd db size | load avg at end |"
     );
     let _ = writeln!(
         s,
@@ -615,7 +620,7 @@ fn report(args: &Args, rows: &[Row]) -> String {
         let over = r.window.as_secs_f64().max(0.001);
         let _ = writeln!(
             s,
-            "| {} | {} | {:.1} s | {} | {:.1} s | {} | {} | {:.1} | {:.0} MiB | {:.0} / {:.1} s | {:.1} | {:.1} / {:.0} MiB | {:.0} | {:.0} | {:.1} MiB | {} |",
+            "| {} | {} | {:.1} s | {} | {:.1} s | {} | {} | {:.1} | {:.0} MiB | {:.0} / {:.1} s | {:.1} / {:.0} MiB | {:.1} / {:.0} MiB | {:.0} | {:.0} | {:.1} MiB | {} |",
             r.nodes,
             r.containers,
             r.setup.as_secs_f64(),
@@ -628,6 +633,7 @@ fn report(args: &Args, rows: &[Row]) -> String {
             r.derive_passes,
             r.derive_secs,
             r.etcd_cpu,
+            r.etcd_rss_kib as f64 / 1024.0,
             r.agents_cpu,
             r.agents_rss_kib as f64 / 1024.0,
             r.key_writes / over,
