@@ -11,7 +11,7 @@ CONTROLLERS ?= 1
 LAB := e2e/lab/lab.sh
 export TOPO_BIN ?= $(CURDIR)/target/debug
 
-.PHONY: all deps build test test-unit test-e2e bench bench-peers soak fuzz lint fmt demo lab-up lab-down clean deb
+.PHONY: all deps build test test-unit test-e2e bench bench-peers bench-scale bench-density soak fuzz lint fmt demo lab-up lab-down clean deb
 
 all: build
 
@@ -61,6 +61,24 @@ bench-peers: deps
 	$(CARGO) build --release --workspace --bins
 	@mkdir -p target/bench
 	TOPO_BIN=$(CURDIR)/target/release ./target/release/peers-bench
+
+## bench-scale: 1,000 hollow agents (the real agent runtime, its own etcd identity, watch,
+## reports and heartbeat each; the recording fakes as hosts) in one process against the real
+## etcd and controller; 20 containers per node at 100, 300 and 1,000 nodes (BENCHMARKS.md).
+## The fakes live only in scale-bench (feature scale-bench), never in topo-controller/topo-agent.
+SCALE_NODES ?= 100,300,1000
+bench-scale: deps
+	$(CARGO) build --release -p topo-controller --bin topo-controller
+	$(CARGO) build --release -p topo-controller --features scale-bench --bin scale-bench
+	@mkdir -p target/bench
+	./target/release/scale-bench --nodes $(SCALE_NODES) --containers-per-node 20 | tee target/bench/scale.md
+
+## bench-density: 10, 100 and 250 containers on one node — converge from nothing, adopt after
+## an agent restart (what it rewrote), one change among them, the agent at rest (BENCHMARKS.md)
+bench-density: deps
+	$(CARGO) build --release --workspace --bins
+	@mkdir -p target/bench
+	TOPO_BIN=$(CURDIR)/target/release ./target/release/density-bench | tee target/bench/density.md
 
 ## soak: SOAK_SECS (default 600) of random changes and faults on a lab (3 hosts, 3 etcd
 ## members) with the invariants checked; SOAK_SEED replays a run (RELIABILITY.md)

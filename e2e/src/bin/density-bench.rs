@@ -1,0 +1,238 @@
+//! Issue 11, density: 10, 100 and 250 containers on one node, each size from nothing.
+//!
+//! Per size, on a one-host lab (the previous size deleted first):
+//! 1. **converge**: one `topoctl apply --wait` of the network and N containers on node1 —
+//!    the time until every one is Ready;
+//! 2. **at rest**: the agent's CPU over `--idle-secs` (from /proc/PID/stat) and its RSS;
+//! 3. **adopt**: the agent SIGKILLed and started again; the time until it has reconciled
+//!    every container once (its `/metrics`, `topo_reconciles_total{kind="container"}`), and
+//!    what that cost: containers restarted (Docker's StartedAt) and reports rewritten (the
+//!    etcd mod revisions of the node's report keys) — both should be zero;
+//! 4. **one change**: one more container applied among them (apply → Ready), then deleted;
+//!    the median of `--changes` rounds.
+//!
+//! Usage: `density-bench [--sizes 10,100,250] [--idle-secs 60] [--changes 5]`
+//! (TOPO_BIN, TOPO_E2E_DIR as for the tests). Prints a Markdown table.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use topo_e2e::https::{agent_url, get_as};
+use topo_e2e::manifest::{container, docs, network, on};
+use topo_e2e::stats::{cpu_seconds, median_p99, rss_kib};
+use topo_e2e::{Lab, poll, secs};
+use topo_schema::keys;
+
+const NET: &str = "dense";
+
+struct Args {
+    sizes: Vec<usize>,
+    idle_secs: u64,
+    changes: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        sizes: vec![10, 100, 250],
+        idle_secs: 60,
+        changes: 5,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--sizes" => {
+                a.sizes = value()?
+                    .split(',')
+                    .map(|s| s.trim().parse().map_err(|e| format!("--sizes: {s}: {e}")))
+                    .collect::<Result<_, _>>()?
+            }
+            "--idle-secs" => a.idle_secs = value()?.parse().map_err(|e| format!("--idle-secs: {e}"))?,
+            "--changes" => a.changes = value()?.parse().map_err(|e| format!("--changes: {e}"))?,
+            "--help" | "-h" => {
+                return Err("usage: density-bench [--sizes 10,100,250] [--idle-secs 60] [--changes 5]".into())
+            }
+            other => return Err(format!("unknown flag {other} (see --help)")),
+        }
+    }
+    if a.sizes.is_empty() || a.changes == 0 {
+        return Err("--sizes and --changes need at least one".into());
+    }
+    Ok(a)
+}
+
+fn sleeper(name: &str) -> String {
+    let cmd = ["sleep".to_string(), "1000000".to_string()];
+    container(name, "node1", &cmd, &[on(NET)])
+}
+
+fn names(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("d-{i}")).collect()
+}
+
+/// One row of the table.
+struct Row {
+    size: usize,
+    converge: Duration,
+    idle_cpu_pct: f64,
+    rss_mib: f64,
+    adopt: Duration,
+    restarted: usize,
+    rewritten: usize,
+    change_ms: f64,
+}
+
+fn agent_pid(lab: &Lab) -> u32 {
+    lab.agent_pid(1)
+        .unwrap_or_else(|| panic!("node1's agent is not running"))
+}
+
+/// `name` → Docker's StartedAt, for every topo container of `names`.
+fn started_at(lab: &Lab, names: &[String]) -> BTreeMap<String, String> {
+    names
+        .iter()
+        .map(|n| {
+            let at = lab
+                .inspect(n)
+                .and_then(|v| v["State"]["StartedAt"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            (n.clone(), at)
+        })
+        .collect()
+}
+
+/// Report key → mod revision, for node1's reports.
+fn report_revisions(lab: &Lab) -> BTreeMap<String, i64> {
+    let prefix = keys::node_reports_prefix("node1");
+    let endpoints = format!("--endpoints={}", lab.etcd_endpoints());
+    let out = lab.sh(
+        "etcdctl",
+        &[&endpoints, "--command-timeout=30s", "get", &prefix, "--prefix", "--keys-only", "-w", "json"],
+    );
+    assert!(out.success(), "etcdctl get {prefix}: {}", out.describe_failure());
+    let v: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("etcdctl's JSON: {e}: {}", out.stdout));
+    v["kvs"]
+        .as_array()
+        .map(|kvs| {
+            kvs.iter()
+                .map(|kv| {
+                    (
+                        kv["key"].as_str().unwrap_or("").to_string(),
+                        kv["mod_revision"].as_i64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `topo_reconciles_total{kind="container",...}` summed over results, from node1's agent.
+fn container_reconciles(lab: &Lab) -> Result<u64, String> {
+    let (code, body) = get_as(lab, Some("metrics"), &agent_url(1, "/metrics"));
+    if code != 200 {
+        return Err(format!("/metrics answered {code}: {body}"));
+    }
+    Ok(body
+        .lines()
+        .filter(|l| l.starts_with("topo_reconciles_total{") && l.contains("kind=\"container\""))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum())
+}
+
+fn converge(lab: &Lab, size: usize) -> (Duration, Vec<String>) {
+    let mut parts = vec![network(NET, "10.88.0.0/16")];
+    parts.extend(names(size).iter().map(|n| sleeper(n)));
+    let t = Instant::now();
+    let refs = lab.apply(&docs(&parts), secs(120 + 6 * size as u64));
+    (t.elapsed(), refs)
+}
+
+fn at_rest(lab: &Lab, idle: Duration) -> (f64, f64) {
+    let pid = agent_pid(lab);
+    let c0 = cpu_seconds(pid);
+    std::thread::sleep(idle);
+    let cpu = (cpu_seconds(pid) - c0) / idle.as_secs_f64() * 100.0;
+    (cpu, rss_kib(pid) as f64 / 1024.0)
+}
+
+/// The agent restarted; (time to reconcile every container once, containers restarted,
+/// reports rewritten).
+fn adopt(lab: &Lab, size: usize) -> (Duration, usize, usize) {
+    let all = names(size);
+    let started = started_at(lab, &all);
+    let revisions = report_revisions(lab);
+    lab.kill_agent(1, "KILL");
+    let t = Instant::now();
+    lab.start_agent(1);
+    poll("node1's agent to reconcile every container once", secs(120 + size as u64), || {
+        let n = container_reconciles(lab)?;
+        if n >= size as u64 {
+            Ok(())
+        } else {
+            Err(format!("{n} of {size} container reconciles"))
+        }
+    });
+    let took = t.elapsed();
+    // Anything the restart would rewrite comes with those reconciles; a moment more lets a
+    // late write show.
+    std::thread::sleep(secs(2));
+    let restarted = started_at(lab, &all)
+        .iter()
+        .filter(|(n, at)| started.get(*n) != Some(*at))
+        .count();
+    let after = report_revisions(lab);
+    let rewritten = after
+        .iter()
+        .filter(|(k, r)| revisions.get(*k).is_some_and(|b| b != *r))
+        .count();
+    (took, restarted, rewritten)
+}
+
+fn one_change(lab: &Lab, rounds: usize) -> f64 {
+    let mut took = Vec::new();
+    for i in 0..rounds {
+        let name = format!("extra-{i}");
+        let t = Instant::now();
+        let refs = lab.apply(&sleeper(&name), secs(120));
+        took.push(t.elapsed());
+        lab.delete(&refs, secs(120)).unwrap_or_else(|e| panic!("{e}"));
+    }
+    median_p99(took).0
+}
+
+fn main() {
+    let args = parse_args().unwrap_or_else(|e| {
+        eprintln!("density-bench: {e}");
+        std::process::exit(2);
+    });
+    let lab = Lab::up("density", 1);
+    let mut rows = Vec::new();
+    for &size in &args.sizes {
+        let (converge, refs) = converge(&lab, size);
+        eprintln!("density: {size} containers Ready in {:.1} s", converge.as_secs_f64());
+        let (idle_cpu_pct, rss_mib) = at_rest(&lab, secs(args.idle_secs));
+        let (adopt, restarted, rewritten) = adopt(&lab, size);
+        let change_ms = one_change(&lab, args.changes);
+        rows.push(Row { size, converge, idle_cpu_pct, rss_mib, adopt, restarted, rewritten, change_ms });
+        let containers: Vec<String> = refs.into_iter().filter(|r| r.starts_with("container/")).collect();
+        lab.delete(&containers, secs(120 + 2 * size as u64))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    println!("| containers on the node | converge from nothing | agent idle CPU | agent RSS | adopt after a restart | containers restarted / reports rewritten by it | one change, median of {} |", args.changes);
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for r in &rows {
+        println!(
+            "| {} | {:.1} s | {:.2} % | {:.1} MiB | {:.2} s | {} / {} | {:.0} ms |",
+            r.size,
+            r.converge.as_secs_f64(),
+            r.idle_cpu_pct,
+            r.rss_mib,
+            r.adopt.as_secs_f64(),
+            r.restarted,
+            r.rewritten,
+            r.change_ms
+        );
+    }
+}
