@@ -47,10 +47,15 @@ fn parse_args() -> Result<Args, String> {
                     .map(|s| s.trim().parse().map_err(|e| format!("--sizes: {s}: {e}")))
                     .collect::<Result<_, _>>()?
             }
-            "--idle-secs" => a.idle_secs = value()?.parse().map_err(|e| format!("--idle-secs: {e}"))?,
+            "--idle-secs" => {
+                a.idle_secs = value()?.parse().map_err(|e| format!("--idle-secs: {e}"))?
+            }
             "--changes" => a.changes = value()?.parse().map_err(|e| format!("--changes: {e}"))?,
             "--help" | "-h" => {
-                return Err("usage: density-bench [--sizes 10,100,250] [--idle-secs 60] [--changes 5]".into())
+                return Err(
+                    "usage: density-bench [--sizes 10,100,250] [--idle-secs 60] [--changes 5]"
+                        .into(),
+                );
             }
             other => return Err(format!("unknown flag {other} (see --help)")),
         }
@@ -107,9 +112,22 @@ fn report_revisions(lab: &Lab) -> BTreeMap<String, i64> {
     let endpoints = format!("--endpoints={}", lab.etcd_endpoints());
     let out = lab.sh(
         "etcdctl",
-        &[&endpoints, "--command-timeout=30s", "get", &prefix, "--prefix", "--keys-only", "-w", "json"],
+        &[
+            &endpoints,
+            "--command-timeout=30s",
+            "get",
+            &prefix,
+            "--prefix",
+            "--keys-only",
+            "-w",
+            "json",
+        ],
     );
-    assert!(out.success(), "etcdctl get {prefix}: {}", out.describe_failure());
+    assert!(
+        out.success(),
+        "etcdctl get {prefix}: {}",
+        out.describe_failure()
+    );
     let v: serde_json::Value = serde_json::from_str(&out.stdout)
         .unwrap_or_else(|e| panic!("etcdctl's JSON: {e}: {}", out.stdout));
     v["kvs"]
@@ -166,14 +184,18 @@ fn adopt(lab: &Lab, size: usize) -> (Duration, usize, usize) {
     lab.kill_agent(1, "KILL");
     let t = Instant::now();
     lab.start_agent(1);
-    poll("node1's agent to reconcile every container once", secs(120 + size as u64), || {
-        let n = container_reconciles(lab)?;
-        if n >= size as u64 {
-            Ok(())
-        } else {
-            Err(format!("{n} of {size} container reconciles"))
-        }
-    });
+    poll(
+        "node1's agent to reconcile every container once",
+        secs(120 + size as u64),
+        || {
+            let n = container_reconciles(lab)?;
+            if n >= size as u64 {
+                Ok(())
+            } else {
+                Err(format!("{n} of {size} container reconciles"))
+            }
+        },
+    );
     let took = t.elapsed();
     // Anything the restart would rewrite comes with those reconciles; a moment more lets a
     // late write show.
@@ -197,7 +219,8 @@ fn one_change(lab: &Lab, rounds: usize) -> f64 {
         let t = Instant::now();
         let refs = lab.apply(&sleeper(&name), secs(120));
         took.push(t.elapsed());
-        lab.delete(&refs, secs(120)).unwrap_or_else(|e| panic!("{e}"));
+        lab.delete(&refs, secs(120))
+            .unwrap_or_else(|e| panic!("{e}"));
     }
     median_p99(took).0
 }
@@ -211,16 +234,34 @@ fn main() {
     let mut rows = Vec::new();
     for &size in &args.sizes {
         let (converge, refs) = converge(&lab, size);
-        eprintln!("density: {size} containers Ready in {:.1} s", converge.as_secs_f64());
+        eprintln!(
+            "density: {size} containers Ready in {:.1} s",
+            converge.as_secs_f64()
+        );
         let (idle_cpu_pct, rss_mib) = at_rest(&lab, secs(args.idle_secs));
         let (adopt, restarted, rewritten) = adopt(&lab, size);
         let change_ms = one_change(&lab, args.changes);
-        rows.push(Row { size, converge, idle_cpu_pct, rss_mib, adopt, restarted, rewritten, change_ms });
-        let containers: Vec<String> = refs.into_iter().filter(|r| r.starts_with("container/")).collect();
+        rows.push(Row {
+            size,
+            converge,
+            idle_cpu_pct,
+            rss_mib,
+            adopt,
+            restarted,
+            rewritten,
+            change_ms,
+        });
+        let containers: Vec<String> = refs
+            .into_iter()
+            .filter(|r| r.starts_with("container/"))
+            .collect();
         lab.delete(&containers, secs(120 + 2 * size as u64))
             .unwrap_or_else(|e| panic!("{e}"));
     }
-    println!("| containers on the node | converge from nothing | agent idle CPU | agent RSS | adopt after a restart | containers restarted / reports rewritten by it | one change, median of {} |", args.changes);
+    println!(
+        "| containers on the node | converge from nothing | agent idle CPU | agent RSS | adopt after a restart | containers restarted / reports rewritten by it | one change, median of {} |",
+        args.changes
+    );
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     for r in &rows {
         println!(
