@@ -18,6 +18,12 @@ pub fn agent_url(node: u32, path: &str) -> String {
 /// `viewer` or `nodes/node2`; None: no client certificate): the status code and the body.
 #[track_caller]
 pub fn get_as(lab: &Lab, who: Option<&str>, url: &str) -> (u16, String) {
+    try_get_as(lab, who, url).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`get_as`] for a caller that polls an endpoint which may not be up yet: curl's failure
+/// (connection refused, timeout) is an error, not a panic.
+pub fn try_get_as(lab: &Lab, who: Option<&str>, url: &str) -> Result<(u16, String), String> {
     let pki = lab.pki_dir();
     let mut c = lab.command("curl");
     c.args([
@@ -36,11 +42,14 @@ pub fn get_as(lab: &Lab, who: Option<&str>, url: &str) -> (u16, String) {
             .arg(pki.join(format!("{who}.key")));
     }
     c.arg(url);
-    let out = lab.run(c, secs(20)).ok();
+    let out = lab.run(c, secs(20));
+    if !out.success() {
+        return Err(out.describe_failure());
+    }
     let (body, code) = out.stdout.rsplit_once('\n').unwrap_or(("", ""));
     let code = code
         .trim()
         .parse()
-        .unwrap_or_else(|_| panic!("no status code from curl {url}: {}", out.stdout));
-    (code, body.to_string())
+        .map_err(|_| format!("no status code from curl {url}: {}", out.stdout))?;
+    Ok((code, body.to_string()))
 }

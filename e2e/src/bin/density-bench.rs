@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use topo_e2e::https::{agent_url, get_as};
+use topo_e2e::https::{agent_url, try_get_as};
 use topo_e2e::manifest::{container, docs, network, on};
 use topo_e2e::stats::{cpu_seconds, median_p99, rss_kib};
 use topo_e2e::{Lab, poll, secs};
@@ -87,6 +87,22 @@ struct Row {
     change_ms: f64,
 }
 
+impl Row {
+    fn line(&self) -> String {
+        format!(
+            "| {} | {:.1} s | {:.2} % | {:.1} MiB | {:.2} s | {} / {} | {:.0} ms |",
+            self.size,
+            self.converge.as_secs_f64(),
+            self.idle_cpu_pct,
+            self.rss_mib,
+            self.adopt.as_secs_f64(),
+            self.restarted,
+            self.rewritten,
+            self.change_ms
+        )
+    }
+}
+
 fn agent_pid(lab: &Lab) -> u32 {
     lab.agent_pid(1)
         .unwrap_or_else(|| panic!("node1's agent is not running"))
@@ -147,7 +163,7 @@ fn report_revisions(lab: &Lab) -> BTreeMap<String, i64> {
 
 /// `topo_reconciles_total{kind="container",...}` summed over results, from node1's agent.
 fn container_reconciles(lab: &Lab) -> Result<u64, String> {
-    let (code, body) = get_as(lab, Some("metrics"), &agent_url(1, "/metrics"));
+    let (code, body) = try_get_as(lab, Some("metrics"), &agent_url(1, "/metrics"))?;
     if code != 200 {
         return Err(format!("/metrics answered {code}: {body}"));
     }
@@ -241,7 +257,7 @@ fn main() {
         let (idle_cpu_pct, rss_mib) = at_rest(&lab, secs(args.idle_secs));
         let (adopt, restarted, rewritten) = adopt(&lab, size);
         let change_ms = one_change(&lab, args.changes);
-        rows.push(Row {
+        let row = Row {
             size,
             converge,
             idle_cpu_pct,
@@ -250,7 +266,10 @@ fn main() {
             restarted,
             rewritten,
             change_ms,
-        });
+        };
+        // Each row also as soon as it is measured: a later size that fails keeps the others.
+        eprintln!("density: {}", row.line());
+        rows.push(row);
         let containers: Vec<String> = refs
             .into_iter()
             .filter(|r| r.starts_with("container/"))
@@ -264,16 +283,6 @@ fn main() {
     );
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     for r in &rows {
-        println!(
-            "| {} | {:.1} s | {:.2} % | {:.1} MiB | {:.2} s | {} / {} | {:.0} ms |",
-            r.size,
-            r.converge.as_secs_f64(),
-            r.idle_cpu_pct,
-            r.rss_mib,
-            r.adopt.as_secs_f64(),
-            r.restarted,
-            r.rewritten,
-            r.change_ms
-        );
+        println!("{}", r.line());
     }
 }
