@@ -3,7 +3,8 @@
 //! Per size, on a one-host lab (the previous size deleted first):
 //! 1. **converge**: one `topoctl apply --wait` of the network and N containers on node1 —
 //!    the time until every one is Ready;
-//! 2. **at rest**: the agent's CPU over `--idle-secs` (from /proc/PID/stat) and its RSS;
+//! 2. **at rest**: 15 s after the last Ready, the agent's CPU over `--idle-secs` (from
+//!    /proc/PID/stat) and its RSS;
 //! 3. **adopt**: the agent SIGKILLed and started again; the time until it has reconciled
 //!    every container once (its `/metrics`, `topo_reconciles_total{kind="container"}`), and
 //!    what that cost: containers restarted (Docker's StartedAt) and reports rewritten (the
@@ -24,6 +25,8 @@ use topo_e2e::{Lab, poll, secs};
 use topo_schema::keys;
 
 const NET: &str = "dense";
+/// How long after the last container turned Ready the agent's idle sample starts.
+const SETTLE: Duration = Duration::from_secs(15);
 
 struct Args {
     sizes: Vec<usize>,
@@ -184,6 +187,9 @@ fn converge(lab: &Lab, size: usize) -> (Duration, Vec<String>) {
 }
 
 fn at_rest(lab: &Lab, idle: Duration) -> (f64, f64) {
+    // Ready is reported before the agent's last writes of a burst (events, the ARP probes'
+    // claims) are done: the sample starts once those had time to end.
+    std::thread::sleep(SETTLE);
     let pid = agent_pid(lab);
     let c0 = cpu_seconds(pid);
     std::thread::sleep(idle);
