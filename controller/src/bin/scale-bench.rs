@@ -43,7 +43,7 @@ use topo_schema::keys;
 use topo_schema::kinds::{Datapath, Kind};
 use topo_schema::meta::{CONDITION_READY, ConditionStatus};
 
-use bench_support::cluster::{Cluster, ClusterSpec, TempDir};
+use bench_support::cluster::{self, Cluster, ClusterSpec, TempDir};
 use bench_support::https::Https;
 use bench_support::manifest::{
     Size, TopologyArg, apply_bodies, generate, node_address, node_name, send_applies,
@@ -143,21 +143,7 @@ fn main() -> Result<()> {
 }
 
 async fn run_all(args: Args) -> Result<()> {
-    let controller_bin = match &args.controller_bin {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .context("failed to find this binary's path")?
-            .with_file_name("topo-controller"),
-    };
-    if !controller_bin.exists() {
-        bail!(
-            "{} not found: build it (cargo build --release -p topo-controller) or pass --controller-bin",
-            controller_bin.display()
-        );
-    }
-    if !args.etcd_bin.exists() {
-        bail!("{} not found: install etcd-server", args.etcd_bin.display());
-    }
+    let controller_bin = cluster::binaries(args.controller_bin.as_deref(), &args.etcd_bin)?;
     let mut rows = vec![];
     for &nodes in &args.nodes {
         let containers = nodes * args.containers_per_node;

@@ -31,7 +31,7 @@ use topo_controller::ipam;
 use topo_controller::planner::{self, Desired};
 use topo_schema::keys;
 
-use bench_support::cluster::{Cluster, ClusterSpec, TempDir};
+use bench_support::cluster::{self, Cluster, ClusterSpec, TempDir};
 use bench_support::manifest::{Size, TopologyArg, apply_bodies, generate, send_applies};
 use bench_support::procfs::{load_average, machine, vm_hwm};
 
@@ -105,21 +105,7 @@ fn main() -> Result<()> {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let controller_bin = match &args.controller_bin {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .context("failed to find this binary's path")?
-            .with_file_name("topo-controller"),
-    };
-    if !controller_bin.exists() {
-        bail!(
-            "{} not found: build it (cargo build --release -p topo-controller) or pass --controller-bin",
-            controller_bin.display()
-        );
-    }
-    if !args.etcd_bin.exists() {
-        bail!("{} not found: install etcd-server", args.etcd_bin.display());
-    }
+    let controller_bin = cluster::binaries(args.controller_bin.as_deref(), &args.etcd_bin)?;
     let mut sizes = vec![];
     if args.small_nodes > 0 {
         sizes.push((

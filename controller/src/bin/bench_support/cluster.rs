@@ -16,6 +16,27 @@ use topo_schema::keys;
 
 use super::https::Https;
 
+/// The `topo-controller` binary the bench starts (`explicit`, or the one beside this bench's
+/// own binary), after checking that it and `etcd` are there.
+pub fn binaries(explicit: Option<&Path>, etcd: &Path) -> Result<PathBuf> {
+    let controller = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe()
+            .context("failed to find this binary's path")?
+            .with_file_name("topo-controller"),
+    };
+    if !controller.exists() {
+        bail!(
+            "{} not found: build it (cargo build --release -p topo-controller) or pass --controller-bin",
+            controller.display()
+        );
+    }
+    if !etcd.exists() {
+        bail!("{} not found: install etcd-server", etcd.display());
+    }
+    Ok(controller)
+}
+
 pub fn free_port() -> Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").context("failed to bind an ephemeral port")?;
     Ok(l.local_addr()?.port())
