@@ -798,6 +798,21 @@ impl Lab {
             .and_then(|v| v.get(0).cloned())
     }
 
+    /// Docker's StartedAt of each topo container of `names` (empty when it has none): a
+    /// container restarted or recreated across something shows a new one.
+    pub fn started_at(&self, names: &[String]) -> BTreeMap<String, String> {
+        names
+            .iter()
+            .map(|n| {
+                let at = self
+                    .inspect(n)
+                    .and_then(|v| v["State"]["StartedAt"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                (n.clone(), at)
+            })
+            .collect()
+    }
+
     /// The pid of the container's main process (None when it does not run); its
     /// `/proc/PID/ns/net` is the container's network namespace.
     pub fn container_pid(&self, container: &str) -> Option<u32> {

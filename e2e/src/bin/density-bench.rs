@@ -111,20 +111,6 @@ fn agent_pid(lab: &Lab) -> u32 {
         .unwrap_or_else(|| panic!("node1's agent is not running"))
 }
 
-/// `name` → Docker's StartedAt, for every topo container of `names`.
-fn started_at(lab: &Lab, names: &[String]) -> BTreeMap<String, String> {
-    names
-        .iter()
-        .map(|n| {
-            let at = lab
-                .inspect(n)
-                .and_then(|v| v["State"]["StartedAt"].as_str().map(str::to_string))
-                .unwrap_or_default();
-            (n.clone(), at)
-        })
-        .collect()
-}
-
 /// Report key → mod revision, for node1's reports.
 fn report_revisions(lab: &Lab) -> BTreeMap<String, i64> {
     let prefix = keys::node_reports_prefix("node1");
@@ -201,7 +187,7 @@ fn at_rest(lab: &Lab, idle: Duration) -> (f64, f64) {
 /// reports rewritten).
 fn adopt(lab: &Lab, size: usize) -> (Duration, usize, usize) {
     let all = names(size);
-    let started = started_at(lab, &all);
+    let started = lab.started_at(&all);
     let revisions = report_revisions(lab);
     lab.kill_agent(1, "KILL");
     let t = Instant::now();
@@ -222,7 +208,8 @@ fn adopt(lab: &Lab, size: usize) -> (Duration, usize, usize) {
     // Anything the restart would rewrite comes with those reconciles; a moment more lets a
     // late write show.
     std::thread::sleep(secs(2));
-    let restarted = started_at(lab, &all)
+    let restarted = lab
+        .started_at(&all)
         .iter()
         .filter(|(n, at)| started.get(*n) != Some(*at))
         .count();

@@ -30,7 +30,6 @@
 //!
 //! Usage: `peers-bench [--containers 30] [--idle-secs 60] [--probe-ms 5]`
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant, SystemTime};
@@ -439,24 +438,6 @@ fn topo_whole(lab: &Lab, args: &Args, anchors: &[u32; 3]) -> Duration {
     since(all_replied(probers, secs(120)), t0)
 }
 
-/// Docker's StartedAt of every topo container of host 1.
-fn started_at(lab: &Lab, names: &[String]) -> BTreeMap<String, String> {
-    names
-        .iter()
-        .map(|n| {
-            let at = lab
-                .inspect(n)
-                .and_then(|v| {
-                    v.pointer("/State/StartedAt")
-                        .and_then(|s| s.as_str())
-                        .map(String::from)
-                })
-                .unwrap_or_default();
-            (n.clone(), at)
-        })
-        .collect()
-}
-
 /// One metric's value in Prometheus text (0 when absent).
 fn metric(text: &str, series: &str) -> f64 {
     text.lines()
@@ -508,7 +489,7 @@ fn topo_recovery(lab: &Lab, side: &mut Side, anchors: &[u32; 3], addrs: &[Ipv4Ad
                 .map(String::from)
         })
         .collect();
-    let before = started_at(lab, &on_node1);
+    let before = lab.started_at(&on_node1);
     let probers = recovery_probers(anchors, addrs, WHOLE_PROBE);
     std::thread::sleep(Duration::from_millis(500));
     let pid = lab
@@ -538,7 +519,7 @@ fn topo_recovery(lab: &Lab, side: &mut Side, anchors: &[u32; 3], addrs: &[Ipv4Ad
         Duration::MAX
     });
     (side.recovery_lost, side.recovery_sent) = losses(probers, Duration::from_secs(2));
-    let after = started_at(lab, &on_node1);
+    let after = lab.started_at(&on_node1);
     side.restarts = before
         .iter()
         .filter(|(n, at)| after.get(*n) != Some(at))
