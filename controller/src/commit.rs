@@ -223,11 +223,12 @@ struct IntentCommitted {
     chunks: usize,
 }
 
-fn fence_value(pending: Option<&str>) -> Result<String, EncodeError> {
+fn fence_value(pending: Option<&str>, applied_ops: usize) -> Result<String, EncodeError> {
     encode(
         &keys::fence(),
         &Fence {
             pending_intent: pending.map(str::to_string),
+            applied_ops,
         },
     )
 }
@@ -235,21 +236,25 @@ fn fence_value(pending: Option<&str>) -> Result<String, EncodeError> {
 /// Splits `ops` into groups of at most `max_ops` operations and about `max_bytes` bytes.
 fn batches(ops: &[Op], max_ops: usize, max_bytes: usize) -> Vec<&[Op]> {
     let mut out = vec![];
-    let mut start = 0;
+    let mut rest = ops;
+    while !rest.is_empty() {
+        let batch = first_batch(rest, max_ops, max_bytes);
+        out.push(batch);
+        rest = &rest[batch.len()..];
+    }
+    out
+}
+
+/// The first group of `batches(ops, ..)`: never empty when `ops` is not.
+fn first_batch(ops: &[Op], max_ops: usize, max_bytes: usize) -> &[Op] {
     let mut bytes = 0;
     for (i, op) in ops.iter().enumerate() {
-        let n = i - start;
-        if n > 0 && (n >= max_ops || bytes + op.size() > max_bytes) {
-            out.push(&ops[start..i]);
-            start = i;
-            bytes = 0;
+        if i > 0 && (i >= max_ops || bytes + op.size() > max_bytes) {
+            return &ops[..i];
         }
         bytes += op.size();
     }
-    if start < ops.len() {
-        out.push(&ops[start..]);
-    }
-    out
+    ops
 }
 
 /// Commits change sets against the fence. Cheap to clone.
@@ -304,7 +309,13 @@ impl Committer {
     {
         let mut snap = self.cache.current();
         for _ in 0..MAX_ATTEMPTS {
+            let computing = std::time::Instant::now();
             let (cs, out) = compute(&snap)?;
+            tracing::debug!(
+                ms = computing.elapsed().as_millis() as u64,
+                snapshot = snap.revision,
+                "change set computed"
+            );
             let Some(cs) = cs.filter(|c| !c.is_empty()) else {
                 // Nothing to write, so the answer ("unchanged") rests on the snapshot alone:
                 // confirm it is current with a quorum read. While etcd is unreachable this
@@ -397,7 +408,7 @@ impl Committer {
         );
         compares.extend(extra);
         let mut then: Vec<TxnOp> = ops.iter().map(Op::txn_op).collect();
-        then.push(TxnOp::put(fence.as_str(), fence_value(None)?, None));
+        then.push(TxnOp::put(fence.as_str(), fence_value(None, 0)?, None));
         let txn = Txn::new()
             .when(compares)
             .and_then(then)
@@ -435,7 +446,7 @@ impl Committer {
                 chunks: chunks.len(),
             },
         )?;
-        let pending_fence = fence_value(Some(&id))?;
+        let pending_fence = fence_value(Some(&id), 0)?;
         // 1. Chunks, encoded one at a time (a whole large change escaped at once would double
         // its memory). One that does not encode leaves the chunks before it undecided, like a
         // failed put: recovery discards them.
@@ -451,6 +462,7 @@ impl Committer {
                 .await
                 .map_err(etcd("write an intent chunk"))?;
         }
+        tracing::debug!(chunks = chunks.len(), "intent chunks written");
         self.crash.check(Stage::ChunksWritten)?;
         // 2. Decide.
         let fence = keys::fence();
@@ -531,6 +543,19 @@ fn fence_failure(resp: &etcd_client::TxnResponse, expected: i64) -> CommitError 
 
 /// The fence's mod_revision and the intent it names.
 pub async fn read_fence(client: &Client) -> Result<(i64, Option<String>), CommitError> {
+    let state = read_fence_state(client).await?;
+    Ok((state.rev, state.pending))
+}
+
+/// What the fence says in etcd.
+struct FenceState {
+    rev: i64,
+    pending: Option<String>,
+    /// Operations of the pending intent already applied.
+    applied_ops: usize,
+}
+
+async fn read_fence_state(client: &Client) -> Result<FenceState, CommitError> {
     let resp = client
         .kv_client()
         .get(keys::fence(), None)
@@ -538,17 +563,27 @@ pub async fn read_fence(client: &Client) -> Result<(i64, Option<String>), Commit
         .map_err(etcd("read the fence"))?;
     Ok(match resp.kvs().first() {
         Some(kv) => {
-            let pending = serde_json::from_slice::<Fence>(kv.value())
-                .ok()
-                .and_then(|f| f.pending_intent);
-            (kv.mod_revision(), pending)
+            let fence = serde_json::from_slice::<Fence>(kv.value()).unwrap_or_default();
+            FenceState {
+                rev: kv.mod_revision(),
+                pending: fence.pending_intent,
+                applied_ops: fence.applied_ops,
+            }
         }
-        None => (0, None),
+        None => FenceState {
+            rev: 0,
+            pending: None,
+            applied_ops: 0,
+        },
     })
 }
 
 /// Steps 3 and 4 for intent `id`, while the fence names it. Returns the revision at which
 /// the intent is complete (also when someone else completed it meanwhile).
+///
+/// Each batch records in the fence how many operations are applied, so two parties rolling
+/// the same intent forward (a writer slowed by a busy etcd and the janitor, or a new leader)
+/// take turns through it rather than each writing all of it.
 async fn apply_intent(
     client: &Client,
     id: &str,
@@ -558,34 +593,32 @@ async fn apply_intent(
 ) -> Result<i64, CommitError> {
     let fence = keys::fence();
     let mut kv = client.kv_client();
-    let pending_value = fence_value(Some(id))?;
-    let clear_value = fence_value(None)?;
-    let mut batch_iter = batches(ops, max_txn_ops - 1, MAX_TXN_BYTES)
-        .into_iter()
-        .peekable();
-    let mut applied = 0;
+    let clear_value = fence_value(None, 0)?;
+    let mut applied_here = 0;
     loop {
-        crash.check(Stage::BatchesApplied(applied))?;
-        let (fence_rev, pending) = read_fence(client).await?;
-        if pending.as_deref() != Some(id) {
+        crash.check(Stage::BatchesApplied(applied_here))?;
+        let state = read_fence_state(client).await?;
+        if state.pending.as_deref() != Some(id) {
             // Someone else finished it.
-            return Ok(fence_rev);
+            return Ok(state.rev);
         }
-        let Some(batch) = batch_iter.peek() else {
+        let fence_is_unchanged = || {
+            vec![Compare::mod_revision(
+                fence.as_str(),
+                CompareOp::Equal,
+                state.rev,
+            )]
+        };
+        let done = state.applied_ops.min(ops.len());
+        if done == ops.len() {
             // 4. Done: drop the intent, clear the fence.
-            let txn = Txn::new()
-                .when(vec![Compare::mod_revision(
-                    fence.as_str(),
-                    CompareOp::Equal,
-                    fence_rev,
-                )])
-                .and_then(vec![
-                    TxnOp::delete(
-                        keys::intent_prefix(id),
-                        Some(DeleteOptions::new().with_prefix()),
-                    ),
-                    TxnOp::put(fence.as_str(), clear_value.as_str(), None),
-                ]);
+            let txn = Txn::new().when(fence_is_unchanged()).and_then(vec![
+                TxnOp::delete(
+                    keys::intent_prefix(id),
+                    Some(DeleteOptions::new().with_prefix()),
+                ),
+                TxnOp::put(fence.as_str(), clear_value.as_str(), None),
+            ]);
             let resp = kv.txn(txn).await.map_err(etcd("finish an intent"))?;
             if resp.succeeded() {
                 let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
@@ -593,22 +626,20 @@ async fn apply_intent(
                 return Ok(rev);
             }
             continue;
-        };
+        }
+        let batch = first_batch(&ops[done..], max_txn_ops - 1, MAX_TXN_BYTES);
         let mut then: Vec<TxnOp> = batch.iter().map(Op::txn_op).collect();
-        then.push(TxnOp::put(fence.as_str(), pending_value.as_str(), None));
-        let txn = Txn::new()
-            .when(vec![Compare::mod_revision(
-                fence.as_str(),
-                CompareOp::Equal,
-                fence_rev,
-            )])
-            .and_then(then);
+        then.push(TxnOp::put(
+            fence.as_str(),
+            fence_value(Some(id), done + batch.len())?,
+            None,
+        ));
+        let txn = Txn::new().when(fence_is_unchanged()).and_then(then);
         let resp = kv.txn(txn).await.map_err(etcd("apply an intent batch"))?;
         if resp.succeeded() {
-            batch_iter.next();
-            applied += 1;
+            applied_here += 1;
         }
-        // On failure another roll-forward moved the fence: re-read and retry this batch.
+        // On failure another roll-forward moved the fence: re-read it and go on from there.
     }
 }
 
@@ -725,10 +756,7 @@ pub async fn run_intent_janitor(
                     continue;
                 }
                 _ = tokio::time::sleep(Duration::from_secs(3)) => {
-                    tracing::warn!(%id, fence_rev, "intent stalled, rolling it forward");
-                    if let Err(e) = roll_forward(&client, &id, max_txn_ops).await {
-                        tracing::error!(%id, error = %e, "failed to roll an intent forward");
-                    }
+                    roll_forward_if_stalled(&client, &id, fence_rev, max_txn_ops).await;
                 }
             }
         } else {
@@ -737,6 +765,29 @@ pub async fn run_intent_janitor(
                 changed = rx.changed() => if changed.is_err() { return; },
             }
         }
+    }
+}
+
+/// The janitor's check: the cache has shown the fence naming `id` at `cache_fence_rev` for a
+/// while. Only if etcd says the same (the cache may just lag behind a busy etcd while the
+/// writer is applying batch after batch) is the intent stalled and rolled forward here.
+async fn roll_forward_if_stalled(
+    client: &Client,
+    id: &str,
+    cache_fence_rev: i64,
+    max_txn_ops: usize,
+) {
+    match read_fence_state(client).await {
+        Ok(state) if state.pending.as_deref() == Some(id) && state.rev == cache_fence_rev => {
+            tracing::warn!(%id, fence_rev = state.rev, "intent stalled, rolling it forward");
+            if let Err(e) = roll_forward(client, id, max_txn_ops).await {
+                tracing::error!(%id, error = %e, "failed to roll an intent forward");
+            }
+        }
+        Ok(state) => {
+            tracing::debug!(%id, cache_fence_rev, fence_rev = state.rev, "intent moving, cache behind");
+        }
+        Err(e) => tracing::warn!(%id, error = %e, "failed to read the fence"),
     }
 }
 

@@ -185,6 +185,18 @@ async fn crash_after_the_intent_commits_is_rolled_forward_on_restart() {
             "{point:?}"
         );
         assert_eq!(etcd.count(&keys::intents_prefix()).await, 0);
+        // Exactly once: the restart went on from the batches the crashed writer had applied
+        // (the fence counts them), so no object was written twice.
+        let twice: Vec<_> = etcd
+            .versions(&keys::objects_prefix(Kind::Node))
+            .await
+            .into_iter()
+            .filter(|(_, v)| *v != 1)
+            .collect();
+        assert!(
+            twice.is_empty(),
+            "{point:?}: written more than once: {twice:?}"
+        );
         assert_eq!(c2.cache.current().of_kind(Kind::Node).count(), N);
         let (_, pending) = topo_controller::commit::read_fence(&c2.client)
             .await

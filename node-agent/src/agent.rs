@@ -93,7 +93,8 @@ pub async fn run(
 
     let store = SliceStore::new();
     let queue = WorkQueue::new();
-    let recorder = Recorder::new(Arc::new(EtcdEvents::new(client.clone(), &node)), &node);
+    let events = Arc::new(EtcdEvents::new(client.clone(), &node));
+    let recorder = Recorder::new(events.clone(), &node);
     let ctx = Arc::new(
         Context::new(
             &node,
@@ -150,6 +151,8 @@ pub async fn run(
     ctx.watches.stop_all();
     ctx.pulls.stop_all();
     drain(workers, cfg.shutdown_grace).await;
+    // The drained reconciles' last events, as far as etcd takes them in the same bound.
+    let _ = tokio::time::timeout(crate::report::WRITE_TIMEOUT, events.flush()).await;
     let _ = tokio::time::timeout(Duration::from_secs(3), heartbeat).await;
     tracing::info!(node = %node, "stopped; containers keep running");
 }

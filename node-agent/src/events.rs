@@ -6,11 +6,13 @@
 //! `lastTimestamp` of the existing record instead of adding one. At most
 //! [`MAX_EVENTS_PER_OBJECT`] records are kept per object; the oldest go first.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use tokio::sync::{mpsc, oneshot};
 use topo_schema::api::{Event, EventType};
 use topo_schema::keys;
 use topo_schema::kinds::ObjectRef;
@@ -29,6 +31,8 @@ pub enum EventError {
     },
     #[error("failed to write event for {object}: it changed {attempts} times under us")]
     Contended { object: String, attempts: usize },
+    #[error("failed to queue event for {object}: the queue to etcd is full")]
+    QueueFull { object: String },
     #[error("failed to encode event for {object}: {source}")]
     Encode {
         object: String,
@@ -102,33 +106,242 @@ impl Recorder {
     }
 }
 
+/// Events to etcd, written off the caller's path: `publish` queues the event and returns; one
+/// writer task per agent drains the queue and writes what it holds together. A burst of new
+/// records (a node's containers starting: `Created`, `Started`, `Configured` each) costs etcd
+/// one transaction instead of a read and a write per event, and a reconcile never waits on
+/// etcd for an event. Events are best effort, as kubelet's are: a full queue drops the event
+/// (logged), and those still queued when the agent stops are lost.
 pub struct EtcdEvents {
+    queue: mpsc::Sender<Queued>,
+}
+
+enum Queued {
+    Event(Event),
+    /// Answered once everything queued before it is written (tests, shutdown).
+    Flush(oneshot::Sender<()>),
+}
+
+/// Events waiting for the writer; beyond this `publish` drops them.
+const QUEUE_LEN: usize = 4096;
+/// New records per transaction: a compare and a put each, within etcd's default
+/// `--max-txn-ops` of 128 per branch.
+const MAX_BATCH: usize = 64;
+
+impl EtcdEvents {
+    /// Starts the writer task (needs a tokio runtime).
+    pub fn new(client: Client, node: &str) -> Self {
+        let (queue, rx) = mpsc::channel(QUEUE_LEN);
+        let writer = EventWriter {
+            client,
+            node: node.to_string(),
+        };
+        tokio::spawn(writer.run(rx));
+        EtcdEvents { queue }
+    }
+
+    /// Waits until every event published before is written (or failed).
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.queue.send(Queued::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+#[async_trait]
+impl EventSink for EtcdEvents {
+    async fn publish(&self, event: Event) -> Result<(), EventError> {
+        let object = event.object.to_string();
+        self.queue
+            .try_send(Queued::Event(event))
+            .map_err(|_| EventError::QueueFull { object })
+    }
+}
+
+/// One event's record: its key and its object's prefix.
+struct Record {
+    key: String,
+    prefix: String,
+    event: Event,
+}
+
+struct EventWriter {
     client: Client,
     node: String,
 }
 
-impl EtcdEvents {
-    pub fn new(client: Client, node: &str) -> Self {
-        EtcdEvents {
-            client,
-            node: node.to_string(),
+impl EventWriter {
+    async fn run(self, mut rx: mpsc::Receiver<Queued>) {
+        let mut flushes = vec![];
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![];
+            let mut next = Some(first);
+            // Whatever queued up while the last write was in flight goes in this one.
+            while let Some(item) = next {
+                match item {
+                    Queued::Event(e) => batch.push(e),
+                    Queued::Flush(done) => flushes.push(done),
+                }
+                next = if batch.len() < MAX_BATCH {
+                    rx.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            self.write(batch).await;
+            for done in flushes.drain(..) {
+                let _ = done.send(());
+            }
         }
     }
 
-    /// Deletes the oldest records (by `lastTimestamp`, as the controller does) of the object
-    /// beyond the bound.
-    async fn trim(&self, prefix: &str, object: &str) -> Result<(), EventError> {
+    /// Writes a batch: repeats within it folded, then one transaction creating every record
+    /// if none exists yet; otherwise (a repeat of an earlier event) each one folded into its
+    /// stored record.
+    async fn write(&self, batch: Vec<Event>) {
+        let records = self.fold(batch);
+        if records.is_empty() {
+            return;
+        }
+        match self.create_all(&records).await {
+            Ok(true) => {
+                let prefixes: BTreeSet<&str> = records.iter().map(|r| r.prefix.as_str()).collect();
+                for prefix in prefixes {
+                    if let Err(e) = self.trim(prefix).await {
+                        tracing::warn!(error = %e, "failed to trim events");
+                    }
+                }
+            }
+            Ok(false) => {
+                for r in &records {
+                    if let Err(e) = self.merge_one(r).await {
+                        tracing::warn!(error = %e, "failed to record event");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, events = records.len(), "failed to record events"),
+        }
+    }
+
+    /// The batch as records, a repeat folded into the first of its kind.
+    fn fold(&self, batch: Vec<Event>) -> Vec<Record> {
+        let mut records: Vec<Record> = Vec::with_capacity(batch.len());
+        for event in batch {
+            let prefix =
+                keys::node_object_events_prefix(&self.node, event.object.kind, &event.object.name);
+            let key = format!("{prefix}{}", event.dedup_id());
+            match records.iter_mut().find(|r| r.key == key) {
+                Some(r) => r.event = merged(&r.event, &event),
+                None => records.push(Record { key, prefix, event }),
+            }
+        }
+        records
+    }
+
+    /// Creates every record in one transaction if none of them exists. False when one does.
+    async fn create_all(&self, records: &[Record]) -> Result<bool, EventError> {
+        let mut puts = Vec::with_capacity(records.len());
+        for r in records {
+            puts.push(TxnOp::put(r.key.clone(), encode(&r.event)?, None));
+        }
+        let txn = Txn::new()
+            .when(
+                records
+                    .iter()
+                    .map(|r| Compare::create_revision(r.key.clone(), CompareOp::Equal, 0))
+                    .collect::<Vec<_>>(),
+            )
+            .and_then(puts);
+        let resp = topo_watcher::metrics::etcd_timed("txn", self.client.clone().txn(txn))
+            .await
+            .map_err(|source| EventError::Write {
+                object: records[0].event.object.to_string(),
+                source,
+            })?;
+        Ok(resp.succeeded())
+    }
+
+    /// Folds `r` into its stored record (or creates it), comparing the revision read.
+    async fn merge_one(&self, r: &Record) -> Result<(), EventError> {
+        let object = r.event.object.to_string();
         let mut client = self.client.clone();
+        let write = |source| EventError::Write {
+            object: object.clone(),
+            source,
+        };
+        for _ in 0..WRITE_ATTEMPTS {
+            let resp = client.get(r.key.clone(), None).await.map_err(write)?;
+            let (value, compare, created) = match resp.kvs().first() {
+                Some(kv) => {
+                    let value = match serde_json::from_slice::<Event>(kv.value()) {
+                        Ok(old) => merged(&old, &r.event),
+                        Err(_) => r.event.clone(),
+                    };
+                    let rev = kv.mod_revision();
+                    (
+                        value,
+                        Compare::mod_revision(r.key.clone(), CompareOp::Equal, rev),
+                        false,
+                    )
+                }
+                None => (
+                    r.event.clone(),
+                    Compare::create_revision(r.key.clone(), CompareOp::Equal, 0),
+                    true,
+                ),
+            };
+            let txn = Txn::new().when([compare]).and_then([TxnOp::put(
+                r.key.clone(),
+                encode(&value)?,
+                None,
+            )]);
+            if topo_watcher::metrics::etcd_timed("txn", client.txn(txn))
+                .await
+                .map_err(write)?
+                .succeeded()
+            {
+                if created {
+                    self.trim(&r.prefix).await?;
+                }
+                return Ok(());
+            }
+        }
+        Err(EventError::Contended {
+            object,
+            attempts: WRITE_ATTEMPTS,
+        })
+    }
+
+    /// Deletes the oldest records (by `lastTimestamp`, as the controller does) of the object
+    /// beyond the bound. Counts first, without values and without a round through raft, so
+    /// the usual case (an object with a few records) reads next to nothing.
+    async fn trim(&self, prefix: &str) -> Result<(), EventError> {
+        let mut client = self.client.clone();
+        let read = |source| EventError::Write {
+            object: prefix.to_string(),
+            source,
+        };
+        let count = client
+            .get(
+                prefix,
+                Some(
+                    GetOptions::new()
+                        .with_prefix()
+                        .with_count_only()
+                        .with_serializable(),
+                ),
+            )
+            .await
+            .map_err(read)?
+            .count();
+        if count <= MAX_EVENTS_PER_OBJECT as i64 {
+            return Ok(());
+        }
         let resp = client
             .get(prefix, Some(GetOptions::new().with_prefix()))
             .await
-            .map_err(|source| EventError::Write {
-                object: object.into(),
-                source,
-            })?;
-        if resp.kvs().len() <= MAX_EVENTS_PER_OBJECT {
-            return Ok(());
-        }
+            .map_err(read)?;
         let mut kvs: Vec<(chrono::DateTime<Utc>, Vec<u8>)> = resp
             .kvs()
             .iter()
@@ -140,77 +353,28 @@ impl EtcdEvents {
             })
             .collect();
         kvs.sort();
-        let excess = kvs.len() - MAX_EVENTS_PER_OBJECT;
+        let excess = kvs.len().saturating_sub(MAX_EVENTS_PER_OBJECT);
         for (_, key) in kvs.into_iter().take(excess) {
-            client
-                .delete(key, None)
-                .await
-                .map_err(|source| EventError::Write {
-                    object: object.into(),
-                    source,
-                })?;
+            client.delete(key, None).await.map_err(read)?;
         }
         Ok(())
     }
 }
 
-#[async_trait]
-impl EventSink for EtcdEvents {
-    async fn publish(&self, event: Event) -> Result<(), EventError> {
-        let object = event.object.to_string();
-        let prefix =
-            keys::node_object_events_prefix(&self.node, event.object.kind, &event.object.name);
-        let key = format!("{prefix}{}", event.dedup_id());
-        let mut client = self.client.clone();
-        let write = |source| EventError::Write {
-            object: object.clone(),
-            source,
-        };
-        for _ in 0..WRITE_ATTEMPTS {
-            let resp = client.get(key.clone(), None).await.map_err(write)?;
-            let (merged, compare, created) = match resp.kvs().first() {
-                Some(kv) => {
-                    let mut merged = event.clone();
-                    if let Ok(old) = serde_json::from_slice::<Event>(kv.value()) {
-                        merged.count = old.count.saturating_add(event.count.max(1));
-                        merged.first_timestamp = old.first_timestamp.min(event.first_timestamp);
-                        merged.last_timestamp = old.last_timestamp.max(event.last_timestamp);
-                    }
-                    (
-                        merged,
-                        Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision()),
-                        false,
-                    )
-                }
-                None => (
-                    event.clone(),
-                    Compare::create_revision(key.clone(), CompareOp::Equal, 0),
-                    true,
-                ),
-            };
-            let value = serde_json::to_vec(&merged).map_err(|source| EventError::Encode {
-                object: object.clone(),
-                source,
-            })?;
-            let txn = Txn::new()
-                .when([compare])
-                .and_then([TxnOp::put(key.clone(), value, None)]);
-            if topo_watcher::metrics::etcd_timed("txn", client.txn(txn))
-                .await
-                .map_err(write)?
-                .succeeded()
-            {
-                if created {
-                    self.trim(&prefix, &object).await?;
-                }
-                return Ok(());
-            }
-        }
-        Err(EventError::Contended {
-            object,
-            attempts: WRITE_ATTEMPTS,
-        })
-    }
+/// `new` folded into `old`: one more occurrence, the widest time span.
+fn merged(old: &Event, new: &Event) -> Event {
+    let mut merged = new.clone();
+    merged.count = old.count.saturating_add(new.count.max(1));
+    merged.first_timestamp = old.first_timestamp.min(new.first_timestamp);
+    merged.last_timestamp = old.last_timestamp.max(new.last_timestamp);
+    merged
+}
+
+fn encode(event: &Event) -> Result<String, EventError> {
+    serde_json::to_string(event).map_err(|source| EventError::Encode {
+        object: event.object.to_string(),
+        source,
+    })
 }
 
 /// The in-memory sink for tests (the `testing` feature).

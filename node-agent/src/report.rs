@@ -7,91 +7,140 @@
 //! when an entry stops producing one (or goes), the report is deleted. Reports that no key
 //! owns after a restart are removed by [`Reporter::retain`] during garbage collection.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{Client, GetOptions};
+use etcd_client::{Client, GetOptions, Txn, TxnOp};
+use tokio::sync::{mpsc, oneshot};
 use topo_schema::api::ObservedReport;
 use topo_schema::keys;
 use topo_schema::kinds::ObjectRef;
 
 use crate::key::Key;
 
-#[derive(Debug, thiserror::Error)]
+/// Cheap to clone: one failed transaction is the answer to every submission in it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ReportError {
     #[error("failed to write the report of {object}: {source}")]
     Write {
         object: String,
         #[source]
-        source: etcd_client::Error,
+        source: Arc<etcd_client::Error>,
     },
-    #[error("failed to delete the report of {object}: {source}")]
-    Delete {
-        object: String,
-        #[source]
-        source: etcd_client::Error,
-    },
+    #[error("failed to write the report of {object}: the agent's report writer has stopped")]
+    WriterGone { object: String },
     #[error("failed to {what}: etcd did not answer within {timeout:?}")]
     Timeout { what: String, timeout: Duration },
     #[error("failed to list the node's reports: {0}")]
-    List(#[source] etcd_client::Error),
+    List(#[source] Arc<etcd_client::Error>),
     #[error("failed to encode the report of {object}: {source}")]
     Encode {
         object: String,
         #[source]
-        source: serde_json::Error,
+        source: Arc<serde_json::Error>,
     },
 }
 
+/// One change to the node's stored reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReportWrite {
+    Put(ObservedReport),
+    Delete(ObjectRef),
+}
+
+impl ReportWrite {
+    fn object(&self) -> &ObjectRef {
+        match self {
+            ReportWrite::Put(r) => &r.object,
+            ReportWrite::Delete(o) => o,
+        }
+    }
+}
+
+/// The outcome of a submitted write, once it is known.
+pub type WriteDone = Pin<Box<dyn Future<Output = Result<(), ReportError>> + Send>>;
+
 #[async_trait]
 pub trait ReportSink: Send + Sync {
-    async fn put(&self, node: &str, report: &ObservedReport) -> Result<(), ReportError>;
-    async fn delete(&self, node: &str, object: &ObjectRef) -> Result<(), ReportError>;
+    /// Queues `writes` after every earlier submission (so the store sees them in submission
+    /// order) and returns what they come to. Not async: the [`Reporter`] submits under its
+    /// lock and waits outside it.
+    fn submit(&self, node: &str, writes: Vec<ReportWrite>) -> WriteDone;
     async fn list(&self, node: &str) -> Result<Vec<ObservedReport>, ReportError>;
 }
 
+/// Reports in etcd, written by one writer task per agent that puts whatever was submitted
+/// while its last transaction was in flight into the next one. Eight workers finishing
+/// containers at once cost etcd one revision, not eight, and none waits behind the others'
+/// round trips.
 pub struct EtcdReports {
     client: Client,
+    queue: mpsc::UnboundedSender<Submission>,
 }
 
+struct Submission {
+    /// Keys with the value to put, or None to delete.
+    ops: Vec<(String, Option<Vec<u8>>)>,
+    /// The first object written, to name in an error.
+    object: String,
+    done: oneshot::Sender<Result<(), ReportError>>,
+}
+
+/// Operations per transaction, within etcd's default `--max-txn-ops` of 128.
+const MAX_TXN_OPS: usize = 120;
+
 impl EtcdReports {
+    /// Starts the writer task (needs a tokio runtime).
     pub fn new(client: Client) -> Self {
-        EtcdReports { client }
+        let (queue, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_reports(client.clone(), rx));
+        EtcdReports { client, queue }
     }
 }
 
 #[async_trait]
 impl ReportSink for EtcdReports {
-    async fn put(&self, node: &str, report: &ObservedReport) -> Result<(), ReportError> {
-        let object = report.object.to_string();
-        let value = serde_json::to_vec(report).map_err(|source| ReportError::Encode {
+    fn submit(&self, node: &str, writes: Vec<ReportWrite>) -> WriteDone {
+        let object = writes
+            .first()
+            .map(|w| w.object().to_string())
+            .unwrap_or_default();
+        let mut ops = Vec::with_capacity(writes.len());
+        for w in &writes {
+            let o = w.object();
+            let key = keys::report(node, o.kind, &o.name);
+            match w {
+                ReportWrite::Put(r) => match serde_json::to_vec(r) {
+                    Ok(value) => ops.push((key, Some(value))),
+                    Err(e) => {
+                        let err = ReportError::Encode {
+                            object: o.to_string(),
+                            source: Arc::new(e),
+                        };
+                        return Box::pin(std::future::ready(Err(err)));
+                    }
+                },
+                ReportWrite::Delete(_) => ops.push((key, None)),
+            }
+        }
+        let (done, result) = oneshot::channel();
+        let queued = self.queue.send(Submission {
+            ops,
             object: object.clone(),
-            source,
-        })?;
-        let mut client = self.client.clone();
-        let put = client.put(
-            keys::report(node, report.object.kind, &report.object.name),
-            value,
-            None,
-        );
-        topo_watcher::metrics::etcd_timed("put", put)
-            .await
-            .map_err(|source| ReportError::Write { object, source })?;
-        Ok(())
-    }
-
-    async fn delete(&self, node: &str, object: &ObjectRef) -> Result<(), ReportError> {
-        self.client
-            .clone()
-            .delete(keys::report(node, object.kind, &object.name), None)
-            .await
-            .map_err(|source| ReportError::Delete {
-                object: object.to_string(),
-                source,
-            })?;
-        Ok(())
+            done,
+        });
+        Box::pin(async move {
+            if queued.is_err() {
+                return Err(ReportError::WriterGone { object });
+            }
+            result
+                .await
+                .unwrap_or(Err(ReportError::WriterGone { object }))
+        })
     }
 
     async fn list(&self, node: &str) -> Result<Vec<ObservedReport>, ReportError> {
@@ -103,7 +152,7 @@ impl ReportSink for EtcdReports {
                 Some(GetOptions::new().with_prefix()),
             )
             .await
-            .map_err(ReportError::List)?;
+            .map_err(|e| ReportError::List(Arc::new(e)))?;
         Ok(resp
             .kvs()
             .iter()
@@ -116,6 +165,64 @@ impl ReportSink for EtcdReports {
             })
             .collect())
     }
+}
+
+/// The writer task: takes a submission, adds those queued behind it (whole, in order, while
+/// they fit one transaction and name no key twice, which etcd refuses), writes them and
+/// answers each.
+async fn write_reports(client: Client, mut rx: mpsc::UnboundedReceiver<Submission>) {
+    let mut next = None;
+    loop {
+        let first = match next.take() {
+            Some(s) => s,
+            None => match rx.recv().await {
+                Some(s) => s,
+                None => return,
+            },
+        };
+        let mut keys_in: HashSet<String> = first.ops.iter().map(|(k, _)| k.clone()).collect();
+        let mut ops = first.ops.len();
+        let mut batch = vec![first];
+        while let Ok(s) = rx.try_recv() {
+            if ops + s.ops.len() > MAX_TXN_OPS || s.ops.iter().any(|(k, _)| keys_in.contains(k)) {
+                next = Some(s);
+                break;
+            }
+            ops += s.ops.len();
+            keys_in.extend(s.ops.iter().map(|(k, _)| k.clone()));
+            batch.push(s);
+        }
+        let result = write_batch(&client, &batch).await;
+        for s in batch {
+            let answer = result.clone().map_err(|source| ReportError::Write {
+                object: s.object,
+                source,
+            });
+            let _ = s.done.send(answer);
+        }
+    }
+}
+
+/// One transaction per [`MAX_TXN_OPS`] operations (more only when a single submission is
+/// that large: a collection deleting many orphans).
+async fn write_batch(client: &Client, batch: &[Submission]) -> Result<(), Arc<etcd_client::Error>> {
+    let ops: Vec<TxnOp> = batch
+        .iter()
+        .flat_map(|s| &s.ops)
+        .map(|(key, value)| match value {
+            Some(v) => TxnOp::put(key.as_str(), v.clone(), None),
+            None => TxnOp::delete(key.as_str(), None),
+        })
+        .collect();
+    let mut client = client.clone();
+    let mut ops = ops.into_iter().peekable();
+    while ops.peek().is_some() {
+        let txn = Txn::new().and_then(ops.by_ref().take(MAX_TXN_OPS).collect::<Vec<_>>());
+        topo_watcher::metrics::etcd_timed("txn", client.txn(txn))
+            .await
+            .map_err(Arc::new)?;
+    }
+    Ok(())
 }
 
 /// The in-memory sink for tests (the `testing` feature).
@@ -168,18 +275,22 @@ mod memory {
 
     #[async_trait]
     impl ReportSink for MemoryReports {
-        async fn put(&self, _node: &str, report: &ObservedReport) -> Result<(), ReportError> {
+        /// Applied at once, in submission order.
+        fn submit(&self, _node: &str, writes: Vec<ReportWrite>) -> WriteDone {
             let mut i = self.lock();
-            i.puts += 1;
-            i.reports.insert(report.object.clone(), report.clone());
-            Ok(())
-        }
-
-        async fn delete(&self, _node: &str, object: &ObjectRef) -> Result<(), ReportError> {
-            let mut i = self.lock();
-            i.deletes += 1;
-            i.reports.remove(object);
-            Ok(())
+            for w in writes {
+                match w {
+                    ReportWrite::Put(r) => {
+                        i.puts += 1;
+                        i.reports.insert(r.object.clone(), r);
+                    }
+                    ReportWrite::Delete(o) => {
+                        i.deletes += 1;
+                        i.reports.remove(&o);
+                    }
+                }
+            }
+            Box::pin(std::future::ready(Ok(())))
         }
 
         async fn list(&self, _node: &str) -> Result<Vec<ObservedReport>, ReportError> {
@@ -265,54 +376,96 @@ impl Reporter {
     /// Sets the reports `key` produces now: writes the changed ones, deletes the ones it
     /// produced before and no longer does (unless another key took them over). Returns how
     /// many writes it made.
+    ///
+    /// The cache is updated and the writes submitted under the lock, so they reach the store
+    /// in the order the cache saw them; the write itself is awaited outside the lock, so the
+    /// agent's workers report side by side and their writes share transactions. A write that
+    /// fails is forgotten by the cache (written again by the next sync) and `key` keeps its
+    /// old reports too (so the next sync deletes what it should have).
     pub async fn sync(
         &self,
         key: &Key,
         reports: Vec<ObservedReport>,
     ) -> Result<usize, ReportError> {
-        let mut st = self.state.lock().await;
-        let now: BTreeSet<ObjectRef> = reports.iter().map(|r| r.object.clone()).collect();
-        let before = st.owners.get(key).cloned().unwrap_or_default();
-        let mut writes = 0;
-        for r in &reports {
-            if st.stored.get(&r.object).is_some_and(|s| same_content(s, r)) {
-                continue;
+        let (before, writes, done) = {
+            let mut st = self.state.lock().await;
+            let now: BTreeSet<ObjectRef> = reports.iter().map(|r| r.object.clone()).collect();
+            let before = st.owners.get(key).cloned().unwrap_or_default();
+            let mut writes = vec![];
+            for r in reports {
+                if st
+                    .stored
+                    .get(&r.object)
+                    .is_some_and(|s| same_content(s, &r))
+                {
+                    continue;
+                }
+                st.stored.insert(r.object.clone(), r.clone());
+                writes.push(ReportWrite::Put(r));
             }
-            bounded("write a report", self.sink.put(&self.node, r)).await?;
-            writes += 1;
-            st.stored.insert(r.object.clone(), r.clone());
-        }
-        for gone in before.difference(&now) {
-            if st.claimed_elsewhere(key, gone) {
-                continue;
+            for gone in before.difference(&now) {
+                if st.claimed_elsewhere(key, gone) {
+                    continue;
+                }
+                st.stored.remove(gone);
+                writes.push(ReportWrite::Delete(gone.clone()));
             }
-            bounded("delete a report", self.sink.delete(&self.node, gone)).await?;
-            writes += 1;
-            st.stored.remove(gone);
+            if now.is_empty() {
+                st.owners.remove(key);
+            } else {
+                st.owners.insert(key.clone(), now);
+            }
+            if writes.is_empty() {
+                return Ok(0);
+            }
+            let done = self.sink.submit(&self.node, writes.clone());
+            (before, writes, done)
+        };
+        match bounded("write reports", done).await {
+            Ok(()) => Ok(writes.len()),
+            Err(e) => {
+                let mut st = self.state.lock().await;
+                for w in &writes {
+                    st.stored.remove(w.object());
+                }
+                st.owners.entry(key.clone()).or_default().extend(before);
+                Err(e)
+            }
         }
-        if now.is_empty() {
-            st.owners.remove(key);
-        } else {
-            st.owners.insert(key.clone(), now);
-        }
-        Ok(writes)
     }
 
     /// Deletes every stored report of an object not in `expected` (garbage collection).
     pub async fn retain(&self, expected: &BTreeSet<ObjectRef>) -> Result<usize, ReportError> {
-        let mut st = self.state.lock().await;
-        let stale: Vec<ObjectRef> = st
-            .stored
-            .keys()
-            .filter(|o| !expected.contains(*o))
-            .cloned()
-            .collect();
-        for o in &stale {
-            bounded("delete a report", self.sink.delete(&self.node, o)).await?;
-            st.stored.remove(o);
-            for objs in st.owners.values_mut() {
-                objs.remove(o);
+        let (stale, done) = {
+            let mut st = self.state.lock().await;
+            let stale: Vec<ObservedReport> = st
+                .stored
+                .values()
+                .filter(|r| !expected.contains(&r.object))
+                .cloned()
+                .collect();
+            if stale.is_empty() {
+                return Ok(0);
             }
+            for r in &stale {
+                st.stored.remove(&r.object);
+                for objs in st.owners.values_mut() {
+                    objs.remove(&r.object);
+                }
+            }
+            let writes = stale
+                .iter()
+                .map(|r| ReportWrite::Delete(r.object.clone()))
+                .collect();
+            (stale, self.sink.submit(&self.node, writes))
+        };
+        if let Err(e) = bounded("delete reports", done).await {
+            // Still stored as far as we know: the next collection tries again.
+            let mut st = self.state.lock().await;
+            for r in stale {
+                st.stored.entry(r.object.clone()).or_insert(r);
+            }
+            return Err(e);
         }
         Ok(stale.len())
     }

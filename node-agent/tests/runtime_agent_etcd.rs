@@ -143,10 +143,8 @@ async fn the_heartbeat_survives_a_lost_lease_and_is_revoked_on_shutdown() {
 async fn events_fold_repeats_and_stay_bounded() {
     let etcd = Etcd::start().await;
     let mut c = etcd.client().await;
-    let rec = Recorder::new(
-        std::sync::Arc::new(EtcdEvents::new(etcd.agent_client().await, NODE)),
-        NODE,
-    );
+    let sink = std::sync::Arc::new(EtcdEvents::new(etcd.agent_client().await, NODE));
+    let rec = Recorder::new(sink.clone(), NODE);
     let obj = ObjectRef::new(Kind::Tunnel, "overlay-node1-node2");
     for _ in 0..3 {
         rec.warning(
@@ -156,6 +154,8 @@ async fn events_fold_repeats_and_stay_bounded() {
         )
         .await;
     }
+    // Events are written off the caller's path.
+    sink.flush().await;
     let prefix = keys::node_object_events_prefix(NODE, Kind::Tunnel, "overlay-node1-node2");
     let r = c
         .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
@@ -176,6 +176,7 @@ async fn events_fold_repeats_and_stay_bounded() {
         ev.last_timestamp = ev.first_timestamp;
         sink.publish(ev).await.unwrap();
     }
+    sink.flush().await;
     let r = c
         .get(prefix, Some(GetOptions::new().with_prefix()))
         .await
@@ -314,4 +315,121 @@ async fn the_agent_follows_its_slice_and_reports_through_etcd() {
     );
     assert!(handles.queue.is_empty());
     let _ = handles.lease.borrow_and_update();
+}
+
+fn container_report(name: &str) -> ObservedReport {
+    ObservedReport {
+        uid: None,
+        object: ObjectRef::new(Kind::Container, name),
+        observed_generation: 1,
+        ready: true,
+        reason: "Running".into(),
+        message: String::new(),
+        container_id: None,
+        restart_count: 0,
+        endpoint: None,
+        time: chrono::Utc::now(),
+    }
+}
+
+async fn revision(c: &mut Client) -> i64 {
+    c.get("/", Some(GetOptions::new().with_count_only()))
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision()
+}
+
+/// Workers that finish side by side share transactions: 60 reports written at once reach
+/// etcd in far fewer revisions than 60, each report stored.
+#[tokio::test]
+async fn reports_written_side_by_side_share_transactions() {
+    use topo_agent::key::Key;
+    use topo_agent::report::{EtcdReports, Reporter};
+    let etcd = Etcd::start().await;
+    let mut c = etcd.client().await;
+    let reporter = std::sync::Arc::new(Reporter::new(
+        std::sync::Arc::new(EtcdReports::new(etcd.agent_client().await)),
+        NODE,
+    ));
+    let before = revision(&mut c).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..60 {
+        let r = reporter.clone();
+        tasks.spawn(async move {
+            let name = format!("c{i}");
+            r.sync(&Key::Container(name.clone()), vec![container_report(&name)])
+                .await
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        assert_eq!(done.unwrap().unwrap(), 1);
+    }
+    let revisions = revision(&mut c).await - before;
+    let stored = c
+        .get(
+            keys::node_reports_prefix(NODE),
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .unwrap()
+        .count();
+    assert_eq!(stored, 60);
+    assert!(revisions < 30, "60 reports took {revisions} revisions");
+
+    // A collection deleting more orphans than one transaction holds deletes them all.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 60..300 {
+        let r = reporter.clone();
+        tasks.spawn(async move {
+            let name = format!("c{i}");
+            r.sync(&Key::Container(name.clone()), vec![container_report(&name)])
+                .await
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap().unwrap();
+    }
+    let keep = std::collections::BTreeSet::from([ObjectRef::new(Kind::Container, "c0")]);
+    assert_eq!(reporter.retain(&keep).await.unwrap(), 299);
+    let left = c
+        .get(
+            keys::node_reports_prefix(NODE),
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(left.kvs().len(), 1);
+}
+
+/// A burst of new events (a node's containers starting) is written in a few transactions,
+/// not one read and one write each; every record is there.
+#[tokio::test]
+async fn a_burst_of_new_events_shares_transactions() {
+    let etcd = Etcd::start().await;
+    let mut c = etcd.client().await;
+    let sink = std::sync::Arc::new(EtcdEvents::new(etcd.agent_client().await, NODE));
+    let rec = Recorder::new(sink.clone(), NODE);
+    let before = revision(&mut c).await;
+    for i in 0..40 {
+        rec.normal(
+            ObjectRef::new(Kind::Container, &format!("c{i}")),
+            "Started",
+            "container started",
+        )
+        .await;
+    }
+    sink.flush().await;
+    let revisions = revision(&mut c).await - before;
+    let stored = c
+        .get(
+            keys::node_events_prefix(NODE),
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .unwrap()
+        .count();
+    assert_eq!(stored, 40);
+    assert!(revisions < 20, "40 new events took {revisions} revisions");
 }

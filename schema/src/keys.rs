@@ -165,6 +165,15 @@ pub const CACHE_RANGE_END: &str = "/topo/v1/slices/";
 pub struct Fence {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_intent: Option<String>,
+    /// How many of the pending intent's operations are applied. Each batch writes it in the
+    /// batch's own transaction, so whoever rolls the intent forward (its writer, the janitor,
+    /// a new leader) goes on from there instead of writing every operation again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub applied_ops: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Value of [`ipam_block`]: the node that leases the block.

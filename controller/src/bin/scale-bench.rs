@@ -21,7 +21,7 @@
 
 mod bench_support;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -82,6 +82,9 @@ struct Args {
     /// Keep the temporary directories (etcd data, controller log).
     #[arg(long)]
     keep: bool,
+    /// etcd's `--max-txn-ops` for etcd and the controller alike (default: etcd's 128).
+    #[arg(long)]
+    max_txn_ops: Option<usize>,
 }
 
 /// One size's figures. Times are from the start of the first apply.
@@ -111,10 +114,14 @@ struct Row {
     derive_passes: f64,
     derive_secs: f64,
     load: String,
+    /// etcd's writes over the window by key class.
+    writes: WriteProfile,
+    /// etcd's gRPC requests over the window by method (`Range`, `Txn`, `Put`, …).
+    requests: BTreeMap<String, f64>,
 }
 
 /// Counters read at the start and the end of the window.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Counters {
     controller_cpu: f64,
     etcd_cpu: f64,
@@ -124,6 +131,7 @@ struct Counters {
     revision: i64,
     derive_passes: f64,
     derive_secs: f64,
+    requests: BTreeMap<String, f64>,
 }
 
 fn main() -> Result<()> {
@@ -185,6 +193,7 @@ async fn bench_size(args: &Args, controller_bin: &std::path::Path, nodes: usize)
             .map(|(n, a)| (n.clone(), Some((*a).into())))
             .collect(),
         deadline,
+        max_txn_ops: args.max_txn_ops,
     })
     .await?;
     eprintln!(
@@ -224,6 +233,22 @@ async fn bench_size(args: &Args, controller_bin: &std::path::Path, nodes: usize)
     row.etcd_rss_kib = vm_hwm(cluster.etcd.pid()).unwrap_or(0);
     row.agents_rss_kib = vm_hwm(std::process::id()).unwrap_or(0);
     row.load = load_average();
+    row.requests = after
+        .requests
+        .iter()
+        .map(|(m, n)| {
+            (
+                m.clone(),
+                n - before.requests.get(m).copied().unwrap_or(0.0),
+            )
+        })
+        .collect();
+    row.writes = WriteProfile::read(&cluster, before.revision, after.revision)
+        .await
+        .unwrap_or_else(|e| {
+            eprintln!("   (no write profile: {e:#})");
+            WriteProfile::default()
+        });
     agents.stop().await;
     drop(cluster);
     Ok(row)
@@ -551,6 +576,23 @@ impl Scrape {
             revision,
             derive_passes: metric(&ctl, DERIVE_COUNT, &[DERIVE]),
             derive_secs: metric(&ctl, DERIVE_SUM, &[DERIVE]),
+            requests: [
+                "Range",
+                "Txn",
+                "Put",
+                "DeleteRange",
+                "LeaseKeepAlive",
+                "LeaseGrant",
+            ]
+            .into_iter()
+            .map(|m| {
+                let label = format!("grpc_method=\"{m}\"");
+                (
+                    m.to_string(),
+                    metric(&etcd, "grpc_server_handled_total", &[&label]),
+                )
+            })
+            .collect(),
         })
     }
 
@@ -563,6 +605,85 @@ impl Scrape {
             ),
             Err(e) => Err(e.context(format!("failed to read {what}'s /metrics"))),
         }
+    }
+}
+
+/// etcd's writes over the window by what was written (the key's class: `objects/container`,
+/// `ipam`, `txlog`, `objstatus`, `slices`, `reports`, `events`, …): how many puts and deletes,
+/// and in how many revisions (transactions) they came. Read back from etcd's own history with
+/// a watch from the window's first revision, so it counts every write, also rewrites.
+#[derive(Debug, Default)]
+struct WriteProfile {
+    by_class: BTreeMap<String, ClassWrites>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct ClassWrites {
+    puts: u64,
+    deletes: u64,
+    revisions: u64,
+    last_revision: i64,
+}
+
+impl WriteProfile {
+    async fn read(cluster: &Cluster, from_rev: i64, to_rev: i64) -> Result<WriteProfile> {
+        let mut stream = watch_prefix(cluster, keys::ROOT.to_string(), from_rev).await?;
+        let mut profile = WriteProfile::default();
+        let mut seen = from_rev;
+        while seen < to_rev {
+            let next = tokio::time::timeout(Duration::from_secs(10), stream.message()).await;
+            let Ok(msg) = next else {
+                bail!("etcd's history stopped at revision {seen} of {to_rev}");
+            };
+            let msg = msg?.ok_or_else(|| anyhow!("the history watch ended"))?;
+            if msg.canceled() {
+                bail!("etcd cancelled the history watch: {}", msg.cancel_reason());
+            }
+            for ev in msg.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let rev = kv.mod_revision();
+                if rev > to_rev {
+                    continue;
+                }
+                seen = seen.max(rev);
+                let class = key_class(kv.key_str().unwrap_or(""));
+                let c = profile.by_class.entry(class).or_default();
+                match ev.event_type() {
+                    EventType::Put => c.puts += 1,
+                    EventType::Delete => c.deletes += 1,
+                }
+                if c.last_revision != rev {
+                    c.revisions += 1;
+                    c.last_revision = rev;
+                }
+            }
+        }
+        Ok(profile)
+    }
+
+    fn table(&self) -> String {
+        let mut s =
+            String::from("| keys | puts | deletes | revisions with one |\n|---|---:|---:|---:|\n");
+        for (class, c) in &self.by_class {
+            let _ = writeln!(
+                s,
+                "| `{class}` | {} | {} | {} |",
+                c.puts, c.deletes, c.revisions
+            );
+        }
+        s
+    }
+}
+
+/// `/topo/v1/objects/container/web` → `objects/container`; `/topo/v1/reports/n1/…` →
+/// `reports`.
+fn key_class(key: &str) -> String {
+    let rest = key.strip_prefix(keys::ROOT).unwrap_or(key);
+    let mut parts = rest.split('/');
+    match (parts.next(), parts.next()) {
+        (Some(first @ ("objects" | "objstatus")), Some(kind)) => format!("{first}/{kind}"),
+        (Some(first), _) => first.to_string(),
+        _ => rest.to_string(),
     }
 }
 
@@ -626,6 +747,20 @@ fn report(args: &Args, rows: &[Row]) -> String {
             r.revisions as f64 / over,
             r.db_bytes / 1048576.0,
             r.load,
+        );
+    }
+    for r in rows {
+        let requests: Vec<String> = r
+            .requests
+            .iter()
+            .map(|(m, n)| format!("{m} {n:.0}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "\n{} nodes: etcd's writes over S by key (from etcd's history); gRPC requests: {}.\n\n{}",
+            r.nodes,
+            requests.join(", "),
+            r.writes.table()
         );
     }
     s

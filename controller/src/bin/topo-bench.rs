@@ -192,6 +192,7 @@ async fn bench_one(args: &Args, controller_bin: &Path, size: Size) -> Result<Out
         controller_bin,
         nodes: vec![],
         deadline,
+        max_txn_ops: None,
     })
     .await?;
     let pid = cluster.controller.pid();

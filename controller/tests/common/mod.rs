@@ -78,6 +78,26 @@ impl Etcd {
             .expect("count etcd keys");
         resp.count() as usize
     }
+
+    /// How many times each key under `prefix` was written since it was created.
+    pub async fn versions(&self, prefix: &str) -> Vec<(String, i64)> {
+        let mut c = self.client().await;
+        let resp = c
+            .get(
+                prefix,
+                Some(
+                    etcd_client::GetOptions::new()
+                        .with_prefix()
+                        .with_keys_only(),
+                ),
+            )
+            .await
+            .expect("read etcd keys");
+        resp.kvs()
+            .iter()
+            .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.version()))
+            .collect()
+    }
 }
 
 /// Test logging, once per process (RUST_LOG controls it).

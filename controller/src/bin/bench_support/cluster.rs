@@ -93,6 +93,8 @@ pub struct ClusterSpec<'a> {
     /// Nodes to make identities and etcd users for, with their addresses.
     pub nodes: Vec<(String, Option<IpAddr>)>,
     pub deadline: Instant,
+    /// etcd's `--max-txn-ops`, given to etcd and the controller alike (None: etcd's 128).
+    pub max_txn_ops: Option<usize>,
 }
 
 /// A running etcd and controller. Fields drop in order: the controller goes before etcd.
@@ -203,6 +205,11 @@ fn start_etcd(spec: &ClusterSpec<'_>, pki: &Path, endpoint: &str) -> Result<Proc
             .arg(&server.cert)
             .arg("--key-file")
             .arg(&server.key)
+            .args(
+                spec.max_txn_ops
+                    .map(|n| vec!["--max-txn-ops".to_string(), n.to_string()])
+                    .unwrap_or_default(),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::from(etcd_log))
             .spawn()
@@ -259,7 +266,13 @@ fn start_controller(
             .arg("--listen")
             .arg(api.to_string())
             .arg("--log")
-            .arg("info")
+            // A finer filter for a look inside a run, e.g. `info,topo_controller::commit=debug`.
+            .arg(std::env::var("BENCH_CONTROLLER_LOG").unwrap_or_else(|_| "info".into()))
+            .args(
+                spec.max_txn_ops
+                    .map(|n| vec!["--max-txn-ops".to_string(), n.to_string()])
+                    .unwrap_or_default(),
+            )
             .env("NO_COLOR", "1")
             .stdout(Stdio::from(ctl_log.try_clone()?))
             .stderr(Stdio::from(ctl_log))
