@@ -414,7 +414,7 @@ async fn a_burst_of_new_events_shares_transactions() {
     let before = revision(&mut c).await;
     for i in 0..40 {
         rec.normal(
-            ObjectRef::new(Kind::Container, &format!("c{i}")),
+            ObjectRef::new(Kind::Container, format!("c{i}")),
             "Started",
             "container started",
         )
