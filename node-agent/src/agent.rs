@@ -150,9 +150,7 @@ pub async fn run(
     tasks.abort_all();
     ctx.watches.stop_all();
     ctx.pulls.stop_all();
-    drain(workers, cfg.shutdown_grace).await;
-    // The drained reconciles' last events, as far as etcd takes them in the same bound.
-    let _ = tokio::time::timeout(crate::report::WRITE_TIMEOUT, events.flush()).await;
+    drain(workers, cfg.shutdown_grace, &events).await;
     let _ = tokio::time::timeout(Duration::from_secs(3), heartbeat).await;
     tracing::info!(node = %node, "stopped; containers keep running");
 }
@@ -190,8 +188,9 @@ async fn until_ok<T, E: std::error::Error, F: Future<Output = Result<T, E>>>(
     }
 }
 
-/// Lets in-flight reconciles finish within `grace`, then abandons them.
-async fn drain(mut workers: JoinSet<()>, grace: Duration) {
+/// Lets in-flight reconciles finish within `grace`, then abandons them; then writes their
+/// last events, as far as etcd takes them within one write bound.
+async fn drain(mut workers: JoinSet<()>, grace: Duration, events: &EtcdEvents) {
     let drained = tokio::time::timeout(grace, async {
         while workers.join_next().await.is_some() {}
     })
@@ -203,4 +202,5 @@ async fn drain(mut workers: JoinSet<()>, grace: Duration) {
         );
         workers.abort_all();
     }
+    let _ = tokio::time::timeout(crate::report::WRITE_TIMEOUT, events.flush()).await;
 }
