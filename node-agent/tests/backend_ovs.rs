@@ -328,6 +328,22 @@ fn backend_ovs_bridge_gre_monitor_and_ownership() {
             for p in b.ports.values() {
                 assert_eq!(p.interfaces[0].error, None, "{p:?}");
             }
+            // One container's read: every bridge, its port found by owner and the ports named,
+            // nothing of the others; a named port reads as in the whole view, one found only
+            // by owner comes without its interfaces.
+            let mine = ovs
+                .observe_container("container/a", &["tg-node2".to_string()])
+                .await
+                .unwrap();
+            assert_eq!(mine.bridges.len(), st.bridges.len());
+            let ports: Vec<&String> = mine.bridges["tb-net"].ports.keys().collect();
+            assert_eq!(ports, ["tg-node2", "tv-a"]);
+            assert_eq!(
+                mine.bridges["tb-net"].ports["tg-node2"],
+                st.bridges["tb-net"].ports["tg-node2"]
+            );
+            assert!(mine.bridges["tb-net"].ports["tv-a"].owned);
+            assert!(mine.bridges["tb-net"].ports["tv-a"].interfaces.is_empty());
 
             // Container a restarts (new process, new namespace): the pair is recreated under
             // the same name and its OVS port must be re-added (see Ovs::reattach_port).

@@ -342,9 +342,95 @@ fn rows(result: &Value, i: usize) -> Result<Rows, OvsError> {
 
 /// Builds the snapshot from the result of [`select_ops`].
 pub fn parse_snapshot(result: &Value) -> Result<Snapshot, OvsError> {
-    let bridges = rows(result, 0)?;
-    let ports = rows(result, 1)?;
-    let ifaces = rows(result, 2)?;
+    snapshot_of(rows(result, 0)?, rows(result, 1)?, rows(result, 2)?)
+}
+
+/// What a change set must read of the switch before it is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// Every bridge, port and interface: a bridge is added, changed or deleted.
+    All,
+    /// Every bridge (a node has a handful) and only the named ports and their interfaces
+    /// (topo names a port's interface as the port). A container's port added to a bridge of
+    /// 250 then reads one port, not 250 ports and interfaces.
+    Ports(Vec<String>),
+    /// Every bridge, the ports topo made for `object` (by their external_ids) and the ports
+    /// named `names` with their interfaces: what one container's plumbing plans against.
+    Container { object: String, names: Vec<String> },
+}
+
+impl Selection {
+    pub fn for_changes(changes: &[OvsChange]) -> Selection {
+        let mut names = Vec::new();
+        for c in changes {
+            match c {
+                OvsChange::AddPort { name, .. }
+                | OvsChange::UpdatePort { name, .. }
+                | OvsChange::DeletePort { name, .. } => {
+                    if !names.contains(name) {
+                        names.push(name.clone());
+                    }
+                }
+                OvsChange::AddBridge { .. }
+                | OvsChange::UpdateBridge { .. }
+                | OvsChange::DeleteBridge { .. } => return Selection::All,
+            }
+        }
+        Selection::Ports(names)
+    }
+
+    /// The select operations: bridges, then one select of ports and one of interfaces per
+    /// name (OVSDB's conditions only AND).
+    pub fn ops(&self) -> Value {
+        let (object, names) = match self {
+            Selection::All => return select_ops(),
+            Selection::Ports(names) => (None, names),
+            Selection::Container { object, names } => (Some(object), names),
+        };
+        let mut ops = vec![
+            json!(DB),
+            json!({"op": "select", "table": "Bridge", "where": [], "columns": BRIDGE_COLUMNS}),
+        ];
+        if let Some(object) = object {
+            let owned_by = json!([[
+                "external_ids",
+                "includes",
+                ["map", [[owner::OBJECT, object]]]
+            ]]);
+            ops.push(json!({"op": "select", "table": "Port", "where": owned_by, "columns": PORT_COLUMNS}));
+        }
+        for (table, columns) in [
+            ("Port", &PORT_COLUMNS[..]),
+            ("Interface", &INTERFACE_COLUMNS[..]),
+        ] {
+            for name in names {
+                ops.push(json!({"op": "select", "table": table, "where": where_name(name), "columns": columns}));
+            }
+        }
+        Value::Array(ops)
+    }
+
+    pub fn parse(&self, result: &Value) -> Result<Snapshot, OvsError> {
+        let (by_object, names) = match self {
+            Selection::All => return parse_snapshot(result),
+            Selection::Ports(names) => (0, names),
+            Selection::Container { names, .. } => (1, names),
+        };
+        let merged = |from: usize, n: usize| -> Result<Rows, OvsError> {
+            let mut all = Rows::new();
+            for i in from..from + n {
+                all.extend(rows(result, i)?);
+            }
+            Ok(all)
+        };
+        let n = names.len();
+        let ports = merged(1, by_object + n)?;
+        let ifaces = merged(1 + by_object + n, n)?;
+        snapshot_of(rows(result, 0)?, ports, ifaces)
+    }
+}
+
+fn snapshot_of(bridges: Rows, ports: Rows, ifaces: Rows) -> Result<Snapshot, OvsError> {
     let mut snap = Snapshot::default();
     for (buuid, b) in &bridges {
         let name = b
@@ -886,6 +972,16 @@ impl OvsdbSwitch {
         let r = self.call("transact", select_ops(), true).await?;
         parse_snapshot(&r)
     }
+
+    /// What `changes` must see of the switch to be checked and written.
+    async fn snapshot_for(&self, changes: &[OvsChange]) -> Result<Snapshot, OvsError> {
+        self.select(&Selection::for_changes(changes)).await
+    }
+
+    async fn select(&self, selection: &Selection) -> Result<Snapshot, OvsError> {
+        let r = self.call("transact", selection.ops(), true).await?;
+        selection.parse(&r)
+    }
 }
 
 #[async_trait]
@@ -894,11 +990,23 @@ impl Ovs for OvsdbSwitch {
         Ok(self.snapshot().await?.state)
     }
 
+    async fn observe_container(
+        &self,
+        object: &str,
+        ports: &[String],
+    ) -> Result<OvsState, OvsError> {
+        let selection = Selection::Container {
+            object: object.to_string(),
+            names: ports.to_vec(),
+        };
+        Ok(self.select(&selection).await?.state)
+    }
+
     async fn apply(&self, changes: &[OvsChange]) -> Result<(), OvsError> {
         if changes.is_empty() {
             return Ok(());
         }
-        let snap = self.snapshot().await?;
+        let snap = self.snapshot_for(changes).await?;
         check_changes(&snap.state, changes)?;
         let changes = effective_changes(&snap.state, changes);
         if changes.is_empty() {
@@ -917,7 +1025,7 @@ impl Ovs for OvsdbSwitch {
         if changes.is_empty() {
             return Ok(());
         }
-        let snap = self.snapshot().await?;
+        let snap = self.snapshot_for(changes).await?;
         check_changes(&snap.state, changes)?;
         let changes = effective_changes(&snap.state, changes);
         if changes.is_empty() {
@@ -1087,6 +1195,124 @@ mod tests {
                  "mtu_request": ["set", []], "ofport": ["set", []], "error": "could not open network device br-phy"}
             ]}
         ])
+    }
+
+    /// The answer to `Selection::Ports(["tg-node2", "br-phy"]).ops()` on the switch of
+    /// `select_result`: the bridges, then per name its port, then per name its interface.
+    fn selected_ports_result() -> Value {
+        let all = select_result();
+        let row = |table: usize, uuid: &str| {
+            let rows = all[table]["rows"].as_array().unwrap();
+            rows.iter()
+                .find(|r| r["_uuid"][1] == uuid)
+                .cloned()
+                .unwrap()
+        };
+        json!([
+            all[0].clone(),
+            {"rows": [row(1, "p2")]},
+            {"rows": [row(1, "p3")]},
+            {"rows": [row(2, "i2")]},
+            {"rows": [row(2, "i3")]},
+        ])
+    }
+
+    #[test]
+    fn port_changes_read_only_the_ports_they_name() {
+        let add = OvsChange::AddPort {
+            bridge: "tb-net".into(),
+            name: "tv-web".into(),
+            kind: PortKind::System,
+            protected: false,
+            object: "container/web".into(),
+        };
+        let del = OvsChange::DeletePort {
+            bridge: "tb-net".into(),
+            name: "tv-old".into(),
+        };
+        assert_eq!(
+            Selection::for_changes(&[add.clone(), del.clone(), add.clone()]),
+            Selection::Ports(vec!["tv-web".into(), "tv-old".into()])
+        );
+        let ops = Selection::for_changes(&[add.clone(), del]).ops();
+        // The database, every bridge, two port selects and two interface selects.
+        assert_eq!(ops.as_array().unwrap().len(), 6);
+        assert_eq!(ops[2]["where"], json!([["name", "==", "tv-web"]]));
+        assert_eq!(ops[5]["table"], "Interface");
+        // A bridge among the changes: everything is read, as before.
+        let bridge = OvsChange::DeleteBridge {
+            name: "tb-net".into(),
+        };
+        assert_eq!(Selection::for_changes(&[add, bridge]), Selection::All);
+    }
+
+    #[test]
+    fn a_narrow_read_sees_what_the_checks_need() {
+        let selection = Selection::Ports(vec!["tg-node2".into(), "br-phy".into()]);
+        let s = selection.parse(&selected_ports_result()).unwrap();
+        // Every bridge, with only the selected ports.
+        assert_eq!(s.state.bridges.len(), 2);
+        assert_eq!(s.state.bridges["tb-net"].ports.len(), 1);
+        assert_eq!(
+            s.port_uuid[&("tb-net".to_string(), "tg-node2".to_string())],
+            "p2"
+        );
+        // A port of that name on another bridge is still found, and a foreign one refused.
+        let again = OvsChange::AddPort {
+            bridge: "tb-net".into(),
+            name: "br-phy".into(),
+            kind: PortKind::System,
+            protected: false,
+            object: "container/web".into(),
+        };
+        assert!(matches!(
+            check_changes(&s.state, &[again]),
+            Err(OvsError::Exists { .. })
+        ));
+        let foreign = OvsChange::DeletePort {
+            bridge: "br-phy".into(),
+            name: "br-phy".into(),
+        };
+        assert!(matches!(
+            check_changes(&s.state, &[foreign]),
+            Err(OvsError::NotOwned { .. })
+        ));
+        // The same answer read whole gives the same view of those ports.
+        let whole = parse_snapshot(&select_result()).unwrap();
+        assert_eq!(
+            whole.state.bridges["tb-net"].ports["tg-node2"],
+            s.state.bridges["tb-net"].ports["tg-node2"]
+        );
+    }
+
+    #[test]
+    fn a_containers_read_finds_its_ports_by_owner_and_by_name() {
+        let selection = Selection::Container {
+            object: "tunnel/t".into(),
+            names: vec!["tv-new".into()],
+        };
+        let ops = selection.ops();
+        assert_eq!(ops.as_array().unwrap().len(), 5);
+        assert_eq!(
+            ops[2]["where"],
+            json!([[
+                "external_ids",
+                "includes",
+                ["map", [["topo.dev/object", "tunnel/t"]]]
+            ]])
+        );
+        let all = select_result();
+        // Its one port by owner; nothing yet of the name it is about to add.
+        let answer = json!([
+            all[0].clone(),
+            {"rows": [all[1]["rows"][1].clone()]},
+            {"rows": []},
+            {"rows": []},
+        ]);
+        let s = selection.parse(&answer).unwrap();
+        assert_eq!(s.state.bridges.len(), 2);
+        assert!(s.state.bridges["tb-net"].ports.contains_key("tg-node2"));
+        assert!(s.state.bridges["br-phy"].ports.is_empty());
     }
 
     #[test]

@@ -220,6 +220,21 @@ impl<'a> Executor<'a> {
             })
     }
 
+    /// The switch as one container's plumbing needs it ([`crate::backend::Ovs::observe_container`]).
+    pub async fn switch_for(
+        &self,
+        object: &str,
+        ports: &[String],
+    ) -> Result<OvsState, ReconcileError> {
+        self.backends
+            .ovs
+            .observe_container(object, ports)
+            .await
+            .map_err(|source| ReconcileError::OvsObserve {
+                source: Box::new(source),
+            })
+    }
+
     pub async fn container(
         &self,
         docker_name: &str,

@@ -342,7 +342,9 @@ pub async fn converge(
 ) -> Result<Vec<Drift>, ReconcileError> {
     let exec = ctx.executor();
     let started = Instant::now();
-    let state = exec.switch().await?;
+    let object = ObjectRef::new(Kind::Container, &c.name).to_string();
+    let veth_ports: Vec<String> = c.attachments.iter().map(|a| a.host_veth.clone()).collect();
+    let state = exec.switch_for(&object, &veth_ports).await?;
     for att in &c.attachments {
         bridge::check_ready(&state, &att.bridge)?;
     }
