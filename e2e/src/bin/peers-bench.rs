@@ -826,7 +826,7 @@ fn render(args: &Args, topo: &Side, ovn: &Side, load0: &str, load1: &str) -> Str
     let agent = |i: usize| median_f(&topo.agent_steps.iter().map(|s| s[i]).collect::<Vec<_>>());
     let _ = writeln!(
         o,
-        "  - of which: observe the switch and the namespace {:.1} ms, make the veth pair with address, route and offload {:.1} ms, put the port on the bridge (one OVSDB transaction, not waiting for ovs-vswitchd) {:.1} ms, the links' nftables in the container's namespace {:.1} ms; the rest (inspecting the started container for its pid; its Started event, written to etcd once the port is on the bridge; the ARP probe when it outlasted Docker's start) {:.1} ms ({} containers)",
+        "  - of which: observe the switch and the namespace {:.1} ms, make the veth pair with address, route and offload {:.1} ms, put the port on the bridge (one OVSDB transaction, not waiting for ovs-vswitchd) {:.1} ms, the links' nftables in the container's namespace {:.1} ms; the rest (inspecting the started container for its pid; its Started event, queued for the agent's event writer; the ARP probe when it outlasted Docker's start) {:.1} ms ({} containers)",
         agent(0),
         agent(1),
         agent(2),
