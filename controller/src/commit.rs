@@ -548,6 +548,7 @@ pub async fn read_fence(client: &Client) -> Result<(i64, Option<String>), Commit
 }
 
 /// What the fence says in etcd.
+#[derive(Default)]
 struct FenceState {
     rev: i64,
     pending: Option<String>,
@@ -570,11 +571,7 @@ async fn read_fence_state(client: &Client) -> Result<FenceState, CommitError> {
                 applied_ops: fence.applied_ops,
             }
         }
-        None => FenceState {
-            rev: 0,
-            pending: None,
-            applied_ops: 0,
-        },
+        None => FenceState::default(),
     })
 }
 
@@ -595,9 +592,15 @@ async fn apply_intent(
     let mut kv = client.kv_client();
     let clear_value = fence_value(None, 0)?;
     let mut applied_here = 0;
+    // The fence as our own last batch left it: no read needed to go on from there. Should
+    // someone else move it meanwhile, the next compare fails and the fence is read again.
+    let mut known: Option<FenceState> = None;
     loop {
         crash.check(Stage::BatchesApplied(applied_here))?;
-        let state = read_fence_state(client).await?;
+        let state = match known.take() {
+            Some(state) => state,
+            None => read_fence_state(client).await?,
+        };
         if state.pending.as_deref() != Some(id) {
             // Someone else finished it.
             return Ok(state.rev);
@@ -628,16 +631,23 @@ async fn apply_intent(
             continue;
         }
         let batch = first_batch(&ops[done..], max_txn_ops - 1, MAX_TXN_BYTES);
+        let applied_ops = done + batch.len();
         let mut then: Vec<TxnOp> = batch.iter().map(Op::txn_op).collect();
         then.push(TxnOp::put(
             fence.as_str(),
-            fence_value(Some(id), done + batch.len())?,
+            fence_value(Some(id), applied_ops)?,
             None,
         ));
         let txn = Txn::new().when(fence_is_unchanged()).and_then(then);
         let resp = kv.txn(txn).await.map_err(etcd("apply an intent batch"))?;
         if resp.succeeded() {
             applied_here += 1;
+            // The fence was written in this transaction: its mod_revision is the answer's.
+            known = resp.header().map(|h| FenceState {
+                rev: h.revision(),
+                pending: Some(id.to_string()),
+                applied_ops,
+            });
         }
         // On failure another roll-forward moved the fence: re-read it and go on from there.
     }

@@ -192,7 +192,7 @@ async fn write_reports(client: Client, mut rx: mpsc::UnboundedReceiver<Submissio
             keys_in.extend(s.ops.iter().map(|(k, _)| k.clone()));
             batch.push(s);
         }
-        let result = write_batch(&client, &batch).await;
+        let result = write_batch(&client, &mut batch).await;
         for s in batch {
             let answer = result.clone().map_err(|source| ReportError::Write {
                 object: s.object,
@@ -205,13 +205,16 @@ async fn write_reports(client: Client, mut rx: mpsc::UnboundedReceiver<Submissio
 
 /// One transaction per [`MAX_TXN_OPS`] operations (more only when a single submission is
 /// that large: a collection deleting many orphans).
-async fn write_batch(client: &Client, batch: &[Submission]) -> Result<(), Arc<etcd_client::Error>> {
+async fn write_batch(
+    client: &Client,
+    batch: &mut [Submission],
+) -> Result<(), Arc<etcd_client::Error>> {
     let ops: Vec<TxnOp> = batch
-        .iter()
-        .flat_map(|s| &s.ops)
+        .iter_mut()
+        .flat_map(|s| std::mem::take(&mut s.ops))
         .map(|(key, value)| match value {
-            Some(v) => TxnOp::put(key.as_str(), v.clone(), None),
-            None => TxnOp::delete(key.as_str(), None),
+            Some(v) => TxnOp::put(key, v, None),
+            None => TxnOp::delete(key, None),
         })
         .collect();
     let mut client = client.clone();

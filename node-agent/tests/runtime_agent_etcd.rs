@@ -332,6 +332,36 @@ fn container_report(name: &str) -> ObservedReport {
     }
 }
 
+async fn count_under(c: &mut Client, prefix: String) -> i64 {
+    c.get(
+        prefix,
+        Some(GetOptions::new().with_prefix().with_count_only()),
+    )
+    .await
+    .unwrap()
+    .count()
+}
+
+/// Each of `names` gets a Ready report through `reporter`, all at once.
+async fn report_all_at_once(
+    reporter: &std::sync::Arc<topo_agent::report::Reporter>,
+    names: std::ops::Range<usize>,
+) {
+    use topo_agent::key::Key;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in names {
+        let r = reporter.clone();
+        tasks.spawn(async move {
+            let name = format!("c{i}");
+            r.sync(&Key::Container(name.clone()), vec![container_report(&name)])
+                .await
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        assert_eq!(done.unwrap().unwrap(), 1);
+    }
+}
+
 async fn revision(c: &mut Client) -> i64 {
     c.get("/", Some(GetOptions::new().with_count_only()))
         .await
@@ -345,7 +375,6 @@ async fn revision(c: &mut Client) -> i64 {
 /// etcd in far fewer revisions than 60, each report stored.
 #[tokio::test]
 async fn reports_written_side_by_side_share_transactions() {
-    use topo_agent::key::Key;
     use topo_agent::report::{EtcdReports, Reporter};
     let etcd = Etcd::start().await;
     let mut c = etcd.client().await;
@@ -354,53 +383,22 @@ async fn reports_written_side_by_side_share_transactions() {
         NODE,
     ));
     let before = revision(&mut c).await;
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..60 {
-        let r = reporter.clone();
-        tasks.spawn(async move {
-            let name = format!("c{i}");
-            r.sync(&Key::Container(name.clone()), vec![container_report(&name)])
-                .await
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        assert_eq!(done.unwrap().unwrap(), 1);
-    }
+    report_all_at_once(&reporter, 0..60).await;
     let revisions = revision(&mut c).await - before;
-    let stored = c
-        .get(
-            keys::node_reports_prefix(NODE),
-            Some(GetOptions::new().with_prefix().with_count_only()),
-        )
-        .await
-        .unwrap()
-        .count();
-    assert_eq!(stored, 60);
+    assert_eq!(
+        count_under(&mut c, keys::node_reports_prefix(NODE)).await,
+        60
+    );
     assert!(revisions < 30, "60 reports took {revisions} revisions");
 
     // A collection deleting more orphans than one transaction holds deletes them all.
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 60..300 {
-        let r = reporter.clone();
-        tasks.spawn(async move {
-            let name = format!("c{i}");
-            r.sync(&Key::Container(name.clone()), vec![container_report(&name)])
-                .await
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done.unwrap().unwrap();
-    }
+    report_all_at_once(&reporter, 60..300).await;
     let keep = std::collections::BTreeSet::from([ObjectRef::new(Kind::Container, "c0")]);
     assert_eq!(reporter.retain(&keep).await.unwrap(), 299);
-    let left = c
-        .get(
-            keys::node_reports_prefix(NODE),
-            Some(GetOptions::new().with_prefix().with_keys_only()),
-        )
-        .await
-        .unwrap();
-    assert_eq!(left.kvs().len(), 1);
+    assert_eq!(
+        count_under(&mut c, keys::node_reports_prefix(NODE)).await,
+        1
+    );
 }
 
 /// A burst of new events (a node's containers starting) is written in a few transactions,
@@ -422,14 +420,9 @@ async fn a_burst_of_new_events_shares_transactions() {
     }
     sink.flush().await;
     let revisions = revision(&mut c).await - before;
-    let stored = c
-        .get(
-            keys::node_events_prefix(NODE),
-            Some(GetOptions::new().with_prefix().with_count_only()),
-        )
-        .await
-        .unwrap()
-        .count();
-    assert_eq!(stored, 40);
+    assert_eq!(
+        count_under(&mut c, keys::node_events_prefix(NODE)).await,
+        40
+    );
     assert!(revisions < 20, "40 new events took {revisions} revisions");
 }

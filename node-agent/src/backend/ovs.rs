@@ -1052,7 +1052,9 @@ impl Ovs for OvsdbSwitch {
     }
 
     async fn reattach_port(&self, bridge: &str, name: &str) -> Result<(), OvsError> {
-        let snap = self.snapshot().await?;
+        let snap = self
+            .select(&Selection::Ports(vec![name.to_string()]))
+            .await?;
         let Some(port) = snap
             .state
             .bridges
@@ -1067,7 +1069,6 @@ impl Ovs for OvsdbSwitch {
             name: name.to_string(),
         }];
         self.apply_and_wait(&del).await?;
-        let snap = self.snapshot().await?;
         let add = [OvsChange::AddPort {
             bridge: bridge.to_string(),
             name: name.to_string(),
@@ -1075,6 +1076,7 @@ impl Ovs for OvsdbSwitch {
             protected,
             object,
         }];
+        let snap = self.snapshot_for(&add).await?;
         check_changes(&snap.state, &add)?;
         let r = self
             .call("transact", transaction_ops(&self.node, &snap, &add)?, false)
