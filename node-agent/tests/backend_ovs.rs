@@ -257,6 +257,10 @@ fn backend_ovs_bridge_gre_monitor_and_ownership() {
             let plan = plan_ovs(&desired(42), &empty);
             assert_eq!(plan.len(), 5, "{plan:?}");
             ovs.apply(&plan).await.unwrap();
+            // ovs-vswitchd's control socket is found beside db.sock and answers the purge.
+            ovs.purge_datapath_flows()
+                .await
+                .expect("revalidator/purge on ovs-vswitchd.ctl");
 
             // What ovs-vsctl sees.
             assert_eq!(

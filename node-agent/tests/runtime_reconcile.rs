@@ -890,3 +890,54 @@ async fn a_never_applied_container_is_cleaned_before_its_report_goes() {
     assert!(f.docker.container("late").is_none());
     assert!(f.report(Kind::Container, "late").is_none());
 }
+
+/// The switch's first GRE port on the userspace datapath is followed by one purge of
+/// ovs-vswitchd's datapath flows (a flow made while no tunnel port existed hands GRE to the
+/// host's stack and is not revalidated when the port comes); a second tunnel is not.
+#[tokio::test]
+async fn the_first_tunnel_purges_the_datapath_flows_once_it_is_in_place() {
+    let f = Fakes::new();
+    let agent = Agent::new(&f, slice());
+    agent.start().await;
+    let gre = names::gre_port_name("overlay", "node2");
+    let writes = f.ovs.writes();
+    let added = writes
+        .iter()
+        .position(|w| w.contains("AddPort") && w.contains(&gre))
+        .unwrap_or_else(|| panic!("no GRE port added: {writes:?}"));
+    let purges: Vec<usize> = (0..writes.len())
+        .filter(|&i| writes[i] == "purge datapath flows")
+        .collect();
+    assert_eq!(purges, vec![added + 1], "{writes:?}");
+
+    f.clear_logs();
+    agent.put(SliceEntry::Tunnel(tunnel("node3", 3)));
+    agent.settle().await;
+    let writes = f.ovs.writes();
+    assert!(
+        writes.iter().any(|w| w.contains("AddPort")),
+        "the second tunnel's port: {writes:?}"
+    );
+    assert!(
+        !writes.contains(&"purge datapath flows".to_string()),
+        "{writes:?}"
+    );
+
+    // Both gone, then one back: the switch's first again.
+    f.clear_logs();
+    agent.delete(&format!("tunnels/{gre}"));
+    agent.delete(&format!(
+        "tunnels/{}",
+        names::gre_port_name("overlay", "node3")
+    ));
+    agent.settle().await;
+    agent.put(SliceEntry::Tunnel(tunnel("node2", 2)));
+    agent.settle().await;
+    let purges = f
+        .ovs
+        .writes()
+        .iter()
+        .filter(|w| *w == "purge datapath flows")
+        .count();
+    assert_eq!(purges, 1, "{:?}", f.ovs.writes());
+}

@@ -1106,6 +1106,12 @@ impl Ovs for FakeOvs {
         Ok(())
     }
 
+    async fn purge_datapath_flows(&self) -> Result<(), OvsError> {
+        lock(&self.log).call("purge_datapath_flows", "")?;
+        lock(&self.log).write("purge datapath flows".to_string());
+        Ok(())
+    }
+
     fn watch(&self) -> BoxStream<'static, OvsEvent> {
         self.watchers.subscribe()
     }

@@ -681,12 +681,15 @@ pub enum PortKind {
 }
 
 impl PortKind {
+    /// OVSDB `Interface.type` of a GRE port.
+    pub const GRE_TYPE: &'static str = "gre";
+
     /// OVSDB `Interface.type` value.
     pub fn ovs_type(&self) -> &'static str {
         match self {
             PortKind::System => "",
             PortKind::Internal => "internal",
-            PortKind::Gre { .. } => "gre",
+            PortKind::Gre { .. } => Self::GRE_TYPE,
         }
     }
 
@@ -853,6 +856,15 @@ pub trait Ovs: Send + Sync {
     /// its handle on the deleted device.
     async fn apply_and_wait(&self, changes: &[OvsChange]) -> Result<(), OvsError> {
         self.apply(changes).await
+    }
+    /// Asks ovs-vswitchd to drop every datapath flow, so that the next packet of each flow is
+    /// translated again. Needed after a node's first tunnel port with the userspace (`netdev`)
+    /// datapath: GRE that arrived while the node had none was given a flow to the host's stack
+    /// (which answers "protocol 47 unreachable"), and ovs-vswitchd does not revalidate that flow
+    /// when the tunnel port comes; it stays as long as GRE keeps arriving at least every 10 s.
+    /// By default (the fakes) nothing.
+    async fn purge_datapath_flows(&self) -> Result<(), OvsError> {
+        Ok(())
     }
     /// Monitor updates of Bridge/Port/Interface rows.
     fn watch(&self) -> BoxStream<'static, OvsEvent>;

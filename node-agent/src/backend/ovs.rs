@@ -59,6 +59,17 @@ pub enum OvsError {
     NotFound { what: String },
     #[error("failed to add {what}: it exists")]
     Exists { what: String },
+    #[error(
+        "failed to find ovs-vswitchd's control socket in {dir}: neither ovs-vswitchd.ctl nor a readable ovs-vswitchd.pid"
+    )]
+    NoControlSocket { dir: String },
+    #[error("failed to run {command} on ovs-vswitchd's control socket {path}")]
+    Control {
+        path: String,
+        command: String,
+        #[source]
+        source: RpcError,
+    },
 }
 
 use super::{OvsChange, OvsState};
@@ -984,6 +995,29 @@ impl OvsdbSwitch {
     }
 }
 
+/// The ovs-vswitchd command that drops every datapath flow (its revalidators translate the next
+/// packet of each flow again).
+const PURGE: &str = "revalidator/purge";
+
+/// ovs-vswitchd's control (unixctl) socket beside the database's socket `db`:
+/// `ovs-vswitchd.ctl` where it was started with `--unixctl` there (the lab), else
+/// `ovs-vswitchd.<pid>.ctl` with the pid its `ovs-vswitchd.pid` holds (Debian's service). Looked
+/// up at each use: a restarted ovs-vswitchd has another pid.
+pub fn vswitchd_ctl(db: &Path) -> Result<PathBuf, OvsError> {
+    let dir = db.parent().unwrap_or(Path::new("/"));
+    let fixed = dir.join("ovs-vswitchd.ctl");
+    if fixed.exists() {
+        return Ok(fixed);
+    }
+    std::fs::read_to_string(dir.join("ovs-vswitchd.pid"))
+        .ok()
+        .and_then(|pid| pid.trim().parse::<u32>().ok())
+        .map(|pid| dir.join(format!("ovs-vswitchd.{pid}.ctl")))
+        .ok_or_else(|| OvsError::NoControlSocket {
+            dir: dir.display().to_string(),
+        })
+}
+
 #[async_trait]
 impl Ovs for OvsdbSwitch {
     async fn observe(&self) -> Result<OvsState, OvsError> {
@@ -1049,6 +1083,20 @@ impl Ovs for OvsdbSwitch {
             ));
         };
         self.wait_for_cfg(target).await
+    }
+
+    async fn purge_datapath_flows(&self) -> Result<(), OvsError> {
+        let ctl = vswitchd_ctl(&self.path)?;
+        let control = |source| OvsError::Control {
+            path: ctl.display().to_string(),
+            command: PURGE.to_string(),
+            source,
+        };
+        // unixctl speaks JSON-RPC as ovsdb-server does; one short connection per purge.
+        let (client, _notes) = RpcClient::connect(&ctl).await.map_err(control)?;
+        let answer = client.call(PURGE, json!([])).await;
+        client.close();
+        answer.map(drop).map_err(control)
     }
 
     async fn reattach_port(&self, bridge: &str, name: &str) -> Result<(), OvsError> {
@@ -1168,6 +1216,28 @@ mod tests {
     use topo_schema::kinds::Datapath;
 
     use super::*;
+
+    #[test]
+    fn vswitchd_control_socket_beside_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db.sock");
+        assert!(matches!(
+            vswitchd_ctl(&db),
+            Err(OvsError::NoControlSocket { .. })
+        ));
+        std::fs::write(dir.path().join("ovs-vswitchd.pid"), "4242\n").unwrap();
+        assert_eq!(
+            vswitchd_ctl(&db).unwrap(),
+            dir.path().join("ovs-vswitchd.4242.ctl"),
+            "Debian's service: the pid names the socket"
+        );
+        std::fs::write(dir.path().join("ovs-vswitchd.ctl"), "").unwrap();
+        assert_eq!(
+            vswitchd_ctl(&db).unwrap(),
+            dir.path().join("ovs-vswitchd.ctl"),
+            "started with --unixctl there (the lab)"
+        );
+    }
 
     fn select_result() -> Value {
         json!([

@@ -49,6 +49,8 @@ pub enum Change {
         what: String,
         changes: Vec<OvsChange>,
     },
+    /// ovs-vswitchd drops its datapath flows ([`crate::backend::Ovs::purge_datapath_flows`]).
+    PurgeDatapathFlows,
     /// Gateway address, MTU and offload on a bridge's internal interface.
     Gateway {
         bridge: String,
@@ -129,6 +131,11 @@ impl<'a> Executor<'a> {
                     .apply_and_wait(&changes)
                     .await
                     .map_err(|source| ovs_apply(what, source))
+            }
+            Change::PurgeDatapathFlows => {
+                b.ovs.purge_datapath_flows().await.map_err(|source| {
+                    ovs_apply("ovs-vswitchd's datapath flows".to_string(), source)
+                })
             }
             Change::Gateway {
                 bridge,

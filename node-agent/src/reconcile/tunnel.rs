@@ -2,7 +2,7 @@
 //! port (add, restore, or move it from where an earlier entry had it), apply it in one
 //! transaction, report the tunnel.
 
-use topo_schema::kinds::{Kind, ObjectRef};
+use topo_schema::kinds::{Datapath, Kind, ObjectRef};
 use topo_schema::slice::TunnelEntry;
 
 use super::Action;
@@ -13,6 +13,7 @@ use super::error::ReconcileError;
 use super::executor::Change;
 use super::reports;
 use crate::backend::{OvsChange, OvsState, PortKind};
+use crate::error_chain::error_chain;
 use crate::key::Key;
 
 /// The GRE interface an entry wants.
@@ -35,6 +36,27 @@ pub enum PortOutcome {
 pub struct Plan {
     pub changes: Vec<OvsChange>,
     pub outcome: PortOutcome,
+    /// The port is the switch's first GRE port and its bridge is on the userspace datapath:
+    /// once it is in place, ovs-vswitchd's datapath flows are purged
+    /// ([`crate::backend::Ovs::purge_datapath_flows`] says why).
+    pub purge_flows: bool,
+}
+
+/// Whether a GRE port added to `bridge` is the switch's first on the userspace datapath, where
+/// a tunnel's packets are taken off the underlay by a datapath flow (the kernel's datapath
+/// has a tunnel device instead, which needs no flow).
+fn first_userspace_tunnel(state: &OvsState, bridge: &str) -> bool {
+    let userspace = state
+        .bridges
+        .get(bridge)
+        .is_some_and(|b| b.datapath_type == Datapath::Netdev.ovs_type());
+    userspace
+        && !state
+            .bridges
+            .values()
+            .flat_map(|b| b.ports.values())
+            .flat_map(|p| &p.interfaces)
+            .any(|i| i.kind == PortKind::GRE_TYPE)
 }
 
 pub fn plan(
@@ -97,7 +119,12 @@ pub fn plan(
         }
         Some(_) => PortOutcome::Unchanged,
     };
-    Ok(Plan { changes, outcome })
+    let purge_flows = outcome == PortOutcome::Added && first_userspace_tunnel(state, &t.bridge);
+    Ok(Plan {
+        changes,
+        outcome,
+        purge_flows,
+    })
 }
 
 /// The event for what the port needed: drift when the entry was already in force.
@@ -134,18 +161,26 @@ pub async fn reconcile(
 ) -> Result<Action, ReconcileError> {
     let steady = previous == Some(t);
     let exec = ctx.executor();
-    let plan = plan(t, previous, &exec.switch().await?)?;
-    exec.run(Change::Switch {
-        what: format!("GRE port {}", t.port),
-        changes: plan.changes,
-    })
-    .await?;
+    let Plan {
+        changes,
+        outcome,
+        purge_flows,
+    } = plan(t, previous, &exec.switch().await?)?;
+    let what = format!("GRE port {}", t.port);
+    let object = ObjectRef::new(Kind::Tunnel, &t.tunnel);
+    if purge_flows {
+        // After ovs-vswitchd has taken the port: a purge before it would let the flows that
+        // hand GRE to the host's stack come back as they were.
+        exec.run(Change::SwitchSettled { what, changes }).await?;
+        purge_datapath_flows(ctx, t, &object).await;
+    } else {
+        exec.run(Change::Switch { what, changes }).await?;
+    }
     ctx.reporter
         .sync(&Key::Tunnel(t.port.clone()), vec![reports::tunnel_ready(t)])
         .await
         .map_err(|source| ReconcileError::Report { source })?;
-    let object = ObjectRef::new(Kind::Tunnel, &t.tunnel);
-    match event(t, &plan.outcome, steady) {
+    match event(t, &outcome, steady) {
         Some((reason @ "DriftRepaired", message)) => {
             ctx.recorder.warning(object, reason, message).await
         }
@@ -153,6 +188,28 @@ pub async fn reconcile(
         None => {}
     }
     Ok(Action::AwaitChange)
+}
+
+/// Purges ovs-vswitchd's datapath flows after the switch's first tunnel. A failure is told
+/// (log and event), not retried: the port is in place, and the flow it leaves behind idles out
+/// once GRE from that node pauses for 10 s.
+async fn purge_datapath_flows(ctx: &Context, t: &TunnelEntry, object: &ObjectRef) {
+    match ctx.executor().run(Change::PurgeDatapathFlows).await {
+        Ok(()) => {
+            tracing::info!(port = %t.port, "datapath flows purged after the switch's first tunnel")
+        }
+        Err(e) => {
+            let error = error_chain(&e);
+            tracing::warn!(%error, "datapath flows not purged after the switch's first tunnel");
+            let message = format!(
+                "{error}; GRE from other nodes may reach the host's stack instead of bridge {} until ovs-vswitchd's flow for it idles out (10 s without GRE)",
+                t.bridge
+            );
+            ctx.recorder
+                .warning(object.clone(), "DatapathFlowsKept", message)
+                .await;
+        }
+    }
 }
 
 /// The entry left the slice: its port goes if it is ours.
@@ -225,10 +282,24 @@ mod tests {
         let with_port = switch(&[add_bridge("ov"), add_port(&t)]).await;
         let with_old = switch(&[add_bridge("ov"), add_port(&renamed)]).await;
         let with_rekeyed = switch(&[add_bridge("ov"), add_port(&rekeyed)]).await;
-        // (previous, switch) → (changes, outcome)
-        let table: Vec<(Option<&TunnelEntry>, &OvsState, Vec<OvsChange>, PortOutcome)> = vec![
-            (None, &bridge_only, vec![add_port(&t)], PortOutcome::Added),
-            (Some(&t), &with_port, vec![], PortOutcome::Unchanged),
+        // (previous, switch) → (changes, outcome, purge_flows): only the switch's first GRE
+        // port (the fixture's bridges are on the userspace datapath) purges.
+        type Row<'a> = (
+            Option<&'a TunnelEntry>,
+            &'a OvsState,
+            Vec<OvsChange>,
+            PortOutcome,
+            bool,
+        );
+        let table: Vec<Row> = vec![
+            (
+                None,
+                &bridge_only,
+                vec![add_port(&t)],
+                PortOutcome::Added,
+                true,
+            ),
+            (Some(&t), &with_port, vec![], PortOutcome::Unchanged, false),
             (
                 Some(&rekeyed),
                 &with_rekeyed,
@@ -239,6 +310,7 @@ mod tests {
                     protected: true,
                 }],
                 PortOutcome::Updated,
+                false,
             ),
             (
                 Some(&renamed),
@@ -251,15 +323,41 @@ mod tests {
                     add_port(&t),
                 ],
                 PortOutcome::Added,
+                false,
             ),
         ];
-        for (previous, state, changes, outcome) in table {
+        for (previous, state, changes, outcome, purge_flows) in table {
             assert_eq!(
                 plan(&t, previous, state).unwrap(),
-                Plan { changes, outcome },
+                Plan {
+                    changes,
+                    outcome,
+                    purge_flows
+                },
                 "previous {previous:?}"
             );
         }
+        // A second network's first tunnel is not the switch's first; nor is a tunnel on the
+        // kernel's datapath.
+        let other = TunnelEntry {
+            bridge: "tb-other".into(),
+            ..entry("tg-n3", 7)
+        };
+        let two_bridges = switch(&[add_bridge("ov"), add_port(&t), add_bridge("other")]).await;
+        assert!(!plan(&other, None, &two_bridges).unwrap().purge_flows);
+        let system = switch(&[OvsChange::AddBridge {
+            name: "tb-ov".into(),
+            datapath: Datapath::System,
+            rstp: false,
+            mtu: 1458,
+            object: "network/ov".into(),
+        }])
+        .await;
+        let on_system = plan(&t, None, &system).unwrap();
+        assert_eq!(
+            (on_system.outcome, on_system.purge_flows),
+            (PortOutcome::Added, false)
+        );
         assert!(matches!(
             plan(&t, None, &OvsState::default()),
             Err(ReconcileError::BridgeNotReady { .. })
