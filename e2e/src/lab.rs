@@ -923,6 +923,14 @@ impl Lab {
         self.sh("ovs-vsctl", &a)
     }
 
+    /// `ovs-appctl` on node N's ovs-vswitchd.
+    pub fn appctl(&self, node: u32, args: &[&str]) -> Output {
+        let ctl = format!("{}/ovs-vswitchd.ctl", self.node_dir(node).display());
+        let mut a = vec!["-t", ctl.as_str()];
+        a.extend_from_slice(args);
+        self.sh("ovs-appctl", &a)
+    }
+
     /// Rows of an OVSDB table of node N (`ovs-vsctl --format=json list TABLE`).
     #[track_caller]
     pub fn ovs_rows(&self, node: u32, table: &str) -> Vec<BTreeMap<String, Value>> {
@@ -1074,6 +1082,21 @@ impl Lab {
         }
         if let Ok(o) = cmd::run(self.lab_sh_command(&["status"]), Duration::from_secs(30)) {
             show(&mut s, "lab.sh status", o);
+        }
+        // The datapath as ovs-vswitchd runs it: a flow that sends a tunnel's packets to the
+        // wrong place shows here and nowhere in OVSDB (RELIABILITY.md, "A node's first tunnel").
+        for n in 1..=self.nodes() {
+            for args in [&["tnl/ports/show"][..], &["dpctl/dump-flows"]] {
+                let out = self.appctl(n, args).combined();
+                let lines: Vec<&str> = out.lines().collect();
+                let shown = lines.len().min(40);
+                s.push_str(&format!(
+                    "----- node{n}: ovs-appctl {} ({shown} of {} lines)\n{}\n",
+                    args.join(" "),
+                    lines.len(),
+                    lines[..shown].join("\n")
+                ));
+            }
         }
         let mut logs = vec![self.dir.join("controller.log")];
         logs.extend((1..=self.nodes()).map(|i| self.node_dir(i).join("agent.log")));

@@ -229,12 +229,7 @@ pub fn diagnose(lab: &Lab, nodes: &[u32], mesh: &[(String, Ipv4Addr)]) -> String
         }
     }
     for (i, &n) in nodes.iter().enumerate() {
-        let ctl = format!("{}/ovs-vswitchd.ctl", lab.node_dir(n).display());
-        let appctl = |args: &[&str]| {
-            let mut a = vec!["-t", ctl.as_str()];
-            a.extend_from_slice(args);
-            lab.sh("ovs-appctl", &a).combined()
-        };
+        let appctl = |args: &[&str]| lab.appctl(n, args).combined();
         for args in [
             &["fdb/show", "tb-gre"][..],
             &["tnl/neigh/show"],

@@ -205,24 +205,21 @@ struct Counters {
     drop_flows: BTreeMap<u32, Vec<String>>,
 }
 
-fn appctl(lab: &Lab, n: u32, args: &[&str]) -> String {
-    let ctl = format!("{}/ovs-vswitchd.ctl", lab.node_dir(n).display());
-    let mut a = vec!["-t", ctl.as_str()];
-    a.extend_from_slice(args);
-    lab.sh("ovs-appctl", &a).stdout
-}
-
 fn counters(lab: &Lab) -> Counters {
     let mut c = Counters::default();
     for n in OLD {
-        c.coverage
-            .insert(n, coverage_totals(&appctl(lab, n, &["coverage/show"])));
-        c.fdb
-            .insert(n, fdb_stats(&appctl(lab, n, &["fdb/stats-show", BRIDGE])));
-        let flows = appctl(lab, n, &["dpif/dump-flows", BRIDGE]);
+        c.coverage.insert(
+            n,
+            coverage_totals(&lab.appctl(n, &["coverage/show"]).stdout),
+        );
+        c.fdb.insert(
+            n,
+            fdb_stats(&lab.appctl(n, &["fdb/stats-show", BRIDGE]).stdout),
+        );
+        let flows = lab.appctl(n, &["dpif/dump-flows", BRIDGE]).stdout;
         c.dp_flows
             .insert(n, flows.lines().filter(|l| !l.trim().is_empty()).count());
-        let all = appctl(lab, n, &["dpctl/dump-flows"]);
+        let all = lab.appctl(n, &["dpctl/dump-flows"]).stdout;
         c.drop_flows.insert(
             n,
             all.lines()
