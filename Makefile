@@ -78,7 +78,7 @@ bench-scale: deps
 bench-density: deps
 	$(CARGO) build --release --workspace --bins
 	@mkdir -p target/bench
-	TOPO_BIN=$(CURDIR)/target/release ./target/release/density-bench | tee target/bench/density.md
+	TOPO_BIN=$(CURDIR)/target/release ./target/release/density-bench --ovn | tee target/bench/density.md
 
 ## soak: SOAK_SECS (default 600) of random changes and faults on a lab (3 hosts, 3 etcd
 ## members) with the invariants checked; SOAK_SEED replays a run (RELIABILITY.md)

@@ -46,6 +46,46 @@ pub struct Port {
     pub prefix: u8,
 }
 
+impl Port {
+    /// The port of container `name` at `address` in a /16: its MAC and host veth numbered by
+    /// the address's last two bytes (unique within the /16).
+    pub fn numbered(name: &str, address: Ipv4Addr) -> Port {
+        let [_, _, c, d] = address.octets();
+        Port {
+            lsp: name.to_string(),
+            // IFNAMSIZ: 15 bytes at most.
+            host_veth: format!("ovn{c}x{d}"),
+            mac: format!("0a:99:00:00:{c:02x}:{d:02x}"),
+            address,
+            prefix: 16,
+        }
+    }
+}
+
+/// `docker run -d --network none` of the lab's image, `name`d: the pid of its main process,
+/// for [`Ovn::plug`].
+pub fn run_unnetworked(lab: &Lab, name: &str) -> u32 {
+    lab.docker(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        name,
+        "topo/busybox:latest",
+        "sleep",
+        "3600",
+    ])
+    .ok();
+    let out = lab.docker(&["inspect", "-f", "{{.State.Pid}}", name]).ok();
+    out.stdout
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .unwrap_or_else(|| panic!("{name} is not running"))
+}
+
 /// How long each step of [`Ovn::plug`] took.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PlugTimes {

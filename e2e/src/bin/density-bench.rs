@@ -12,19 +12,28 @@
 //! 4. **one change**: one more container applied among them (apply → Ready), then deleted;
 //!    the median of `--changes` rounds.
 //!
-//! Usage: `density-bench [--sizes 10,100,250] [--idle-secs 60] [--changes 5]`
-//! (TOPO_BIN, TOPO_E2E_DIR as for the tests). Prints a Markdown table.
+//! With `--ovn`, then OVN (Debian's 23.03, set up as `bench-peers` does) on the same host at
+//! the same sizes: N containers started without a network and plugged into one logical switch
+//! as a CNI plugs them, and once ovn-controller has caught up (`ovn-nbctl --wait=hv sync`) and
+//! 15 s more, ovn-controller's CPU over the same idle window and its RSS — the agent's at-rest
+//! figures against OVN's in one run.
+//!
+//! Usage: `density-bench [--sizes 10,100,250] [--idle-secs 60] [--changes 5] [--ovn]`
+//! (TOPO_BIN, TOPO_E2E_DIR as for the tests). Prints a Markdown table (two with `--ovn`).
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use topo_e2e::https::{agent_url, try_get_as};
 use topo_e2e::manifest::{container, docs, network, on};
+use topo_e2e::ovn::{self, Ovn, Port};
 use topo_e2e::stats::{cpu_seconds, median_p99, rss_kib};
 use topo_e2e::{Lab, poll, secs};
 use topo_schema::keys;
 
 const NET: &str = "dense";
+const OVN_SWITCH: &str = "dense";
 /// How long after the last container turned Ready the agent's idle sample starts.
 const SETTLE: Duration = Duration::from_secs(15);
 
@@ -32,6 +41,7 @@ struct Args {
     sizes: Vec<usize>,
     idle_secs: u64,
     changes: usize,
+    ovn: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -39,6 +49,7 @@ fn parse_args() -> Result<Args, String> {
         sizes: vec![10, 100, 250],
         idle_secs: 60,
         changes: 5,
+        ovn: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -54,9 +65,10 @@ fn parse_args() -> Result<Args, String> {
                 a.idle_secs = value()?.parse().map_err(|e| format!("--idle-secs: {e}"))?
             }
             "--changes" => a.changes = value()?.parse().map_err(|e| format!("--changes: {e}"))?,
+            "--ovn" => a.ovn = true,
             "--help" | "-h" => {
                 return Err(
-                    "usage: density-bench [--sizes 10,100,250] [--idle-secs 60] [--changes 5]"
+                    "usage: density-bench [--sizes 10,100,250] [--idle-secs 60] [--changes 5] [--ovn]"
                         .into(),
                 );
             }
@@ -93,7 +105,7 @@ struct Row {
 impl Row {
     fn line(&self) -> String {
         format!(
-            "| {} | {:.1} s | {:.2} % | {:.1} MiB | {:.2} s | {} / {} | {:.0} ms |",
+            "| {} | {:.1} s | {:.3} % | {:.1} MiB | {:.2} s | {} / {} | {:.0} ms |",
             self.size,
             self.converge.as_secs_f64(),
             self.idle_cpu_pct,
@@ -176,7 +188,11 @@ fn at_rest(lab: &Lab, idle: Duration) -> (f64, f64) {
     // Ready is reported before the agent's last writes of a burst (events, the ARP probes'
     // claims) are done: the sample starts once those had time to end.
     std::thread::sleep(SETTLE);
-    let pid = agent_pid(lab);
+    sample(agent_pid(lab), idle)
+}
+
+/// % of a core `pid` used over `idle`, and its RSS in MiB at the end.
+fn sample(pid: u32, idle: Duration) -> (f64, f64) {
     let c0 = cpu_seconds(pid);
     std::thread::sleep(idle);
     let cpu = (cpu_seconds(pid) - c0) / idle.as_secs_f64() * 100.0;
@@ -234,6 +250,77 @@ fn one_change(lab: &Lab, rounds: usize) -> f64 {
     median_p99(took).0
 }
 
+/// OVN on the same host at each of `sizes` (see the module's comment): (size, ovn-controller's
+/// % of a core at rest, its RSS in MiB). The containers are added to reach each size.
+fn ovn_at_rest(lab: &Lab, sizes: &[usize], idle: Duration) -> Vec<(usize, f64, f64)> {
+    let ovn = Ovn::up(lab).unwrap_or_else(|e| panic!("OVN did not come up: {e}"));
+    ovn.add_switch(OVN_SWITCH).unwrap_or_else(|e| panic!("{e}"));
+    let mut sorted = sizes.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut names: Vec<String> = Vec::new();
+    let mut rows = Vec::new();
+    for size in sorted {
+        while names.len() < size {
+            let i = names.len();
+            let name = format!("ovn-dense-{i}");
+            let pid = ovn::run_unnetworked(lab, &name);
+            let address = Ipv4Addr::new(10, 88, 1 + (i / 250) as u8, 1 + (i % 250) as u8);
+            ovn.plug(OVN_SWITCH, 1, pid, &Port::numbered(&name, address))
+                .unwrap_or_else(|e| panic!("{e}"));
+            names.push(name);
+        }
+        let synced = ovn.nbctl(&["--wait=hv", "--timeout=300", "sync"]);
+        assert!(
+            synced.success(),
+            "ovn-controller did not catch up with {size} ports: {}",
+            synced.describe_failure()
+        );
+        eprintln!("density: OVN, {size} containers bound");
+        std::thread::sleep(SETTLE);
+        let pid = ovn
+            .controller_pid(1)
+            .unwrap_or_else(|| panic!("node1 has no ovn-controller"));
+        let (cpu, rss) = sample(pid, idle);
+        eprintln!("density: OVN, {size} containers: ovn-controller {cpu:.3} %, {rss:.1} MiB");
+        rows.push((size, cpu, rss));
+    }
+    ovn.down();
+    let mut rm = vec!["rm", "-f"];
+    rm.extend(names.iter().map(String::as_str));
+    lab.docker(&rm).ok();
+    rows
+}
+
+/// The agent's figures at rest against ovn-controller's, size by size, with their ratios.
+fn print_against_ovn(rows: &[Row], ovn: &[(usize, f64, f64)]) {
+    let ratio = |a: f64, b: f64| {
+        if b > 0.0 {
+            format!("{:.2}", a / b)
+        } else {
+            "—".to_string()
+        }
+    };
+    println!();
+    println!(
+        "| containers on the node | topo-agent idle CPU | ovn-controller idle CPU | ratio | topo-agent RSS | ovn-controller RSS | ratio |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for r in rows {
+        let Some(&(_, cpu, rss)) = ovn.iter().find(|(size, ..)| *size == r.size) else {
+            continue;
+        };
+        println!(
+            "| {} | {:.3} % | {cpu:.3} % | {} | {:.1} MiB | {rss:.1} MiB | {} |",
+            r.size,
+            r.idle_cpu_pct,
+            ratio(r.idle_cpu_pct, cpu),
+            r.rss_mib,
+            ratio(r.rss_mib, rss)
+        );
+    }
+}
+
 fn main() {
     let args = parse_args().unwrap_or_else(|e| {
         eprintln!("density-bench: {e}");
@@ -277,5 +364,9 @@ fn main() {
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     for r in &rows {
         println!("{}", r.line());
+    }
+    if args.ovn {
+        let ovn = ovn_at_rest(&lab, &args.sizes, secs(args.idle_secs));
+        print_against_ovn(&rows, &ovn);
     }
 }

@@ -35,7 +35,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
-use topo_e2e::ovn::{Ovn, PlugTimes, Port};
+use topo_e2e::ovn::{self, Ovn, PlugTimes, Port};
 use topo_e2e::probe::{ProbeRun, Prober};
 use topo_e2e::stats::{cpu_seconds, median_p99, ms, rss_kib};
 use topo_e2e::{Lab, manifest, secs};
@@ -199,17 +199,6 @@ fn all_replied(probers: Vec<Prober>, timeout: Duration) -> SystemTime {
 
 fn since(later: SystemTime, earlier: SystemTime) -> Duration {
     later.duration_since(earlier).unwrap_or_default()
-}
-
-/// The pid of a Docker container's main process, by Docker's name.
-fn docker_pid(lab: &Lab, name: &str) -> u32 {
-    let out = lab.docker(&["inspect", "-f", "{{.State.Pid}}", name]).ok();
-    out.stdout
-        .trim()
-        .parse()
-        .ok()
-        .filter(|p| *p > 0)
-        .unwrap_or_else(|| panic!("{name} is not running"))
 }
 
 /// % of a core each pid used over `secs` (all measured over the same interval), and RSS.
@@ -530,35 +519,6 @@ fn topo_recovery(lab: &Lab, side: &mut Side, anchors: &[u32; 3], addrs: &[Ipv4Ad
 
 const OVN_BASE: [u8; 2] = [10, 99];
 
-fn ovn_port(name: &str, address: Ipv4Addr) -> Port {
-    let [_, _, c, d] = address.octets();
-    Port {
-        lsp: name.to_string(),
-        // IFNAMSIZ: 15 bytes at most.
-        host_veth: format!("ovn{c}x{d}"),
-        mac: format!("0a:99:00:00:{c:02x}:{d:02x}"),
-        address,
-        prefix: 16,
-    }
-}
-
-/// `docker run -d --network none` of the lab's image; its pid.
-fn docker_run(lab: &Lab, name: &str) -> u32 {
-    lab.docker(&[
-        "run",
-        "-d",
-        "--network",
-        "none",
-        "--name",
-        name,
-        "topo/busybox:latest",
-        "sleep",
-        "3600",
-    ])
-    .ok();
-    docker_pid(lab, name)
-}
-
 fn run_ovn(lab: &Lab, args: &Args) -> Side {
     let mut side = Side::default();
     let mut ovn = Ovn::up(lab).unwrap_or_else(|e| panic!("OVN did not come up: {e}"));
@@ -567,12 +527,12 @@ fn run_ovn(lab: &Lab, args: &Args) -> Side {
     let mut pids = [0u32; 3];
     for n in 1..=NODES {
         let name = format!("ovn-anchor-{n}");
-        let pid = docker_run(lab, &name);
+        let pid = ovn::run_unnetworked(lab, &name);
         ovn.plug(
             OVN_SWITCH,
             n,
             pid,
-            &ovn_port(&name, anchor_address(OVN_BASE, n)),
+            &Port::numbered(&name, anchor_address(OVN_BASE, n)),
         )
         .unwrap_or_else(|e| panic!("{e}"));
         fast_arp(lab, pid, args.probe);
@@ -588,11 +548,11 @@ fn run_ovn(lab: &Lab, args: &Args) -> Side {
         let name = format!("ovn-one-{i}");
         let ip = address(OVN_BASE, 100, i);
         let prober = start_prober(&name, pids[peer as usize - 1], ip, args.probe);
-        let pid = docker_run(lab, &name);
+        let pid = ovn::run_unnetworked(lab, &name);
         let started = SystemTime::now();
         let t = Instant::now();
         let steps = ovn
-            .plug(OVN_SWITCH, node, pid, &ovn_port(&name, ip))
+            .plug(OVN_SWITCH, node, pid, &Port::numbered(&name, ip))
             .unwrap_or_else(|e| panic!("{e}"));
         let wired = SystemTime::now();
         side.wiring.push(t.elapsed());
@@ -637,7 +597,7 @@ fn ovn_whole(
     let running: Vec<(u32, u32, String, Ipv4Addr)> = (0..args.containers)
         .map(|i| {
             let name = format!("ovn-all-{i}");
-            let pid = docker_run(lab, &name);
+            let pid = ovn::run_unnetworked(lab, &name);
             (i, pid, name, address(OVN_BASE, 150, i))
         })
         .collect();
@@ -658,7 +618,7 @@ fn ovn_whole(
             s.spawn(move || {
                 for (_, pid, name, ip) in mine {
                     plugger
-                        .plug(OVN_SWITCH, node, *pid, &ovn_port(name, *ip))
+                        .plug(OVN_SWITCH, node, *pid, &Port::numbered(name, *ip))
                         .unwrap_or_else(|e| panic!("{e}"));
                 }
             });
