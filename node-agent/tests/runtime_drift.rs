@@ -52,12 +52,12 @@ async fn a_deleted_gre_port_is_recreated_and_reported() {
             "GRE port {port} was deleted outside topo; recreated [drift: GrePortDeleted]"
         )]
     );
-    assert_eq!(
-        f.ovs.writes().len(),
-        1,
-        "one transaction: {:?}",
-        f.ovs.writes()
-    );
+    // One transaction, then — the node's only GRE port was gone, so this one is its first —
+    // the purge of ovs-vswitchd's datapath flows.
+    let writes = f.ovs.writes();
+    assert_eq!(writes.len(), 2, "{writes:?}");
+    assert!(writes[0].contains("AddPort"), "{writes:?}");
+    assert_eq!(writes[1], "purge datapath flows");
 }
 
 #[tokio::test]
