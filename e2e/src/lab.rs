@@ -923,6 +923,23 @@ impl Lab {
         self.sh("ovs-vsctl", &a)
     }
 
+    /// `docker run -d --network none --name NAME` of the lab's image, sleeping: a container
+    /// no topo object owns (the benches' plain Docker and OVN sides).
+    pub fn run_unnetworked(&self, name: &str) {
+        self.docker(&[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            name,
+            "topo/busybox:latest",
+            "sleep",
+            "3600",
+        ])
+        .ok();
+    }
+
     /// `ovs-appctl` on node N's ovs-vswitchd.
     pub fn appctl(&self, node: u32, args: &[&str]) -> Output {
         let ctl = format!("{}/ovs-vswitchd.ctl", self.node_dir(node).display());

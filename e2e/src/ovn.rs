@@ -62,21 +62,9 @@ impl Port {
     }
 }
 
-/// `docker run -d --network none` of the lab's image, `name`d: the pid of its main process,
-/// for [`Ovn::plug`].
+/// [`Lab::run_unnetworked`]: the pid of the container's main process, for [`Ovn::plug`].
 pub fn run_unnetworked(lab: &Lab, name: &str) -> u32 {
-    lab.docker(&[
-        "run",
-        "-d",
-        "--network",
-        "none",
-        "--name",
-        name,
-        "topo/busybox:latest",
-        "sleep",
-        "3600",
-    ])
-    .ok();
+    lab.run_unnetworked(name);
     let out = lab.docker(&["inspect", "-f", "{{.State.Pid}}", name]).ok();
     out.stdout
         .trim()

@@ -72,18 +72,7 @@ fn main() {
     for i in 0..args.containers {
         let name = format!("plain-{i}");
         let t = Instant::now();
-        lab.docker(&[
-            "run",
-            "-d",
-            "--network",
-            "none",
-            "--name",
-            &name,
-            "topo/busybox:latest",
-            "sleep",
-            "3600",
-        ])
-        .ok();
+        lab.run_unnetworked(&name);
         docker_times.push(t.elapsed());
     }
     for i in 0..args.containers {
