@@ -46,7 +46,8 @@ use topo_schema::meta::{CONDITION_READY, ConditionStatus};
 use bench_support::cluster::{self, Cluster, ClusterSpec, TempDir};
 use bench_support::https::Https;
 use bench_support::manifest::{
-    Size, TopologyArg, apply_bodies, generate, node_address, node_name, send_applies,
+    DEFAULT_APPLY_BYTES, Size, TopologyArg, apply_bodies, generate, node_address, node_name,
+    send_applies,
 };
 use bench_support::procfs::{cpu_seconds, load_average, machine, vm_hwm};
 
@@ -85,6 +86,9 @@ struct Args {
     /// etcd's `--max-txn-ops` for etcd and the controller alike (default: etcd's 128).
     #[arg(long)]
     max_txn_ops: Option<usize>,
+    /// Bytes of manifest per apply request (at most three quarters of the API's body limit).
+    #[arg(long, default_value_t = DEFAULT_APPLY_BYTES)]
+    apply_bytes: usize,
 }
 
 /// One size's figures. Times are from the start of the first apply.
@@ -178,7 +182,7 @@ async fn bench_size(args: &Args, controller_bin: &std::path::Path, nodes: usize)
         links: 0,
     };
     let (manifest, _) = generate(size, TopologyArg::Tree, FANOUT);
-    let bodies = apply_bodies(&manifest)?;
+    let bodies = apply_bodies(&manifest, args.apply_bytes)?;
     drop(manifest);
     let hollow: Vec<(String, Ipv4Addr)> = (0..nodes)
         .map(|n| (node_name(n), node_address(n)))

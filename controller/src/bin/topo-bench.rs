@@ -32,7 +32,9 @@ use topo_controller::planner::{self, Desired};
 use topo_schema::keys;
 
 use bench_support::cluster::{self, Cluster, ClusterSpec, TempDir};
-use bench_support::manifest::{Size, TopologyArg, apply_bodies, generate, send_applies};
+use bench_support::manifest::{
+    DEFAULT_APPLY_BYTES, Size, TopologyArg, apply_bodies, generate, send_applies,
+};
 use bench_support::procfs::{load_average, machine, vm_hwm};
 
 /// Measures slice derivation for a large manifest against a real etcd.
@@ -74,6 +76,10 @@ struct Args {
     /// Keep the temporary directories (etcd data, controller log).
     #[arg(long)]
     keep: bool,
+    /// Bytes of manifest per apply request (at most three quarters of the API's body
+    /// limit, which leaves room for the JSON envelope's escaping).
+    #[arg(long, default_value_t = DEFAULT_APPLY_BYTES)]
+    apply_bytes: usize,
 }
 
 #[derive(Debug, Default)]
@@ -224,7 +230,7 @@ async fn bench_one(args: &Args, controller_bin: &Path, size: Size) -> Result<Out
 
     // Requests stay under the API's body limit (as a user splits a large manifest): nodes,
     // networks and tunnels come first in the manifest, so every chunk's references resolve.
-    let bodies = apply_bodies(&manifest)?;
+    let bodies = apply_bodies(&manifest, args.apply_bytes)?;
     let manifest_bytes = bodies.iter().map(Vec::len).sum();
     eprintln!("   applying in {} request(s)", bodies.len());
     let started = Instant::now();

@@ -45,6 +45,8 @@ impl Https {
         );
         s.write_all(head.as_bytes()).await?;
         s.write_all(&body).await?;
+        // rustls keeps the last record until flushed: without it a body can wait forever.
+        s.flush().await?;
         let mut resp = vec![];
         // A server that closes without close_notify still sent the whole response.
         match s.read_to_end(&mut resp).await {

@@ -137,11 +137,14 @@ pub fn generate(size: Size, topology: TopologyArg, fanout: usize) -> (String, us
     (y, tunnels)
 }
 
-/// The apply request bodies for `manifest`: its documents in order, each body about 1 MiB
-/// (an eighth of the API's limit: small enough that each apply's etcd transactions stay well
-/// inside the controller's 5 s deadline on a loaded machine).
-pub fn apply_bodies(manifest: &str) -> Result<Vec<Vec<u8>>> {
-    let limit = topo_schema::api::MAX_BODY_BYTES / 8;
+/// The size of an apply's body unless told otherwise: an eighth of the API's limit.
+pub const DEFAULT_APPLY_BYTES: usize = topo_schema::api::MAX_BODY_BYTES / 8;
+
+/// The apply request bodies for `manifest`: its documents in order, each body about `limit`
+/// bytes (at most the API's limit).
+pub fn apply_bodies(manifest: &str, limit: usize) -> Result<Vec<Vec<u8>>> {
+    // Room for the JSON envelope and the escaping of newlines and quotes.
+    let limit = limit.min(topo_schema::api::MAX_BODY_BYTES * 3 / 4);
     let mut chunks: Vec<String> = Vec::new();
     let mut chunk = String::new();
     for doc in manifest.split("---\n").filter(|d| !d.trim().is_empty()) {
