@@ -8,6 +8,11 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+// The controller builds and drops millions of small strings and maps per pass; glibc's
+// allocator spent a third of its CPU at 5,000 nodes (BENCHMARKS.md, "5,000 nodes").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The topo API server and controller: validates manifests, stores them in etcd, allocates
 /// addresses and (as the elected leader) derives every node's slice. Serves HTTPS only;
 /// every request is authenticated (client certificate or bearer token) and authorized.
