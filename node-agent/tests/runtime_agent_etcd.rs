@@ -169,14 +169,25 @@ async fn events_fold_repeats_and_stay_bounded() {
     assert!(e.last_timestamp >= e.first_timestamp);
 
     let sink = EtcdEvents::new(etcd.agent_client().await, NODE);
+    // Two objects' records interleaved: a batch's bounds are counted together.
+    let other = ObjectRef::new(Kind::Tunnel, "overlay-node1-node3");
     for i in 0..(MAX_EVENTS_PER_OBJECT + 5) {
         let mut ev = e.clone();
         ev.message = format!("message {i}");
         ev.first_timestamp = chrono::Utc::now();
         ev.last_timestamp = ev.first_timestamp;
+        let mut ev2 = ev.clone();
+        ev2.object = other.clone();
         sink.publish(ev).await.unwrap();
+        sink.publish(ev2).await.unwrap();
     }
     sink.flush().await;
+    let other_prefix = keys::node_object_events_prefix(NODE, Kind::Tunnel, &other.name);
+    let r = c
+        .get(other_prefix, Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(r.kvs().len(), MAX_EVENTS_PER_OBJECT);
     let r = c
         .get(prefix, Some(GetOptions::new().with_prefix()))
         .await
