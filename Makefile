@@ -66,12 +66,15 @@ bench-peers: deps
 ## reports and heartbeat each; the recording fakes as hosts) in one process against the real
 ## etcd and controller; 20 containers per node at 100, 300 and 1,000 nodes (BENCHMARKS.md).
 ## The fakes live only in scale-bench (feature scale-bench), never in topo-controller/topo-agent.
+## Then topo-bench plans 100,000 containers on 5,000 nodes (no agents).
 SCALE_NODES ?= 100,300,1000
 bench-scale: deps
-	$(CARGO) build --release -p topo-controller --bin topo-controller
+	$(CARGO) build --release -p topo-controller --bin topo-controller --bin topo-bench
 	$(CARGO) build --release -p topo-controller --features scale-bench --bin scale-bench
 	@mkdir -p target/bench
 	./target/release/scale-bench --nodes $(SCALE_NODES) --containers-per-node 20 | tee target/bench/scale.md
+	./target/release/topo-bench --nodes 5000 --containers 100000 --links 0 --small-nodes 500 \
+	  --small-containers 10000 --small-links 0 | tee target/bench/plan-5000.md
 
 ## bench-density: 10, 100 and 250 containers on one node — converge from nothing, adopt after
 ## an agent restart (what it rewrote), one change among them, the agent at rest (BENCHMARKS.md)

@@ -9,7 +9,7 @@
 //! identity; only the host is fake (the recording fakes of `topo_agent::backend::fake`).
 //! Once every node is registered, heartbeating and synced, the clock starts: the bench
 //! manifest of `topo-bench` (two networks joined by a tree of tunnels, containers spread
-//! evenly, no links) is applied through the API as the admin in ~1 MiB requests, and the
+//! evenly, no links) is applied through the API as the admin in requests of up to 6 MiB, and the
 //! run ends when the controller has folded every container's status to Ready.
 //!
 //! Besides S (apply start → all Ready) it records when the agents had reported every
@@ -86,7 +86,8 @@ struct Args {
     /// etcd's `--max-txn-ops` for etcd and the controller alike (default: etcd's 128).
     #[arg(long)]
     max_txn_ops: Option<usize>,
-    /// Bytes of manifest per apply request (at most three quarters of the API's body limit).
+    /// Bytes of manifest per apply request (default and most: three quarters of the API's
+    /// body limit, the rest room for the JSON envelope's escaping).
     #[arg(long, default_value_t = DEFAULT_APPLY_BYTES)]
     apply_bytes: usize,
 }

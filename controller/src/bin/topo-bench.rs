@@ -76,8 +76,8 @@ struct Args {
     /// Keep the temporary directories (etcd data, controller log).
     #[arg(long)]
     keep: bool,
-    /// Bytes of manifest per apply request (at most three quarters of the API's body
-    /// limit, which leaves room for the JSON envelope's escaping).
+    /// Bytes of manifest per apply request (default and most: three quarters of the API's
+    /// body limit, the rest room for the JSON envelope's escaping).
     #[arg(long, default_value_t = DEFAULT_APPLY_BYTES)]
     apply_bytes: usize,
 }
@@ -368,16 +368,16 @@ fn report(args: &Args, outcomes: &[Outcome]) -> String {
     );
     let _ = writeln!(
         s,
-        "| run | nodes | containers | links | tunnels | objects | manifest | slice entries | apply (HTTP) | all slices written | all statuses written | controller peak RSS | largest node slice | median node slice | rewrites after done |"
+        "| run | nodes | containers | links | tunnels | objects | manifest | slice entries | apply (HTTP) | all slices written | all statuses written | controller peak RSS | per object: time / RSS | largest node slice | median node slice | rewrites after done |"
     );
     let _ = writeln!(
         s,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for o in outcomes {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {:.1} MiB | {} | {:.2} s | {:.2} s | {} | {:.0} MiB | {:.1} KiB | {:.1} KiB | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.1} MiB | {} | {:.2} s | {:.2} s | {} | {:.0} MiB | {:.0} µs / {:.1} KiB | {:.1} KiB | {:.1} KiB | {} |",
             o.size_label,
             o.nodes,
             o.containers,
@@ -392,6 +392,9 @@ fn report(args: &Args, outcomes: &[Outcome]) -> String {
                 .map(|d| format!("{:.2} s", d.as_secs_f64()))
                 .unwrap_or_else(|| "timed out".into()),
             o.peak_rss_kib as f64 / 1024.0,
+            // Until every slice is written, over every object applied.
+            o.slices.as_secs_f64() * 1e6 / o.objects.max(1) as f64,
+            o.peak_rss_kib as f64 / o.objects.max(1) as f64,
             o.largest as f64 / 1024.0,
             o.median as f64 / 1024.0,
             o.rewrites,

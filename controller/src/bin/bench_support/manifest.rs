@@ -1,6 +1,6 @@
 //! The generated bench manifest (nodes, two networks, containers spread evenly, links, and
-//! the tunnels of the chosen topology) and how it is sent: documents in order, in ~1 MiB
-//! applies, as a user splits a manifest over the API's body limit.
+//! the tunnels of the chosen topology) and how it is sent: documents in order, in applies
+//! as large as the API's body limit lets them be, as a user splits a manifest over it.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -137,14 +137,15 @@ pub fn generate(size: Size, topology: TopologyArg, fanout: usize) -> (String, us
     (y, tunnels)
 }
 
-/// The size of an apply's body unless told otherwise: an eighth of the API's limit.
-pub const DEFAULT_APPLY_BYTES: usize = topo_schema::api::MAX_BODY_BYTES / 8;
+/// The most manifest one apply carries: three quarters of the API's body limit, the rest
+/// room for the JSON envelope's escaping of newlines and quotes. A 5 MiB manifest goes in one
+/// request, as `topoctl apply -f` sends a file.
+pub const DEFAULT_APPLY_BYTES: usize = topo_schema::api::MAX_BODY_BYTES * 3 / 4;
 
 /// The apply request bodies for `manifest`: its documents in order, each body about `limit`
-/// bytes (at most the API's limit).
+/// bytes of manifest (at most [`DEFAULT_APPLY_BYTES`]).
 pub fn apply_bodies(manifest: &str, limit: usize) -> Result<Vec<Vec<u8>>> {
-    // Room for the JSON envelope and the escaping of newlines and quotes.
-    let limit = limit.min(topo_schema::api::MAX_BODY_BYTES * 3 / 4);
+    let limit = limit.min(DEFAULT_APPLY_BYTES);
     let mut chunks: Vec<String> = Vec::new();
     let mut chunk = String::new();
     for doc in manifest.split("---\n").filter(|d| !d.trim().is_empty()) {

@@ -1,6 +1,6 @@
 //! What the control-plane benchmarks (`topo-bench`, `scale-bench`) share: a cluster on the
 //! secure path ([`cluster`]: the PKI, etcd with TLS, client certificates and per-node users,
-//! the real `topo-controller` binary), the generated manifest and its ~1 MiB applies
+//! the real `topo-controller` binary), the generated manifest and its applies of up to 6 MiB
 //! ([`manifest`]), a bare HTTPS client with one of the PKI's identities ([`https`]) and a
 //! process's figures from /proc ([`procfs`]).
 //!
