@@ -46,23 +46,31 @@ pub async fn unchanged_between(
     after: i64,
     at: i64,
 ) -> bool {
+    last_change(client, start, end, at)
+        .await
+        .is_ok_and(|last| last <= after)
+}
+
+/// The highest mod_revision of a key in [`start`, `end`) as etcd sees it at `at` (0 when the
+/// range is empty). etcd 3.4 reads every key of the range to sort them: on a range of a
+/// quarter of a million keys one call costs etcd about half a second.
+pub async fn last_change(
+    client: &Client,
+    start: impl AsRef<[u8]>,
+    end: impl AsRef<[u8]>,
+    at: i64,
+) -> Result<i64, etcd_client::Error> {
     let opts = GetOptions::new()
         .with_range(end.as_ref().to_vec())
         .with_revision(at)
         .with_sort(SortTarget::Mod, SortOrder::Descend)
         .with_limit(1)
         .with_keys_only();
-    match client
+    let resp = client
         .kv_client()
         .get(start.as_ref().to_vec(), Some(opts))
-        .await
-    {
-        Ok(resp) => resp
-            .kvs()
-            .first()
-            .is_none_or(|kv| kv.mod_revision() <= after),
-        Err(_) => false,
-    }
+        .await?;
+    Ok(resp.kvs().first().map_or(0, |kv| kv.mod_revision()))
 }
 
 pub struct EtcdSource {
@@ -217,6 +225,7 @@ impl Source for EtcdSource {
             verify: self
                 .verify_progress
                 .then(|| (self.client.clone(), self.start.clone(), self.end.clone())),
+            change_on_its_way: 0,
             progress_requests: self.progress_requests.clone(),
         })
     }
@@ -230,6 +239,12 @@ pub struct EtcdWatch {
     seen: i64,
     /// (client, start, end) to confirm progress notifications with.
     verify: Option<(Client, Vec<u8>, Vec<u8>)>,
+    /// A change in the range a confirmation found that the stream has not handed out yet:
+    /// no progress can be confirmed before it arrives, so none is asked of etcd until then.
+    /// Asking anyway, once per progress request, kept etcd busy reading the whole range back
+    /// to back while the stream fell further behind (topo-bench at 5,000 nodes: the cache 20 s
+    /// behind, etcd's CPU doubled).
+    change_on_its_way: i64,
     progress_requests: Option<Arc<Notify>>,
 }
 
@@ -264,10 +279,18 @@ impl EtcdWatch {
         if revision <= self.seen {
             return None;
         }
-        if let Some((client, start, end)) = &self.verify
-            && !unchanged_between(client, start, end, self.seen, revision).await
-        {
-            return None;
+        if let Some((client, start, end)) = &self.verify {
+            if self.change_on_its_way > self.seen {
+                return None;
+            }
+            match last_change(client, start, end, revision).await {
+                Ok(last) if last <= self.seen => {}
+                Ok(last) => {
+                    self.change_on_its_way = last;
+                    return None;
+                }
+                Err(_) => return None,
+            }
         }
         self.seen = revision;
         Some(WatchMessage::Progress { revision })
