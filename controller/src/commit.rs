@@ -383,10 +383,10 @@ impl Committer {
             if !names_id(&pending.borrow_and_update()) {
                 return Ok(Some(read_fence(&self.client).await?.0));
             }
-            match tokio::time::timeout(INTENT_STALL, pending.changed()).await {
-                Ok(Ok(())) => continue,
-                // The cache is gone (shutdown): decide from etcd alone.
-                Ok(Err(_)) | Err(_) => {}
+            // A fence move goes round again; a quiet spell (or the cache gone, at shutdown)
+            // is decided from etcd alone.
+            if let Ok(Ok(())) = tokio::time::timeout(INTENT_STALL, pending.changed()).await {
+                continue;
             }
             // The cache may lag a busy etcd: only etcd's fence, unmoved, means stalled.
             let state = read_fence_state(&self.client).await?;
