@@ -377,9 +377,9 @@ impl Committer {
     /// gone, the intent is ours to roll forward).
     async fn wait_for_writer(&self, id: &str) -> Result<Option<i64>, CommitError> {
         let mut pending = self.cache.pending_intent();
+        let names_id = |p: &PendingIntent| p.as_ref().is_some_and(|(p, _)| p == id);
         let mut last_seen: Option<i64> = None;
         loop {
-            let names_id = |p: &PendingIntent| p.as_ref().is_some_and(|(p, _)| p == id);
             if !names_id(&pending.borrow_and_update()) {
                 return Ok(Some(read_fence(&self.client).await?.0));
             }

@@ -207,7 +207,7 @@ impl EventWriter {
         match self.create_all(&records).await {
             Ok(true) => {
                 let prefixes: BTreeSet<&str> = records.iter().map(|r| r.prefix.as_str()).collect();
-                if let Err(e) = self.trim_all(&prefixes).await {
+                if let Err(e) = self.trim(&prefixes).await {
                     tracing::warn!(error = %e, "failed to trim events");
                 }
             }
@@ -300,7 +300,7 @@ impl EventWriter {
                 .succeeded()
             {
                 if created {
-                    self.trim(&r.prefix).await?;
+                    self.trim(&BTreeSet::from([r.prefix.as_str()])).await?;
                 }
                 return Ok(());
             }
@@ -311,30 +311,13 @@ impl EventWriter {
         })
     }
 
-    /// Deletes the oldest records (by `lastTimestamp`, as the controller does) of the object
+    /// Deletes the oldest records (by `lastTimestamp`, as the controller does) of each object
     /// beyond the bound. Counts first, without values and without a round through raft, so
-    /// the usual case (an object with a few records) reads next to nothing.
-    async fn trim(&self, prefix: &str) -> Result<(), EventError> {
-        let count = self
-            .client
-            .clone()
-            .get(prefix, Some(count_only()))
-            .await
-            .map_err(|source| EventError::Write {
-                object: prefix.to_string(),
-                source,
-            })?
-            .count();
-        if count <= MAX_EVENTS_PER_OBJECT as i64 {
-            return Ok(());
-        }
-        self.trim_over(prefix).await
-    }
-
-    /// [`Self::trim`] for a batch's objects: every count in one transaction of reads (a
-    /// batch names at most [`MAX_BATCH`] objects, within etcd's 128 operations), where one
-    /// read per object was most of etcd's requests at 1,000 nodes (scale-bench).
-    async fn trim_all(&self, prefixes: &BTreeSet<&str>) -> Result<(), EventError> {
+    /// the usual case (objects with a few records) reads next to nothing: every count of a
+    /// batch in one transaction of reads (a batch names at most [`MAX_BATCH`] objects, within
+    /// etcd's 128 operations) — one read per object was most of etcd's requests at 1,000
+    /// nodes (scale-bench).
+    async fn trim(&self, prefixes: &BTreeSet<&str>) -> Result<(), EventError> {
         let counts: Vec<TxnOp> = prefixes
             .iter()
             .map(|p| TxnOp::get(*p, Some(count_only())))
