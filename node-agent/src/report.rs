@@ -88,6 +88,7 @@ struct Submission {
     /// The first object written, to name in an error.
     object: String,
     done: oneshot::Sender<Result<(), ReportError>>,
+    queued: std::time::Instant,
 }
 
 /// Operations per transaction, within etcd's default `--max-txn-ops` of 128.
@@ -132,6 +133,7 @@ impl ReportSink for EtcdReports {
             ops,
             object: object.clone(),
             done,
+            queued: std::time::Instant::now(),
         });
         Box::pin(async move {
             if queued.is_err() {
@@ -192,7 +194,16 @@ async fn write_reports(client: Client, mut rx: mpsc::UnboundedReceiver<Submissio
             keys_in.extend(s.ops.iter().map(|(k, _)| k.clone()));
             batch.push(s);
         }
+        let waited = batch[0].queued.elapsed();
+        let t = std::time::Instant::now();
         let result = write_batch(&client, &mut batch).await;
+        tracing::debug!(
+            submissions = batch.len(),
+            ops,
+            waited_ms = waited.as_secs_f64() * 1000.0,
+            txn_ms = t.elapsed().as_secs_f64() * 1000.0,
+            "reports written"
+        );
         for s in batch {
             let answer = result.clone().map_err(|source| ReportError::Write {
                 object: s.object,

@@ -385,3 +385,27 @@ async fn a_failed_readd_is_completed_on_retry() {
     agent.resync().await;
     assert_port_readded(&f, &veth);
 }
+
+#[tokio::test]
+async fn the_agents_own_removals_queue_no_garbage_collection() {
+    let (f, agent) = running().await;
+    agent.delete("containers/app");
+    let done = agent.settle().await;
+    assert!(f.docker.container("app").is_none(), "app is removed");
+    let keys: Vec<String> = done.iter().map(|(k, _)| k.to_string()).collect();
+    // Its Docker events (destroy) are the agent's own doing: no pass over every container.
+    assert!(!keys.contains(&"~gc".to_string()), "{keys:?}");
+    // The same event for a container the agent did not remove is still collection's.
+    f.docker.emit(topo_agent::backend::ContainerEvent::Changed {
+        name: "stray".into(),
+        id: "0123456789ab".into(),
+        action: "die".into(),
+    });
+    let keys: Vec<String> = agent
+        .settle()
+        .await
+        .iter()
+        .map(|(k, _)| k.to_string())
+        .collect();
+    assert_eq!(keys, vec!["~gc".to_string()]);
+}

@@ -846,10 +846,13 @@ pub fn reattach_settings(port: &ObservedPort) -> Result<(PortKind, bool, String)
 const MONITOR_ID: &str = "topo";
 
 /// The `monitor` request: only configuration columns, so ovs-vswitchd's own bookkeeping
-/// (ofport, statistics, link state) does not wake the agent.
+/// (ofport, statistics, link state) does not wake the agent. Not a bridge's `ports`: every
+/// port added or removed anywhere on the bridge would send its whole port set (hundreds of
+/// uuids on a dense node) and queue the bridge's key for nothing; a port taken off a bridge
+/// is a Port row deleted (OVSDB collects unreferenced ports), heard in the Port table.
 pub fn monitor_params() -> Value {
     json!([DB, MONITOR_ID, {
-        "Bridge": {"columns": ["name", "datapath_type", "rstp_enable", "external_ids", "ports"]},
+        "Bridge": {"columns": ["name", "datapath_type", "rstp_enable", "external_ids"]},
         "Port": {"columns": ["name", "protected", "external_ids", "interfaces"]},
         "Interface": {"columns": ["name", "type", "options", "mtu_request", "external_ids"]},
     }])

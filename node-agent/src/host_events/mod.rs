@@ -141,6 +141,9 @@ pub async fn run_host_events(
         tokio::select! {
             _ = shutdown.changed() => return,
             ev = docker.next(), if docker_open => match ev {
+                Some(ContainerEvent::Changed { ref id, .. }) if ctx.removed_by_agent(id) => {
+                    tracing::trace!(event = ?ev, "the agent's own removal");
+                }
                 Some(ev) => enqueue(&ctx, "docker", keys_for_container_event(&ctx.store, &ev), &ev),
                 None => { docker_open = false; tracing::warn!("the Docker event stream ended"); }
             },

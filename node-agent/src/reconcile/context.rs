@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use topo_schema::kinds::{Kind, ObjectRef};
@@ -16,7 +16,8 @@ use topo_schema::slice::{SliceEntry, SliceKey};
 
 use super::Backends;
 pub use super::container::lifecycle::CrashBackoff;
-use super::executor::Executor;
+use super::error::ReconcileError;
+use super::executor::{Change, Executor};
 use super::hostports::{Hold, recheck_after};
 use crate::backend::{NatRules, PortDnat};
 use crate::events::Recorder;
@@ -61,6 +62,9 @@ struct Memory {
     /// Host veths whose address is withheld because another host answered for it: taking
     /// it once it is free is no repair of drift.
     withheld: HashSet<String>,
+    /// Docker ids of containers this agent removed, and when: their kill, die and destroy
+    /// events are its own doing, not drift (see [`Context::remove_container`]).
+    removed: HashMap<String, Instant>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -82,6 +86,10 @@ pub struct HoldChange {
     pub before: Vec<Hold>,
     pub after: Vec<Hold>,
 }
+
+/// How long after the agent removed a container its Docker events are taken for the
+/// removal's own (Docker sends them within the removal; this leaves room for a slow daemon).
+const OWN_REMOVAL_EVENTS: Duration = Duration::from_secs(60);
 
 /// Everything a reconcile needs. Shared by the workers.
 pub struct Context {
@@ -154,6 +162,34 @@ impl Context {
 
     pub fn executor(&self) -> Executor<'_> {
         Executor::new(&self.backends)
+    }
+
+    /// Removes container `id` (of entry `container`), remembering that the agent did: the
+    /// Docker events of its removal then queue nothing. Without this each removal's kill, die
+    /// and destroy queued garbage collection, which lists and inspects every container of
+    /// the node (250 inspects at 250 containers) to find nothing to do.
+    pub async fn remove_container(&self, container: &str, id: &str) -> Result<(), ReconcileError> {
+        {
+            let mut mem = self.mem();
+            let now = Instant::now();
+            mem.removed
+                .retain(|_, at| now.duration_since(*at) < OWN_REMOVAL_EVENTS);
+            mem.removed.insert(id.to_string(), now);
+        }
+        self.executor()
+            .run(Change::RemoveContainer {
+                container: container.to_string(),
+                id: id.to_string(),
+            })
+            .await
+    }
+
+    /// Whether the agent removed container `id` lately (its events are the agent's own).
+    pub fn removed_by_agent(&self, id: &str) -> bool {
+        self.mem()
+            .removed
+            .get(id)
+            .is_some_and(|at| at.elapsed() < OWN_REMOVAL_EVENTS)
     }
 
     fn mem(&self) -> std::sync::MutexGuard<'_, Memory> {

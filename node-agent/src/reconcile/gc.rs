@@ -224,11 +224,7 @@ pub async fn collect(ctx: &Context) -> Result<Action, ReconcileError> {
 
     let mut errors = Vec::new();
     for c in plan.containers {
-        let removal = Change::RemoveContainer {
-            container: c.name.clone(),
-            id: c.id.clone(),
-        };
-        match exec.run(removal).await {
+        match ctx.remove_container(&c.name, &c.id).await {
             Ok(()) => {
                 let message = format!(
                     "container {} ({}) is not in {}'s slice; removed",

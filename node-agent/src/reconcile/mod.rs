@@ -130,14 +130,27 @@ pub async fn reconcile(key: &Key, ctx: &Context) -> Result<Action, ReconcileErro
             container::reconcile(ctx, c, p).await?
         }
     };
-    if previous.as_ref() != Some(&entry)
-        && !matches!(entry, SliceEntry::Node(_) | SliceEntry::Tunnel(_))
-    {
-        // Cidrs, masquerade and published ports feed the node's NAT table.
+    if feeds_nat(&entry, previous.as_ref()) {
         ctx.queue.add(Key::Nat);
     }
     ctx.set_applied(slice_key, entry);
     Ok(action)
+}
+
+/// Whether `entry`, which replaces `previous`, changes what the node's NAT table is made
+/// of: bridges' cidrs and masquerade, containers' published ports. A container without
+/// published ports does not: on a node of hundreds, a pass over the whole table for each new
+/// container would be work for nothing.
+fn feeds_nat(entry: &SliceEntry, previous: Option<&SliceEntry>) -> bool {
+    match (entry, previous) {
+        (SliceEntry::Bridge(b), Some(SliceEntry::Bridge(p))) => {
+            b.cidr != p.cidr || b.masquerade != p.masquerade
+        }
+        (SliceEntry::Bridge(_), _) => true,
+        (SliceEntry::Container(c), Some(SliceEntry::Container(p))) => c.ports != p.ports,
+        (SliceEntry::Container(c), _) => !c.ports.is_empty(),
+        (SliceEntry::Node(_) | SliceEntry::Tunnel(_), _) => false,
+    }
 }
 
 /// An entry this agent cannot read: nothing on the host is changed for it; a container's

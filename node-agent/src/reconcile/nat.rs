@@ -229,6 +229,35 @@ mod tests {
     }
 
     #[test]
+    fn only_cidrs_masquerade_and_published_ports_queue_the_node_table() {
+        use crate::reconcile::feeds_nat;
+        let plain = SliceEntry::Container(fixtures::container("web", &["a"]));
+        let mut moved = fixtures::container("web", &["b"]);
+        moved.generation = 2;
+        let moved = SliceEntry::Container(moved);
+        assert!(!feeds_nat(&plain, None), "a new container without ports");
+        assert!(!feeds_nat(&moved, Some(&plain)), "its attachments changed");
+        assert!(
+            feeds_nat(&published(80), None),
+            "a new container with ports"
+        );
+        assert!(feeds_nat(&published(80), Some(&plain)), "ports added");
+        assert!(feeds_nat(&plain, Some(&published(80))), "ports removed");
+        assert!(!feeds_nat(&published(80), Some(&published(80))));
+        let a = bridge("a", "10.2.0.0/16", true);
+        assert!(feeds_nat(&a, None), "a new bridge");
+        assert!(!feeds_nat(&a, Some(&a)));
+        assert!(
+            feeds_nat(&bridge("a", "10.2.0.0/16", false), Some(&a)),
+            "masquerade"
+        );
+        assert!(
+            feeds_nat(&bridge("a", "10.4.0.0/16", true), Some(&a)),
+            "cidr"
+        );
+    }
+
+    #[test]
     fn the_table_follows_bridges_and_published_ports() {
         let entries = [
             bridge("a", "10.2.0.0/16", true),

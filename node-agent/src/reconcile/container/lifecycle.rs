@@ -288,11 +288,7 @@ async fn create(
     // is there (a stalled pull must not leave nothing running).
     super::image::converge(ctx, c).await?;
     if let Some((id, why)) = replace {
-        exec.run(Change::RemoveContainer {
-            container: c.name.clone(),
-            id: id.clone(),
-        })
-        .await?;
+        ctx.remove_container(&c.name, &id).await?;
         let message = format!(
             "container {} ({}) removed: {}",
             c.docker_name,

@@ -96,6 +96,7 @@ pub async fn reconcile(
         );
     }
 
+    let reporting = std::time::Instant::now();
     let held = held_ports(ctx, c).await?;
     let programmed = links::rules(c).links.len();
     let report = reports::container_running(
@@ -110,9 +111,18 @@ pub async fn reconcile(
         .sync(&Key::Container(c.name.clone()), report)
         .await
         .map_err(|source| ReconcileError::Report { source })?;
+    let reported = reporting.elapsed();
     record(ctx, c, findings, links.rewired).await;
+    let recorded = reporting.elapsed();
     // From now on a change inside the container's namespace is heard at once.
     ctx.watches.ensure(&c.name, &running.ns).await;
+    tracing::debug!(
+        container = %c.name,
+        report_ms = reported.as_secs_f64() * 1000.0,
+        events_ms = (recorded - reported).as_secs_f64() * 1000.0,
+        watch_ms = (reporting.elapsed() - recorded).as_secs_f64() * 1000.0,
+        "container reported"
+    );
     Ok(Action::AwaitChange)
 }
 
@@ -189,13 +199,7 @@ pub async fn remove(ctx: &Context, c: &ContainerEntry) -> Result<(), ReconcileEr
     let exec = ctx.executor();
     let mut errors = Vec::new();
     match exec.container(&c.docker_name).await {
-        Ok(Some(o)) => match exec
-            .run(Change::RemoveContainer {
-                container: c.name.clone(),
-                id: o.id.clone(),
-            })
-            .await
-        {
+        Ok(Some(o)) => match ctx.remove_container(&c.name, &o.id).await {
             Ok(()) => {
                 let message = format!(
                     "container {} ({}) removed from {}",
@@ -226,7 +230,10 @@ pub async fn remove(ctx: &Context, c: &ContainerEntry) -> Result<(), ReconcileEr
         }
         Err(e) => errors.push(e),
     }
-    ctx.queue.add(Key::Nat);
+    if !c.ports.is_empty() {
+        // Its published ports leave the node's table (and may free a port held for another).
+        ctx.queue.add(Key::Nat);
+    }
     ReconcileError::teardown(errors)
 }
 
