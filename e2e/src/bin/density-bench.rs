@@ -9,13 +9,14 @@
 //!    every container once (its `/metrics`, `topo_reconciles_total{kind="container"}`), and
 //!    what that cost: containers restarted (Docker's StartedAt) and reports rewritten (the
 //!    etcd mod revisions of the node's report keys) — both should be zero;
-//! 4. **one change**: one more container applied among them (apply → Ready), then deleted;
-//!    the median of `--changes` rounds.
+//! 4. **one change**: one more container applied among them (apply → Ready), then deleted
+//!    and 2 s left for the node to come to rest; the median of `--changes` rounds.
 //!
 //! With `--ovn`, then OVN (Debian's 23.03, set up as `bench-peers` does) on the same host at
 //! the same sizes: N containers started without a network and plugged into one logical switch
 //! as a CNI plugs them, and once ovn-controller has caught up (`ovn-nbctl --wait=hv sync`) and
-//! 15 s more, ovn-controller's CPU over the same idle window and its RSS — the agent's at-rest
+//! 15 s more, ovn-controller's CPU over the same idle window and its RSS, and one change
+//! among them (one more container run and plugged, until `--wait=hv sync`) — the agent's
 //! figures against OVN's in one run.
 //!
 //! Usage: `density-bench [--sizes 10,100,250] [--idle-secs 60] [--changes 5] [--ovn]`
@@ -36,6 +37,8 @@ const NET: &str = "dense";
 const OVN_SWITCH: &str = "dense";
 /// How long after the last container turned Ready the agent's idle sample starts.
 const SETTLE: Duration = Duration::from_secs(15);
+/// The pause after each change's deletion, before the next change.
+const CHANGE_REST: Duration = Duration::from_secs(2);
 
 struct Args {
     sizes: Vec<usize>,
@@ -246,13 +249,51 @@ fn one_change(lab: &Lab, rounds: usize) -> f64 {
         took.push(t.elapsed());
         lab.delete(&refs, secs(120))
             .unwrap_or_else(|e| panic!("{e}"));
+        // The deletion's tail (ovs-vswitchd reconfiguring around the port it lost, Docker
+        // unmounting) must not be timed as part of the next change: each change is made on a
+        // node at rest, as a user's would be.
+        std::thread::sleep(CHANGE_REST);
     }
     median_p99(took).0
 }
 
-/// OVN on the same host at each of `sizes` (see the module's comment): (size, ovn-controller's
-/// % of a core at rest, its RSS in MiB). The containers are added to reach each size.
-fn ovn_at_rest(lab: &Lab, sizes: &[usize], idle: Duration) -> Vec<(usize, f64, f64)> {
+/// OVN's figures at one size.
+struct OvnRow {
+    size: usize,
+    idle_cpu_pct: f64,
+    rss_mib: f64,
+    change_ms: f64,
+}
+
+/// OVN's one change among the containers plugged so far: one more container run without a
+/// network and plugged as the others were, until `ovn-nbctl --wait=hv sync` returns (its port
+/// is bound and its flows installed), then unplugged and removed, and the node left 2 s to
+/// come to rest; the median of `rounds`. Like topo's change it includes Docker's create and
+/// start and the OVS port; unlike it, the CLI processes of each step.
+fn ovn_one_change(ovn: &Ovn, lab: &Lab, rounds: usize) -> f64 {
+    let mut took = Vec::new();
+    for i in 0..rounds {
+        let name = format!("ovn-extra-{i}");
+        let port = Port::numbered(&name, Ipv4Addr::new(10, 88, 200, 1 + i as u8));
+        let t = Instant::now();
+        let pid = ovn::run_unnetworked(lab, &name);
+        ovn.plug(OVN_SWITCH, 1, pid, &port)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let synced = ovn.nbctl(&["--wait=hv", "--timeout=120", "sync"]);
+        assert!(synced.success(), "{}", synced.describe_failure());
+        took.push(t.elapsed());
+        lab.vsctl(1, &["--if-exists", "del-port", "br-int", &port.host_veth]);
+        ovn.nbctl(&["--if-exists", "lsp-del", &port.lsp]);
+        lab.docker(&["rm", "-f", &name]).ok();
+        std::thread::sleep(CHANGE_REST);
+    }
+    median_p99(took).0
+}
+
+/// OVN on the same host at each of `sizes` (see the module's comment): ovn-controller's % of
+/// a core at rest and its RSS, and one change among them. The containers are added to reach
+/// each size.
+fn ovn_at_rest(lab: &Lab, sizes: &[usize], idle: Duration, changes: usize) -> Vec<OvnRow> {
     let ovn = Ovn::up(lab).unwrap_or_else(|e| panic!("OVN did not come up: {e}"));
     ovn.add_switch(OVN_SWITCH).unwrap_or_else(|e| panic!("{e}"));
     let mut sorted = sizes.to_vec();
@@ -282,8 +323,16 @@ fn ovn_at_rest(lab: &Lab, sizes: &[usize], idle: Duration) -> Vec<(usize, f64, f
             .controller_pid(1)
             .unwrap_or_else(|| panic!("node1 has no ovn-controller"));
         let (cpu, rss) = sample(pid, idle);
-        eprintln!("density: OVN, {size} containers: ovn-controller {cpu:.3} %, {rss:.1} MiB");
-        rows.push((size, cpu, rss));
+        let change_ms = ovn_one_change(&ovn, lab, changes);
+        eprintln!(
+            "density: OVN, {size} containers: ovn-controller {cpu:.3} %, {rss:.1} MiB, one change {change_ms:.0} ms"
+        );
+        rows.push(OvnRow {
+            size,
+            idle_cpu_pct: cpu,
+            rss_mib: rss,
+            change_ms,
+        });
     }
     ovn.down();
     let mut rm = vec!["rm", "-f"];
@@ -292,8 +341,9 @@ fn ovn_at_rest(lab: &Lab, sizes: &[usize], idle: Duration) -> Vec<(usize, f64, f
     rows
 }
 
-/// The agent's figures at rest against ovn-controller's, size by size, with their ratios.
-fn print_against_ovn(rows: &[Row], ovn: &[(usize, f64, f64)]) {
+/// The agent's figures at rest and one change against OVN's, size by size, with their
+/// ratios; then how one change grows with the size on each side.
+fn print_against_ovn(rows: &[Row], ovn: &[OvnRow]) {
     let ratio = |a: f64, b: f64| {
         if b > 0.0 {
             format!("{:.2}", a / b)
@@ -303,20 +353,39 @@ fn print_against_ovn(rows: &[Row], ovn: &[(usize, f64, f64)]) {
     };
     println!();
     println!(
-        "| containers on the node | topo-agent idle CPU | ovn-controller idle CPU | ratio | topo-agent RSS | ovn-controller RSS | ratio |"
+        "| containers on the node | topo-agent idle CPU | ovn-controller idle CPU | ratio | topo-agent RSS | ovn-controller RSS | ratio | one change, topo | one change, OVN | ratio |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let mut paired = Vec::new();
     for r in rows {
-        let Some(&(_, cpu, rss)) = ovn.iter().find(|(size, ..)| *size == r.size) else {
+        let Some(o) = ovn.iter().find(|o| o.size == r.size) else {
             continue;
         };
         println!(
-            "| {} | {:.3} % | {cpu:.3} % | {} | {:.1} MiB | {rss:.1} MiB | {} |",
+            "| {} | {:.3} % | {:.3} % | {} | {:.1} MiB | {:.1} MiB | {} | {:.0} ms | {:.0} ms | {} |",
             r.size,
             r.idle_cpu_pct,
-            ratio(r.idle_cpu_pct, cpu),
+            o.idle_cpu_pct,
+            ratio(r.idle_cpu_pct, o.idle_cpu_pct),
             r.rss_mib,
-            ratio(r.rss_mib, rss)
+            o.rss_mib,
+            ratio(r.rss_mib, o.rss_mib),
+            r.change_ms,
+            o.change_ms,
+            ratio(r.change_ms, o.change_ms)
+        );
+        paired.push((r.size, r.change_ms, o.change_ms));
+    }
+    if let (Some(first), Some(last)) = (paired.first(), paired.last())
+        && first.0 != last.0
+    {
+        println!();
+        println!(
+            "one change at {} against at {}: topo {}×, OVN {}×",
+            last.0,
+            first.0,
+            ratio(last.1, first.1),
+            ratio(last.2, first.2)
         );
     }
 }
@@ -366,7 +435,7 @@ fn main() {
         println!("{}", r.line());
     }
     if args.ovn {
-        let ovn = ovn_at_rest(&lab, &args.sizes, secs(args.idle_secs));
+        let ovn = ovn_at_rest(&lab, &args.sizes, secs(args.idle_secs), args.changes);
         print_against_ovn(&rows, &ovn);
     }
 }
