@@ -194,7 +194,10 @@ async fn write_reports(client: Client, mut rx: mpsc::UnboundedReceiver<Submissio
             keys_in.extend(s.ops.iter().map(|(k, _)| k.clone()));
             batch.push(s);
         }
-        let waited = batch[0].queued.elapsed();
+        let waited = batch
+            .first()
+            .map(|s| s.queued.elapsed())
+            .unwrap_or_default();
         let t = std::time::Instant::now();
         let result = write_batch(&client, &mut batch).await;
         tracing::debug!(
