@@ -6,7 +6,8 @@
 //! * progress notifications can be asked for ([`EtcdSource::with_progress_requests`]); etcd
 //!   3.4 answers such a request with its current revision even when events up to it are still
 //!   on their way (3.5 fixed that), so a source built [`EtcdSource::with_verified_progress`]
-//!   hands a progress revision on only once [`unchanged_between`] confirms it.
+//!   hands a progress revision on only once [`last_change`] shows nothing in its range
+//!   changed after what the stream handed out.
 
 use std::sync::Arc;
 
